@@ -1,0 +1,1 @@
+//! wasmesh agent (being built).

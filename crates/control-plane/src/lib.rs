@@ -1,0 +1,1 @@
+//! wasmesh control-plane (being built).

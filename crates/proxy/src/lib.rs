@@ -1,0 +1,1 @@
+//! wasmesh proxy (being built).

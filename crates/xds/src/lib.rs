@@ -1,0 +1,1 @@
+//! wasmesh xds (being built).
