@@ -1,0 +1,367 @@
+//! OCI registry fetcher: the three formats Istio accepts, in its order, plus the single-layer
+//! and CNCF Wasm artifacts Istio rejects.
+//!
+//! 1. Docker image: last layer `application/vnd.docker.image.rootfs.diff.tar.gzip` holding `plugin.wasm`.
+//! 2. OCI image: last layer `application/vnd.oci.image.layer.v1.tar+gzip` holding `plugin.wasm`.
+//! 3. Wasm OCI artifact: a layer `application/vnd.module.wasm.content.layer.v1+wasm` (any layer count).
+//! 4. CNCF Wasm artifact: a layer `application/vnd.wasm.content.layer.v1+wasm`.
+//!
+//! The checksum of an OCI module is the image manifest digest, as in Istio.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use serde::Deserialize;
+
+use super::http::error_chain;
+use super::{FetchError, FetchOptions, unbox};
+
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+pub const OCI_LAYER_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+/// Istio's ("solo-io/wasm" spec) Wasm artifact layer.
+pub const ISTIO_WASM_LAYER: &str = "application/vnd.module.wasm.content.layer.v1+wasm";
+/// The CNCF TAG-Runtime Wasm OCI artifact layer.
+pub const CNCF_WASM_LAYER: &str = "application/vnd.wasm.content.layer.v1+wasm";
+
+/// Docker config JSON (`{"auths": {...}}`), as a `kubernetes.io/dockerconfigjson` secret.
+/// Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PullSecret(pub Vec<u8>);
+
+impl fmt::Debug for PullSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PullSecret(<redacted>)")
+    }
+}
+
+#[derive(Deserialize)]
+struct DockerConfig {
+    #[serde(default)]
+    auths: HashMap<String, DockerAuth>,
+}
+
+#[derive(Deserialize, Default)]
+struct DockerAuth {
+    #[serde(default)]
+    auth: String,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    identitytoken: String,
+    #[serde(default)]
+    registrytoken: String,
+}
+
+fn normalize_registry(key: &str) -> String {
+    let k = key.trim_start_matches("https://").trim_start_matches("http://");
+    let k = k.split('/').next().unwrap_or(k).to_ascii_lowercase();
+    match k.as_str() {
+        "index.docker.io" | "registry-1.docker.io" => "docker.io".to_owned(),
+        _ => k,
+    }
+}
+
+impl PullSecret {
+    /// The credentials for `registry` (`host[:port]`); anonymous when the secret has none.
+    pub fn auth_for(&self, registry: &str, url: &str) -> Result<RegistryAuth, FetchError> {
+        let bad = |reason: String| FetchError::PullSecret { url: url.to_owned(), reason };
+        if self.0.trim_ascii() == b"null" {
+            return Err(bad("the secret is the JSON literal null".into()));
+        }
+        let cfg: DockerConfig = serde_json::from_slice(&self.0)
+            .map_err(|e| bad(format!("not a docker config JSON: {e}")))?;
+        let want = normalize_registry(registry);
+        let Some(entry) = cfg.auths.into_iter().find(|(k, _)| normalize_registry(k) == want).map(|(_, v)| v) else {
+            return Ok(RegistryAuth::Anonymous);
+        };
+        if !entry.registrytoken.is_empty() {
+            return Ok(RegistryAuth::Bearer(entry.registrytoken));
+        }
+        if !entry.username.is_empty() || !entry.password.is_empty() {
+            return Ok(RegistryAuth::Basic(entry.username, entry.password));
+        }
+        if !entry.auth.is_empty() {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(entry.auth.trim())
+                .map_err(|e| bad(format!("auth of {registry} is not base64: {e}")))?;
+            let decoded = String::from_utf8(decoded).map_err(|_| bad(format!("auth of {registry} is not UTF-8")))?;
+            let (u, p) = decoded
+                .split_once(':')
+                .ok_or_else(|| bad(format!("auth of {registry} is not user:password")))?;
+            return Ok(RegistryAuth::Basic(u.to_owned(), p.to_owned()));
+        }
+        if !entry.identitytoken.is_empty() {
+            // Docker sends an identity token as the password of user "<token>".
+            return Ok(RegistryAuth::Basic("<token>".into(), entry.identitytoken));
+        }
+        Ok(RegistryAuth::Anonymous)
+    }
+}
+
+#[derive(Deserialize)]
+struct RawManifest {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+    #[serde(default)]
+    manifests: Vec<IndexEntry>,
+}
+
+#[derive(Deserialize, Clone, Debug)]
+struct Descriptor {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    digest: String,
+    #[serde(default)]
+    size: i64,
+}
+
+#[derive(Deserialize)]
+struct IndexEntry {
+    digest: String,
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+#[derive(Deserialize)]
+struct Platform {
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    os: String,
+}
+
+/// How the module sits in the image, once the format is recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    /// Docker image, `plugin.wasm` in the last layer.
+    Docker,
+    /// OCI image, `plugin.wasm` in the last layer.
+    OciImage,
+    /// Istio's Wasm artifact layer (raw module).
+    WasmArtifact,
+    /// CNCF Wasm artifact layer (raw module).
+    CncfWasm,
+}
+
+/// The result of reading a manifest: its digest (the module checksum) and the layer to download.
+pub struct Prepared {
+    client: Client,
+    reference: Reference,
+    url: String,
+    layer: Descriptor,
+    /// Recognised format.
+    pub format: ImageFormat,
+    /// Manifest digest, lowercase hex without `sha256:`.
+    pub digest: String,
+}
+
+impl fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Prepared").field("url", &self.url).field("format", &self.format).field("digest", &self.digest).finish()
+    }
+}
+
+/// Fetches modules from OCI registries. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct OciFetcher {
+    opts: Arc<FetchOptions>,
+    /// Insecure registries found to speak plain HTTP, so the HTTPS try is skipped next time.
+    plain_http: Arc<Mutex<HashMap<String, bool>>>,
+}
+
+fn pick_format(m: &RawManifest) -> Result<(ImageFormat, Descriptor), String> {
+    let last = m.layers.last().ok_or_else(|| "the manifest has no layers".to_owned())?;
+    if m.media_type == DOCKER_MANIFEST {
+        return if last.media_type == DOCKER_LAYER {
+            Ok((ImageFormat::Docker, last.clone()))
+        } else {
+            Err(format!("docker image whose last layer is {} (want {DOCKER_LAYER})", last.media_type))
+        };
+    }
+    if last.media_type == OCI_LAYER_TAR_GZIP || last.media_type == OCI_LAYER_TAR {
+        return Ok((ImageFormat::OciImage, last.clone()));
+    }
+    if let Some(l) = m.layers.iter().find(|l| l.media_type == ISTIO_WASM_LAYER) {
+        return Ok((ImageFormat::WasmArtifact, l.clone()));
+    }
+    if let Some(l) = m.layers.iter().find(|l| l.media_type == CNCF_WASM_LAYER) {
+        return Ok((ImageFormat::CncfWasm, l.clone()));
+    }
+    let types: Vec<&str> = m.layers.iter().map(|l| l.media_type.as_str()).collect();
+    Err(format!("no layer of a Wasm media type; layers are {types:?}"))
+}
+
+impl OciFetcher {
+    /// A fetcher with the given options.
+    pub fn new(opts: FetchOptions) -> Self {
+        Self { opts: Arc::new(opts), plain_http: Arc::default() }
+    }
+
+    fn client(&self, registry: &str, plain_http: bool, insecure: bool) -> Client {
+        Client::new(ClientConfig {
+            protocol: if plain_http {
+                ClientProtocol::HttpsExcept(vec![registry.to_owned()])
+            } else {
+                ClientProtocol::Https
+            },
+            accept_invalid_certificates: insecure,
+            ..ClientConfig::default()
+        })
+    }
+
+    /// Reads the manifest of `url` (`oci://host/repo[:tag][@sha256:...]`) and picks the module layer.
+    pub async fn prepare(&self, url: &str, secret: Option<&PullSecret>) -> Result<Prepared, FetchError> {
+        let target = url.strip_prefix("oci://").unwrap_or(url);
+        let reference: Reference = target
+            .parse()
+            .map_err(|e| FetchError::InvalidUrl { url: url.to_owned(), reason: format!("{e}") })?;
+        let registry = reference.resolve_registry().to_owned();
+        let auth = match secret {
+            Some(s) => s.auth_for(reference.registry(), url)?,
+            None => RegistryAuth::Anonymous,
+        };
+        let insecure = self.opts.insecure_registries.contains(reference.registry());
+        let known_plain = self.plain_http.lock().ok().and_then(|m| m.get(&registry).copied());
+        let accept = [OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_MANIFEST_LIST];
+
+        let mut attempts: Vec<bool> = match (insecure, known_plain) {
+            (false, _) => vec![false],
+            (true, Some(true)) => vec![true],
+            (true, _) => vec![false, true],
+        };
+        let mut errors = Vec::new();
+        let mut found = None;
+        for plain in attempts.drain(..) {
+            let client = self.client(&registry, plain, insecure);
+            match client.pull_manifest_raw(&reference, &auth, &accept).await {
+                Ok((body, digest)) => {
+                    if insecure {
+                        if let Ok(mut m) = self.plain_http.lock() {
+                            m.insert(registry.clone(), plain);
+                        }
+                    }
+                    found = Some((client, body, digest));
+                    break;
+                }
+                Err(e) => errors.push(format!("{}: {}", if plain { "http" } else { "https" }, error_chain(&e))),
+            }
+        }
+        let Some((client, body, mut digest)) = found else {
+            return Err(FetchError::Manifest { url: url.to_owned(), reason: errors.join("; ") });
+        };
+        let manifest_err = |reason: String| FetchError::Manifest { url: url.to_owned(), reason };
+        let mut manifest: RawManifest =
+            serde_json::from_slice(&body).map_err(|e| manifest_err(format!("invalid manifest JSON: {e}")))?;
+        let mut reference = reference;
+        if !manifest.manifests.is_empty() || manifest.media_type == OCI_INDEX || manifest.media_type == DOCKER_MANIFEST_LIST {
+            // An index: take the Wasm platform entry, else linux/amd64, else the first.
+            let entry = manifest
+                .manifests
+                .iter()
+                .find(|m| m.platform.as_ref().is_some_and(|p| p.architecture == "wasm" || p.os == "wasip1" || p.os == "wasi"))
+                .or_else(|| manifest.manifests.iter().find(|m| m.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == "amd64")))
+                .or_else(|| manifest.manifests.first())
+                .ok_or_else(|| manifest_err("empty image index".into()))?;
+            reference = Reference::with_digest(
+                reference.registry().to_owned(),
+                reference.repository().to_owned(),
+                entry.digest.clone(),
+            );
+            let (body, d) = client
+                .pull_manifest_raw(&reference, &auth, &accept[..2])
+                .await
+                .map_err(|e| manifest_err(error_chain(&e)))?;
+            manifest = serde_json::from_slice(&body).map_err(|e| manifest_err(format!("invalid manifest JSON: {e}")))?;
+            digest = d;
+        }
+        let (format, layer) =
+            pick_format(&manifest).map_err(|reason| FetchError::UnsupportedImage { url: url.to_owned(), reason })?;
+        let digest = digest.strip_prefix("sha256:").unwrap_or(&digest).to_ascii_lowercase();
+        Ok(Prepared { client, reference, url: url.to_owned(), layer, format, digest })
+    }
+
+    /// Downloads the module layer of a prepared image and unpacks it.
+    pub async fn fetch_module(&self, prepared: Prepared) -> Result<Vec<u8>, FetchError> {
+        let max = self.opts.max_module_size;
+        let url = prepared.url.as_str();
+        if prepared.layer.size > 0 && prepared.layer.size as u64 > max {
+            return Err(FetchError::TooLarge { url: url.to_owned(), max });
+        }
+        let mut out: Vec<u8> = Vec::new();
+        prepared
+            .client
+            .pull_blob(&prepared.reference, prepared.layer.digest.as_str(), &mut out)
+            .await
+            .map_err(|e| FetchError::Blob { url: url.to_owned(), digest: prepared.layer.digest.clone(), reason: error_chain(&e) })?;
+        if out.len() as u64 > max {
+            return Err(FetchError::TooLarge { url: url.to_owned(), max });
+        }
+        match prepared.format {
+            ImageFormat::Docker | ImageFormat::OciImage => unbox::plugin_wasm_from_layer(&out, max, url),
+            ImageFormat::WasmArtifact | ImageFormat::CncfWasm => Ok(out),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(json: &str) -> PullSecret {
+        PullSecret(json.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn pull_secret_forms() {
+        let b64 = base64::engine::general_purpose::STANDARD.encode("alice:s3cret");
+        let s = secret(&format!(r#"{{"auths":{{"https://127.0.0.1:5000/v1/":{{"auth":"{b64}"}}}}}}"#));
+        assert_eq!(s.auth_for("127.0.0.1:5000", "u").unwrap(), RegistryAuth::Basic("alice".into(), "s3cret".into()));
+        assert_eq!(s.auth_for("other.io", "u").unwrap(), RegistryAuth::Anonymous);
+        let s = secret(r#"{"auths":{"reg.io":{"username":"bob","password":"pw"}}}"#);
+        assert_eq!(s.auth_for("reg.io", "u").unwrap(), RegistryAuth::Basic("bob".into(), "pw".into()));
+        let s = secret(r#"{"auths":{"index.docker.io":{"registrytoken":"tok"}}}"#);
+        assert_eq!(s.auth_for("docker.io", "u").unwrap(), RegistryAuth::Bearer("tok".into()));
+        assert!(secret("null").auth_for("reg.io", "u").is_err());
+        assert!(secret("{not json").auth_for("reg.io", "u").is_err());
+        assert_eq!(format!("{:?}", secret("x")), "PullSecret(<redacted>)");
+    }
+
+    fn manifest(media_type: &str, layers: &[&str]) -> RawManifest {
+        RawManifest {
+            media_type: media_type.into(),
+            layers: layers
+                .iter()
+                .map(|t| Descriptor { media_type: (*t).into(), digest: format!("sha256:{t}"), size: 1 })
+                .collect(),
+            manifests: vec![],
+        }
+    }
+
+    #[test]
+    fn formats_in_istio_order() {
+        let f = |m: RawManifest| pick_format(&m).map(|(f, l)| (f, l.media_type));
+        assert_eq!(f(manifest(DOCKER_MANIFEST, &[DOCKER_LAYER, DOCKER_LAYER])).unwrap().0, ImageFormat::Docker);
+        assert!(f(manifest(DOCKER_MANIFEST, &[ISTIO_WASM_LAYER])).is_err());
+        assert_eq!(f(manifest(OCI_MANIFEST, &[ISTIO_WASM_LAYER, OCI_LAYER_TAR_GZIP])).unwrap().0, ImageFormat::OciImage);
+        assert_eq!(f(manifest(OCI_MANIFEST, &["x", ISTIO_WASM_LAYER])).unwrap().0, ImageFormat::WasmArtifact);
+        // Single-layer artifact (rejected by Istio, higress#4528) and the CNCF artifact.
+        assert_eq!(f(manifest(OCI_MANIFEST, &[ISTIO_WASM_LAYER])).unwrap().0, ImageFormat::WasmArtifact);
+        assert_eq!(f(manifest("", &[CNCF_WASM_LAYER])).unwrap().0, ImageFormat::CncfWasm);
+        let err = f(manifest(OCI_MANIFEST, &["application/json"])).unwrap_err();
+        assert!(err.contains("application/json"), "{err}");
+    }
+}
