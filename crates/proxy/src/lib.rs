@@ -1,1 +1,18 @@
-//! wasmesh proxy (being built).
+//! The wasmesh data plane: an Envoy-compatible proxy that runs proxy-wasm filters.
+//!
+//! It loads an Envoy v3 bootstrap ([`config`]), runs N workers (one current-thread tokio runtime
+//! each, like Envoy's workers) that accept on `SO_REUSEPORT` listeners, and drives each request
+//! through the HTTP connection manager: the HTTP filter chain ([`filter`]), the router, the
+//! cluster's load balancer and connection pool, and back through the response filters. TCP
+//! listeners run network filters ([`network_filter`]) in front of `tcp_proxy`. An admin server
+//! serves Envoy's `/stats`, `/stats/prometheus`, `/ready`, `/config_dump`, `/clusters`,
+//! `/listeners` and `/quitquitquit`.
+
+pub mod config;
+pub mod error;
+pub mod filter;
+pub mod network_filter;
+pub mod pb;
+pub mod rbac;
+pub mod response_flags;
+pub mod stats;

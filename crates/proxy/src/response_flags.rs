@@ -1,0 +1,90 @@
+//! Envoy's response flags (`%RESPONSE_FLAGS%`): why a stream ended the way it did.
+
+use std::fmt;
+
+/// A set of Envoy response flags.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResponseFlags(u32);
+
+macro_rules! flags {
+    ($($name:ident = $bit:expr, $short:literal;)*) => {
+        impl ResponseFlags {
+            $(
+                #[doc = concat!("`", $short, "`")]
+                pub const $name: ResponseFlags = ResponseFlags(1 << $bit);
+            )*
+            const ALL: &'static [(ResponseFlags, &'static str)] = &[$((Self::$name, $short),)*];
+        }
+    };
+}
+
+// Order is Envoy's `ResponseFlagUtils` order, which is the order it prints them in.
+flags! {
+    FAILED_LOCAL_HEALTH_CHECK = 0, "LH";
+    NO_HEALTHY_UPSTREAM = 1, "UH";
+    UPSTREAM_REQUEST_TIMEOUT = 2, "UT";
+    LOCAL_RESET = 3, "LR";
+    UPSTREAM_REMOTE_RESET = 4, "UR";
+    UPSTREAM_CONNECTION_FAILURE = 5, "UF";
+    UPSTREAM_CONNECTION_TERMINATION = 6, "UC";
+    UPSTREAM_OVERFLOW = 7, "UO";
+    NO_ROUTE_FOUND = 8, "NR";
+    RATE_LIMITED = 9, "RL";
+    DOWNSTREAM_CONNECTION_TERMINATION = 10, "DC";
+    UPSTREAM_RETRY_LIMIT_EXCEEDED = 11, "URX";
+    STREAM_IDLE_TIMEOUT = 12, "SI";
+    DOWNSTREAM_PROTOCOL_ERROR = 13, "DPE";
+    UPSTREAM_PROTOCOL_ERROR = 14, "UPE";
+    NO_CLUSTER_FOUND = 15, "NC";
+}
+
+impl ResponseFlags {
+    /// Adds `other`'s flags.
+    pub fn insert(&mut self, other: ResponseFlags) {
+        self.0 |= other.0;
+    }
+
+    /// Whether every flag of `other` is set.
+    pub fn contains(self, other: ResponseFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Whether no flag is set.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl fmt::Display for ResponseFlags {
+    /// Envoy's short form: `UH,UF`, or `-` when empty.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("-");
+        }
+        let mut first = true;
+        for (flag, short) in Self::ALL {
+            if self.contains(*flag) {
+                if !first {
+                    f.write_str(",")?;
+                }
+                f.write_str(short)?;
+                first = false;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prints_like_envoy() {
+        let mut f = ResponseFlags::default();
+        assert_eq!(f.to_string(), "-");
+        f.insert(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
+        f.insert(ResponseFlags::NO_HEALTHY_UPSTREAM);
+        assert_eq!(f.to_string(), "UH,UF");
+    }
+}

@@ -1,0 +1,407 @@
+//! Proxy metrics with Envoy's names: a flat name for `/stats` (`http.ingress.downstream_rq_total`)
+//! and a Prometheus name + tags for `/stats/prometheus`
+//! (`envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix="ingress"}`), exactly as
+//! Envoy's tag extraction produces them.
+//!
+//! We do not use prometheus-client's counters here: its OpenMetrics encoder appends `_total` to
+//! every counter, which would rename Envoy's metrics (`envoy_cluster_upstream_cx_connect_fail`)
+//! and break dashboards. A metric is an atomic shared between the owner and this store; there is
+//! no global registry (one [`Store`] per proxy).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::filter::StatsHooks;
+
+/// A monotonically increasing counter.
+#[derive(Debug, Clone, Default)]
+pub struct Counter(Arc<AtomicU64>);
+
+impl Counter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A value that goes up and down.
+#[derive(Debug, Clone, Default)]
+pub struct Gauge(Arc<AtomicI64>);
+
+impl Gauge {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Subtracts one.
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+    /// Sets the value.
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+    /// Current value.
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Metric {
+    Counter(Counter),
+    Gauge(Gauge),
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    prom_name: String,
+    tags: Vec<(String, String)>,
+    metric: Metric,
+}
+
+/// Every metric of one proxy, by flat Envoy name.
+#[derive(Debug, Clone, Default)]
+pub struct Store {
+    entries: Arc<Mutex<BTreeMap<String, Entry>>>,
+    hooks: StatsHooks,
+}
+
+impl Store {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Where filters register their own metrics (plugin metrics).
+    pub fn hooks(&self) -> &StatsHooks {
+        &self.hooks
+    }
+
+    /// The counter named `flat` (created on first use; the same handle afterwards, so counters
+    /// survive config swaps). `prom` is the Prometheus name without the `envoy_` prefix rules
+    /// applied: pass it complete, e.g. `envoy_http_downstream_rq_total`.
+    pub fn counter(&self, flat: &str, prom: &str, tags: &[(&str, &str)]) -> Counter {
+        match self.get_or_insert(flat, prom, tags, || Metric::Counter(Counter::default())) {
+            Metric::Counter(c) => c,
+            // A name registered as a gauge asked for as a counter: a programming error; hand out
+            // a detached counter rather than panic on the request path.
+            Metric::Gauge(_) => Counter::default(),
+        }
+    }
+
+    /// The gauge named `flat`.
+    pub fn gauge(&self, flat: &str, prom: &str, tags: &[(&str, &str)]) -> Gauge {
+        match self.get_or_insert(flat, prom, tags, || Metric::Gauge(Gauge::default())) {
+            Metric::Gauge(g) => g,
+            Metric::Counter(_) => Gauge::default(),
+        }
+    }
+
+    fn get_or_insert(
+        &self,
+        flat: &str,
+        prom: &str,
+        tags: &[(&str, &str)],
+        make: impl FnOnce() -> Metric,
+    ) -> Metric {
+        let mut map = match self.entries.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        map.entry(flat.to_string())
+            .or_insert_with(|| Entry {
+                prom_name: prom.to_string(),
+                tags: tags
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                metric: make(),
+            })
+            .metric
+            .clone()
+    }
+
+    fn snapshot(&self) -> Vec<(String, Entry)> {
+        let map = match self.entries.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// Envoy's `/stats` text: `name: value` lines sorted by name, then plugin metrics.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        for (name, e) in self.snapshot() {
+            let v = match &e.metric {
+                Metric::Counter(c) => c.get().to_string(),
+                Metric::Gauge(g) => g.get().to_string(),
+            };
+            let _ = writeln!(out, "{name}: {v}");
+        }
+        for s in self.hooks.sources() {
+            s.append_text(&mut out);
+        }
+        out
+    }
+
+    /// Envoy's `/stats/prometheus`: metrics grouped by name with a `# TYPE` line each.
+    pub fn render_prometheus(&self) -> String {
+        let mut groups: BTreeMap<String, (bool, Vec<String>)> = BTreeMap::new();
+        for (_, e) in self.snapshot() {
+            let (is_counter, v) = match &e.metric {
+                Metric::Counter(c) => (true, c.get().to_string()),
+                Metric::Gauge(g) => (false, g.get().to_string()),
+            };
+            let labels = if e.tags.is_empty() {
+                String::new()
+            } else {
+                let inner: Vec<String> = e
+                    .tags
+                    .iter()
+                    .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+                    .collect();
+                format!("{{{}}}", inner.join(","))
+            };
+            let g = groups
+                .entry(e.prom_name.clone())
+                .or_insert((is_counter, Vec::new()));
+            g.1.push(format!("{}{labels} {v}", e.prom_name));
+        }
+        let mut out = String::new();
+        for (name, (is_counter, lines)) in groups {
+            let _ = writeln!(
+                out,
+                "# TYPE {name} {}",
+                if is_counter { "counter" } else { "gauge" }
+            );
+            for l in lines {
+                out.push_str(&l);
+                out.push('\n');
+            }
+        }
+        for s in self.hooks.sources() {
+            s.append_prometheus(&mut out);
+        }
+        out
+    }
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Counters of one HTTP connection manager (`http.<stat_prefix>.*`).
+#[derive(Debug, Clone)]
+pub struct HcmStats {
+    /// `downstream_rq_total`
+    pub rq_total: Counter,
+    /// `downstream_rq_1xx` .. `downstream_rq_5xx`
+    pub rq_class: [Counter; 5],
+    /// `downstream_rq_completed`
+    pub rq_completed: Counter,
+    /// `downstream_rq_http1_total`
+    pub rq_http1_total: Counter,
+    /// `downstream_rq_http2_total`
+    pub rq_http2_total: Counter,
+    /// `downstream_rq_active`
+    pub rq_active: Gauge,
+    /// `downstream_cx_total`
+    pub cx_total: Counter,
+    /// `downstream_cx_active`
+    pub cx_active: Gauge,
+    /// `no_route`
+    pub no_route: Counter,
+    /// `downstream_rq_rx_reset`
+    pub rq_rx_reset: Counter,
+    /// `downstream_rq_too_large`
+    pub rq_too_large: Counter,
+    /// `rq_direct_response`
+    pub rq_direct_response: Counter,
+}
+
+impl HcmStats {
+    /// The counters for `stat_prefix`.
+    pub fn new(store: &Store, stat_prefix: &str) -> Self {
+        let tag = [("envoy_http_conn_manager_prefix", stat_prefix)];
+        let c = |n: &str| {
+            store.counter(
+                &format!("http.{stat_prefix}.{n}"),
+                &format!("envoy_http_{n}"),
+                &tag,
+            )
+        };
+        let g = |n: &str| {
+            store.gauge(
+                &format!("http.{stat_prefix}.{n}"),
+                &format!("envoy_http_{n}"),
+                &tag,
+            )
+        };
+        let class = |d: u8| {
+            let code = d.to_string();
+            store.counter(
+                &format!("http.{stat_prefix}.downstream_rq_{d}xx"),
+                "envoy_http_downstream_rq_xx",
+                &[
+                    ("envoy_response_code_class", &code),
+                    ("envoy_http_conn_manager_prefix", stat_prefix),
+                ],
+            )
+        };
+        Self {
+            rq_total: c("downstream_rq_total"),
+            rq_class: [class(1), class(2), class(3), class(4), class(5)],
+            rq_completed: c("downstream_rq_completed"),
+            rq_http1_total: c("downstream_rq_http1_total"),
+            rq_http2_total: c("downstream_rq_http2_total"),
+            rq_active: g("downstream_rq_active"),
+            cx_total: c("downstream_cx_total"),
+            cx_active: g("downstream_cx_active"),
+            no_route: c("no_route"),
+            rq_rx_reset: c("downstream_rq_rx_reset"),
+            rq_too_large: c("downstream_rq_too_large"),
+            rq_direct_response: c("rq_direct_response"),
+        }
+    }
+
+    /// Counts a finished response with `status`.
+    pub fn record_status(&self, status: u16) {
+        if let Some(c) = (status / 100)
+            .checked_sub(1)
+            .and_then(|i| self.rq_class.get(usize::from(i)))
+        {
+            c.inc();
+        }
+        self.rq_completed.inc();
+    }
+}
+
+/// Counters of one upstream cluster (`cluster.<name>.*`).
+#[derive(Debug, Clone)]
+pub struct ClusterStats {
+    /// `upstream_rq_total`
+    pub rq_total: Counter,
+    /// `upstream_rq_1xx` .. `upstream_rq_5xx`
+    pub rq_class: [Counter; 5],
+    /// `upstream_rq_timeout`
+    pub rq_timeout: Counter,
+    /// `upstream_rq_retry`
+    pub rq_retry: Counter,
+    /// `upstream_cx_total`
+    pub cx_total: Counter,
+    /// `upstream_cx_connect_fail`
+    pub cx_connect_fail: Counter,
+    /// `upstream_cx_active`
+    pub cx_active: Gauge,
+    /// `upstream_rq_pending_failure_eject`: requests that failed before a response started.
+    pub rq_pending_failure_eject: Counter,
+    /// `upstream_cx_none_healthy`
+    pub cx_none_healthy: Counter,
+    /// `membership_total`
+    pub membership_total: Gauge,
+    /// `membership_healthy`
+    pub membership_healthy: Gauge,
+}
+
+impl ClusterStats {
+    /// The counters for cluster `name`.
+    pub fn new(store: &Store, name: &str) -> Self {
+        let tag = [("envoy_cluster_name", name)];
+        let c = |n: &str| {
+            store.counter(
+                &format!("cluster.{name}.{n}"),
+                &format!("envoy_cluster_{n}"),
+                &tag,
+            )
+        };
+        let g = |n: &str| {
+            store.gauge(
+                &format!("cluster.{name}.{n}"),
+                &format!("envoy_cluster_{n}"),
+                &tag,
+            )
+        };
+        let class = |d: u8| {
+            let code = d.to_string();
+            store.counter(
+                &format!("cluster.{name}.upstream_rq_{d}xx"),
+                "envoy_cluster_upstream_rq_xx",
+                &[
+                    ("envoy_response_code_class", &code),
+                    ("envoy_cluster_name", name),
+                ],
+            )
+        };
+        Self {
+            rq_total: c("upstream_rq_total"),
+            rq_class: [class(1), class(2), class(3), class(4), class(5)],
+            rq_timeout: c("upstream_rq_timeout"),
+            rq_retry: c("upstream_rq_retry"),
+            cx_total: c("upstream_cx_total"),
+            cx_connect_fail: c("upstream_cx_connect_fail"),
+            cx_active: g("upstream_cx_active"),
+            rq_pending_failure_eject: c("upstream_rq_pending_failure_eject"),
+            cx_none_healthy: c("upstream_cx_none_healthy"),
+            membership_total: g("membership_total"),
+            membership_healthy: g("membership_healthy"),
+        }
+    }
+
+    /// Counts an upstream response with `status`.
+    pub fn record_status(&self, status: u16) {
+        if let Some(c) = (status / 100)
+            .checked_sub(1)
+            .and_then(|i| self.rq_class.get(usize::from(i)))
+        {
+            c.inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_envoy_names() {
+        let store = Store::new();
+        let s = HcmStats::new(&store, "ingress_http");
+        s.rq_total.inc();
+        s.record_status(200);
+        let text = store.render_text();
+        assert!(
+            text.contains("http.ingress_http.downstream_rq_total: 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("http.ingress_http.downstream_rq_2xx: 1\n"),
+            "{text}"
+        );
+        let prom = store.render_prometheus();
+        assert!(
+            prom.contains("# TYPE envoy_http_downstream_rq_total counter\n"),
+            "{prom}"
+        );
+        assert!(
+            prom.contains("envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix=\"ingress_http\"} 1\n"),
+            "{prom}"
+        );
+        assert!(prom.contains(
+            "envoy_http_downstream_rq_xx{envoy_response_code_class=\"2\",envoy_http_conn_manager_prefix=\"ingress_http\"} 1"
+        ));
+    }
+}
