@@ -271,6 +271,7 @@ impl ModuleCache {
                     .in_use
                     .into_iter()
                     .map(|(r, (name, checksum))| (r, ModuleKey { name, checksum }))
+                    .filter(|(_, k)| state.modules.contains_key(k))
                     .collect();
             }
             Ok(None) => {}

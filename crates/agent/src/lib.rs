@@ -12,6 +12,9 @@ pub mod fetch;
 pub mod metrics;
 pub mod xds_proxy;
 
+#[cfg(test)]
+mod testutil;
+
 pub use agent::{Agent, AgentConfig, AgentError, ListenAddr};
 pub use cache::{CacheOptions, ModuleCache, PullPolicy};
 pub use convert::Converter;
