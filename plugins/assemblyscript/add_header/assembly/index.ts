@@ -13,6 +13,15 @@ import {
 } from "@solo-io/proxy-runtime";
 
 class AddHeaderRoot extends RootContext {
+  // Replaces RootContext.onConfigure of proxy-runtime 0.1.8, which passes
+  // `configuration_size` as the *size out-pointer* of proxy_get_buffer_bytes: the host
+  // then writes the length at guest address <configuration_size> (corrupting memory), and
+  // with an empty configuration the SDK decodes a stale pointer (trap or double free).
+  // This plugin takes no configuration, so it does not read it.
+  onConfigure(configuration_size: u32): bool {
+    return true;
+  }
+
   createContext(context_id: u32): Context {
     return new AddHeader(context_id, this);
   }
