@@ -1,0 +1,838 @@
+//! A plugin VM: one wasmtime instance of a plugin on one worker, with its root context and the
+//! stream contexts of the requests and connections it serves.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::{Instance, Store, Trap, TypedFunc, WasmParams, WasmResults};
+
+use crate::abi::{BufferType, DataAction, FilterAction, HeadersAction, MapType, PeerType, Status};
+use crate::error::{Error, TrapKind};
+use crate::headers::HeaderMap;
+use crate::host::{Host, HttpCallResponse};
+use crate::imports::ProcExit;
+use crate::plugin::{Plugin, PluginStats};
+use crate::properties::{NoProperties, StreamProperties};
+use crate::state::{Context, ContextKind, Effect, Phase, VmState};
+
+type F1<R> = Option<TypedFunc<i32, R>>;
+type F2<R> = Option<TypedFunc<(i32, i32), R>>;
+type F3<R> = Option<TypedFunc<(i32, i32, i32), R>>;
+type F5<R> = Option<TypedFunc<(i32, i32, i32, i32, i32), R>>;
+
+/// `proxy_on_request_headers` has 2 parameters in 0.1.0 and 3 in 0.2.x.
+enum HeadersFn {
+    V1(TypedFunc<(i32, i32), i32>),
+    V2(TypedFunc<(i32, i32, i32), i32>),
+}
+
+#[derive(Default)]
+struct Exports {
+    on_context_create: F2<()>,
+    on_vm_start: F2<i32>,
+    on_configure: F2<i32>,
+    on_tick: F1<()>,
+    on_queue_ready: F2<()>,
+    on_done: F1<i32>,
+    on_log: F1<()>,
+    on_delete: F1<()>,
+    on_new_connection: F1<i32>,
+    on_downstream_data: F3<i32>,
+    on_upstream_data: F3<i32>,
+    on_downstream_close: F2<()>,
+    on_upstream_close: F2<()>,
+    on_request_headers: Option<HeadersFn>,
+    on_request_body: F3<i32>,
+    on_request_trailers: F2<i32>,
+    on_response_headers: Option<HeadersFn>,
+    on_response_body: F3<i32>,
+    on_response_trailers: F2<i32>,
+    on_http_call_response: F5<()>,
+    on_grpc_receive: F3<()>,
+    on_grpc_close: F3<()>,
+    on_foreign_function: F3<()>,
+}
+
+fn typed<P: WasmParams, R: WasmResults>(
+    store: &mut Store<VmState>,
+    inst: &Instance,
+    name: &str,
+) -> Result<Option<TypedFunc<P, R>>, Error> {
+    match inst.get_func(&mut *store, name) {
+        None => Ok(None),
+        Some(f) => f.typed::<P, R>(&*store).map(Some).map_err(|e| Error::Link {
+            plugin: store.data().plugin_name().to_string(),
+            reason: format!("export {name} has the wrong signature: {e}"),
+        }),
+    }
+}
+
+fn headers_fn(
+    store: &mut Store<VmState>,
+    inst: &Instance,
+    name: &str,
+) -> Result<Option<HeadersFn>, Error> {
+    let Some(f) = inst.get_func(&mut *store, name) else {
+        return Ok(None);
+    };
+    if let Ok(t) = f.typed::<(i32, i32, i32), i32>(&*store) {
+        return Ok(Some(HeadersFn::V2(t)));
+    }
+    f.typed::<(i32, i32), i32>(&*store)
+        .map(|t| Some(HeadersFn::V1(t)))
+        .map_err(|e| Error::Link {
+            plugin: store.data().plugin_name().to_string(),
+            reason: format!("export {name} has the wrong signature: {e}"),
+        })
+}
+
+impl Exports {
+    fn resolve(store: &mut Store<VmState>, inst: &Instance) -> Result<Self, Error> {
+        Ok(Self {
+            on_context_create: typed(store, inst, "proxy_on_context_create")?,
+            on_vm_start: typed(store, inst, "proxy_on_vm_start")?,
+            on_configure: typed(store, inst, "proxy_on_configure")?,
+            on_tick: typed(store, inst, "proxy_on_tick")?,
+            on_queue_ready: typed(store, inst, "proxy_on_queue_ready")?,
+            on_done: typed(store, inst, "proxy_on_done")?,
+            on_log: typed(store, inst, "proxy_on_log")?,
+            on_delete: typed(store, inst, "proxy_on_delete")?,
+            on_new_connection: typed(store, inst, "proxy_on_new_connection")?,
+            on_downstream_data: typed(store, inst, "proxy_on_downstream_data")?,
+            on_upstream_data: typed(store, inst, "proxy_on_upstream_data")?,
+            on_downstream_close: typed(store, inst, "proxy_on_downstream_connection_close")?,
+            on_upstream_close: typed(store, inst, "proxy_on_upstream_connection_close")?,
+            on_request_headers: headers_fn(store, inst, "proxy_on_request_headers")?,
+            on_request_body: typed(store, inst, "proxy_on_request_body")?,
+            on_request_trailers: typed(store, inst, "proxy_on_request_trailers")?,
+            on_response_headers: headers_fn(store, inst, "proxy_on_response_headers")?,
+            on_response_body: typed(store, inst, "proxy_on_response_body")?,
+            on_response_trailers: typed(store, inst, "proxy_on_response_trailers")?,
+            on_http_call_response: typed(store, inst, "proxy_on_http_call_response")?,
+            on_grpc_receive: typed(store, inst, "proxy_on_grpc_receive")?,
+            on_grpc_close: typed(store, inst, "proxy_on_grpc_close")?,
+            on_foreign_function: typed(store, inst, "proxy_on_foreign_function")?,
+        })
+    }
+}
+
+/// One running instance of a plugin.
+pub struct PluginVm {
+    store: Store<VmState>,
+    exports: Exports,
+    plugin: Arc<Plugin>,
+    root: u32,
+    failed: Option<TrapKind>,
+}
+
+impl Plugin {
+    /// Creates a VM: instantiates the module, runs `_initialize`/`_start`, creates the root
+    /// context and calls `on_vm_start` and `on_configure`. A `false` from either is
+    /// [`Error::Rejected`]; a trap is [`Error::Trap`].
+    pub fn instantiate(self: &Arc<Self>, host: Box<dyn Host>) -> Result<PluginVm, Error> {
+        PluginStats::bump(&self.stats.vms_created);
+        let mut store = Store::new(&self.runtime.inner.engine, VmState::new(self.clone(), host));
+        store.limiter(|s| &mut s.limiter);
+        let mut vm = PluginVm {
+            exports: Exports::default(),
+            plugin: self.clone(),
+            root: 0,
+            failed: None,
+            store,
+        };
+        vm.set_deadline(self.config.limits.start_deadline);
+        let instance = match self.module.pre.instantiate(&mut vm.store) {
+            Ok(i) => i,
+            Err(e) => return Err(vm.fail("instantiate", e)),
+        };
+        let memory = instance
+            .get_memory(&mut vm.store, "memory")
+            .ok_or(Error::NoMemory)?;
+        let allocator = typed::<i32, i32>(&mut vm.store, &instance, "proxy_on_memory_allocate")?
+            .or(typed::<i32, i32>(&mut vm.store, &instance, "malloc")?)
+            .ok_or(Error::NoAllocator)?;
+        vm.store.data_mut().memory = Some(memory);
+        vm.store.data_mut().allocator = Some(allocator);
+        vm.exports = Exports::resolve(&mut vm.store, &instance)?;
+        vm.start(&instance)?;
+        Ok(vm)
+    }
+}
+
+impl PluginVm {
+    fn start(&mut self, instance: &Instance) -> Result<(), Error> {
+        let init = typed::<(), ()>(&mut self.store, instance, "_initialize")?;
+        if let Some(init) = init {
+            self.call("_initialize", &init, 0, ())?;
+            if let Some(main) = typed::<(i32, i32), i32>(&mut self.store, instance, "main")? {
+                self.call("main", &main, 0, (0, 0))?;
+            } else if let Some(main) = typed::<(), i32>(&mut self.store, instance, "__main_void")? {
+                self.call("__main_void", &main, 0, ())?;
+            }
+        } else if let Some(start) = typed::<(), ()>(&mut self.store, instance, "_start")? {
+            self.call("_start", &start, 0, ())?;
+        }
+        let root = self.alloc_context(Context::new(ContextKind::Root, 0, Box::new(NoProperties)));
+        if let Some(c) = &mut self.store.data_mut().contexts.get_mut(&root) {
+            c.root = root;
+        }
+        self.root = root;
+        if let Some(f) = self.exports.on_context_create.clone() {
+            self.store.data_mut().phase = Phase::Running;
+            self.call("proxy_on_context_create", &f, root, (root as i32, 0))?;
+        }
+        let cfg = &self.plugin.config;
+        let (vm_len, cfg_len) = (
+            cfg.vm_configuration.len() as i32,
+            cfg.configuration.len() as i32,
+        );
+        self.store.data_mut().phase = Phase::VmStart;
+        if let Some(f) = self.exports.on_vm_start.clone()
+            && self.call("proxy_on_vm_start", &f, root, (root as i32, vm_len))? == 0
+        {
+            return Err(self.reject("proxy_on_vm_start"));
+        }
+        self.store.data_mut().phase = Phase::Configure;
+        if let Some(f) = self.exports.on_configure.clone()
+            && self.call("proxy_on_configure", &f, root, (root as i32, cfg_len))? == 0
+        {
+            return Err(self.reject("proxy_on_configure"));
+        }
+        self.store.data_mut().phase = Phase::Running;
+        self.set_deadline(self.plugin.config.limits.callback_deadline);
+        Ok(())
+    }
+
+    fn reject(&mut self, callback: &'static str) -> Error {
+        self.failed = Some(TrapKind::Trap);
+        Error::Rejected {
+            plugin: self.plugin.config.name.clone(),
+            callback,
+        }
+    }
+
+    fn set_deadline(&mut self, d: Duration) {
+        let tick = self.plugin.runtime.inner.epoch_tick.as_nanos().max(1);
+        let ticks = (d.as_nanos() / tick).max(1) as u64 + 1;
+        self.store.set_epoch_deadline(ticks);
+    }
+
+    fn alloc_context(&mut self, ctx: Context) -> u32 {
+        let state = self.store.data_mut();
+        let id = state.next_context_id;
+        state.next_context_id += 1;
+        state.contexts.insert(id, ctx);
+        id
+    }
+
+    fn fail(&mut self, callback: &'static str, e: wasmtime::Error) -> Error {
+        let stats = &self.plugin.stats;
+        let state = self.store.data_mut();
+        let kind = if e.downcast_ref::<ProcExit>().is_some() || state.exited.is_some() {
+            TrapKind::Exit
+        } else if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+            PluginStats::bump(&stats.deadline_exceeded);
+            TrapKind::Deadline
+        } else if state.limiter.memory_exceeded {
+            PluginStats::bump(&stats.memory_exceeded);
+            TrapKind::Memory
+        } else {
+            TrapKind::Trap
+        };
+        PluginStats::bump(&stats.traps);
+        let reason = match (kind, e.downcast_ref::<Trap>()) {
+            (TrapKind::Deadline, _) => format!(
+                "exceeded its CPU deadline of {:?} per callback",
+                self.plugin.config.limits.callback_deadline
+            ),
+            (TrapKind::Memory, _) => format!(
+                "exceeded its memory limit of {} bytes",
+                self.plugin.config.limits.max_memory_bytes
+            ),
+            (_, Some(trap)) => format!("wasm trap: {trap}"),
+            _ => e.to_string(),
+        };
+        tracing::error!(plugin = %self.plugin.config.name, callback, reason = %reason, detail = %format!("{e:?}"), "plugin VM failed");
+        self.failed = Some(kind);
+        Error::Trap {
+            plugin: self.plugin.config.name.clone(),
+            callback,
+            reason,
+            kind,
+        }
+    }
+
+    fn call<P: WasmParams, R: WasmResults>(
+        &mut self,
+        callback: &'static str,
+        f: &TypedFunc<P, R>,
+        ctx: u32,
+        args: P,
+    ) -> Result<R, Error> {
+        if self.failed.is_some() {
+            return Err(Error::VmFailed {
+                plugin: self.plugin.config.name.clone(),
+            });
+        }
+        let state = self.store.data_mut();
+        state.current = ctx;
+        state.effective = None;
+        self.set_deadline(if self.store.data().phase == Phase::Running {
+            self.plugin.config.limits.callback_deadline
+        } else {
+            self.plugin.config.limits.start_deadline
+        });
+        match f.call(&mut self.store, args) {
+            Ok(r) => Ok(r),
+            Err(e) => Err(self.fail(callback, e)),
+        }
+    }
+
+    fn check_context(&self, ctx: u32) -> Result<(), Error> {
+        if self.store.data().contexts.contains_key(&ctx) {
+            Ok(())
+        } else {
+            Err(Error::UnknownContext {
+                plugin: self.plugin.config.name.clone(),
+                context_id: ctx,
+            })
+        }
+    }
+
+    /// The plugin this VM runs.
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+
+    /// The root context id.
+    pub fn root_context_id(&self) -> u32 {
+        self.root
+    }
+
+    /// Why the VM failed, if it did. A failed VM takes no more calls.
+    pub fn failure(&self) -> Option<TrapKind> {
+        self.failed
+    }
+
+    /// Whether the VM failed.
+    pub fn is_failed(&self) -> bool {
+        self.failed.is_some()
+    }
+
+    /// Bytes of linear memory.
+    pub fn memory_bytes(&self) -> usize {
+        self.store
+            .data()
+            .memory
+            .map(|m| m.data_size(&self.store))
+            .unwrap_or(0)
+    }
+
+    /// Number of live contexts (root included).
+    pub fn context_count(&self) -> usize {
+        self.store.data().contexts.len()
+    }
+
+    /// The tick period the plugin asked for, if any.
+    pub fn tick_period(&self) -> Option<Duration> {
+        let ms = self.store.data().tick_period_ms;
+        (ms > 0).then(|| Duration::from_millis(ms as u64))
+    }
+
+    /// Side effects queued by the last calls (continue, close, local reply, clear route cache).
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.store.data_mut().effects)
+    }
+
+    /// Whether any side effect is queued.
+    pub fn has_effects(&self) -> bool {
+        !self.store.data().effects.is_empty()
+    }
+
+    /// Outstanding HTTP/gRPC call tokens.
+    pub fn pending_calls(&self) -> usize {
+        self.store.data().calls.len()
+    }
+
+    fn new_stream_context(
+        &mut self,
+        kind: ContextKind,
+        props: Box<dyn StreamProperties>,
+    ) -> Result<u32, Error> {
+        let id = self.alloc_context(Context::new(kind, self.root, props));
+        if let Some(f) = self.exports.on_context_create.clone() {
+            self.call(
+                "proxy_on_context_create",
+                &f,
+                id,
+                (id as i32, self.root as i32),
+            )?;
+        }
+        Ok(id)
+    }
+
+    /// Creates an HTTP stream context (`proxy_on_context_create(id, root)`).
+    pub fn new_http_context(&mut self, props: Box<dyn StreamProperties>) -> Result<u32, Error> {
+        self.new_stream_context(ContextKind::Http, props)
+    }
+
+    /// Creates a TCP connection context and calls `proxy_on_new_connection`.
+    pub fn new_tcp_context(
+        &mut self,
+        props: Box<dyn StreamProperties>,
+    ) -> Result<(u32, FilterAction), Error> {
+        let id = self.new_stream_context(ContextKind::Tcp, props)?;
+        let action = match self.exports.on_new_connection.clone() {
+            Some(f) => {
+                FilterAction::from_guest(self.call("proxy_on_new_connection", &f, id, id as i32)?)
+            }
+            None => FilterAction::Continue,
+        };
+        Ok((id, action))
+    }
+
+    /// Puts a header/trailer map into a stream context.
+    pub fn set_map(&mut self, ctx: u32, map_type: MapType, map: HeaderMap) -> Result<(), Error> {
+        self.check_context(ctx)?;
+        if let (Some(slot), Some(c)) = (
+            map_type.stream_slot(),
+            self.store.data_mut().contexts.get_mut(&ctx),
+        ) {
+            c.maps[slot] = Some(map);
+        }
+        Ok(())
+    }
+
+    /// Takes a map back out of a stream context (after the plugin is done with it).
+    pub fn take_map(&mut self, ctx: u32, map_type: MapType) -> Option<HeaderMap> {
+        let slot = map_type.stream_slot()?;
+        self.store.data_mut().contexts.get_mut(&ctx)?.maps[slot].take()
+    }
+
+    /// A map of a stream context.
+    pub fn map(&self, ctx: u32, map_type: MapType) -> Option<&HeaderMap> {
+        let slot = map_type.stream_slot()?;
+        self.store.data().contexts.get(&ctx)?.maps[slot].as_ref()
+    }
+
+    /// Replaces a body/data buffer of a stream context.
+    pub fn set_buffer(&mut self, ctx: u32, buffer: BufferType, data: Vec<u8>) -> Result<(), Error> {
+        self.check_context(ctx)?;
+        if let (Some(slot), Some(c)) = (
+            buffer.stream_slot(),
+            self.store.data_mut().contexts.get_mut(&ctx),
+        ) {
+            c.buffers[slot] = Some(data);
+        }
+        Ok(())
+    }
+
+    /// Appends to a body/data buffer (what Envoy does while a plugin buffers).
+    pub fn append_buffer(
+        &mut self,
+        ctx: u32,
+        buffer: BufferType,
+        data: &[u8],
+    ) -> Result<(), Error> {
+        self.check_context(ctx)?;
+        if let (Some(slot), Some(c)) = (
+            buffer.stream_slot(),
+            self.store.data_mut().contexts.get_mut(&ctx),
+        ) {
+            c.buffers[slot]
+                .get_or_insert_with(Vec::new)
+                .extend_from_slice(data);
+        }
+        Ok(())
+    }
+
+    /// Takes a body/data buffer out.
+    pub fn take_buffer(&mut self, ctx: u32, buffer: BufferType) -> Option<Vec<u8>> {
+        let slot = buffer.stream_slot()?;
+        self.store.data_mut().contexts.get_mut(&ctx)?.buffers[slot].take()
+    }
+
+    /// A body/data buffer of a stream context.
+    pub fn buffer(&self, ctx: u32, buffer: BufferType) -> Option<&[u8]> {
+        let slot = buffer.stream_slot()?;
+        self.store.data().contexts.get(&ctx)?.buffers[slot].as_deref()
+    }
+
+    fn map_len(&self, ctx: u32, slot: usize) -> i32 {
+        self.store
+            .data()
+            .contexts
+            .get(&ctx)
+            .and_then(|c| c.maps[slot].as_ref())
+            .map_or(0, |m| m.len() as i32)
+    }
+
+    fn buffer_len(&self, ctx: u32, slot: usize) -> i32 {
+        self.store
+            .data()
+            .contexts
+            .get(&ctx)
+            .and_then(|c| c.buffers[slot].as_ref())
+            .map_or(0, |b| b.len() as i32)
+    }
+
+    fn headers(&mut self, request: bool, ctx: u32, eos: bool) -> Result<HeadersAction, Error> {
+        self.check_context(ctx)?;
+        let (f, name, slot) = if request {
+            (
+                &self.exports.on_request_headers,
+                "proxy_on_request_headers",
+                0,
+            )
+        } else {
+            (
+                &self.exports.on_response_headers,
+                "proxy_on_response_headers",
+                2,
+            )
+        };
+        let n = self.map_len(ctx, slot);
+        let raw = match f {
+            None => return Ok(HeadersAction::Continue),
+            Some(HeadersFn::V2(f)) => {
+                let f = f.clone();
+                self.call(name, &f, ctx, (ctx as i32, n, i32::from(eos)))?
+            }
+            Some(HeadersFn::V1(f)) => {
+                let f = f.clone();
+                self.call(name, &f, ctx, (ctx as i32, n))?
+            }
+        };
+        if self.local_reply_pending(ctx) {
+            return Ok(HeadersAction::StopAllWatermark);
+        }
+        Ok(HeadersAction::from_guest(raw))
+    }
+
+    fn local_reply_pending(&self, ctx: u32) -> bool {
+        self.store
+            .data()
+            .effects
+            .iter()
+            .any(|e| matches!(e, Effect::LocalReply { context_id, .. } if *context_id == ctx))
+    }
+
+    fn body(&mut self, request: bool, ctx: u32, eos: bool) -> Result<DataAction, Error> {
+        self.check_context(ctx)?;
+        let (f, name, slot) = if request {
+            (
+                self.exports.on_request_body.clone(),
+                "proxy_on_request_body",
+                0,
+            )
+        } else {
+            (
+                self.exports.on_response_body.clone(),
+                "proxy_on_response_body",
+                1,
+            )
+        };
+        let Some(f) = f else {
+            return Ok(DataAction::Continue);
+        };
+        let size = self.buffer_len(ctx, slot);
+        let raw = self.call(name, &f, ctx, (ctx as i32, size, i32::from(eos)))?;
+        if self.local_reply_pending(ctx) {
+            return Ok(DataAction::StopNoBuffer);
+        }
+        Ok(DataAction::from_guest(raw))
+    }
+
+    fn trailers(&mut self, request: bool, ctx: u32) -> Result<FilterAction, Error> {
+        self.check_context(ctx)?;
+        let (f, name, slot) = if request {
+            (
+                self.exports.on_request_trailers.clone(),
+                "proxy_on_request_trailers",
+                1,
+            )
+        } else {
+            (
+                self.exports.on_response_trailers.clone(),
+                "proxy_on_response_trailers",
+                3,
+            )
+        };
+        let Some(f) = f else {
+            return Ok(FilterAction::Continue);
+        };
+        let n = self.map_len(ctx, slot);
+        let raw = self.call(name, &f, ctx, (ctx as i32, n))?;
+        if self.local_reply_pending(ctx) {
+            return Ok(FilterAction::Stop);
+        }
+        Ok(FilterAction::from_guest(raw))
+    }
+
+    /// `proxy_on_request_headers` with the map set by [`Self::set_map`].
+    pub fn on_request_headers(
+        &mut self,
+        ctx: u32,
+        end_of_stream: bool,
+    ) -> Result<HeadersAction, Error> {
+        self.headers(true, ctx, end_of_stream)
+    }
+
+    /// `proxy_on_request_body`; `body_size` is the whole buffered request body.
+    pub fn on_request_body(&mut self, ctx: u32, end_of_stream: bool) -> Result<DataAction, Error> {
+        self.body(true, ctx, end_of_stream)
+    }
+
+    /// `proxy_on_request_trailers`.
+    pub fn on_request_trailers(&mut self, ctx: u32) -> Result<FilterAction, Error> {
+        self.trailers(true, ctx)
+    }
+
+    /// `proxy_on_response_headers`.
+    pub fn on_response_headers(
+        &mut self,
+        ctx: u32,
+        end_of_stream: bool,
+    ) -> Result<HeadersAction, Error> {
+        self.headers(false, ctx, end_of_stream)
+    }
+
+    /// `proxy_on_response_body`.
+    pub fn on_response_body(&mut self, ctx: u32, end_of_stream: bool) -> Result<DataAction, Error> {
+        self.body(false, ctx, end_of_stream)
+    }
+
+    /// `proxy_on_response_trailers`.
+    pub fn on_response_trailers(&mut self, ctx: u32) -> Result<FilterAction, Error> {
+        self.trailers(false, ctx)
+    }
+
+    /// `proxy_on_downstream_data` with the data set as [`BufferType::DownstreamData`].
+    pub fn on_downstream_data(
+        &mut self,
+        ctx: u32,
+        end_of_stream: bool,
+    ) -> Result<FilterAction, Error> {
+        self.net_data(true, ctx, end_of_stream)
+    }
+
+    /// `proxy_on_upstream_data` with the data set as [`BufferType::UpstreamData`].
+    pub fn on_upstream_data(
+        &mut self,
+        ctx: u32,
+        end_of_stream: bool,
+    ) -> Result<FilterAction, Error> {
+        self.net_data(false, ctx, end_of_stream)
+    }
+
+    fn net_data(&mut self, downstream: bool, ctx: u32, eos: bool) -> Result<FilterAction, Error> {
+        self.check_context(ctx)?;
+        let (f, name, slot) = if downstream {
+            (
+                self.exports.on_downstream_data.clone(),
+                "proxy_on_downstream_data",
+                2,
+            )
+        } else {
+            (
+                self.exports.on_upstream_data.clone(),
+                "proxy_on_upstream_data",
+                3,
+            )
+        };
+        let Some(f) = f else {
+            return Ok(FilterAction::Continue);
+        };
+        let size = self.buffer_len(ctx, slot);
+        Ok(FilterAction::from_guest(self.call(
+            name,
+            &f,
+            ctx,
+            (ctx as i32, size, i32::from(eos)),
+        )?))
+    }
+
+    /// `proxy_on_downstream_connection_close`.
+    pub fn on_downstream_close(&mut self, ctx: u32, peer: PeerType) -> Result<(), Error> {
+        self.check_context(ctx)?;
+        match self.exports.on_downstream_close.clone() {
+            Some(f) => self.call(
+                "proxy_on_downstream_connection_close",
+                &f,
+                ctx,
+                (ctx as i32, peer as i32),
+            ),
+            None => Ok(()),
+        }
+    }
+
+    /// `proxy_on_upstream_connection_close`.
+    pub fn on_upstream_close(&mut self, ctx: u32, peer: PeerType) -> Result<(), Error> {
+        self.check_context(ctx)?;
+        match self.exports.on_upstream_close.clone() {
+            Some(f) => self.call(
+                "proxy_on_upstream_connection_close",
+                &f,
+                ctx,
+                (ctx as i32, peer as i32),
+            ),
+            None => Ok(()),
+        }
+    }
+
+    /// `proxy_on_log` (access-log phase).
+    pub fn on_log(&mut self, ctx: u32) -> Result<(), Error> {
+        self.check_context(ctx)?;
+        match self.exports.on_log.clone() {
+            Some(f) => self.call("proxy_on_log", &f, ctx, ctx as i32),
+            None => Ok(()),
+        }
+    }
+
+    /// Ends a stream context: `proxy_on_done` then `proxy_on_delete` (Envoy ignores a stream's
+    /// on_done answer). The context is gone afterwards even if the VM failed.
+    pub fn finish(&mut self, ctx: u32) -> Result<(), Error> {
+        self.check_context(ctx)?;
+        let mut result = Ok(());
+        if self.failed.is_none() {
+            if let Some(f) = self.exports.on_done.clone() {
+                result = self.call("proxy_on_done", &f, ctx, ctx as i32).map(|_| ());
+            }
+            if result.is_ok()
+                && let Some(f) = self.exports.on_delete.clone()
+            {
+                result = self.call("proxy_on_delete", &f, ctx, ctx as i32);
+            }
+        }
+        let state = self.store.data_mut();
+        state.contexts.remove(&ctx);
+        state.effects.retain(|e| e.context_id() != ctx);
+        result
+    }
+
+    /// Everything at the end of a stream, in Envoy's order: log, done, delete.
+    pub fn complete(&mut self, ctx: u32) -> Result<(), Error> {
+        let logged = if self.failed.is_none() {
+            self.on_log(ctx)
+        } else {
+            Ok(())
+        };
+        let finished = self.finish(ctx);
+        logged.and(finished)
+    }
+
+    /// `proxy_on_tick` on the root context.
+    pub fn on_tick(&mut self) -> Result<(), Error> {
+        match self.exports.on_tick.clone() {
+            Some(f) => self.call("proxy_on_tick", &f, self.root, self.root as i32),
+            None => Ok(()),
+        }
+    }
+
+    /// `proxy_on_queue_ready` on the root context that registered the queue.
+    pub fn on_queue_ready(&mut self, root_context_id: u32, queue_id: u32) -> Result<(), Error> {
+        self.check_context(root_context_id)?;
+        match self.exports.on_queue_ready.clone() {
+            Some(f) => self.call(
+                "proxy_on_queue_ready",
+                &f,
+                root_context_id,
+                (root_context_id as i32, queue_id as i32),
+            ),
+            None => Ok(()),
+        }
+    }
+
+    /// Delivers the answer to an HTTP callout (`None`: the call failed or was reset).
+    /// Unknown tokens (e.g. already delivered) are ignored.
+    pub fn on_http_call_response(
+        &mut self,
+        token: u32,
+        response: Option<HttpCallResponse>,
+    ) -> Result<(), Error> {
+        let Some(root) = self.store.data_mut().calls.remove(&token) else {
+            return Ok(());
+        };
+        let Some(f) = self.exports.on_http_call_response.clone() else {
+            return Ok(());
+        };
+        let (nh, bl, nt) = response.as_ref().map_or((0, 0, 0), |r| {
+            (
+                r.headers.len() as i32,
+                r.body.len() as i32,
+                r.trailers.len() as i32,
+            )
+        });
+        let state = self.store.data_mut();
+        state.status = match &response {
+            Some(_) => (Status::Ok as u32, Vec::new()),
+            None => (Status::BrokenConnection as u32, b"reset".to_vec()),
+        };
+        state.call.http_response = response;
+        let res = self.call(
+            "proxy_on_http_call_response",
+            &f,
+            root,
+            (root as i32, token as i32, nh, bl, nt),
+        );
+        self.store.data_mut().call.http_response = None;
+        res
+    }
+
+    /// Delivers a gRPC response message, then closes the call with `status`.
+    pub fn on_grpc_response(
+        &mut self,
+        token: u32,
+        result: Result<Vec<u8>, (u32, String)>,
+    ) -> Result<(), Error> {
+        let Some(root) = self.store.data_mut().calls.remove(&token) else {
+            return Ok(());
+        };
+        match result {
+            Ok(message) => {
+                let Some(f) = self.exports.on_grpc_receive.clone() else {
+                    return Ok(());
+                };
+                let len = message.len() as i32;
+                self.store.data_mut().call.grpc_message = Some(message);
+                let res = self.call(
+                    "proxy_on_grpc_receive",
+                    &f,
+                    root,
+                    (root as i32, token as i32, len),
+                );
+                self.store.data_mut().call.grpc_message = None;
+                res
+            }
+            Err((code, message)) => {
+                let Some(f) = self.exports.on_grpc_close.clone() else {
+                    return Ok(());
+                };
+                self.store.data_mut().status = (code, message.into_bytes());
+                self.call(
+                    "proxy_on_grpc_close",
+                    &f,
+                    root,
+                    (root as i32, token as i32, code as i32),
+                )
+            }
+        }
+    }
+
+    /// `proxy_on_foreign_function` with `args` readable as [`BufferType::CallData`].
+    pub fn on_foreign_function(&mut self, function_id: u32, args: Vec<u8>) -> Result<(), Error> {
+        let Some(f) = self.exports.on_foreign_function.clone() else {
+            return Ok(());
+        };
+        let len = args.len() as i32;
+        self.store.data_mut().call.foreign_args = Some(args);
+        let res = self.call(
+            "proxy_on_foreign_function",
+            &f,
+            self.root,
+            (self.root as i32, function_id as i32, len),
+        );
+        self.store.data_mut().call.foreign_args = None;
+        res
+    }
+}
