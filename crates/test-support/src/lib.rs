@@ -1,1 +1,3 @@
 //! Test helpers shared across crates.
+
+pub mod fake_ads;

@@ -257,7 +257,14 @@ impl OciFetcher {
                     found = Some((client, body, digest));
                     break;
                 }
-                Err(e) => errors.push(format!("{}: {}", if plain { "http" } else { "https" }, error_chain(&e))),
+                Err(e) => {
+                    errors.push(format!("{}: {}", if plain { "http" } else { "https" }, error_chain(&e)));
+                    // Only a transport failure (e.g. TLS to a plain-HTTP registry) is worth
+                    // retrying over plain HTTP; the registry answered otherwise.
+                    if !matches!(e, oci_client::errors::OciDistributionError::RequestError(_)) {
+                        break;
+                    }
+                }
             }
         }
         let Some((client, body, mut digest)) = found else {

@@ -1,1 +1,4 @@
+//! Integration tests of the agent against real peers: docker-registry, Envoy.
 
+mod oci;
+mod registry;
