@@ -133,3 +133,91 @@ impl Pusher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::config_from_yaml;
+    use crate::proxy::node;
+    use wasmesh_xds::type_url;
+
+    const GW: &str = "---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: a}\nspec:\n  selector: {istio: gw}\n  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: ['*']}]\n";
+
+    fn plugin(ns: &str, name: &str, cfg: &str, extra: &str) -> String {
+        format!(
+            "---\napiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {{name: {name}, namespace: {ns}, creationTimestamp: '2024-01-01T00:00:00Z'}}\nspec:\n  url: file:///x.wasm\n  pluginConfig: {{v: {cfg}}}\n{extra}"
+        )
+    }
+
+    fn versions(cache: &SnapshotCache, id: &str) -> (String, String) {
+        let s = cache.get(id).unwrap();
+        (
+            s.get(type_url::LISTENER).unwrap().version().to_string(),
+            s.get(type_url::EXTENSION_CONFIG)
+                .unwrap()
+                .version()
+                .to_string(),
+        )
+    }
+
+    #[test]
+    fn pushes_are_scoped_to_affected_proxies_and_types() {
+        let (cache, _events) = SnapshotCache::new();
+        let mut pusher = Pusher::new(cache.clone(), Options::default());
+        let a = "router~10.0.0.1~gw.a~a.svc.cluster.local";
+        let b = "router~10.0.0.2~gw.b~b.svc.cluster.local";
+        let c1 = config_from_yaml(&[GW, &plugin("a", "p", "1", "")].concat());
+        for id in [a, b] {
+            let ns = if id == a { "a" } else { "b" };
+            pusher.on_event(
+                &c1,
+                NodeEvent::Connected {
+                    stream: 1,
+                    node: Box::new(node(id, ns, &[("istio", "gw")])),
+                },
+            );
+        }
+        let (la1, ea1) = versions(&cache, a);
+        let b1 = cache.get(b).unwrap();
+
+        // A plugin config change: ECDS only, for the proxy it selects.
+        let c2 = config_from_yaml(&[GW, &plugin("a", "p", "2", "")].concat());
+        pusher.push_all(&c2);
+        let (la2, ea2) = versions(&cache, a);
+        assert_eq!(la1, la2, "LDS must not change on a plugin config edit");
+        assert_ne!(ea1, ea2, "ECDS must change");
+        assert!(Arc::ptr_eq(&b1, &cache.get(b).unwrap()) || *b1 == *cache.get(b).unwrap());
+        assert_eq!(
+            b1.changed_types(&cache.get(b).unwrap()),
+            Vec::<String>::new(),
+            "unaffected proxy gets nothing"
+        );
+
+        // A change in the order of plugins: LDS.
+        let c3 = config_from_yaml(
+            &[
+                GW,
+                &plugin("a", "p", "2", ""),
+                &plugin("a", "q", "1", "  priority: 5\n"),
+            ]
+            .concat(),
+        );
+        pusher.push_all(&c3);
+        let (la3, _) = versions(&cache, a);
+        assert_ne!(la2, la3);
+        assert_eq!(
+            b1.changed_types(&cache.get(b).unwrap()),
+            Vec::<String>::new()
+        );
+
+        // Disconnect forgets the proxy.
+        pusher.on_event(
+            &c3,
+            NodeEvent::Disconnected {
+                stream: 1,
+                node_id: b.into(),
+            },
+        );
+        assert!(cache.get(b).is_none());
+    }
+}
