@@ -2,6 +2,8 @@
 
 use clap::{Parser, Subcommand};
 
+mod control_plane_cmd;
+
 #[derive(Parser)]
 #[command(name = "wasmesh", version, about = "Extend a service mesh with proxy-wasm plugins")]
 struct Cli {
@@ -13,12 +15,29 @@ struct Cli {
 enum Command {
     /// Print the version.
     Version,
+    /// Serve WasmPlugin (and routing) config from a directory to proxies over ADS.
+    ControlPlane(control_plane_cmd::ControlPlaneArgs),
+    /// Validate Istio YAML files offline (the control plane's own validation).
+    Validate(control_plane_cmd::ValidateArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    init_logging();
     match cli.command {
         Command::Version => println!("wasmesh {}", env!("CARGO_PKG_VERSION")),
+        Command::ControlPlane(args) => control_plane_cmd::control_plane(args)?,
+        Command::Validate(args) => control_plane_cmd::validate(args)?,
     }
     Ok(())
+}
+
+/// `RUST_LOG`-style filter (default `info`), to stderr.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

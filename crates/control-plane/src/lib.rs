@@ -11,9 +11,11 @@ pub mod model;
 pub mod proxy;
 pub mod push;
 pub mod select;
+pub mod serve;
 pub mod source;
 pub mod validate;
 
 pub use config::{Config, Plugin};
 pub use proxy::{Proxy, ProxyKind};
 pub use validate::{ValidationError, parse_file};
+pub use serve::{ControlPlane, Settings};
