@@ -50,12 +50,15 @@ pub(crate) fn sha256(b: &[u8]) -> String {
 
 impl Registry {
     pub(crate) async fn start(opts: Options) -> anyhow::Result<Self> {
+        Self::start_on(free_port()?, opts).await
+    }
+
+    pub(crate) async fn start_on(port: u16, opts: Options) -> anyhow::Result<Self> {
         let bin = "/usr/bin/docker-registry";
         if !Path::new(bin).exists() {
             bail!("{bin} is missing: install the docker-registry apt package (.ci/run does)");
         }
         let dir = tempfile::tempdir()?;
-        let port = free_port()?;
         let host = format!("127.0.0.1:{port}");
         let mut cfg = format!(
             "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
