@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod agent_cmd;
 mod control_plane_cmd;
 
 #[derive(Parser)]
@@ -19,6 +20,9 @@ enum Command {
     ControlPlane(control_plane_cmd::ControlPlaneArgs),
     /// Validate Istio YAML files offline (the control plane's own validation).
     Validate(control_plane_cmd::ValidateArgs),
+    /// istio-agent's Wasm role: proxy ADS between a proxy and the control plane, fetching,
+    /// verifying and caching remote Wasm modules (OCI, HTTP) for ECDS.
+    Agent(agent_cmd::AgentArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,6 +32,7 @@ fn main() -> anyhow::Result<()> {
         Command::Version => println!("wasmesh {}", env!("CARGO_PKG_VERSION")),
         Command::ControlPlane(args) => control_plane_cmd::control_plane(args)?,
         Command::Validate(args) => control_plane_cmd::validate(args)?,
+        Command::Agent(args) => agent_cmd::agent(args)?,
     }
     Ok(())
 }
