@@ -641,4 +641,5 @@ pub const ROUTER_TYPE_URL: &str =
 /// here.
 pub fn register_builtin_filters(registry: &mut Registry) {
     crate::rbac::register(registry);
+    crate::wasm_filter::register(registry);
 }

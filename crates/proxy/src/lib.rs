@@ -16,3 +16,4 @@ pub mod pb;
 pub mod rbac;
 pub mod response_flags;
 pub mod stats;
+pub mod wasm_filter;

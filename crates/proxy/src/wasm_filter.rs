@@ -1,0 +1,525 @@
+//! The proxy-wasm HTTP filter (`envoy.filters.http.wasm`): runs a plugin on each stream with
+//! Envoy's semantics. Each worker has its own VM of the plugin ([`worker`]); the module is
+//! compiled once, at config time. A plugin that pauses a stream (a callout, a queue, a timer)
+//! suspends that stream's task until the plugin resumes, answers or closes it. When the VM
+//! fails (trap, CPU deadline, memory cap) the stream gets the plugin's failure policy:
+//! FAIL_CLOSED replies 503 `wasm_fail_stream`, FAIL_OPEN skips the plugin, FAIL_RELOAD starts
+//! a new VM (with backoff) for later streams.
+
+mod convert;
+mod network;
+mod plugin_config;
+mod props;
+mod stats;
+mod worker;
+
+#[cfg(test)]
+mod tests;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm as PbWasm;
+use http::{HeaderName, HeaderValue, StatusCode};
+use prost::Message;
+use wasm_host::{
+    BufferType, DataAction, Effect, FilterAction, HeadersAction, MapType, Plugin, StreamType,
+};
+
+use crate::config::ConfigError;
+use crate::filter::{
+    BuildContext, DataStatus, FilterCx, HeadersStatus, HttpFilter, HttpFilterConfig,
+    LocalBoxFuture, LocalReply, Registry, StreamInfo, TrailersStatus, WASM_HTTP_TYPE_URL,
+    WorkerContext,
+};
+
+pub use plugin_config::runtime;
+use props::{Facts, StreamProps};
+use worker::{Unavailable, WorkerVm};
+
+/// Registers the HTTP and network Wasm filters.
+pub fn register(registry: &mut Registry) {
+    registry.register_http(WASM_HTTP_TYPE_URL, Arc::new(build_http));
+    network::register(registry);
+}
+
+fn decode_error(cx: &BuildContext, e: prost::DecodeError) -> ConfigError {
+    ConfigError::Invalid {
+        path: format!("{}.typed_config", cx.field_path),
+        reason: format!("not a Wasm filter config: {e}"),
+    }
+}
+
+fn build_http(
+    any: &crate::pb::Any,
+    cx: &BuildContext,
+) -> Result<Arc<dyn HttpFilterConfig>, ConfigError> {
+    let pb = PbWasm::decode(&*any.value).map_err(|e| decode_error(cx, e))?;
+    let Some(pc) = pb.config else {
+        return Err(ConfigError::Invalid {
+            path: format!("{}.typed_config.config", cx.field_path),
+            reason: "missing".into(),
+        });
+    };
+    let plugin = plugin_config::build_plugin(&pc, cx)?;
+    let backoff = plugin_config::reload_backoff(&pc);
+    stats::register(&cx.stats, &plugin);
+    tracing::info!(plugin = %plugin.config().name, sha256 = %plugin.module().sha256(), abi = %plugin.module().abi(), "wasm plugin loaded");
+    Ok(Arc::new(WasmFilterConfig {
+        plugin,
+        clusters: cx.cluster_names.clone(),
+        backoff,
+    }))
+}
+
+/// A configured Wasm HTTP filter.
+pub struct WasmFilterConfig {
+    plugin: Arc<Plugin>,
+    clusters: Arc<[String]>,
+    backoff: wasm_host::Backoff,
+}
+
+impl WasmFilterConfig {
+    fn worker_vm(&self, worker: &WorkerContext) -> Rc<WorkerVm> {
+        let key = Arc::as_ptr(&self.plugin) as usize;
+        let w = worker.clone();
+        let plugin = self.plugin.clone();
+        let (clusters, backoff) = (self.clusters.clone(), self.backoff.clone());
+        let slot: Rc<Rc<WorkerVm>> =
+            worker.slot(key, move || WorkerVm::new(plugin, w, clusters, backoff));
+        (*slot).clone()
+    }
+}
+
+impl HttpFilterConfig for WasmFilterConfig {
+    fn create_filter(&self, worker: &WorkerContext) -> Box<dyn HttpFilter> {
+        Box::new(WasmFilter {
+            vm: self.worker_vm(worker),
+            ctx: None,
+            skip: false,
+            facts: Rc::new(RefCell::new(Facts::default())),
+        })
+    }
+}
+
+/// The plugin on one stream.
+struct WasmFilter {
+    vm: Rc<WorkerVm>,
+    /// Context id and the VM generation it lives in.
+    ctx: Option<(u32, u64)>,
+    /// FAIL_OPEN after a failure: the plugin is skipped for the rest of the stream.
+    skip: bool,
+    facts: Rc<RefCell<Facts>>,
+}
+
+/// What a hook does after the plugin ran.
+enum Outcome {
+    Continue,
+    Reply(LocalReply),
+}
+
+fn fail_stream() -> LocalReply {
+    LocalReply::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Bytes::new(),
+        "wasm_fail_stream",
+    )
+}
+
+fn convert_reply(r: wasm_host::LocalReply) -> LocalReply {
+    let status = StatusCode::from_u16(r.status as u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut reply = LocalReply::new(status, Bytes::from(r.body), r.details);
+    for (k, v) in r.headers {
+        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(&k), HeaderValue::from_bytes(&v)) {
+            reply.headers.append(k, v);
+        }
+    }
+    if let Some(g) = r.grpc_status
+        && let Ok(v) = HeaderValue::from_str(&g.to_string())
+    {
+        reply
+            .headers
+            .insert(HeaderName::from_static("grpc-status"), v);
+    }
+    reply
+}
+
+impl WasmFilter {
+    /// The stream's context in the live VM, creating it on first use.
+    fn context(&mut self, info: &StreamInfo) -> Result<u32, Unavailable> {
+        if self.skip {
+            return Err(Unavailable::Skip);
+        }
+        if let Some((ctx, generation)) = self.ctx {
+            if generation == self.vm.generation() && self.vm.with_vm(|_| ()).is_some() {
+                self.facts.borrow_mut().refresh(info);
+                return Ok(ctx);
+            }
+            return Err(self.unavailable());
+        }
+        self.vm.ensure_ready()?;
+        self.facts.borrow_mut().refresh(info);
+        let props = Box::new(StreamProps(self.facts.clone()));
+        match self.vm.with_vm(|vm| vm.new_http_context(props)) {
+            Some(Ok(ctx)) => {
+                self.ctx = Some((ctx, self.vm.generation()));
+                Ok(ctx)
+            }
+            _ => Err(self.unavailable()),
+        }
+    }
+
+    fn unavailable(&mut self) -> Unavailable {
+        let u = self.vm.unavailable();
+        if u == Unavailable::Skip {
+            self.skip = true;
+        }
+        u
+    }
+
+    fn on_fail(&mut self) -> Outcome {
+        match self.unavailable() {
+            Unavailable::Skip => Outcome::Continue,
+            Unavailable::FailStream => Outcome::Reply(fail_stream()),
+        }
+    }
+
+    /// Handles the effects queued for this stream by the call that just returned, and waits
+    /// for the plugin when it paused. Returns how the stream goes on.
+    async fn settle(
+        &mut self,
+        cx: &mut FilterCx,
+        ctx: u32,
+        stopped: bool,
+        stream: StreamType,
+    ) -> Outcome {
+        let mut effects = self.vm.with_vm(|vm| vm.take_effects()).unwrap_or_default();
+        let mine: Vec<Effect> = effects
+            .iter()
+            .filter(|e| e.context_id() == ctx)
+            .cloned()
+            .collect();
+        effects.retain(|e| e.context_id() != ctx);
+        if !effects.is_empty() {
+            self.vm.route(effects);
+        }
+        let mut resumed = !stopped;
+        let mut pending = mine;
+        loop {
+            for e in pending.drain(..) {
+                match e {
+                    Effect::LocalReply { reply, .. } => {
+                        return Outcome::Reply(convert_reply(reply));
+                    }
+                    Effect::ClearRouteCache { .. } => cx.clear_route_cache(),
+                    Effect::Continue { stream: s, .. } if s == stream => resumed = true,
+                    Effect::Continue { .. } => {}
+                    Effect::Close { .. } => {
+                        let r = LocalReply::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            Bytes::new(),
+                            "wasm_close_stream",
+                        );
+                        return Outcome::Reply(r);
+                    }
+                }
+            }
+            if resumed {
+                return Outcome::Continue;
+            }
+            match self.vm.wait(ctx).await {
+                Some(more) => pending = more,
+                None => return self.on_fail(),
+            }
+        }
+    }
+
+    fn headers_status(o: Outcome) -> HeadersStatus {
+        match o {
+            Outcome::Continue => HeadersStatus::Continue,
+            Outcome::Reply(r) => HeadersStatus::LocalReply(r),
+        }
+    }
+}
+
+impl Drop for WasmFilter {
+    fn drop(&mut self) {
+        if let Some((ctx, generation)) = self.ctx.take() {
+            self.vm.forget(ctx);
+            if generation == self.vm.generation() {
+                let _ = self.vm.with_vm(|vm| vm.finish(ctx));
+            }
+        }
+    }
+}
+
+impl HttpFilter for WasmFilter {
+    fn on_request_headers<'a>(
+        &'a mut self,
+        cx: &'a mut FilterCx,
+        headers: &'a mut http::request::Parts,
+        end_stream: bool,
+    ) -> LocalBoxFuture<'a, HeadersStatus> {
+        Box::pin(async move {
+            let ctx = match self.context(cx.stream_info()) {
+                Ok(ctx) => ctx,
+                Err(Unavailable::Skip) => return HeadersStatus::Continue,
+                Err(Unavailable::FailStream) => return HeadersStatus::LocalReply(fail_stream()),
+            };
+            let map = convert::request_map(headers);
+            let res = self.vm.with_vm(|vm| {
+                vm.set_map(ctx, MapType::RequestHeaders, map)
+                    .and_then(|_| vm.on_request_headers(ctx, end_stream))
+            });
+            let action = match res {
+                Some(Ok(a)) => a,
+                _ => return Self::headers_status(self.on_fail()),
+            };
+            let outcome = self
+                .settle(
+                    cx,
+                    ctx,
+                    action != HeadersAction::Continue,
+                    StreamType::HttpRequest,
+                )
+                .await;
+            let modified = self.vm.with_vm(|vm| {
+                let m = vm.map_modified(ctx, MapType::RequestHeaders);
+                (m, vm.take_map(ctx, MapType::RequestHeaders))
+            });
+            if let Some((true, Some(map))) = modified {
+                convert::apply_request_map(&map, headers);
+                // Envoy clears the route cache when a plugin changes request headers.
+                cx.clear_route_cache();
+            }
+            Self::headers_status(outcome)
+        })
+    }
+
+    fn on_request_body<'a>(
+        &'a mut self,
+        cx: &'a mut FilterCx,
+        data: &'a mut Bytes,
+        end_stream: bool,
+    ) -> LocalBoxFuture<'a, DataStatus> {
+        Box::pin(async move { self.body(cx, data, end_stream, true).await })
+    }
+
+    fn on_request_trailers<'a>(
+        &'a mut self,
+        cx: &'a mut FilterCx,
+        trailers: &'a mut http::HeaderMap,
+    ) -> LocalBoxFuture<'a, TrailersStatus> {
+        Box::pin(async move { self.trailers(cx, trailers, true).await })
+    }
+
+    fn on_response_headers<'a>(
+        &'a mut self,
+        cx: &'a mut FilterCx,
+        headers: &'a mut http::response::Parts,
+        end_stream: bool,
+    ) -> LocalBoxFuture<'a, HeadersStatus> {
+        Box::pin(async move {
+            let ctx = match self.context(cx.stream_info()) {
+                Ok(ctx) => ctx,
+                Err(Unavailable::Skip) => return HeadersStatus::Continue,
+                // Envoy skips response callbacks once the failure reply was sent.
+                Err(Unavailable::FailStream) => return HeadersStatus::Continue,
+            };
+            let map = convert::response_map(headers);
+            let res = self.vm.with_vm(|vm| {
+                vm.set_map(ctx, MapType::ResponseHeaders, map)
+                    .and_then(|_| vm.on_response_headers(ctx, end_stream))
+            });
+            let action = match res {
+                Some(Ok(a)) => a,
+                _ => return Self::headers_status(self.on_fail()),
+            };
+            let outcome = self
+                .settle(
+                    cx,
+                    ctx,
+                    action != HeadersAction::Continue,
+                    StreamType::HttpResponse,
+                )
+                .await;
+            let modified = self.vm.with_vm(|vm| {
+                let m = vm.map_modified(ctx, MapType::ResponseHeaders);
+                (m, vm.take_map(ctx, MapType::ResponseHeaders))
+            });
+            if let Some((true, Some(map))) = modified {
+                convert::apply_response_map(&map, headers);
+            }
+            Self::headers_status(outcome)
+        })
+    }
+
+    fn on_response_body<'a>(
+        &'a mut self,
+        cx: &'a mut FilterCx,
+        data: &'a mut Bytes,
+        end_stream: bool,
+    ) -> LocalBoxFuture<'a, DataStatus> {
+        Box::pin(async move { self.body(cx, data, end_stream, false).await })
+    }
+
+    fn on_response_trailers<'a>(
+        &'a mut self,
+        cx: &'a mut FilterCx,
+        trailers: &'a mut http::HeaderMap,
+    ) -> LocalBoxFuture<'a, TrailersStatus> {
+        Box::pin(async move { self.trailers(cx, trailers, false).await })
+    }
+
+    fn on_log(&mut self, info: &StreamInfo) {
+        let Some((ctx, generation)) = self.ctx.take() else {
+            return;
+        };
+        self.vm.forget(ctx);
+        if generation != self.vm.generation() {
+            return;
+        }
+        self.facts.borrow_mut().refresh(info);
+        let _ = self.vm.with_vm(|vm| {
+            if let Some(req) = &info.request_headers {
+                let _ = vm.set_map(ctx, MapType::RequestHeaders, convert::request_map(req));
+            }
+            if let Some(resp) = &info.response_headers {
+                let mut m = wasm_host::HeaderMap::new();
+                if let Some(code) = info.response_code {
+                    m.add(b":status", code.to_string().as_bytes());
+                }
+                for (k, v) in resp {
+                    m.add(k.as_str().as_bytes(), v.as_bytes());
+                }
+                let _ = vm.set_map(ctx, MapType::ResponseHeaders, m);
+            }
+            vm.complete(ctx)
+        });
+    }
+}
+
+impl WasmFilter {
+    async fn body(
+        &mut self,
+        cx: &mut FilterCx,
+        data: &mut Bytes,
+        end_stream: bool,
+        request: bool,
+    ) -> DataStatus {
+        let ctx = match self.context(cx.stream_info()) {
+            Ok(ctx) => ctx,
+            Err(Unavailable::Skip) => return DataStatus::Continue,
+            Err(Unavailable::FailStream) if request => return DataStatus::LocalReply(fail_stream()),
+            Err(Unavailable::FailStream) => return DataStatus::Continue,
+        };
+        let bt = if request {
+            BufferType::HttpRequestBody
+        } else {
+            BufferType::HttpResponseBody
+        };
+        let res = self.vm.with_vm(|vm| {
+            vm.set_buffer(ctx, bt, data.to_vec())?;
+            if request {
+                vm.on_request_body(ctx, end_stream)
+            } else {
+                vm.on_response_body(ctx, end_stream)
+            }
+        });
+        let action = match res {
+            Some(Ok(a)) => a,
+            _ => {
+                return match self.on_fail() {
+                    Outcome::Continue => DataStatus::Continue,
+                    Outcome::Reply(r) => DataStatus::LocalReply(r),
+                };
+            }
+        };
+        let stream = if request {
+            StreamType::HttpRequest
+        } else {
+            StreamType::HttpResponse
+        };
+        let outcome = match action {
+            DataAction::Continue => self.settle(cx, ctx, false, stream).await,
+            DataAction::StopAndBuffer => match self.settle(cx, ctx, false, stream).await {
+                Outcome::Continue => {
+                    let _ = self.vm.with_vm(|vm| vm.take_buffer(ctx, bt));
+                    return DataStatus::StopIterationAndBuffer;
+                }
+                reply => reply,
+            },
+            DataAction::StopWatermark | DataAction::StopNoBuffer => {
+                self.settle(cx, ctx, true, stream).await
+            }
+        };
+        match outcome {
+            Outcome::Reply(r) => DataStatus::LocalReply(r),
+            Outcome::Continue => {
+                if let Some(Some(buf)) = self.vm.with_vm(|vm| vm.take_buffer(ctx, bt)) {
+                    *data = Bytes::from(buf);
+                }
+                DataStatus::Continue
+            }
+        }
+    }
+
+    async fn trailers(
+        &mut self,
+        cx: &mut FilterCx,
+        trailers: &mut http::HeaderMap,
+        request: bool,
+    ) -> TrailersStatus {
+        let ctx = match self.context(cx.stream_info()) {
+            Ok(ctx) => ctx,
+            Err(Unavailable::Skip) => return TrailersStatus::Continue,
+            Err(Unavailable::FailStream) if request => {
+                return TrailersStatus::LocalReply(fail_stream());
+            }
+            Err(Unavailable::FailStream) => return TrailersStatus::Continue,
+        };
+        let mt = if request {
+            MapType::RequestTrailers
+        } else {
+            MapType::ResponseTrailers
+        };
+        let map = convert::trailers_map(trailers);
+        let res = self.vm.with_vm(|vm| {
+            vm.set_map(ctx, mt, map)?;
+            if request {
+                vm.on_request_trailers(ctx)
+            } else {
+                vm.on_response_trailers(ctx)
+            }
+        });
+        let action = match res {
+            Some(Ok(a)) => a,
+            _ => {
+                return match self.on_fail() {
+                    Outcome::Continue => TrailersStatus::Continue,
+                    Outcome::Reply(r) => TrailersStatus::LocalReply(r),
+                };
+            }
+        };
+        let stream = if request {
+            StreamType::HttpRequest
+        } else {
+            StreamType::HttpResponse
+        };
+        let outcome = self
+            .settle(cx, ctx, action == FilterAction::Stop, stream)
+            .await;
+        if let Some((true, Some(map))) = self
+            .vm
+            .with_vm(|vm| (vm.map_modified(ctx, mt), vm.take_map(ctx, mt)))
+        {
+            convert::apply_trailers_map(&map, trailers);
+        }
+        match outcome {
+            Outcome::Continue => TrailersStatus::Continue,
+            Outcome::Reply(r) => TrailersStatus::LocalReply(r),
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Converting between the proxy's `http` types and the header maps plugins see, with Envoy's
+//! pseudo-headers: `:authority`, `:path`, `:method`, `:scheme` for requests (HTTP/1.1 `Host`
+//! becomes `:authority`), `:status` for responses.
+
+use http::header::{HOST, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri};
+use wasm_host::HeaderMap;
+
+/// Request head → plugin map.
+pub(crate) fn request_map(parts: &http::request::Parts) -> HeaderMap {
+    let mut m = HeaderMap::new();
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().as_bytes().to_vec())
+        .or_else(|| parts.headers.get(HOST).map(|h| h.as_bytes().to_vec()))
+        .unwrap_or_default();
+    m.add(b":authority", &authority);
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    m.add(b":path", path.as_bytes());
+    m.add(b":method", parts.method.as_str().as_bytes());
+    m.add(
+        b":scheme",
+        parts.uri.scheme_str().unwrap_or("http").as_bytes(),
+    );
+    for (k, v) in &parts.headers {
+        if k != HOST {
+            m.add(k.as_str().as_bytes(), v.as_bytes());
+        }
+    }
+    m
+}
+
+/// Plugin map → request head. Invalid names or values are dropped with a log line, as a
+/// codec would refuse them.
+pub(crate) fn apply_request_map(map: &HeaderMap, parts: &mut http::request::Parts) {
+    if let Some(m) = map.get(b":method").and_then(|m| Method::from_bytes(m).ok()) {
+        parts.method = m;
+    }
+    let authority = map.get_str(":authority").unwrap_or_default().to_string();
+    let path = map.get_str(":path").unwrap_or("/").to_string();
+    let had_authority = parts.uri.authority().is_some();
+    let uri = if had_authority {
+        let scheme = map.get_str(":scheme").unwrap_or("http");
+        format!("{scheme}://{authority}{path}")
+    } else {
+        path
+    };
+    match uri.parse::<Uri>() {
+        Ok(u) => parts.uri = u,
+        Err(e) => {
+            tracing::warn!(uri = %uri, error = %e, "plugin set an invalid :path/:authority; keeping the old one")
+        }
+    }
+    parts.headers.clear();
+    if !authority.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&authority)
+    {
+        parts.headers.insert(HOST, v);
+    }
+    append_regular(map, &mut parts.headers);
+}
+
+/// Response head → plugin map.
+pub(crate) fn response_map(parts: &http::response::Parts) -> HeaderMap {
+    let mut m = HeaderMap::new();
+    m.add(b":status", parts.status.as_str().as_bytes());
+    for (k, v) in &parts.headers {
+        m.add(k.as_str().as_bytes(), v.as_bytes());
+    }
+    m
+}
+
+/// Plugin map → response head.
+pub(crate) fn apply_response_map(map: &HeaderMap, parts: &mut http::response::Parts) {
+    if let Some(s) = map
+        .get(b":status")
+        .and_then(|s| StatusCode::from_bytes(s).ok())
+    {
+        parts.status = s;
+    }
+    parts.headers.clear();
+    append_regular(map, &mut parts.headers);
+}
+
+/// Trailers both ways (no pseudo-headers).
+pub(crate) fn trailers_map(h: &http::HeaderMap) -> HeaderMap {
+    HeaderMap::from_entries(h.iter().map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes())))
+}
+
+pub(crate) fn apply_trailers_map(map: &HeaderMap, h: &mut http::HeaderMap) {
+    h.clear();
+    append_regular(map, h);
+}
+
+fn append_regular(map: &HeaderMap, out: &mut http::HeaderMap) {
+    for (k, v) in map.iter() {
+        if k.first() == Some(&b':') {
+            continue;
+        }
+        match (HeaderName::from_bytes(k), HeaderValue::from_bytes(v)) {
+            (Ok(k), Ok(v)) => {
+                out.append(k, v);
+            }
+            _ => {
+                tracing::warn!(header = %String::from_utf8_lossy(k), "plugin set an invalid header; dropped")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trip_with_envoy_pseudo_headers() {
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/a?b=1")
+            .header("host", "example.com")
+            .header("x-a", "1")
+            .header("x-a", "2")
+            .body(())
+            .expect("request");
+        let (mut parts, ()) = req.into_parts();
+        let m = request_map(&parts);
+        let keys: Vec<&[u8]> = m.iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            vec![
+                &b":authority"[..],
+                b":path",
+                b":method",
+                b":scheme",
+                b"x-a",
+                b"x-a"
+            ]
+        );
+        assert_eq!(m.get_str(":authority"), Some("example.com"));
+        let mut m2 = m.clone();
+        m2.replace(b":path", b"/new");
+        m2.replace(b":authority", b"other.com");
+        m2.add(b"bad header", b"x");
+        apply_request_map(&m2, &mut parts);
+        assert_eq!(parts.uri.to_string(), "/new");
+        assert_eq!(
+            parts.headers.get("host").and_then(|v| v.to_str().ok()),
+            Some("other.com")
+        );
+        assert_eq!(parts.headers.get_all("x-a").iter().count(), 2);
+        assert_eq!(parts.method, Method::POST);
+    }
+
+    #[test]
+    fn response_status_is_a_pseudo_header() {
+        let (mut parts, ()) = http::Response::builder()
+            .status(200)
+            .header("server", "x")
+            .body(())
+            .expect("resp")
+            .into_parts();
+        let mut m = response_map(&parts);
+        assert_eq!(m.get_str(":status"), Some("200"));
+        m.replace(b":status", b"418");
+        m.remove(b"server");
+        apply_response_map(&m, &mut parts);
+        assert_eq!(parts.status.as_u16(), 418);
+        assert!(parts.headers.get("server").is_none());
+    }
+}

@@ -1,0 +1,118 @@
+//! Stream properties plugins read (`source.address`, `response.code`, `xds.route_name`...),
+//! answered from a snapshot of the stream info the filter refreshes before each callback.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+use wasm_host::{PropertyValue, StreamProperties};
+
+use crate::filter::StreamInfo;
+
+/// What the plugin may ask about its stream; cheap to refresh.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Facts {
+    pub(crate) local: Option<std::net::SocketAddr>,
+    pub(crate) remote: Option<std::net::SocketAddr>,
+    pub(crate) protocol: Option<http::Version>,
+    pub(crate) tls: bool,
+    pub(crate) sni: Option<String>,
+    pub(crate) request_id: Option<String>,
+    pub(crate) start_ns: i64,
+    pub(crate) route_name: Option<String>,
+    pub(crate) virtual_host_name: Option<String>,
+    pub(crate) cluster_name: Option<String>,
+    pub(crate) upstream: Option<std::net::SocketAddr>,
+    pub(crate) response_code: Option<u16>,
+    pub(crate) details: Option<String>,
+    pub(crate) bytes_received: u64,
+    pub(crate) bytes_sent: u64,
+    pub(crate) duration_ns: Option<i64>,
+    pub(crate) listener_name: String,
+}
+
+impl Facts {
+    pub(crate) fn refresh(&mut self, info: &StreamInfo) {
+        self.local = Some(info.downstream_local_addr);
+        self.remote = Some(info.downstream_remote_addr);
+        self.protocol = Some(info.protocol);
+        self.tls = info.downstream_tls;
+        if self.sni != info.requested_server_name {
+            self.sni.clone_from(&info.requested_server_name);
+        }
+        if self.request_id != info.request_id {
+            self.request_id.clone_from(&info.request_id);
+        }
+        self.start_ns = info
+            .start_time
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        if self.route_name != info.route_name {
+            self.route_name.clone_from(&info.route_name);
+        }
+        if self.virtual_host_name != info.virtual_host_name {
+            self.virtual_host_name.clone_from(&info.virtual_host_name);
+        }
+        if self.cluster_name != info.cluster_name {
+            self.cluster_name.clone_from(&info.cluster_name);
+        }
+        self.upstream = info.upstream_host;
+        self.response_code = info.response_code;
+        if self.details != info.response_code_details {
+            self.details.clone_from(&info.response_code_details);
+        }
+        self.bytes_received = info.bytes_received;
+        self.bytes_sent = info.bytes_sent;
+        self.duration_ns = info.duration.map(|d| d.as_nanos() as i64);
+        if self.listener_name.as_str() != &*info.listener_name {
+            self.listener_name = info.listener_name.to_string();
+        }
+    }
+}
+
+/// The [`StreamProperties`] handed to the Wasm host for one stream.
+pub(crate) struct StreamProps(pub(crate) Rc<RefCell<Facts>>);
+
+fn s(v: &Option<String>) -> Option<PropertyValue> {
+    v.as_ref().map(|v| PropertyValue::string(v.clone()))
+}
+
+fn protocol(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+impl StreamProperties for StreamProps {
+    fn get(&self, path: &[&[u8]]) -> Option<PropertyValue> {
+        let f = self.0.borrow();
+        match path {
+            [b"source", b"address"] => f.remote.map(|a| PropertyValue::string(a.to_string())),
+            [b"source", b"port"] => f.remote.map(|a| PropertyValue::Int(a.port() as i64)),
+            [b"destination", b"address"] => f.local.map(|a| PropertyValue::string(a.to_string())),
+            [b"destination", b"port"] => f.local.map(|a| PropertyValue::Int(a.port() as i64)),
+            [b"request", b"protocol"] => f.protocol.map(|p| PropertyValue::string(protocol(p))),
+            [b"request", b"id"] => s(&f.request_id),
+            [b"request", b"time"] => Some(PropertyValue::Timestamp(f.start_ns)),
+            [b"request", b"duration"] => f.duration_ns.map(PropertyValue::Duration),
+            [b"request", b"size"] => Some(PropertyValue::Int(f.bytes_received as i64)),
+            [b"response", b"code"] => f.response_code.map(|c| PropertyValue::Int(c as i64)),
+            [b"response", b"code_details"] => s(&f.details),
+            [b"response", b"size"] => Some(PropertyValue::Int(f.bytes_sent as i64)),
+            [b"connection", b"mtls"] => Some(PropertyValue::Bool(false)),
+            [b"connection", b"requested_server_name"] => s(&f.sni),
+            [b"upstream", b"address"] => f.upstream.map(|a| PropertyValue::string(a.to_string())),
+            [b"upstream", b"port"] => f.upstream.map(|a| PropertyValue::Int(a.port() as i64)),
+            [b"xds", b"cluster_name"] | [b"cluster_name"] => s(&f.cluster_name),
+            [b"xds", b"route_name"] | [b"route_name"] => s(&f.route_name),
+            [b"xds", b"virtual_host_name"] => s(&f.virtual_host_name),
+            [b"xds", b"listener_name"] => Some(PropertyValue::string(f.listener_name.clone())),
+            _ => None,
+        }
+    }
+}
