@@ -38,7 +38,9 @@ impl FromStr for ListenAddr {
             }
             return Ok(Self::Unix(PathBuf::from(p)));
         }
-        s.parse().map(Self::Tcp).map_err(|e| format!("{s} is neither host:port nor unix:/path: {e}"))
+        s.parse()
+            .map(Self::Tcp)
+            .map_err(|e| format!("{s} is neither host:port nor unix:/path: {e}"))
     }
 }
 
@@ -70,7 +72,11 @@ pub struct AgentConfig {
 
 impl AgentConfig {
     /// Defaults as istio-agent, with the cache in `cache_dir`.
-    pub fn new(listen: ListenAddr, discovery_address: impl Into<String>, cache_dir: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        listen: ListenAddr,
+        discovery_address: impl Into<String>,
+        cache_dir: impl Into<PathBuf>,
+    ) -> Self {
         let discovery_address = discovery_address.into();
         let p = ProxyOptions::new(discovery_address.clone());
         Self {
@@ -94,7 +100,10 @@ pub enum AgentError {
     #[error(transparent)]
     Metrics(#[from] MetricsError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: String, source: std::io::Error },
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("the xDS server on {addr} failed: {reason}")]
     Serve { addr: String, reason: String },
 }
@@ -119,7 +128,11 @@ impl Agent {
         let cache = ModuleCache::open(config.cache.clone(), metrics.clone())?;
         let mut background = vec![cache.spawn_purger()];
         let proxy = AdsProxy::new(
-            ProxyOptions { upstream: config.discovery_address.clone(), reconnect: config.reconnect, fetch_retry: config.fetch_retry },
+            ProxyOptions {
+                upstream: config.discovery_address.clone(),
+                reconnect: config.reconnect,
+                fetch_retry: config.fetch_retry,
+            },
             Converter::new(cache.clone()),
         )?;
         let metrics_addr = match config.metrics_addr {
@@ -140,8 +153,14 @@ impl Agent {
             ListenAddr::Tcp(addr) => {
                 let l = tokio::net::TcpListener::bind(addr)
                     .await
-                    .map_err(|source| AgentError::Listen { addr: addr.to_string(), source })?;
-                let bound = l.local_addr().map_err(|source| AgentError::Listen { addr: addr.to_string(), source })?;
+                    .map_err(|source| AgentError::Listen {
+                        addr: addr.to_string(),
+                        source,
+                    })?;
+                let bound = l.local_addr().map_err(|source| AgentError::Listen {
+                    addr: addr.to_string(),
+                    source,
+                })?;
                 let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
                 let name = bound.to_string();
                 (
@@ -150,7 +169,10 @@ impl Agent {
                         router
                             .serve_with_incoming_shutdown(incoming, shutdown)
                             .await
-                            .map_err(|e| AgentError::Serve { addr: name, reason: e.to_string() })
+                            .map_err(|e| AgentError::Serve {
+                                addr: name,
+                                reason: e.to_string(),
+                            })
                     }),
                 )
             }
@@ -159,8 +181,11 @@ impl Agent {
                 if let Some(dir) = path.parent() {
                     let _ = std::fs::create_dir_all(dir);
                 }
-                let l = tokio::net::UnixListener::bind(path)
-                    .map_err(|source| AgentError::Listen { addr: config.listen.to_string(), source })?;
+                let l =
+                    tokio::net::UnixListener::bind(path).map_err(|source| AgentError::Listen {
+                        addr: config.listen.to_string(),
+                        source,
+                    })?;
                 let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
                 let name = config.listen.to_string();
                 (
@@ -169,14 +194,25 @@ impl Agent {
                         router
                             .serve_with_incoming_shutdown(incoming, shutdown)
                             .await
-                            .map_err(|e| AgentError::Serve { addr: name, reason: e.to_string() })
+                            .map_err(|e| AgentError::Serve {
+                                addr: name,
+                                reason: e.to_string(),
+                            })
                     }),
                 )
             }
         };
         info!(listen = %listen, upstream = %config.discovery_address, cache = %config.cache.dir.display(),
             metrics = ?metrics_addr, "wasmesh agent started");
-        Ok(Self { listen, metrics_addr, cache, metrics, shutdown: Some(tx), server, background })
+        Ok(Self {
+            listen,
+            metrics_addr,
+            cache,
+            metrics,
+            shutdown: Some(tx),
+            server,
+            background,
+        })
     }
 
     /// The bound proxy-facing address (the real port when started on port 0).
@@ -201,7 +237,12 @@ impl Agent {
 
     /// Serves until the server stops (it stops only on error or shutdown).
     pub async fn wait(mut self) -> Result<(), AgentError> {
-        let r = (&mut self.server).await.unwrap_or_else(|e| Err(AgentError::Serve { addr: self.listen.to_string(), reason: e.to_string() }));
+        let r = (&mut self.server).await.unwrap_or_else(|e| {
+            Err(AgentError::Serve {
+                addr: self.listen.to_string(),
+                reason: e.to_string(),
+            })
+        });
         self.stop_background();
         r
     }

@@ -94,12 +94,18 @@ pub struct GetOptions {
 /// Why a module could not be served. Messages name the url and the reason.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CacheError {
-    #[error("unsupported Wasm module downloading URL scheme in {url} (want oci://, http:// or https://)")]
+    #[error(
+        "unsupported Wasm module downloading URL scheme in {url} (want oci://, http:// or https://)"
+    )]
     UnsupportedScheme { url: String },
     #[error("invalid Wasm module url {url}: {reason}")]
     InvalidUrl { url: String, reason: String },
     #[error("module downloaded from {url} has checksum {actual}, which does not match: {expected}")]
-    ChecksumMismatch { url: String, expected: String, actual: String },
+    ChecksumMismatch {
+        url: String,
+        expected: String,
+        actual: String,
+    },
     #[error(transparent)]
     Fetch(#[from] FetchError),
     #[error("invalid sha256 {checksum:?} for {url}: want 64 hex digits")]
@@ -107,7 +113,11 @@ pub enum CacheError {
     #[error("fetching {url} timed out after {timeout:?}")]
     Timeout { url: String, timeout: Duration },
     #[error("cannot store the module from {url} in {path}: {reason}")]
-    Store { url: String, path: PathBuf, reason: String },
+    Store {
+        url: String,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("the fetch task for {url} failed: {reason}")]
     Task { url: String, reason: String },
 }
@@ -162,7 +172,9 @@ pub struct ModuleCache {
 
 impl std::fmt::Debug for ModuleCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModuleCache").field("dir", &self.inner.opts.dir).finish()
+        f.debug_struct("ModuleCache")
+            .field("dir", &self.inner.opts.dir)
+            .finish()
     }
 }
 
@@ -188,10 +200,12 @@ fn parse_url(url: &str) -> Result<ParsedUrl, CacheError> {
     if let Some(rest) = url.strip_prefix("oci://") {
         let (path, digest) = match rest.split_once('@') {
             Some((p, d)) => {
-                let hex = d.strip_prefix("sha256:").ok_or_else(|| CacheError::InvalidUrl {
-                    url: url.to_owned(),
-                    reason: format!("digest {d} is not sha256:<hex>"),
-                })?;
+                let hex = d
+                    .strip_prefix("sha256:")
+                    .ok_or_else(|| CacheError::InvalidUrl {
+                        url: url.to_owned(),
+                        reason: format!("digest {d} is not sha256:<hex>"),
+                    })?;
                 (p, Some(hex.to_ascii_lowercase()))
             }
             None => (rest, None),
@@ -201,18 +215,36 @@ fn parse_url(url: &str) -> Result<ParsedUrl, CacheError> {
             reason: "an OCI url needs host/repository".into(),
         })?;
         let (repo, tag) = match path[last_slash..].rfind(':') {
-            Some(i) => (&path[..last_slash + i], Some(path[last_slash + i + 1..].to_owned())),
+            Some(i) => (
+                &path[..last_slash + i],
+                Some(path[last_slash + i + 1..].to_owned()),
+            ),
             None => (path, None),
         };
         if repo.len() <= last_slash + 1 {
-            return Err(CacheError::InvalidUrl { url: url.to_owned(), reason: "empty repository".into() });
+            return Err(CacheError::InvalidUrl {
+                url: url.to_owned(),
+                reason: "empty repository".into(),
+            });
         }
-        return Ok(ParsedUrl { scheme: Scheme::Oci, name: format!("oci://{repo}"), digest, tag });
+        return Ok(ParsedUrl {
+            scheme: Scheme::Oci,
+            name: format!("oci://{repo}"),
+            digest,
+            tag,
+        });
     }
     if url.starts_with("http://") || url.starts_with("https://") {
-        return Ok(ParsedUrl { scheme: Scheme::Http, name: url.to_owned(), digest: None, tag: None });
+        return Ok(ParsedUrl {
+            scheme: Scheme::Http,
+            name: url.to_owned(),
+            digest: None,
+            tag: None,
+        });
     }
-    Err(CacheError::UnsupportedScheme { url: url.to_owned() })
+    Err(CacheError::UnsupportedScheme {
+        url: url.to_owned(),
+    })
 }
 
 /// Istio's `shouldIgnoreResourceVersion`: only Always and unset-with-`:latest` re-pull on a
@@ -221,7 +253,9 @@ fn ignores_resource_version(policy: PullPolicy, parsed: &ParsedUrl) -> bool {
     match policy {
         PullPolicy::Always => false,
         PullPolicy::IfNotPresent => true,
-        PullPolicy::Unspecified => !(parsed.scheme == Scheme::Oci && parsed.tag.as_deref() == Some("latest")),
+        PullPolicy::Unspecified => {
+            !(parsed.scheme == Scheme::Oci && parsed.tag.as_deref() == Some("latest"))
+        }
     }
 }
 
@@ -230,14 +264,20 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl ModuleCache {
     /// Opens the cache in `opts.dir`, reloading the index of a previous run. Modules whose
     /// file is missing or no longer matches its recorded sha256 are dropped.
     pub fn open(opts: CacheOptions, metrics: Arc<Metrics>) -> Result<Self, CacheError> {
-        let store_err = |reason: String| CacheError::Store { url: String::new(), path: opts.dir.clone(), reason };
+        let store_err = |reason: String| CacheError::Store {
+            url: String::new(),
+            path: opts.dir.clone(),
+            reason,
+        };
         std::fs::create_dir_all(&opts.dir).map_err(|e| store_err(e.to_string()))?;
         let http = HttpFetcher::new(opts.fetch.clone())?;
         let oci = OciFetcher::new(opts.fetch.clone());
@@ -245,10 +285,15 @@ impl ModuleCache {
         match IndexFile::load(&opts.dir) {
             Ok(Some(index)) => {
                 for m in index.modules {
-                    let key = ModuleKey { name: m.name.clone(), checksum: m.checksum.clone() };
+                    let key = ModuleKey {
+                        name: m.name.clone(),
+                        checksum: m.checksum.clone(),
+                    };
                     let path = module_path(&opts.dir, &key);
                     match std::fs::read(&path) {
-                        Ok(bytes) if sha256_hex(&bytes) == m.file_sha256 && is_wasm_binary(&bytes) => {
+                        Ok(bytes)
+                            if sha256_hex(&bytes) == m.file_sha256 && is_wasm_binary(&bytes) =>
+                        {
                             state.modules.insert(
                                 key,
                                 Entry {
@@ -275,7 +320,9 @@ impl ModuleCache {
                     .collect();
             }
             Ok(None) => {}
-            Err(e) => warn!(dir = %opts.dir.display(), error = %e, "cannot read the cache index, starting empty"),
+            Err(e) => {
+                warn!(dir = %opts.dir.display(), error = %e, "cannot read the cache index, starting empty")
+            }
         }
         metrics.set_cache_entries(state.modules.len());
         info!(dir = %opts.dir.display(), modules = state.modules.len(), "wasm module cache opened");
@@ -311,36 +358,52 @@ impl ModuleCache {
     /// if needed. Concurrent calls for the same module share one fetch.
     pub async fn get(&self, url: &str, opts: &GetOptions) -> Result<PathBuf, CacheError> {
         let parsed = parse_url(url)?;
-        let expected = opts.checksum.clone().filter(|c| !c.is_empty()).map(|c| c.to_ascii_lowercase());
+        let expected = opts
+            .checksum
+            .clone()
+            .filter(|c| !c.is_empty())
+            .map(|c| c.to_ascii_lowercase());
         for c in expected.iter().chain(parsed.digest.iter()) {
             if c.len() != 64 || !c.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(CacheError::InvalidChecksum { url: url.to_owned(), checksum: c.clone() });
+                return Err(CacheError::InvalidChecksum {
+                    url: url.to_owned(),
+                    checksum: c.clone(),
+                });
             }
         }
-        if let (Some(e), Some(d)) = (&expected, &parsed.digest) {
-            if e != d {
-                return Err(CacheError::ChecksumMismatch { url: url.to_owned(), expected: e.clone(), actual: d.clone() });
-            }
+        if let (Some(e), Some(d)) = (&expected, &parsed.digest)
+            && e != d
+        {
+            return Err(CacheError::ChecksumMismatch {
+                url: url.to_owned(),
+                expected: e.clone(),
+                actual: d.clone(),
+            });
         }
         let ignore_rv = ignores_resource_version(opts.pull_policy, &parsed);
         let mut checksum = expected.clone().or_else(|| parsed.digest.clone());
         {
             let mut st = self.lock();
-            if checksum.is_none() {
-                if let Some(rec) = st.checksums.get_mut(url) {
-                    let seen = rec.resource_versions.get(&opts.resource_name);
-                    if ignore_rv || seen == Some(&opts.resource_version) {
-                        checksum = Some(rec.checksum.clone());
-                    }
-                    rec.resource_versions.insert(opts.resource_name.clone(), opts.resource_version.clone());
+            if checksum.is_none()
+                && let Some(rec) = st.checksums.get_mut(url)
+            {
+                let seen = rec.resource_versions.get(&opts.resource_name);
+                if ignore_rv || seen == Some(&opts.resource_version) {
+                    checksum = Some(rec.checksum.clone());
                 }
+                rec.resource_versions
+                    .insert(opts.resource_name.clone(), opts.resource_version.clone());
             }
             if let Some(c) = &checksum {
-                let key = ModuleKey { name: parsed.name.clone(), checksum: c.clone() };
+                let key = ModuleKey {
+                    name: parsed.name.clone(),
+                    checksum: c.clone(),
+                };
                 if let Some(e) = st.modules.get_mut(&key) {
                     e.last_used = SystemTime::now();
                     let path = e.path.clone();
-                    let changed = st.in_use.insert(opts.resource_name.clone(), key.clone()) != Some(key);
+                    let changed =
+                        st.in_use.insert(opts.resource_name.clone(), key.clone()) != Some(key);
                     drop(st);
                     self.inner.metrics.cache_lookup(true);
                     if changed {
@@ -353,19 +416,23 @@ impl ModuleCache {
         }
         self.inner.metrics.cache_lookup(false);
 
-        let fetched = self.fetch_shared(url, parsed.clone(), checksum, opts).await?;
+        let fetched = self
+            .fetch_shared(url, parsed.clone(), checksum, opts)
+            .await?;
         {
             let mut st = self.lock();
             if parsed.digest.is_none() {
                 let rec = st.checksums.entry(url.to_owned()).or_default();
                 rec.checksum = fetched.key.checksum.clone();
-                rec.resource_versions.insert(opts.resource_name.clone(), opts.resource_version.clone());
+                rec.resource_versions
+                    .insert(opts.resource_name.clone(), opts.resource_version.clone());
             }
             if let Some(e) = st.modules.get_mut(&fetched.key) {
                 e.last_used = SystemTime::now();
                 e.urls.insert(url.to_owned());
             }
-            st.in_use.insert(opts.resource_name.clone(), fetched.key.clone());
+            st.in_use
+                .insert(opts.resource_name.clone(), fetched.key.clone());
         }
         self.save();
         Ok(fetched.path)
@@ -378,7 +445,11 @@ impl ModuleCache {
         checksum: Option<String>,
         opts: &GetOptions,
     ) -> Result<Fetched, CacheError> {
-        let secret_id = opts.pull_secret.as_ref().map(|s| sha256_hex(&s.0)).unwrap_or_default();
+        let secret_id = opts
+            .pull_secret
+            .as_ref()
+            .map(|s| sha256_hex(&s.0))
+            .unwrap_or_default();
         let flight_key = format!("{url}\n{}\n{secret_id}", checksum.as_deref().unwrap_or(""));
         let flight = {
             let mut flights = self.inner.flights.lock().unwrap_or_else(|e| e.into_inner());
@@ -389,15 +460,27 @@ impl ModuleCache {
                 }
                 None => {
                     let this = self.clone();
-                    let (url_s, key_s, secret) = (url.to_owned(), flight_key.clone(), opts.pull_secret.clone());
+                    let (url_s, key_s, secret) =
+                        (url.to_owned(), flight_key.clone(), opts.pull_secret.clone());
                     let task = tokio::spawn(async move {
-                        let r = this.fetch_and_store(&url_s, &parsed, checksum, secret.as_ref()).await;
-                        this.inner.flights.lock().unwrap_or_else(|e| e.into_inner()).remove(&key_s);
+                        let r = this
+                            .fetch_and_store(&url_s, &parsed, checksum, secret.as_ref())
+                            .await;
+                        this.inner
+                            .flights
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&key_s);
                         r
                     });
                     let url_t = url.to_owned();
                     let f: Flight = async move {
-                        task.await.unwrap_or_else(|e| Err(CacheError::Task { url: url_t, reason: e.to_string() }))
+                        task.await.unwrap_or_else(|e| {
+                            Err(CacheError::Task {
+                                url: url_t,
+                                reason: e.to_string(),
+                            })
+                        })
                     }
                     .boxed()
                     .shared();
@@ -408,13 +491,19 @@ impl ModuleCache {
         };
         match tokio::time::timeout(opts.timeout.max(Duration::from_millis(1)), flight).await {
             Ok(r) => r,
-            Err(_) => Err(CacheError::Timeout { url: url.to_owned(), timeout: opts.timeout }),
+            Err(_) => Err(CacheError::Timeout {
+                url: url.to_owned(),
+                timeout: opts.timeout,
+            }),
         }
     }
 
     fn existing(&self, key: &ModuleKey) -> Option<Fetched> {
         let st = self.lock();
-        st.modules.get(key).map(|e| Fetched { key: key.clone(), path: e.path.clone() })
+        st.modules.get(key).map(|e| Fetched {
+            key: key.clone(),
+            path: e.path.clone(),
+        })
     }
 
     async fn fetch_and_store(
@@ -426,67 +515,97 @@ impl ModuleCache {
     ) -> Result<Fetched, CacheError> {
         let m = &self.inner.metrics;
         let mismatch = |actual: &str| {
-            expected.as_deref().filter(|e| *e != actual).map(|e| CacheError::ChecksumMismatch {
-                url: url.to_owned(),
-                expected: e.to_owned(),
-                actual: actual.to_owned(),
-            })
+            expected
+                .as_deref()
+                .filter(|e| *e != actual)
+                .map(|e| CacheError::ChecksumMismatch {
+                    url: url.to_owned(),
+                    expected: e.to_owned(),
+                    actual: actual.to_owned(),
+                })
         };
-        let (bytes, checksum) = match parsed.scheme {
+        let (bytes, checksum, file_sha256) = match parsed.scheme {
             Scheme::Http => {
-                let bytes = self.inner.http.fetch(url).await.inspect_err(|_| m.remote_fetch(FetchResult::DownloadFailure))?;
+                let bytes = self
+                    .inner
+                    .http
+                    .fetch(url)
+                    .await
+                    .inspect_err(|_| m.remote_fetch(FetchResult::DownloadFailure))?;
                 let actual = sha256_hex(&bytes);
                 if let Some(e) = mismatch(&actual) {
                     m.remote_fetch(FetchResult::ChecksumMismatched);
                     return Err(e);
                 }
-                (bytes, actual)
+                (bytes, actual.clone(), Some(actual))
             }
             Scheme::Oci => {
-                let prepared =
-                    self.inner.oci.prepare(url, secret).await.inspect_err(|_| m.remote_fetch(FetchResult::ManifestFailure))?;
+                let prepared = self
+                    .inner
+                    .oci
+                    .prepare(url, secret)
+                    .await
+                    .inspect_err(|_| m.remote_fetch(FetchResult::ManifestFailure))?;
                 if let Some(e) = mismatch(&prepared.digest) {
                     m.remote_fetch(FetchResult::ChecksumMismatched);
                     return Err(e);
                 }
                 let actual = prepared.digest.clone();
-                let key = ModuleKey { name: parsed.name.clone(), checksum: actual.clone() };
+                let key = ModuleKey {
+                    name: parsed.name.clone(),
+                    checksum: actual.clone(),
+                };
                 if let Some(hit) = self.existing(&key) {
                     // The tag moved to (or still points at) an image we already have.
                     m.remote_fetch(FetchResult::Success);
                     return Ok(hit);
                 }
-                let bytes = self
+                let module = self
                     .inner
                     .oci
                     .fetch_module(prepared)
                     .await
                     .inspect_err(|_| m.remote_fetch(FetchResult::DownloadFailure))?;
-                (bytes, actual)
+                (module.bytes, actual, module.sha256)
             }
         };
         if !is_wasm_binary(&bytes) {
             m.remote_fetch(FetchResult::FetchFailure);
-            return Err(FetchError::NotWasm { url: url.to_owned() }.into());
+            return Err(FetchError::NotWasm {
+                url: url.to_owned(),
+            }
+            .into());
         }
-        let key = ModuleKey { name: parsed.name.clone(), checksum };
+        let key = ModuleKey {
+            name: parsed.name.clone(),
+            checksum,
+        };
         if let Some(hit) = self.existing(&key) {
             m.remote_fetch(FetchResult::Success);
             return Ok(hit);
         }
         let path = module_path(&self.inner.opts.dir, &key);
-        let file_sha256 = sha256_hex(&bytes);
+        let file_sha256 = file_sha256.unwrap_or_else(|| sha256_hex(&bytes));
         let (p, len) = (path.clone(), bytes.len());
         tokio::task::spawn_blocking(move || write_atomic(&p, &bytes))
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()))
-            .map_err(|reason| CacheError::Store { url: url.to_owned(), path: path.clone(), reason })?;
+            .map_err(|reason| CacheError::Store {
+                url: url.to_owned(),
+                path: path.clone(),
+                reason,
+            })?;
         let entries = {
             let mut st = self.lock();
             st.modules.insert(
                 key.clone(),
-                Entry { path: path.clone(), file_sha256, last_used: SystemTime::now(), urls: BTreeSet::from([url.to_owned()]) },
+                Entry {
+                    path: path.clone(),
+                    file_sha256,
+                    last_used: SystemTime::now(),
+                    urls: BTreeSet::from([url.to_owned()]),
+                },
             );
             st.modules.len()
         };
@@ -507,7 +626,13 @@ impl ModuleCache {
     /// Modules referenced by some ECDS resource (never purged).
     pub fn in_use(&self) -> Vec<ModuleKey> {
         let st = self.lock();
-        let mut v: Vec<ModuleKey> = st.in_use.values().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+        let mut v: Vec<ModuleKey> = st
+            .in_use
+            .values()
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         v.sort();
         v
     }
@@ -529,7 +654,9 @@ impl ModuleCache {
             let expired: Vec<ModuleKey> = st
                 .modules
                 .iter()
-                .filter(|(k, e)| !used.contains(*k) && now.duration_since(e.last_used).is_ok_and(|d| d >= expiry))
+                .filter(|(k, e)| {
+                    !used.contains(*k) && now.duration_since(e.last_used).is_ok_and(|d| d >= expiry)
+                })
                 .map(|(k, _)| k.clone())
                 .collect();
             for k in &expired {
@@ -538,7 +665,11 @@ impl ModuleCache {
                         warn!(path = %e.path.display(), error = %err, "cannot remove expired module");
                     }
                     for u in &e.urls {
-                        if st.checksums.get(u).is_some_and(|c| c.checksum == k.checksum) {
+                        if st
+                            .checksums
+                            .get(u)
+                            .is_some_and(|c| c.checksum == k.checksum)
+                        {
                             st.checksums.remove(u);
                         }
                     }
@@ -569,7 +700,11 @@ impl ModuleCache {
 
     /// Writes the index. Serialized so an older snapshot never overwrites a newer one.
     fn save(&self) {
-        let _guard = self.inner.save_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self
+            .inner
+            .save_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let index = {
             let st = self.lock();
             IndexFile {
@@ -586,7 +721,11 @@ impl ModuleCache {
                     })
                     .collect(),
                 checksums: st.checksums.clone(),
-                in_use: st.in_use.iter().map(|(r, k)| (r.clone(), (k.name.clone(), k.checksum.clone()))).collect(),
+                in_use: st
+                    .in_use
+                    .iter()
+                    .map(|(r, k)| (r.clone(), (k.name.clone(), k.checksum.clone())))
+                    .collect(),
             }
         };
         if let Err(e) = index.save(&self.inner.opts.dir) {
@@ -596,7 +735,8 @@ impl ModuleCache {
 }
 
 fn module_path(dir: &Path, key: &ModuleKey) -> PathBuf {
-    dir.join(sha256_hex(key.name.as_bytes())).join(format!("{}.wasm", key.checksum))
+    dir.join(sha256_hex(key.name.as_bytes()))
+        .join(format!("{}.wasm", key.checksum))
 }
 
 #[cfg(test)]

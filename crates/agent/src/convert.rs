@@ -12,9 +12,11 @@ use envoy_types::pb::envoy::config::rbac::v3::Rbac as RbacRules;
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
 use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm as HttpWasm;
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
-use envoy_types::pb::envoy::extensions::wasm::v3::{FailurePolicy, PluginConfig, VmConfig, plugin_config};
-use prost::{Message, Name};
+use envoy_types::pb::envoy::extensions::wasm::v3::{
+    FailurePolicy, PluginConfig, VmConfig, plugin_config,
+};
 use envoy_types::pb::google::protobuf::Any;
+use prost::{Message, Name};
 use tracing::{debug, error};
 
 use crate::cache::{CacheError, GetOptions, ModuleCache, PullPolicy};
@@ -24,13 +26,17 @@ use crate::metrics::ConversionResult;
 /// `model.ExtensionConfigurationType`: the ECDS type URL.
 pub const ECDS_TYPE_URL: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
 /// HTTP Wasm filter.
-pub const HTTP_WASM_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+pub const HTTP_WASM_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 /// Network Wasm filter.
-pub const NETWORK_WASM_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm";
+pub const NETWORK_WASM_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm";
 /// HTTP RBAC filter (the fallback).
-pub const HTTP_RBAC_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+pub const HTTP_RBAC_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
 /// Network RBAC filter (the fallback).
-pub const NETWORK_RBAC_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC";
+pub const NETWORK_RBAC_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC";
 const TYPED_STRUCT_TYPE_URL: &str = "type.googleapis.com/udpa.type.v1.TypedStruct";
 
 /// Env keys istiod sets for the agent (`pkg/model/wasm.go`).
@@ -55,7 +61,9 @@ pub enum ConvertError {
 /// Why the module of a remote Wasm config could not be made local (leads to the RBAC fallback).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RewriteError {
-    #[error("missing image pulling secret (the secret named by imagePullSecret was not found or is empty)")]
+    #[error(
+        "missing image pulling secret (the secret named by imagePullSecret was not found or is empty)"
+    )]
     MissingPullSecret,
     #[error("remote code has no http_uri")]
     NoHttpUri,
@@ -69,9 +77,19 @@ pub enum Outcome {
     /// Not a Wasm config with remote code: forwarded untouched (except stripped env).
     Passthrough,
     /// Remote code rewritten to a local file.
-    Rewritten { resource: String, url: String, path: String },
+    Rewritten {
+        resource: String,
+        url: String,
+        path: String,
+    },
     /// The fetch failed; the resource is an RBAC filter now.
-    Fallback { resource: String, plugin: String, url: String, error: RewriteError, fail_open: bool },
+    Fallback {
+        resource: String,
+        plugin: String,
+        url: String,
+        error: RewriteError,
+        fail_open: bool,
+    },
 }
 
 /// A converted resource.
@@ -98,24 +116,51 @@ enum WasmKind {
 }
 
 fn decode_err(type_url: &str, e: impl std::fmt::Display) -> ConvertError {
-    ConvertError::Unmarshal { type_url: type_url.to_owned(), reason: e.to_string() }
+    ConvertError::Unmarshal {
+        type_url: type_url.to_owned(),
+        reason: e.to_string(),
+    }
 }
 
 fn pack<M: Message>(type_url: &str, m: &M) -> Any {
-    Any { type_url: type_url.to_owned(), value: m.encode_to_vec() }
+    Any {
+        type_url: type_url.to_owned(),
+        value: m.encode_to_vec(),
+    }
 }
 
 /// The fallback filter Istio substitutes on a fetch failure.
 pub fn fallback_filter(name: &str, network: bool, fail_open: bool) -> TypedExtensionConfig {
-    let prefix = if fail_open { "wasm-default-allow" } else { "wasm-default-deny" };
+    let prefix = if fail_open {
+        "wasm-default-allow"
+    } else {
+        "wasm-default-deny"
+    };
     // No rules: allow all. Empty ALLOW rules (no policy matches): deny all.
     let rules = (!fail_open).then(RbacRules::default);
     let typed = if network {
-        pack(NETWORK_RBAC_TYPE_URL, &NetworkRbac { rules, stat_prefix: prefix.into(), ..Default::default() })
+        pack(
+            NETWORK_RBAC_TYPE_URL,
+            &NetworkRbac {
+                rules,
+                stat_prefix: prefix.into(),
+                ..Default::default()
+            },
+        )
     } else {
-        pack(HTTP_RBAC_TYPE_URL, &HttpRbac { rules, rules_stat_prefix: prefix.into(), ..Default::default() })
+        pack(
+            HTTP_RBAC_TYPE_URL,
+            &HttpRbac {
+                rules,
+                rules_stat_prefix: prefix.into(),
+                ..Default::default()
+            },
+        )
     };
-    TypedExtensionConfig { name: name.to_owned(), typed_config: Some(typed) }
+    TypedExtensionConfig {
+        name: name.to_owned(),
+        typed_config: Some(typed),
+    }
 }
 
 fn is_fail_open(pc: &PluginConfig) -> bool {
@@ -136,11 +181,20 @@ struct IstioEnv {
 }
 
 fn take_istio_env(vm: &mut VmConfig) -> IstioEnv {
-    let mut env = IstioEnv { secret: None, policy: PullPolicy::Unspecified, resource_version: String::new() };
-    let Some(vars) = vm.environment_variables.as_mut() else { return env };
+    let mut env = IstioEnv {
+        secret: None,
+        policy: PullPolicy::Unspecified,
+        resource_version: String::new(),
+    };
+    let Some(vars) = vm.environment_variables.as_mut() else {
+        return env;
+    };
     if let Some(s) = vars.key_values.get(PULL_SECRET_ENV) {
-        env.secret =
-            Some(if s.is_empty() { Err(RewriteError::MissingPullSecret) } else { Ok(PullSecret(s.as_bytes().to_vec())) });
+        env.secret = Some(if s.is_empty() {
+            Err(RewriteError::MissingPullSecret)
+        } else {
+            Ok(PullSecret(s.as_bytes().to_vec()))
+        });
     }
     if let Some(p) = vars.key_values.get(PULL_POLICY_ENV) {
         env.policy = PullPolicy::parse(p);
@@ -148,7 +202,8 @@ fn take_istio_env(vm: &mut VmConfig) -> IstioEnv {
     if let Some(rv) = vars.key_values.get(RESOURCE_VERSION_ENV) {
         env.resource_version = rv.clone();
     }
-    vars.key_values.retain(|k, _| !k.starts_with(ISTIO_META_PREFIX));
+    vars.key_values
+        .retain(|k, _| !k.starts_with(ISTIO_META_PREFIX));
     if vars.key_values.is_empty() && vars.host_env_keys.is_empty() {
         vm.environment_variables = None;
     }
@@ -169,7 +224,10 @@ impl Converter {
     /// Converts all resources of one ECDS response in parallel. An error means a resource is
     /// malformed and the whole response must be NACKed.
     pub async fn convert_all(&self, resources: &[Any]) -> Result<Vec<Converted>, ConvertError> {
-        futures::future::join_all(resources.iter().map(|r| self.convert_one(r))).await.into_iter().collect()
+        futures::future::join_all(resources.iter().map(|r| self.convert_one(r)))
+            .await
+            .into_iter()
+            .collect()
     }
 
     /// Converts one ECDS resource (an `Any` holding a `TypedExtensionConfig`).
@@ -177,13 +235,35 @@ impl Converter {
         let start = Instant::now();
         let result = self.convert_inner(resource).await;
         let label = match &result {
-            Ok(Converted { outcome: Outcome::Rewritten { .. }, .. }) => ConversionResult::Success,
-            Ok(Converted { outcome: Outcome::Passthrough, .. }) => ConversionResult::NoRemoteLoad,
-            Ok(Converted { outcome: Outcome::Fallback { .. }, .. }) => ConversionResult::FetchFailure,
+            Ok(Converted {
+                outcome: Outcome::Rewritten { .. },
+                ..
+            }) => ConversionResult::Success,
+            Ok(Converted {
+                outcome: Outcome::Passthrough,
+                ..
+            }) => ConversionResult::NoRemoteLoad,
+            Ok(Converted {
+                outcome: Outcome::Fallback { .. },
+                ..
+            }) => ConversionResult::FetchFailure,
             Err(_) => ConversionResult::UnmarshalFailure,
         };
-        self.cache.metrics().conversion(label, start.elapsed().as_secs_f64() * 1000.0);
-        if let Ok(Converted { outcome: Outcome::Fallback { resource, plugin, url, error: e, fail_open }, .. }) = &result {
+        self.cache
+            .metrics()
+            .conversion(label, start.elapsed().as_secs_f64() * 1000.0);
+        if let Ok(Converted {
+            outcome:
+                Outcome::Fallback {
+                    resource,
+                    plugin,
+                    url,
+                    error: e,
+                    fail_open,
+                },
+            ..
+        }) = &result
+        {
             error!(resource = %resource, plugin = %plugin, url = %url, reason = %e,
                 "error in converting the wasm config to local: applying {} RBAC filter",
                 if *fail_open { "allow" } else { "deny" });
@@ -192,11 +272,16 @@ impl Converter {
     }
 
     async fn convert_inner(&self, resource: &Any) -> Result<Converted, ConvertError> {
-        let passthrough = |name: String| Converted { resource: resource.clone(), name, outcome: Outcome::Passthrough };
+        let passthrough = |name: String| Converted {
+            resource: resource.clone(),
+            name,
+            outcome: Outcome::Passthrough,
+        };
         if resource.type_url != ECDS_TYPE_URL {
             return Ok(passthrough(String::new()));
         }
-        let mut ec = TypedExtensionConfig::decode(resource.value.as_slice()).map_err(|e| decode_err(&resource.type_url, e))?;
+        let mut ec = TypedExtensionConfig::decode(resource.value.as_slice())
+            .map_err(|e| decode_err(&resource.type_url, e))?;
         let name = ec.name.clone();
         let Some(typed) = ec.typed_config.as_ref() else {
             return Err(ConvertError::NoTypedConfig { resource: name });
@@ -211,29 +296,48 @@ impl Converter {
             _ => return Ok(passthrough(name)),
         };
         // Both Wasm filter messages are `{ PluginConfig config = 1; }`.
-        let mut wasm = HttpWasm::decode(typed.value.as_slice()).map_err(|e| decode_err(&typed.type_url, e))?;
+        let mut wasm =
+            HttpWasm::decode(typed.value.as_slice()).map_err(|e| decode_err(&typed.type_url, e))?;
         let type_url = typed.type_url.clone();
-        let Some(pc) = wasm.config.as_mut() else { return Ok(passthrough(name)) };
+        let Some(pc) = wasm.config.as_mut() else {
+            return Ok(passthrough(name));
+        };
         let plugin = pc.name.clone();
         let fail_open = is_fail_open(pc);
-        let Some(plugin_config::Vm::VmConfig(vm)) = pc.vm.as_mut() else { return Ok(passthrough(name)) };
+        let Some(plugin_config::Vm::VmConfig(vm)) = pc.vm.as_mut() else {
+            return Ok(passthrough(name));
+        };
         let env = take_istio_env(vm);
         let remote = match vm.code.as_ref().and_then(|c| c.specifier.as_ref()) {
             Some(async_data_source::Specifier::Remote(r)) => r.clone(),
             Some(async_data_source::Specifier::Local(_)) => {
                 // Local code passes through, without the agent's env entries.
                 ec.typed_config = Some(pack(&type_url, &wasm));
-                return Ok(Converted { resource: pack(&TypedExtensionConfig::type_url(), &ec), name, outcome: Outcome::Passthrough });
+                return Ok(Converted {
+                    resource: pack(&TypedExtensionConfig::type_url(), &ec),
+                    name,
+                    outcome: Outcome::Passthrough,
+                });
             }
             None => return Err(ConvertError::NoCode { resource: name }),
         };
-        let url = remote.http_uri.as_ref().map(|u| u.uri.clone()).unwrap_or_default();
+        let url = remote
+            .http_uri
+            .as_ref()
+            .map(|u| u.uri.clone())
+            .unwrap_or_default();
         let fallback = |error: RewriteError| {
             let fb = fallback_filter(&name, kind == WasmKind::Network, fail_open);
             Converted {
                 resource: pack(ECDS_TYPE_URL, &fb),
                 name: name.clone(),
-                outcome: Outcome::Fallback { resource: name.clone(), plugin: plugin.clone(), url: url.clone(), error, fail_open },
+                outcome: Outcome::Fallback {
+                    resource: name.clone(),
+                    plugin: plugin.clone(),
+                    url: url.clone(),
+                    error,
+                    fail_open,
+                },
             }
         };
         let secret = match env.secret {
@@ -241,14 +345,23 @@ impl Converter {
             Some(Ok(s)) => Some(s),
             None => None,
         };
-        let Some(http_uri) = remote.http_uri.as_ref() else { return Ok(fallback(RewriteError::NoHttpUri)) };
+        let Some(http_uri) = remote.http_uri.as_ref() else {
+            return Ok(fallback(RewriteError::NoHttpUri));
+        };
         let timeout = http_uri
             .timeout
             .as_ref()
-            .and_then(|d| (d.seconds >= 0 && d.nanos >= 0).then(|| Duration::new(d.seconds as u64, d.nanos as u32)))
+            .and_then(|d| {
+                (d.seconds >= 0 && d.nanos >= 0)
+                    .then(|| Duration::new(d.seconds as u64, d.nanos as u32))
+            })
             .filter(|d| !d.is_zero())
             .unwrap_or(DEFAULT_FETCH_TIMEOUT);
-        let sha = if remote.sha256 == "nil" { String::new() } else { remote.sha256.clone() };
+        let sha = if remote.sha256 == "nil" {
+            String::new()
+        } else {
+            remote.sha256.clone()
+        };
         let opts = GetOptions {
             checksum: Some(sha).filter(|s| !s.is_empty()),
             resource_name: name.clone(),
@@ -275,7 +388,11 @@ impl Converter {
         Ok(Converted {
             resource: pack(ECDS_TYPE_URL, &ec),
             name: name.clone(),
-            outcome: Outcome::Rewritten { resource: name, url, path: path_s },
+            outcome: Outcome::Rewritten {
+                resource: name,
+                url,
+                path: path_s,
+            },
         })
     }
 }

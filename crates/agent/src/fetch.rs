@@ -94,7 +94,11 @@ impl Default for FetchOptions {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FetchError {
     #[error("wasm module download from {url} failed after {attempts} attempts, last error: {last}")]
-    HttpExhausted { url: String, attempts: u32, last: String },
+    HttpExhausted {
+        url: String,
+        attempts: u32,
+        last: String,
+    },
     #[error("wasm module download from {url} failed: HTTP status {status}")]
     HttpStatus { url: String, status: u16 },
     #[error("invalid url {url}: {reason}")]
@@ -105,14 +109,22 @@ pub enum FetchError {
     TooLarge { url: String, max: u64 },
     #[error("cannot unpack wasm module from {url}: {reason}")]
     Unpack { url: String, reason: String },
-    #[error("fetched Wasm binary from {url} is invalid: it does not start with the Wasm magic \\0asm")]
+    #[error(
+        "fetched Wasm binary from {url} is invalid: it does not start with the Wasm magic \\0asm"
+    )]
     NotWasm { url: String },
     #[error("cannot read the image manifest of {url}: {reason}")]
     Manifest { url: String, reason: String },
-    #[error("the image {url} is in no supported Wasm format (docker image, OCI image, Wasm OCI artifact): {reason}")]
+    #[error(
+        "the image {url} is in no supported Wasm format (docker image, OCI image, Wasm OCI artifact): {reason}"
+    )]
     UnsupportedImage { url: String, reason: String },
     #[error("cannot download layer {digest} of {url}: {reason}")]
-    Blob { url: String, digest: String, reason: String },
+    Blob {
+        url: String,
+        digest: String,
+        reason: String,
+    },
     #[error("invalid image pull secret for {url}: {reason}")]
     PullSecret { url: String, reason: String },
     #[error("cannot build the HTTP client: {0}")]

@@ -85,9 +85,21 @@ impl Metrics {
     /// Creates the families and registers them in `registry`.
     pub fn register(registry: &mut Registry) -> Arc<Self> {
         let m = Self::default();
-        registry.register("wasm_cache_entries", "number of Wasm remote fetch cache entries", m.cache_entries.clone());
-        registry.register("wasm_cache_lookup_count", "number of Wasm remote fetch cache lookups", m.cache_lookup.clone());
-        registry.register("wasm_remote_fetch_count", "number of Wasm remote fetches and results", m.remote_fetch.clone());
+        registry.register(
+            "wasm_cache_entries",
+            "number of Wasm remote fetch cache entries",
+            m.cache_entries.clone(),
+        );
+        registry.register(
+            "wasm_cache_lookup_count",
+            "number of Wasm remote fetch cache lookups",
+            m.cache_lookup.clone(),
+        );
+        registry.register(
+            "wasm_remote_fetch_count",
+            "number of Wasm remote fetches and results",
+            m.remote_fetch.clone(),
+        );
         registry.register(
             "wasm_config_conversion_count",
             "number of Wasm config conversions and results",
@@ -106,26 +118,36 @@ impl Metrics {
     }
 
     pub(crate) fn cache_lookup(&self, hit: bool) {
-        self.cache_lookup.get_or_create(&vec![("hit", if hit { "true" } else { "false" })]).inc();
+        self.cache_lookup
+            .get_or_create(&vec![("hit", if hit { "true" } else { "false" })])
+            .inc();
     }
 
     pub(crate) fn remote_fetch(&self, r: FetchResult) {
-        self.remote_fetch.get_or_create(&vec![("result", r.label())]).inc();
+        self.remote_fetch
+            .get_or_create(&vec![("result", r.label())])
+            .inc();
     }
 
     pub(crate) fn conversion(&self, r: ConversionResult, millis: f64) {
-        self.conversion.get_or_create(&vec![("result", r.label())]).inc();
+        self.conversion
+            .get_or_create(&vec![("result", r.label())])
+            .inc();
         self.conversion_duration.observe(millis);
     }
 
     /// Current value of `wasm_remote_fetch_count{result}` (for tests and diagnostics).
     pub fn remote_fetch_count(&self, r: FetchResult) -> u64 {
-        self.remote_fetch.get_or_create(&vec![("result", r.label())]).get()
+        self.remote_fetch
+            .get_or_create(&vec![("result", r.label())])
+            .get()
     }
 
     /// Current value of `wasm_cache_lookup_count{hit}`.
     pub fn cache_lookup_count(&self, hit: bool) -> u64 {
-        self.cache_lookup.get_or_create(&vec![("hit", if hit { "true" } else { "false" })]).get()
+        self.cache_lookup
+            .get_or_create(&vec![("hit", if hit { "true" } else { "false" })])
+            .get()
     }
 
     /// Current value of `wasm_cache_entries`.
@@ -138,7 +160,10 @@ impl Metrics {
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
     #[error("cannot listen for metrics on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Serves `registry` as Prometheus text on `/metrics` and `/stats/prometheus`. Returns the
@@ -151,18 +176,24 @@ pub async fn serve(
     use hyper::body::Bytes;
     use hyper::service::service_fn;
 
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| MetricsError::Bind { addr, source })?;
-    let local = listener.local_addr().map_err(|source| MetricsError::Bind { addr, source })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| MetricsError::Bind { addr, source })?;
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let registry = registry.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let registry = registry.clone();
                     async move {
                         let path = req.uri().path();
-                        let resp = if path == "/metrics" || path == "/stats/prometheus" {
+                        if path == "/metrics" || path == "/stats/prometheus" {
                             let mut body = String::new();
                             match prometheus_client::encoding::text::encode(&mut body, &registry) {
                                 Ok(()) => hyper::Response::builder()
@@ -171,13 +202,16 @@ pub async fn serve(
                                 Err(_) => hyper::Response::builder().status(500).body(Full::new(Bytes::new())),
                             }
                         } else {
-                            hyper::Response::builder().status(404).body(Full::new(Bytes::from_static(b"not found\n")))
-                        };
-                        resp
+                            hyper::Response::builder()
+                                .status(404)
+                                .body(Full::new(Bytes::from_static(b"not found\n")))
+                        }
                     }
                 });
                 let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await;
             });
         }
     });

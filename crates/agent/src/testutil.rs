@@ -42,33 +42,58 @@ impl FileServer {
         let (r, h, t) = (routes.clone(), hits.clone(), total.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let (r, h, t) = (r.clone(), h.clone(), t.clone());
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (r, h, t) = (r.clone(), h.clone(), t.clone());
-                        async move {
-                            let path = req.uri().path().to_owned();
-                            t.fetch_add(1, Ordering::SeqCst);
-                            *h.lock().unwrap().entry(path.clone()).or_default() += 1;
-                            let route = r.lock().unwrap().get(&path).cloned();
-                            let route = route.unwrap_or(Route { status: 404, body: vec![], delay: Duration::ZERO });
-                            if !route.delay.is_zero() {
-                                tokio::time::sleep(route.delay).await;
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let (r, h, t) = (r.clone(), h.clone(), t.clone());
+                            async move {
+                                let path = req.uri().path().to_owned();
+                                t.fetch_add(1, Ordering::SeqCst);
+                                *h.lock().unwrap().entry(path.clone()).or_default() += 1;
+                                let route = r.lock().unwrap().get(&path).cloned();
+                                let route = route.unwrap_or(Route {
+                                    status: 404,
+                                    body: vec![],
+                                    delay: Duration::ZERO,
+                                });
+                                if !route.delay.is_zero() {
+                                    tokio::time::sleep(route.delay).await;
+                                }
+                                hyper::Response::builder()
+                                    .status(route.status)
+                                    .body(Full::new(Bytes::from(route.body)))
                             }
-                            hyper::Response::builder().status(route.status).body(Full::new(Bytes::from(route.body)))
-                        }
-                    });
+                        },
+                    );
                     let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await;
                 });
             }
         });
-        Self { addr, routes, hits, total, task }
+        Self {
+            addr,
+            routes,
+            hits,
+            total,
+            task,
+        }
     }
 
     pub(crate) fn set(&self, path: &str, status: u16, body: Vec<u8>) {
-        self.set_route(path, Route { status, body, delay: Duration::ZERO });
+        self.set_route(
+            path,
+            Route {
+                status,
+                body,
+                delay: Duration::ZERO,
+            },
+        );
     }
 
     pub(crate) fn set_route(&self, path: &str, route: Route) {

@@ -63,8 +63,14 @@ impl ProxyOptions {
     pub fn new(upstream: impl Into<String>) -> Self {
         Self {
             upstream: upstream.into(),
-            reconnect: Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(15) },
-            fetch_retry: Backoff { initial: Duration::from_secs(1), max: Duration::from_secs(60) },
+            reconnect: Backoff {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(15),
+            },
+            fetch_retry: Backoff {
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(60),
+            },
         }
     }
 }
@@ -86,10 +92,15 @@ pub(crate) struct ProxyInner {
 
 impl ProxyInner {
     pub(crate) fn agent_nonce(&self) -> String {
-        format!("{AGENT_NONCE_PREFIX}{}", self.nonce.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "{AGENT_NONCE_PREFIX}{}",
+            self.nonce.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
-    pub(crate) async fn client(&self) -> Result<AggregatedDiscoveryServiceClient<Channel>, tonic::transport::Error> {
+    pub(crate) async fn client(
+        &self,
+    ) -> Result<AggregatedDiscoveryServiceClient<Channel>, tonic::transport::Error> {
         let channel = self.endpoint.connect().await?;
         Ok(AggregatedDiscoveryServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
@@ -105,21 +116,36 @@ pub struct AdsProxy {
 
 impl std::fmt::Debug for AdsProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdsProxy").field("upstream", &self.inner.upstream).finish()
+        f.debug_struct("AdsProxy")
+            .field("upstream", &self.inner.upstream)
+            .finish()
     }
 }
 
 impl AdsProxy {
     /// A proxy to `opts.upstream` converting ECDS with `converter`.
     pub fn new(opts: ProxyOptions, converter: Converter) -> Result<Self, ProxyError> {
-        let addr = if opts.upstream.contains("://") { opts.upstream.clone() } else { format!("http://{}", opts.upstream) };
+        let addr = if opts.upstream.contains("://") {
+            opts.upstream.clone()
+        } else {
+            format!("http://{}", opts.upstream)
+        };
         let endpoint = Endpoint::from_shared(addr.clone())
-            .map_err(|e| ProxyError::Upstream { addr: addr.clone(), reason: e.to_string() })?
+            .map_err(|e| ProxyError::Upstream {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30));
         Ok(Self {
-            inner: Arc::new(ProxyInner { endpoint, upstream: addr, converter, opts, nonce: AtomicU64::new(0) }),
+            inner: Arc::new(ProxyInner {
+                endpoint,
+                upstream: addr,
+                converter,
+                opts,
+                nonce: AtomicU64::new(0),
+            }),
         })
     }
 

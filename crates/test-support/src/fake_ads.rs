@@ -65,17 +65,30 @@ impl FakeAds {
         let state: Arc<Mutex<State>> = Arc::default();
         let (push, pushed) = watch::channel(0u64);
         let (stop, stopped) = watch::channel(false);
-        let svc = Service { state: state.clone(), pushed, stop: stopped.clone() };
+        let svc = Service {
+            state: state.clone(),
+            pushed,
+            stop: stopped.clone(),
+        };
         let mut shutdown = stopped;
         let server = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(AggregatedDiscoveryServiceServer::new(svc))
-                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
-                    let _ = shutdown.wait_for(|s| *s).await;
-                })
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async move {
+                        let _ = shutdown.wait_for(|s| *s).await;
+                    },
+                )
                 .await;
         });
-        Ok(Self { addr, state, push, stop, server })
+        Ok(Self {
+            addr,
+            state,
+            push,
+            stop,
+            server,
+        })
     }
 
     /// The bound address.
@@ -87,7 +100,10 @@ impl FakeAds {
     pub fn set(&self, type_url: &str, resources: Vec<(String, Any)>) {
         {
             let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            let e = st.resources.entry(type_url.to_owned()).or_insert((0, vec![]));
+            let e = st
+                .resources
+                .entry(type_url.to_owned())
+                .or_insert((0, vec![]));
             e.0 += 1;
             e.1 = resources;
         }
@@ -96,12 +112,19 @@ impl FakeAds {
 
     /// Every request received so far, in order.
     pub fn requests(&self) -> Vec<DiscoveryRequest> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).requests.clone()
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .requests
+            .clone()
     }
 
     /// Requests that carried an error (NACKs).
     pub fn nacks(&self) -> Vec<DiscoveryRequest> {
-        self.requests().into_iter().filter(|r| r.error_detail.is_some()).collect()
+        self.requests()
+            .into_iter()
+            .filter(|r| r.error_detail.is_some())
+            .collect()
     }
 
     /// Current version (as sent: `v<N>`) of `type_url`.
@@ -171,21 +194,22 @@ impl AggregatedDiscoveryService for Service {
                         // Answer a new subscription, a subscription change, or a client
                         // that is behind (e.g. after a reconnect); not a plain ACK or NACK.
                         let behind = current.as_deref().is_some_and(|v| v != req.version_info && v != sub.1);
-                        if req.error_detail.is_none() && (req.response_nonce.is_empty() || names_changed || behind) {
-                            if let Some(resp) = svc.response_for(&req.type_url, &req.resource_names) {
-                                sub.1 = resp.version_info.clone();
-                                if tx.send(Ok(resp)).await.is_err() { return; }
-                            }
+                        if req.error_detail.is_none()
+                            && (req.response_nonce.is_empty() || names_changed || behind)
+                            && let Some(resp) = svc.response_for(&req.type_url, &req.resource_names)
+                        {
+                            sub.1 = resp.version_info.clone();
+                            if tx.send(Ok(resp)).await.is_err() { return; }
                         }
                     }
                     changed = pushed.changed() => {
                         if changed.is_err() { return; }
                         for (t, (names, sent)) in subs.iter_mut() {
-                            if svc.version_of(t).is_some_and(|v| &v != sent) {
-                                if let Some(resp) = svc.response_for(t, names) {
-                                    *sent = resp.version_info.clone();
-                                    if tx.send(Ok(resp)).await.is_err() { return; }
-                                }
+                            if svc.version_of(t).is_some_and(|v| &v != sent)
+                                && let Some(resp) = svc.response_for(t, names)
+                            {
+                                *sent = resp.version_info.clone();
+                                if tx.send(Ok(resp)).await.is_err() { return; }
                             }
                         }
                     }
@@ -203,6 +227,8 @@ impl AggregatedDiscoveryService for Service {
         &self,
         _request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented("the fake ADS server speaks state of the world only"))
+        Err(Status::unimplemented(
+            "the fake ADS server speaks state of the world only",
+        ))
     }
 }

@@ -68,7 +68,9 @@ fn unique() -> u64 {
 impl IndexFile {
     pub(crate) fn load(dir: &Path) -> std::io::Result<Option<Self>> {
         match std::fs::read(dir.join(INDEX_FILE)) {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(std::io::Error::other),
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(std::io::Error::other),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }

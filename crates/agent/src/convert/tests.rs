@@ -25,7 +25,10 @@ fn remote(url: &str, sha: &str) -> AsyncDataSource {
         specifier: Some(async_data_source::Specifier::Remote(RemoteDataSource {
             http_uri: Some(HttpUri {
                 uri: url.into(),
-                timeout: Some(PbDuration { seconds: 30, nanos: 0 }),
+                timeout: Some(PbDuration {
+                    seconds: 30,
+                    nanos: 0,
+                }),
                 http_upstream_type: Some(http_uri::HttpUpstreamType::Cluster("_".into())),
             }),
             sha256: sha.into(),
@@ -44,18 +47,29 @@ fn local(path: &str) -> AsyncDataSource {
 }
 
 /// An ECDS resource as istiod builds it (`buildPluginConfig`/`buildVMConfig`).
-fn istiod_resource(code: Option<AsyncDataSource>, env: &[(&str, &str)], policy: FailurePolicy, network: bool) -> Any {
+fn istiod_resource(
+    code: Option<AsyncDataSource>,
+    env: &[(&str, &str)],
+    policy: FailurePolicy,
+    network: bool,
+) -> Any {
     let pc = PluginConfig {
         name: "default.headers".into(),
         root_id: "headers_root".into(),
-        configuration: Some(pack("type.googleapis.com/google.protobuf.StringValue", &"{}".to_string())),
+        configuration: Some(pack(
+            "type.googleapis.com/google.protobuf.StringValue",
+            &"{}".to_string(),
+        )),
         failure_policy: policy as i32,
         vm: Some(plugin_config::Vm::VmConfig(VmConfig {
             runtime: "envoy.wasm.runtime.v8".into(),
             code,
             environment_variables: Some(EnvironmentVariables {
                 host_env_keys: vec![],
-                key_values: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>(),
+                key_values: env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<HashMap<_, _>>(),
             }),
             ..Default::default()
         })),
@@ -66,7 +80,13 @@ fn istiod_resource(code: Option<AsyncDataSource>, env: &[(&str, &str)], policy: 
     } else {
         pack(HTTP_WASM_TYPE_URL, &HttpWasm { config: Some(pc) })
     };
-    pack(ECDS_TYPE_URL, &TypedExtensionConfig { name: NAME.into(), typed_config: Some(typed) })
+    pack(
+        ECDS_TYPE_URL,
+        &TypedExtensionConfig {
+            name: NAME.into(),
+            typed_config: Some(typed),
+        },
+    )
 }
 
 fn decode_plugin(any: &Any) -> (TypedExtensionConfig, PluginConfig) {
@@ -83,7 +103,10 @@ fn vm(pc: &PluginConfig) -> &VmConfig {
 }
 
 fn istio_env(rv: &str) -> Vec<(&'static str, String)> {
-    vec![(RESOURCE_VERSION_ENV, rv.to_string()), (PULL_POLICY_ENV, "IfNotPresent".into())]
+    vec![
+        (RESOURCE_VERSION_ENV, rv.to_string()),
+        (PULL_POLICY_ENV, "IfNotPresent".into()),
+    ]
 }
 
 #[tokio::test]
@@ -95,17 +118,28 @@ async fn remote_code_becomes_a_local_file_and_istio_env_is_stripped() {
     let env = istio_env("7");
     let mut kv: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     kv.push(("MY_VAR", "x"));
-    let res = istiod_resource(Some(remote(&srv.url("/headers.wasm"), &sha(&module(1)))), &kv, FailurePolicy::FailClosed, false);
+    let res = istiod_resource(
+        Some(remote(&srv.url("/headers.wasm"), &sha(&module(1)))),
+        &kv,
+        FailurePolicy::FailClosed,
+        false,
+    );
     let out = conv.convert_one(&res).await.unwrap();
-    assert!(matches!(out.outcome, Outcome::Rewritten { .. }), "{:?}", out.outcome);
+    assert!(
+        matches!(out.outcome, Outcome::Rewritten { .. }),
+        "{:?}",
+        out.outcome
+    );
     let (ec, pc) = decode_plugin(&out.resource);
     assert_eq!(ec.name, NAME);
     assert_eq!(ec.typed_config.unwrap().type_url, HTTP_WASM_TYPE_URL);
     assert_eq!(pc.root_id, "headers_root");
     assert_eq!(pc.failure_policy, FailurePolicy::FailClosed as i32);
     let v = vm(&pc);
-    let Some(async_data_source::Specifier::Local(DataSource { specifier: Some(data_source::Specifier::Filename(f)), .. })) =
-        v.code.as_ref().unwrap().specifier.as_ref()
+    let Some(async_data_source::Specifier::Local(DataSource {
+        specifier: Some(data_source::Specifier::Filename(f)),
+        ..
+    })) = v.code.as_ref().unwrap().specifier.as_ref()
     else {
         panic!("code is not a local file: {:?}", v.code)
     };
@@ -122,7 +156,12 @@ async fn only_istio_env_means_no_env_at_all() {
     let srv = FileServer::start().await;
     srv.set("/m", 200, module(2));
     let conv = converter(dir.path());
-    let res = istiod_resource(Some(remote(&srv.url("/m"), "")), &[(RESOURCE_VERSION_ENV, "1")], FailurePolicy::FailClosed, false);
+    let res = istiod_resource(
+        Some(remote(&srv.url("/m"), "")),
+        &[(RESOURCE_VERSION_ENV, "1")],
+        FailurePolicy::FailClosed,
+        false,
+    );
     let out = conv.convert_one(&res).await.unwrap();
     let (_, pc) = decode_plugin(&out.resource);
     assert!(vm(&pc).environment_variables.is_none());
@@ -132,12 +171,25 @@ async fn only_istio_env_means_no_env_at_all() {
 async fn local_code_and_other_filters_pass_through() {
     let dir = tempfile::tempdir().unwrap();
     let conv = converter(dir.path());
-    let res = istiod_resource(Some(local("/opt/plugin.wasm")), &[(RESOURCE_VERSION_ENV, "1"), ("K", "V")], FailurePolicy::FailClosed, false);
+    let res = istiod_resource(
+        Some(local("/opt/plugin.wasm")),
+        &[(RESOURCE_VERSION_ENV, "1"), ("K", "V")],
+        FailurePolicy::FailClosed,
+        false,
+    );
     let out = conv.convert_one(&res).await.unwrap();
     assert!(matches!(out.outcome, Outcome::Passthrough));
     let (_, pc) = decode_plugin(&out.resource);
     assert_eq!(vm(&pc).code, Some(local("/opt/plugin.wasm")));
-    assert_eq!(vm(&pc).environment_variables.as_ref().unwrap().key_values.len(), 1);
+    assert_eq!(
+        vm(&pc)
+            .environment_variables
+            .as_ref()
+            .unwrap()
+            .key_values
+            .len(),
+        1
+    );
 
     let rbac = pack(ECDS_TYPE_URL, &fallback_filter("other", false, true));
     let out = conv.convert_one(&rbac).await.unwrap();
@@ -167,40 +219,85 @@ async fn fetch_failure_becomes_an_rbac_filter_per_fail_strategy() {
     ] {
         let res = istiod_resource(Some(remote(&url, "")), &[], policy, false);
         let out = conv.convert_one(&res).await.unwrap();
-        let Outcome::Fallback { fail_open, url: u, plugin, error, .. } = &out.outcome else { panic!("{:?}", out.outcome) };
-        assert_eq!((*fail_open, u.as_str(), plugin.as_str()), (open, url.as_str(), "default.headers"));
+        let Outcome::Fallback {
+            fail_open,
+            url: u,
+            plugin,
+            error,
+            ..
+        } = &out.outcome
+        else {
+            panic!("{:?}", out.outcome)
+        };
+        assert_eq!(
+            (*fail_open, u.as_str(), plugin.as_str()),
+            (open, url.as_str(), "default.headers")
+        );
         assert!(error.to_string().contains("404"), "{error}");
         let (name, rbac) = decode_http_rbac(&out.resource);
         assert_eq!(name, NAME);
         if open {
-            assert_eq!((rbac.rules, rbac.rules_stat_prefix.as_str()), (None, "wasm-default-allow"));
+            assert_eq!(
+                (rbac.rules, rbac.rules_stat_prefix.as_str()),
+                (None, "wasm-default-allow")
+            );
         } else {
-            assert_eq!(rbac.rules, Some(RbacRules::default()), "ALLOW with no policies denies all");
+            assert_eq!(
+                rbac.rules,
+                Some(RbacRules::default()),
+                "ALLOW with no policies denies all"
+            );
             assert_eq!(rbac.rules_stat_prefix, "wasm-default-deny");
         }
     }
     // Istio < 1.25 said FAIL_OPEN with the deprecated boolean.
     #[allow(deprecated)]
     let legacy = {
-        let mut pc = PluginConfig { fail_open: true, ..Default::default() };
-        pc.vm = Some(plugin_config::Vm::VmConfig(VmConfig { code: Some(remote(&url, "")), ..Default::default() }));
-        pack(ECDS_TYPE_URL, &TypedExtensionConfig { name: NAME.into(), typed_config: Some(pack(HTTP_WASM_TYPE_URL, &HttpWasm { config: Some(pc) })) })
+        let mut pc = PluginConfig {
+            fail_open: true,
+            ..Default::default()
+        };
+        pc.vm = Some(plugin_config::Vm::VmConfig(VmConfig {
+            code: Some(remote(&url, "")),
+            ..Default::default()
+        }));
+        pack(
+            ECDS_TYPE_URL,
+            &TypedExtensionConfig {
+                name: NAME.into(),
+                typed_config: Some(pack(HTTP_WASM_TYPE_URL, &HttpWasm { config: Some(pc) })),
+            },
+        )
     };
     let out = conv.convert_one(&legacy).await.unwrap();
-    assert!(matches!(out.outcome, Outcome::Fallback { fail_open: true, .. }));
+    assert!(matches!(
+        out.outcome,
+        Outcome::Fallback {
+            fail_open: true,
+            ..
+        }
+    ));
 }
 
 #[tokio::test]
 async fn network_filters_fall_back_to_network_rbac() {
     let dir = tempfile::tempdir().unwrap();
     let conv = converter(dir.path());
-    let res = istiod_resource(Some(remote("http://127.0.0.1:1/m", "")), &[], FailurePolicy::FailClosed, true);
+    let res = istiod_resource(
+        Some(remote("http://127.0.0.1:1/m", "")),
+        &[],
+        FailurePolicy::FailClosed,
+        true,
+    );
     let out = conv.convert_one(&res).await.unwrap();
     let ec = TypedExtensionConfig::decode(out.resource.value.as_slice()).unwrap();
     let t = ec.typed_config.unwrap();
     assert_eq!(t.type_url, NETWORK_RBAC_TYPE_URL);
     let rbac = NetworkRbac::decode(t.value.as_slice()).unwrap();
-    assert_eq!((rbac.rules, rbac.stat_prefix.as_str()), (Some(RbacRules::default()), "wasm-default-deny"));
+    assert_eq!(
+        (rbac.rules, rbac.stat_prefix.as_str()),
+        (Some(RbacRules::default()), "wasm-default-deny")
+    );
 }
 
 #[tokio::test]
@@ -209,9 +306,16 @@ async fn an_empty_pull_secret_falls_back_without_fetching() {
     let srv = FileServer::start().await;
     srv.set("/m", 200, module(3));
     let conv = converter(dir.path());
-    let res = istiod_resource(Some(remote(&srv.url("/m"), "")), &[(PULL_SECRET_ENV, "")], FailurePolicy::FailOpen, false);
+    let res = istiod_resource(
+        Some(remote(&srv.url("/m"), "")),
+        &[(PULL_SECRET_ENV, "")],
+        FailurePolicy::FailOpen,
+        false,
+    );
     let out = conv.convert_one(&res).await.unwrap();
-    let Outcome::Fallback { error, .. } = out.outcome else { panic!() };
+    let Outcome::Fallback { error, .. } = out.outcome else {
+        panic!()
+    };
     assert!(matches!(error, RewriteError::MissingPullSecret));
     assert_eq!(srv.total(), 0);
 }
@@ -220,14 +324,37 @@ async fn an_empty_pull_secret_falls_back_without_fetching() {
 async fn malformed_resources_are_errors_to_nack() {
     let dir = tempfile::tempdir().unwrap();
     let conv = converter(dir.path());
-    let garbage = Any { type_url: ECDS_TYPE_URL.into(), value: vec![0xff, 0xff, 0xff] };
-    assert!(matches!(conv.convert_one(&garbage).await, Err(ConvertError::Unmarshal { .. })));
-    let no_typed = pack(ECDS_TYPE_URL, &TypedExtensionConfig { name: NAME.into(), typed_config: None });
-    assert!(matches!(conv.convert_one(&no_typed).await, Err(ConvertError::NoTypedConfig { .. })));
+    let garbage = Any {
+        type_url: ECDS_TYPE_URL.into(),
+        value: vec![0xff, 0xff, 0xff],
+    };
+    assert!(matches!(
+        conv.convert_one(&garbage).await,
+        Err(ConvertError::Unmarshal { .. })
+    ));
+    let no_typed = pack(
+        ECDS_TYPE_URL,
+        &TypedExtensionConfig {
+            name: NAME.into(),
+            typed_config: None,
+        },
+    );
+    assert!(matches!(
+        conv.convert_one(&no_typed).await,
+        Err(ConvertError::NoTypedConfig { .. })
+    ));
     let no_code = istiod_resource(None, &[], FailurePolicy::FailClosed, false);
-    assert!(matches!(conv.convert_one(&no_code).await, Err(ConvertError::NoCode { .. })));
+    assert!(matches!(
+        conv.convert_one(&no_code).await,
+        Err(ConvertError::NoCode { .. })
+    ));
     // One bad resource fails the whole response.
-    let good = istiod_resource(Some(local("/x.wasm")), &[], FailurePolicy::FailClosed, false);
+    let good = istiod_resource(
+        Some(local("/x.wasm")),
+        &[],
+        FailurePolicy::FailClosed,
+        false,
+    );
     assert!(conv.convert_all(&[good, garbage]).await.is_err());
 }
 
@@ -239,14 +366,32 @@ async fn resources_of_one_response_are_converted_in_parallel() {
     let resources: Vec<Any> = (0..4u8)
         .map(|i| {
             let path = format!("/m{i}");
-            srv.set_route(&path, Route { status: 200, body: module(50 + i), delay });
-            istiod_resource(Some(remote(&srv.url(&path), "")), &[], FailurePolicy::FailClosed, false)
+            srv.set_route(
+                &path,
+                Route {
+                    status: 200,
+                    body: module(50 + i),
+                    delay,
+                },
+            );
+            istiod_resource(
+                Some(remote(&srv.url(&path), "")),
+                &[],
+                FailurePolicy::FailClosed,
+                false,
+            )
         })
         .collect();
     let conv = converter(dir.path());
     let start = Instant::now();
     let out = conv.convert_all(&resources).await.unwrap();
     let took = start.elapsed();
-    assert!(out.iter().all(|c| matches!(c.outcome, Outcome::Rewritten { .. })));
-    assert!(took < delay * 3, "4 fetches of {delay:?} took {took:?}: not parallel");
+    assert!(
+        out.iter()
+            .all(|c| matches!(c.outcome, Outcome::Rewritten { .. }))
+    );
+    assert!(
+        took < delay * 3,
+        "4 fetches of {delay:?} took {took:?}: not parallel"
+    );
 }

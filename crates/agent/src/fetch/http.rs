@@ -33,7 +33,9 @@ impl HttpFetcher {
             reqwest::Client::builder()
                 .timeout(opts.http_request_timeout)
                 .no_proxy()
-                .dns_resolver(GuardedResolver { extra: extra.clone() })
+                .dns_resolver(GuardedResolver {
+                    extra: extra.clone(),
+                })
                 .tls_danger_accept_invalid_certs(insecure)
                 .redirect(reqwest::redirect::Policy::custom(move |attempt| {
                     if attempt.previous().len() >= 10 {
@@ -49,25 +51,37 @@ impl HttpFetcher {
                 .build()
                 .map_err(|e| FetchError::Client(e.to_string()))
         };
-        Ok(Self { secure: build(false)?, insecure: build(true)?, opts: Arc::new(opts) })
+        Ok(Self {
+            secure: build(false)?,
+            insecure: build(true)?,
+            opts: Arc::new(opts),
+        })
     }
 
     /// Fetches `url`, retrying, and returns the unpacked body (not yet checked for the Wasm magic).
     pub async fn fetch(&self, url: &str) -> Result<Vec<u8>, FetchError> {
-        let parsed = reqwest::Url::parse(url)
-            .map_err(|e| FetchError::InvalidUrl { url: url.to_owned(), reason: e.to_string() })?;
-        if let Some(ip) = literal_ip(&parsed) {
-            if is_blocked(ip, &self.opts.blocked_networks) {
-                return Err(FetchError::BlockedAddress { url: url.to_owned(), addr: ip });
-            }
+        let parsed = reqwest::Url::parse(url).map_err(|e| FetchError::InvalidUrl {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })?;
+        if let Some(ip) = literal_ip(&parsed)
+            && is_blocked(ip, &self.opts.blocked_networks)
+        {
+            return Err(FetchError::BlockedAddress {
+                url: url.to_owned(),
+                addr: ip,
+            });
         }
         let host = match (parsed.host_str(), parsed.port()) {
             (Some(h), Some(p)) => format!("{h}:{p}"),
             (Some(h), None) => h.to_owned(),
             _ => String::new(),
         };
-        let client =
-            if self.opts.insecure_registries.contains(&host) { &self.insecure } else { &self.secure };
+        let client = if self.opts.insecure_registries.contains(&host) {
+            &self.insecure
+        } else {
+            &self.secure
+        };
         let attempts = self.opts.http_max_attempts.max(1);
         let mut backoff = self.opts.http_initial_backoff;
         let mut last = String::new();
@@ -85,28 +99,50 @@ impl HttpFetcher {
                 backoff = backoff.mul_f64(1.5).min(self.opts.http_max_backoff);
             }
         }
-        Err(FetchError::HttpExhausted { url: url.to_owned(), attempts, last })
+        Err(FetchError::HttpExhausted {
+            url: url.to_owned(),
+            attempts,
+            last,
+        })
     }
 
-    async fn attempt(&self, client: &reqwest::Client, parsed: reqwest::Url, url: &str) -> Result<Vec<u8>, Attempt> {
-        let resp = client.get(parsed).send().await.map_err(|e| Attempt::Retry(error_chain(&e)))?;
+    async fn attempt(
+        &self,
+        client: &reqwest::Client,
+        parsed: reqwest::Url,
+        url: &str,
+    ) -> Result<Vec<u8>, Attempt> {
+        let resp = client
+            .get(parsed)
+            .send()
+            .await
+            .map_err(|e| Attempt::Retry(error_chain(&e)))?;
         let status = resp.status().as_u16();
         if retryable_status(status) {
             return Err(Attempt::Retry(format!("HTTP status {status}")));
         }
         if status != 200 {
-            return Err(Attempt::Fatal(FetchError::HttpStatus { url: url.to_owned(), status }));
+            return Err(Attempt::Fatal(FetchError::HttpStatus {
+                url: url.to_owned(),
+                status,
+            }));
         }
         let max = self.opts.max_module_size;
         if resp.content_length().is_some_and(|l| l > max) {
-            return Err(Attempt::Fatal(FetchError::TooLarge { url: url.to_owned(), max }));
+            return Err(Attempt::Fatal(FetchError::TooLarge {
+                url: url.to_owned(),
+                max,
+            }));
         }
         let mut body = Vec::new();
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| Attempt::Retry(error_chain(&e)))?;
             if (body.len() + chunk.len()) as u64 > max {
-                return Err(Attempt::Fatal(FetchError::TooLarge { url: url.to_owned(), max }));
+                return Err(Attempt::Fatal(FetchError::TooLarge {
+                    url: url.to_owned(),
+                    max,
+                }));
             }
             body.extend_from_slice(&chunk);
         }
@@ -121,7 +157,10 @@ enum Attempt {
 
 fn literal_ip(url: &reqwest::Url) -> Option<IpAddr> {
     let host = url.host_str()?;
-    host.trim_start_matches('[').trim_end_matches(']').parse().ok()
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
 }
 
 /// The error and its sources on one line (reqwest's own Display hides the cause).
@@ -139,6 +178,8 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-fn s_source<'a>(e: Option<&'a (dyn std::error::Error + 'static)>) -> Option<&'a (dyn std::error::Error + 'static)> {
+fn s_source<'a>(
+    e: Option<&'a (dyn std::error::Error + 'static)>,
+) -> Option<&'a (dyn std::error::Error + 'static)> {
     e.and_then(|e| e.source())
 }

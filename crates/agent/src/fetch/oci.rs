@@ -65,7 +65,9 @@ struct DockerAuth {
 }
 
 fn normalize_registry(key: &str) -> String {
-    let k = key.trim_start_matches("https://").trim_start_matches("http://");
+    let k = key
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
     let k = k.split('/').next().unwrap_or(k).to_ascii_lowercase();
     match k.as_str() {
         "index.docker.io" | "registry-1.docker.io" => "docker.io".to_owned(),
@@ -76,14 +78,22 @@ fn normalize_registry(key: &str) -> String {
 impl PullSecret {
     /// The credentials for `registry` (`host[:port]`); anonymous when the secret has none.
     pub fn auth_for(&self, registry: &str, url: &str) -> Result<RegistryAuth, FetchError> {
-        let bad = |reason: String| FetchError::PullSecret { url: url.to_owned(), reason };
+        let bad = |reason: String| FetchError::PullSecret {
+            url: url.to_owned(),
+            reason,
+        };
         if self.0.trim_ascii() == b"null" {
             return Err(bad("the secret is the JSON literal null".into()));
         }
         let cfg: DockerConfig = serde_json::from_slice(&self.0)
             .map_err(|e| bad(format!("not a docker config JSON: {e}")))?;
         let want = normalize_registry(registry);
-        let Some(entry) = cfg.auths.into_iter().find(|(k, _)| normalize_registry(k) == want).map(|(_, v)| v) else {
+        let Some(entry) = cfg
+            .auths
+            .into_iter()
+            .find(|(k, _)| normalize_registry(k) == want)
+            .map(|(_, v)| v)
+        else {
             return Ok(RegistryAuth::Anonymous);
         };
         if !entry.registrytoken.is_empty() {
@@ -96,7 +106,8 @@ impl PullSecret {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(entry.auth.trim())
                 .map_err(|e| bad(format!("auth of {registry} is not base64: {e}")))?;
-            let decoded = String::from_utf8(decoded).map_err(|_| bad(format!("auth of {registry} is not UTF-8")))?;
+            let decoded = String::from_utf8(decoded)
+                .map_err(|_| bad(format!("auth of {registry} is not UTF-8")))?;
             let (u, p) = decoded
                 .split_once(':')
                 .ok_or_else(|| bad(format!("auth of {registry} is not user:password")))?;
@@ -171,25 +182,68 @@ pub struct Prepared {
 
 impl fmt::Debug for Prepared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Prepared").field("url", &self.url).field("format", &self.format).field("digest", &self.digest).finish()
+        f.debug_struct("Prepared")
+            .field("url", &self.url)
+            .field("format", &self.format)
+            .field("digest", &self.digest)
+            .finish()
     }
 }
 
 /// Fetches modules from OCI registries. Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct OciFetcher {
     opts: Arc<FetchOptions>,
     /// Insecure registries found to speak plain HTTP, so the HTTPS try is skipped next time.
     plain_http: Arc<Mutex<HashMap<String, bool>>>,
+    /// Clients per (registry, protocol, credentials): building one costs ~20 ms (TLS roots)
+    /// and each keeps its connection pool and registry tokens.
+    clients: Arc<Mutex<HashMap<String, Client>>>,
+}
+
+impl fmt::Debug for OciFetcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OciFetcher")
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Clients kept at most; the map is cleared past this (credentials rotate, registries come and go).
+const MAX_CLIENTS: usize = 64;
+
+fn auth_fingerprint(auth: &RegistryAuth) -> String {
+    use sha2::Digest;
+    let secret = match auth {
+        RegistryAuth::Anonymous => return "anonymous".into(),
+        RegistryAuth::Basic(u, p) => format!("basic\0{u}\0{p}"),
+        RegistryAuth::Bearer(t) => format!("bearer\0{t}"),
+    };
+    hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+}
+
+/// A module downloaded from a registry.
+#[derive(Debug)]
+pub struct Module {
+    /// The module bytes.
+    pub bytes: Vec<u8>,
+    /// sha256 (hex) of `bytes` when already known (the verified layer digest of a raw Wasm layer).
+    pub sha256: Option<String>,
 }
 
 fn pick_format(m: &RawManifest) -> Result<(ImageFormat, Descriptor), String> {
-    let last = m.layers.last().ok_or_else(|| "the manifest has no layers".to_owned())?;
+    let last = m
+        .layers
+        .last()
+        .ok_or_else(|| "the manifest has no layers".to_owned())?;
     if m.media_type == DOCKER_MANIFEST {
         return if last.media_type == DOCKER_LAYER {
             Ok((ImageFormat::Docker, last.clone()))
         } else {
-            Err(format!("docker image whose last layer is {} (want {DOCKER_LAYER})", last.media_type))
+            Err(format!(
+                "docker image whose last layer is {} (want {DOCKER_LAYER})",
+                last.media_type
+            ))
         };
     }
     if last.media_type == OCI_LAYER_TAR_GZIP || last.media_type == OCI_LAYER_TAR {
@@ -202,16 +256,45 @@ fn pick_format(m: &RawManifest) -> Result<(ImageFormat, Descriptor), String> {
         return Ok((ImageFormat::CncfWasm, l.clone()));
     }
     let types: Vec<&str> = m.layers.iter().map(|l| l.media_type.as_str()).collect();
-    Err(format!("no layer of a Wasm media type; layers are {types:?}"))
+    Err(format!(
+        "no layer of a Wasm media type; layers are {types:?}"
+    ))
 }
 
 impl OciFetcher {
     /// A fetcher with the given options.
     pub fn new(opts: FetchOptions) -> Self {
-        Self { opts: Arc::new(opts), plain_http: Arc::default() }
+        Self {
+            opts: Arc::new(opts),
+            plain_http: Arc::default(),
+            clients: Arc::default(),
+        }
     }
 
-    fn client(&self, registry: &str, plain_http: bool, insecure: bool) -> Client {
+    fn client(
+        &self,
+        registry: &str,
+        plain_http: bool,
+        insecure: bool,
+        auth: &RegistryAuth,
+    ) -> Client {
+        let key = format!(
+            "{registry}\0{plain_http}\0{insecure}\0{}",
+            auth_fingerprint(auth)
+        );
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = clients.get(&key) {
+            return c.clone();
+        }
+        if clients.len() >= MAX_CLIENTS {
+            clients.clear();
+        }
+        let c = Self::new_client(registry, plain_http, insecure);
+        clients.insert(key, c.clone());
+        c
+    }
+
+    fn new_client(registry: &str, plain_http: bool, insecure: bool) -> Client {
         Client::new(ClientConfig {
             protocol: if plain_http {
                 ClientProtocol::HttpsExcept(vec![registry.to_owned()])
@@ -224,19 +307,33 @@ impl OciFetcher {
     }
 
     /// Reads the manifest of `url` (`oci://host/repo[:tag][@sha256:...]`) and picks the module layer.
-    pub async fn prepare(&self, url: &str, secret: Option<&PullSecret>) -> Result<Prepared, FetchError> {
+    pub async fn prepare(
+        &self,
+        url: &str,
+        secret: Option<&PullSecret>,
+    ) -> Result<Prepared, FetchError> {
         let target = url.strip_prefix("oci://").unwrap_or(url);
-        let reference: Reference = target
-            .parse()
-            .map_err(|e| FetchError::InvalidUrl { url: url.to_owned(), reason: format!("{e}") })?;
+        let reference: Reference = target.parse().map_err(|e| FetchError::InvalidUrl {
+            url: url.to_owned(),
+            reason: format!("{e}"),
+        })?;
         let registry = reference.resolve_registry().to_owned();
         let auth = match secret {
             Some(s) => s.auth_for(reference.registry(), url)?,
             None => RegistryAuth::Anonymous,
         };
         let insecure = self.opts.insecure_registries.contains(reference.registry());
-        let known_plain = self.plain_http.lock().ok().and_then(|m| m.get(&registry).copied());
-        let accept = [OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_MANIFEST_LIST];
+        let known_plain = self
+            .plain_http
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&registry).copied());
+        let accept = [
+            OCI_MANIFEST,
+            DOCKER_MANIFEST,
+            OCI_INDEX,
+            DOCKER_MANIFEST_LIST,
+        ];
 
         let mut attempts: Vec<bool> = match (insecure, known_plain) {
             (false, _) => vec![false],
@@ -246,19 +343,21 @@ impl OciFetcher {
         let mut errors = Vec::new();
         let mut found = None;
         for plain in attempts.drain(..) {
-            let client = self.client(&registry, plain, insecure);
+            let client = self.client(&registry, plain, insecure, &auth);
             match client.pull_manifest_raw(&reference, &auth, &accept).await {
                 Ok((body, digest)) => {
-                    if insecure {
-                        if let Ok(mut m) = self.plain_http.lock() {
-                            m.insert(registry.clone(), plain);
-                        }
+                    if insecure && let Ok(mut m) = self.plain_http.lock() {
+                        m.insert(registry.clone(), plain);
                     }
                     found = Some((client, body, digest));
                     break;
                 }
                 Err(e) => {
-                    errors.push(format!("{}: {}", if plain { "http" } else { "https" }, error_chain(&e)));
+                    errors.push(format!(
+                        "{}: {}",
+                        if plain { "http" } else { "https" },
+                        error_chain(&e)
+                    ));
                     // Only a transport failure (e.g. TLS to a plain-HTTP registry) is worth
                     // retrying over plain HTTP; the registry answered otherwise.
                     if !matches!(e, oci_client::errors::OciDistributionError::RequestError(_)) {
@@ -268,19 +367,38 @@ impl OciFetcher {
             }
         }
         let Some((client, body, mut digest)) = found else {
-            return Err(FetchError::Manifest { url: url.to_owned(), reason: errors.join("; ") });
+            return Err(FetchError::Manifest {
+                url: url.to_owned(),
+                reason: errors.join("; "),
+            });
         };
-        let manifest_err = |reason: String| FetchError::Manifest { url: url.to_owned(), reason };
-        let mut manifest: RawManifest =
-            serde_json::from_slice(&body).map_err(|e| manifest_err(format!("invalid manifest JSON: {e}")))?;
+        let manifest_err = |reason: String| FetchError::Manifest {
+            url: url.to_owned(),
+            reason,
+        };
+        let mut manifest: RawManifest = serde_json::from_slice(&body)
+            .map_err(|e| manifest_err(format!("invalid manifest JSON: {e}")))?;
         let mut reference = reference;
-        if !manifest.manifests.is_empty() || manifest.media_type == OCI_INDEX || manifest.media_type == DOCKER_MANIFEST_LIST {
+        if !manifest.manifests.is_empty()
+            || manifest.media_type == OCI_INDEX
+            || manifest.media_type == DOCKER_MANIFEST_LIST
+        {
             // An index: take the Wasm platform entry, else linux/amd64, else the first.
             let entry = manifest
                 .manifests
                 .iter()
-                .find(|m| m.platform.as_ref().is_some_and(|p| p.architecture == "wasm" || p.os == "wasip1" || p.os == "wasi"))
-                .or_else(|| manifest.manifests.iter().find(|m| m.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == "amd64")))
+                .find(|m| {
+                    m.platform.as_ref().is_some_and(|p| {
+                        p.architecture == "wasm" || p.os == "wasip1" || p.os == "wasi"
+                    })
+                })
+                .or_else(|| {
+                    manifest.manifests.iter().find(|m| {
+                        m.platform
+                            .as_ref()
+                            .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
+                    })
+                })
                 .or_else(|| manifest.manifests.first())
                 .ok_or_else(|| manifest_err("empty image index".into()))?;
             reference = Reference::with_digest(
@@ -292,34 +410,85 @@ impl OciFetcher {
                 .pull_manifest_raw(&reference, &auth, &accept[..2])
                 .await
                 .map_err(|e| manifest_err(error_chain(&e)))?;
-            manifest = serde_json::from_slice(&body).map_err(|e| manifest_err(format!("invalid manifest JSON: {e}")))?;
+            manifest = serde_json::from_slice(&body)
+                .map_err(|e| manifest_err(format!("invalid manifest JSON: {e}")))?;
             digest = d;
         }
         let (format, layer) =
-            pick_format(&manifest).map_err(|reason| FetchError::UnsupportedImage { url: url.to_owned(), reason })?;
-        let digest = digest.strip_prefix("sha256:").unwrap_or(&digest).to_ascii_lowercase();
-        Ok(Prepared { client, reference, url: url.to_owned(), layer, format, digest })
+            pick_format(&manifest).map_err(|reason| FetchError::UnsupportedImage {
+                url: url.to_owned(),
+                reason,
+            })?;
+        let digest = digest
+            .strip_prefix("sha256:")
+            .unwrap_or(&digest)
+            .to_ascii_lowercase();
+        Ok(Prepared {
+            client,
+            reference,
+            url: url.to_owned(),
+            layer,
+            format,
+            digest,
+        })
     }
 
-    /// Downloads the module layer of a prepared image and unpacks it.
-    pub async fn fetch_module(&self, prepared: Prepared) -> Result<Vec<u8>, FetchError> {
+    /// Downloads the module layer of a prepared image (verifying its digest) and unpacks it.
+    pub async fn fetch_module(&self, prepared: Prepared) -> Result<Module, FetchError> {
+        use futures::StreamExt;
         let max = self.opts.max_module_size;
         let url = prepared.url.as_str();
         if prepared.layer.size > 0 && prepared.layer.size as u64 > max {
-            return Err(FetchError::TooLarge { url: url.to_owned(), max });
+            return Err(FetchError::TooLarge {
+                url: url.to_owned(),
+                max,
+            });
         }
-        let mut out: Vec<u8> = Vec::new();
-        prepared
+        let blob_err = |reason: String| FetchError::Blob {
+            url: url.to_owned(),
+            digest: prepared.layer.digest.clone(),
+            reason,
+        };
+        let mut stream = prepared
             .client
-            .pull_blob(&prepared.reference, prepared.layer.digest.as_str(), &mut out)
+            .pull_blob_stream(&prepared.reference, prepared.layer.digest.as_str())
             .await
-            .map_err(|e| FetchError::Blob { url: url.to_owned(), digest: prepared.layer.digest.clone(), reason: error_chain(&e) })?;
-        if out.len() as u64 > max {
-            return Err(FetchError::TooLarge { url: url.to_owned(), max });
+            .map_err(|e| blob_err(error_chain(&e)))?;
+        if stream.content_length.is_some_and(|l| l > max) {
+            return Err(FetchError::TooLarge {
+                url: url.to_owned(),
+                max,
+            });
+        }
+        // The stream checks the layer digest as it ends.
+        let mut out: Vec<u8> =
+            Vec::with_capacity(stream.content_length.unwrap_or(0).min(max) as usize);
+        while let Some(chunk) = stream.stream.next().await {
+            let chunk = chunk.map_err(|e| blob_err(error_chain(&e)))?;
+            if (out.len() + chunk.len()) as u64 > max {
+                return Err(FetchError::TooLarge {
+                    url: url.to_owned(),
+                    max,
+                });
+            }
+            out.extend_from_slice(&chunk);
         }
         match prepared.format {
-            ImageFormat::Docker | ImageFormat::OciImage => unbox::plugin_wasm_from_layer(&out, max, url),
-            ImageFormat::WasmArtifact | ImageFormat::CncfWasm => Ok(out),
+            ImageFormat::Docker | ImageFormat::OciImage => Ok(Module {
+                bytes: unbox::plugin_wasm_from_layer(&out, max, url)?,
+                sha256: None,
+            }),
+            ImageFormat::WasmArtifact | ImageFormat::CncfWasm => {
+                let sha = prepared
+                    .layer
+                    .digest
+                    .strip_prefix("sha256:")
+                    .map(str::to_ascii_lowercase);
+                Ok(Module {
+                    bytes: out,
+                    sha256: sha,
+                })
+            }
         }
     }
 }
@@ -335,13 +504,27 @@ mod tests {
     #[test]
     fn pull_secret_forms() {
         let b64 = base64::engine::general_purpose::STANDARD.encode("alice:s3cret");
-        let s = secret(&format!(r#"{{"auths":{{"https://127.0.0.1:5000/v1/":{{"auth":"{b64}"}}}}}}"#));
-        assert_eq!(s.auth_for("127.0.0.1:5000", "u").unwrap(), RegistryAuth::Basic("alice".into(), "s3cret".into()));
-        assert_eq!(s.auth_for("other.io", "u").unwrap(), RegistryAuth::Anonymous);
+        let s = secret(&format!(
+            r#"{{"auths":{{"https://127.0.0.1:5000/v1/":{{"auth":"{b64}"}}}}}}"#
+        ));
+        assert_eq!(
+            s.auth_for("127.0.0.1:5000", "u").unwrap(),
+            RegistryAuth::Basic("alice".into(), "s3cret".into())
+        );
+        assert_eq!(
+            s.auth_for("other.io", "u").unwrap(),
+            RegistryAuth::Anonymous
+        );
         let s = secret(r#"{"auths":{"reg.io":{"username":"bob","password":"pw"}}}"#);
-        assert_eq!(s.auth_for("reg.io", "u").unwrap(), RegistryAuth::Basic("bob".into(), "pw".into()));
+        assert_eq!(
+            s.auth_for("reg.io", "u").unwrap(),
+            RegistryAuth::Basic("bob".into(), "pw".into())
+        );
         let s = secret(r#"{"auths":{"index.docker.io":{"registrytoken":"tok"}}}"#);
-        assert_eq!(s.auth_for("docker.io", "u").unwrap(), RegistryAuth::Bearer("tok".into()));
+        assert_eq!(
+            s.auth_for("docker.io", "u").unwrap(),
+            RegistryAuth::Bearer("tok".into())
+        );
         assert!(secret("null").auth_for("reg.io", "u").is_err());
         assert!(secret("{not json").auth_for("reg.io", "u").is_err());
         assert_eq!(format!("{:?}", secret("x")), "PullSecret(<redacted>)");
@@ -352,7 +535,11 @@ mod tests {
             media_type: media_type.into(),
             layers: layers
                 .iter()
-                .map(|t| Descriptor { media_type: (*t).into(), digest: format!("sha256:{t}"), size: 1 })
+                .map(|t| Descriptor {
+                    media_type: (*t).into(),
+                    digest: format!("sha256:{t}"),
+                    size: 1,
+                })
                 .collect(),
             manifests: vec![],
         }
@@ -361,13 +548,37 @@ mod tests {
     #[test]
     fn formats_in_istio_order() {
         let f = |m: RawManifest| pick_format(&m).map(|(f, l)| (f, l.media_type));
-        assert_eq!(f(manifest(DOCKER_MANIFEST, &[DOCKER_LAYER, DOCKER_LAYER])).unwrap().0, ImageFormat::Docker);
+        assert_eq!(
+            f(manifest(DOCKER_MANIFEST, &[DOCKER_LAYER, DOCKER_LAYER]))
+                .unwrap()
+                .0,
+            ImageFormat::Docker
+        );
         assert!(f(manifest(DOCKER_MANIFEST, &[ISTIO_WASM_LAYER])).is_err());
-        assert_eq!(f(manifest(OCI_MANIFEST, &[ISTIO_WASM_LAYER, OCI_LAYER_TAR_GZIP])).unwrap().0, ImageFormat::OciImage);
-        assert_eq!(f(manifest(OCI_MANIFEST, &["x", ISTIO_WASM_LAYER])).unwrap().0, ImageFormat::WasmArtifact);
+        assert_eq!(
+            f(manifest(
+                OCI_MANIFEST,
+                &[ISTIO_WASM_LAYER, OCI_LAYER_TAR_GZIP]
+            ))
+            .unwrap()
+            .0,
+            ImageFormat::OciImage
+        );
+        assert_eq!(
+            f(manifest(OCI_MANIFEST, &["x", ISTIO_WASM_LAYER]))
+                .unwrap()
+                .0,
+            ImageFormat::WasmArtifact
+        );
         // Single-layer artifact (rejected by Istio, higress#4528) and the CNCF artifact.
-        assert_eq!(f(manifest(OCI_MANIFEST, &[ISTIO_WASM_LAYER])).unwrap().0, ImageFormat::WasmArtifact);
-        assert_eq!(f(manifest("", &[CNCF_WASM_LAYER])).unwrap().0, ImageFormat::CncfWasm);
+        assert_eq!(
+            f(manifest(OCI_MANIFEST, &[ISTIO_WASM_LAYER])).unwrap().0,
+            ImageFormat::WasmArtifact
+        );
+        assert_eq!(
+            f(manifest("", &[CNCF_WASM_LAYER])).unwrap().0,
+            ImageFormat::CncfWasm
+        );
         let err = f(manifest(OCI_MANIFEST, &["application/json"])).unwrap_err();
         assert!(err.contains("application/json"), "{err}");
     }

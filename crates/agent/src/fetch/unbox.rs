@@ -19,9 +19,15 @@ fn gunzip(bytes: &[u8], max: u64, url: &str) -> Result<Vec<u8>, FetchError> {
     GzDecoder::new(bytes)
         .take(max + 1)
         .read_to_end(&mut out)
-        .map_err(|e| FetchError::Unpack { url: url.to_owned(), reason: format!("gunzip: {e}") })?;
+        .map_err(|e| FetchError::Unpack {
+            url: url.to_owned(),
+            reason: format!("gunzip: {e}"),
+        })?;
     if out.len() as u64 > max {
-        return Err(FetchError::TooLarge { url: url.to_owned(), max });
+        return Err(FetchError::TooLarge {
+            url: url.to_owned(),
+            max,
+        });
     }
     Ok(out)
 }
@@ -33,7 +39,10 @@ fn tar_entry(
     url: &str,
     pick: impl Fn(&std::path::Path) -> bool,
 ) -> Result<Option<Vec<u8>>, FetchError> {
-    let unpack = |e: std::io::Error| FetchError::Unpack { url: url.to_owned(), reason: format!("tar: {e}") };
+    let unpack = |e: std::io::Error| FetchError::Unpack {
+        url: url.to_owned(),
+        reason: format!("tar: {e}"),
+    };
     let mut archive = tar::Archive::new(bytes);
     for entry in archive.entries().map_err(unpack)? {
         let entry = entry.map_err(unpack)?;
@@ -45,7 +54,10 @@ fn tar_entry(
             continue;
         }
         if entry.size() > max {
-            return Err(FetchError::TooLarge { url: url.to_owned(), max });
+            return Err(FetchError::TooLarge {
+                url: url.to_owned(),
+                max,
+            });
         }
         let mut out = Vec::new();
         entry.take(max + 1).read_to_end(&mut out).map_err(unpack)?;
@@ -56,7 +68,11 @@ fn tar_entry(
 
 /// Istio's `unboxIfPossible`: peels gzip and tar (first file) wrappers until a Wasm module
 /// appears; returns the bytes as they are when no wrapper is recognised.
-pub(crate) fn unbox_if_possible(mut bytes: Vec<u8>, max: u64, url: &str) -> Result<Vec<u8>, FetchError> {
+pub(crate) fn unbox_if_possible(
+    mut bytes: Vec<u8>,
+    max: u64,
+    url: &str,
+) -> Result<Vec<u8>, FetchError> {
     for _ in 0..MAX_NESTING {
         if is_wasm_binary(&bytes) {
             return Ok(bytes);
@@ -66,7 +82,12 @@ pub(crate) fn unbox_if_possible(mut bytes: Vec<u8>, max: u64, url: &str) -> Resu
         } else if is_tar(&bytes) {
             match tar_entry(&bytes, max, url, |_| true)? {
                 Some(inner) => bytes = inner,
-                None => return Err(FetchError::Unpack { url: url.to_owned(), reason: "empty tar archive".into() }),
+                None => {
+                    return Err(FetchError::Unpack {
+                        url: url.to_owned(),
+                        reason: "empty tar archive".into(),
+                    });
+                }
             }
         } else {
             return Ok(bytes);
@@ -77,10 +98,23 @@ pub(crate) fn unbox_if_possible(mut bytes: Vec<u8>, max: u64, url: &str) -> Resu
 
 /// Extracts `plugin.wasm` (any directory) from a `tar+gzip` image layer, as Istio's
 /// Docker and OCI image formats.
-pub(crate) fn plugin_wasm_from_layer(layer: &[u8], max: u64, url: &str) -> Result<Vec<u8>, FetchError> {
-    let tar = if layer.starts_with(&GZIP_MAGIC) { gunzip(layer, max, url)? } else { layer.to_vec() };
-    tar_entry(&tar, max, url, |p| p.file_name().is_some_and(|n| n == "plugin.wasm"))?
-        .ok_or_else(|| FetchError::Unpack { url: url.to_owned(), reason: "plugin.wasm not found in the archive".into() })
+pub(crate) fn plugin_wasm_from_layer(
+    layer: &[u8],
+    max: u64,
+    url: &str,
+) -> Result<Vec<u8>, FetchError> {
+    let tar = if layer.starts_with(&GZIP_MAGIC) {
+        gunzip(layer, max, url)?
+    } else {
+        layer.to_vec()
+    };
+    tar_entry(&tar, max, url, |p| {
+        p.file_name().is_some_and(|n| n == "plugin.wasm")
+    })?
+    .ok_or_else(|| FetchError::Unpack {
+        url: url.to_owned(),
+        reason: "plugin.wasm not found in the archive".into(),
+    })
 }
 
 #[cfg(test)]
@@ -116,17 +150,29 @@ pub(crate) mod tests {
         let m = module();
         assert_eq!(unbox_if_possible(m.clone(), 1 << 20, "u").unwrap(), m);
         assert_eq!(unbox_if_possible(gzip(&m), 1 << 20, "u").unwrap(), m);
-        assert_eq!(unbox_if_possible(tar_of("x.wasm", &m), 1 << 20, "u").unwrap(), m);
-        assert_eq!(unbox_if_possible(gzip(&tar_of("a/b.wasm", &m)), 1 << 20, "u").unwrap(), m);
+        assert_eq!(
+            unbox_if_possible(tar_of("x.wasm", &m), 1 << 20, "u").unwrap(),
+            m
+        );
+        assert_eq!(
+            unbox_if_possible(gzip(&tar_of("a/b.wasm", &m)), 1 << 20, "u").unwrap(),
+            m
+        );
         // Unknown content is returned as is; validity is checked by the caller.
-        assert_eq!(unbox_if_possible(b"hello".to_vec(), 1 << 20, "u").unwrap(), b"hello");
+        assert_eq!(
+            unbox_if_possible(b"hello".to_vec(), 1 << 20, "u").unwrap(),
+            b"hello"
+        );
     }
 
     #[test]
     fn gzip_bomb_is_refused() {
         let big = vec![0u8; 1 << 20];
         let err = unbox_if_possible(gzip(&big), 1000, "http://x/m").unwrap_err();
-        assert!(matches!(err, FetchError::TooLarge { max: 1000, .. }), "{err}");
+        assert!(
+            matches!(err, FetchError::TooLarge { max: 1000, .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -141,7 +187,8 @@ pub(crate) mod tests {
         }
         let layer = gzip(&t.into_inner().unwrap());
         assert_eq!(plugin_wasm_from_layer(&layer, 1 << 20, "u").unwrap(), m);
-        let err = plugin_wasm_from_layer(&gzip(&tar_of("other.wasm", &m)), 1 << 20, "u").unwrap_err();
+        let err =
+            plugin_wasm_from_layer(&gzip(&tar_of("other.wasm", &m)), 1 << 20, "u").unwrap_err();
         assert!(err.to_string().contains("plugin.wasm not found"), "{err}");
     }
 }

@@ -3,9 +3,11 @@
 
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
-use envoy_types::pb::google::rpc::Status as RpcStatus;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
+};
 use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::rpc::Status as RpcStatus;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -95,14 +97,25 @@ impl Session {
             Ok(r) => r.into_inner(),
             Err(e) => {
                 warn!(upstream = %self.inner.upstream, error = %e, "control plane refused the delta ADS stream");
-                let _ = self.down.send(Err(Status::unavailable(format!("control plane refused the stream: {}", e.message())))).await;
+                let _ = self
+                    .down
+                    .send(Err(Status::unavailable(format!(
+                        "control plane refused the stream: {}",
+                        e.message()
+                    ))))
+                    .await;
                 return;
             }
         };
         info!(upstream = %self.inner.upstream, "delta ADS stream to the control plane open");
         let (ecds_tx, ecds_rx) = mpsc::channel::<DeltaDiscoveryResponse>(16);
         let (nack_tx, mut nack_rx) = mpsc::unbounded_channel::<DeltaDiscoveryRequest>();
-        let worker = tokio::spawn(ecds_worker(self.inner.clone(), self.down.clone(), ecds_rx, nack_tx));
+        let worker = tokio::spawn(ecds_worker(
+            self.inner.clone(),
+            self.down.clone(),
+            ecds_rx,
+            nack_tx,
+        ));
         loop {
             tokio::select! {
                 req = downstream.next() => match req {
@@ -141,13 +154,20 @@ async fn ecds_worker(
     nack_tx: mpsc::UnboundedSender<DeltaDiscoveryRequest>,
 ) {
     let mut retries = Retries::default();
-    let versions = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<String, String>::new()));
+    let versions = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
+        String,
+        String,
+    >::new()));
     let push: Push = {
         let (inner, down, versions) = (inner.clone(), down.clone(), versions.clone());
         Arc::new(move |c: Converted| {
             let (inner, down, versions) = (inner.clone(), down.clone(), versions.clone());
             Box::pin(async move {
-                let version = versions.lock().ok().and_then(|v| v.get(&c.name).cloned()).unwrap_or_default();
+                let version = versions
+                    .lock()
+                    .ok()
+                    .and_then(|v| v.get(&c.name).cloned())
+                    .unwrap_or_default();
                 let resp = DeltaDiscoveryResponse {
                     resources: vec![Resource {
                         name: c.name.clone(),
@@ -164,7 +184,11 @@ async fn ecds_worker(
         })
     };
     while let Some(mut resp) = rx.recv().await {
-        let originals: Vec<Any> = resp.resources.iter().map(|r| r.resource.clone().unwrap_or_default()).collect();
+        let originals: Vec<Any> = resp
+            .resources
+            .iter()
+            .map(|r| r.resource.clone().unwrap_or_default())
+            .collect();
         if let Ok(mut v) = versions.lock() {
             for r in &resp.resources {
                 v.insert(r.name.clone(), r.version.clone());
@@ -187,7 +211,11 @@ async fn ecds_worker(
                 let _ = nack_tx.send(DeltaDiscoveryRequest {
                     type_url: ECDS_TYPE_URL.into(),
                     response_nonce: resp.nonce,
-                    error_detail: Some(RpcStatus { code: tonic::Code::Internal as i32, message: e.to_string(), details: vec![] }),
+                    error_detail: Some(RpcStatus {
+                        code: tonic::Code::Internal as i32,
+                        message: e.to_string(),
+                        details: vec![],
+                    }),
                     ..Default::default()
                 });
             }

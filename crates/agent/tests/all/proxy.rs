@@ -8,7 +8,9 @@ use wasmesh_agent::ListenAddr;
 use wasmesh_agent::xds_proxy::AGENT_NONCE_PREFIX;
 
 use crate::registry::{Format, Options, Registry, module};
-use crate::util::{AdsClient, Seen, eventually, init_logs, inspect, listener, start_agent, wasm_plugin};
+use crate::util::{
+    AdsClient, Seen, eventually, init_logs, inspect, listener, start_agent, wasm_plugin,
+};
 
 fn tcp0() -> ListenAddr {
     ListenAddr::Tcp("127.0.0.1:0".parse().expect("addr"))
@@ -24,12 +26,25 @@ fn agent_addr(a: &wasmesh_agent::Agent) -> std::net::SocketAddr {
 #[tokio::test]
 async fn ecds_is_rewritten_to_a_local_file_and_the_rest_is_forwarded() -> anyhow::Result<()> {
     init_logs();
-    let reg = Registry::start(Options { tls: false, auth: false }).await?;
-    let digest = reg.push("p/ok", "v1", Format::WasmArtifact, &module(1)).await?;
+    let reg = Registry::start(Options {
+        tls: false,
+        auth: false,
+    })
+    .await?;
+    let digest = reg
+        .push("p/ok", "v1", Format::WasmArtifact, &module(1))
+        .await?;
     let fake = FakeAds::start().await?;
     let lds = listener("l1", 1, "f", "c");
     fake.set(type_url::LISTENER, vec![lds.clone()]);
-    let (name, ecds) = wasm_plugin("ok", &reg.url("p/ok", "v1"), &digest, "{}", FailurePolicy::FailClosed, &[]);
+    let (name, ecds) = wasm_plugin(
+        "ok",
+        &reg.url("p/ok", "v1"),
+        &digest,
+        "{}",
+        FailurePolicy::FailClosed,
+        &[],
+    );
     fake.set(type_url::ECDS, vec![(name.clone(), ecds)]);
     let dir = tempfile::tempdir()?;
     let agent = start_agent(tcp0(), fake.addr(), dir.path(), &reg.host).await?;
@@ -37,20 +52,30 @@ async fn ecds_is_rewritten_to_a_local_file_and_the_rest_is_forwarded() -> anyhow
 
     proxy.subscribe(type_url::LISTENER, &[], true).await;
     let r = proxy.recv().await;
-    assert_eq!((r.type_url.as_str(), r.resources.clone()), (type_url::LISTENER, vec![lds.1.clone()]), "LDS untouched");
+    assert_eq!(
+        (r.type_url.as_str(), r.resources.clone()),
+        (type_url::LISTENER, vec![lds.1.clone()]),
+        "LDS untouched"
+    );
     proxy.ack(&r, &[]).await;
 
     proxy.subscribe(type_url::ECDS, &[&name], false).await;
     let e = proxy.recv().await;
     let (n, seen) = inspect(&e.resources[0]);
     assert_eq!(n, name);
-    let Seen::LocalFile(path) = seen else { panic!("not rewritten: {seen:?}") };
+    let Seen::LocalFile(path) = seen else {
+        panic!("not rewritten: {seen:?}")
+    };
     assert_eq!(std::fs::read(&path)?, module(1));
     proxy.ack(&e, &[&name]).await;
 
     // The control plane sees the node first, and the proxy's ACKs with its own nonces.
     eventually!(10, "the ECDS ACK reaches the control plane", async {
-        fake.requests().iter().any(|q| q.type_url == type_url::ECDS && q.response_nonce == e.nonce && q.version_info == e.version_info)
+        fake.requests().iter().any(|q| {
+            q.type_url == type_url::ECDS
+                && q.response_nonce == e.nonce
+                && q.version_info == e.version_info
+        })
     });
     assert!(fake.requests()[0].node.is_some());
     // NACKs are forwarded.
@@ -59,16 +84,35 @@ async fn ecds_is_rewritten_to_a_local_file_and_the_rest_is_forwarded() -> anyhow
             version_info: r.version_info.clone(),
             type_url: type_url::LISTENER.into(),
             response_nonce: r.nonce.clone(),
-            error_detail: Some(RpcStatus { code: 3, message: "bad listener".into(), details: vec![] }),
+            error_detail: Some(RpcStatus {
+                code: 3,
+                message: "bad listener".into(),
+                details: vec![],
+            }),
             ..Default::default()
         })
         .await;
     eventually!(10, "the NACK reaches the control plane", async {
-        fake.nacks().iter().any(|q| q.error_detail.as_ref().is_some_and(|d| d.message == "bad listener"))
+        fake.nacks().iter().any(|q| {
+            q.error_detail
+                .as_ref()
+                .is_some_and(|d| d.message == "bad listener")
+        })
     });
     // Metrics as istio-agent's.
-    let metrics = reqwest::get(format!("http://{}/metrics", agent.metrics_addr().expect("metrics"))).await?.text().await?;
-    for want in ["wasm_remote_fetch_count_total{result=\"success\"} 1", "wasm_config_conversion_count_total{result=\"success\"} 1", "wasm_cache_entries 1", "wasm_config_conversion_duration_bucket"] {
+    let metrics = reqwest::get(format!(
+        "http://{}/metrics",
+        agent.metrics_addr().expect("metrics")
+    ))
+    .await?
+    .text()
+    .await?;
+    for want in [
+        "wasm_remote_fetch_count_total{result=\"success\"} 1",
+        "wasm_config_conversion_count_total{result=\"success\"} 1",
+        "wasm_cache_entries 1",
+        "wasm_config_conversion_duration_bucket",
+    ] {
         assert!(metrics.contains(want), "missing {want} in:\n{metrics}");
     }
     agent.shutdown().await;
@@ -76,39 +120,81 @@ async fn ecds_is_rewritten_to_a_local_file_and_the_rest_is_forwarded() -> anyhow
 }
 
 #[tokio::test]
-async fn a_failed_fetch_falls_back_to_rbac_then_the_plugin_arrives_by_background_retry() -> anyhow::Result<()> {
+async fn a_failed_fetch_falls_back_to_rbac_then_the_plugin_arrives_by_background_retry()
+-> anyhow::Result<()> {
     init_logs();
-    let reg = Registry::start(Options { tls: false, auth: false }).await?;
+    let reg = Registry::start(Options {
+        tls: false,
+        auth: false,
+    })
+    .await?;
     let fake = FakeAds::start().await?;
-    let (closed, ecds_closed) = wasm_plugin("closed", &reg.url("p/later", "v1"), "", "{}", FailurePolicy::FailClosed, &[]);
-    let (open, ecds_open) = wasm_plugin("open", &reg.url("p/never", "v1"), "", "{}", FailurePolicy::FailOpen, &[]);
-    fake.set(type_url::ECDS, vec![(closed.clone(), ecds_closed), (open.clone(), ecds_open)]);
+    let (closed, ecds_closed) = wasm_plugin(
+        "closed",
+        &reg.url("p/later", "v1"),
+        "",
+        "{}",
+        FailurePolicy::FailClosed,
+        &[],
+    );
+    let (open, ecds_open) = wasm_plugin(
+        "open",
+        &reg.url("p/never", "v1"),
+        "",
+        "{}",
+        FailurePolicy::FailOpen,
+        &[],
+    );
+    fake.set(
+        type_url::ECDS,
+        vec![(closed.clone(), ecds_closed), (open.clone(), ecds_open)],
+    );
     let dir = tempfile::tempdir()?;
     let agent = start_agent(tcp0(), fake.addr(), dir.path(), &reg.host).await?;
     let mut proxy = AdsClient::connect(agent_addr(&agent)).await?;
-    proxy.subscribe(type_url::ECDS, &[&closed, &open], true).await;
+    proxy
+        .subscribe(type_url::ECDS, &[&closed, &open], true)
+        .await;
     let e = proxy.recv().await;
     let seen: Vec<_> = e.resources.iter().map(inspect).collect();
-    assert_eq!(seen, vec![(closed.clone(), Seen::Rbac { deny: true }), (open.clone(), Seen::Rbac { deny: false })]);
-    assert_eq!(e.nonce.starts_with(AGENT_NONCE_PREFIX), false, "the control plane's own nonce is kept");
+    assert_eq!(
+        seen,
+        vec![
+            (closed.clone(), Seen::Rbac { deny: true }),
+            (open.clone(), Seen::Rbac { deny: false })
+        ]
+    );
+    assert!(
+        !e.nonce.starts_with(AGENT_NONCE_PREFIX),
+        "the control plane's own nonce is kept"
+    );
     proxy.ack(&e, &[&closed, &open]).await;
 
     // The registry gets the module: the agent's background retry sends the real plugin.
-    reg.push("p/later", "v1", Format::OciImage, &module(9)).await?;
+    reg.push("p/later", "v1", Format::OciImage, &module(9))
+        .await?;
     let r = proxy.recv().await;
     assert!(r.nonce.starts_with(AGENT_NONCE_PREFIX), "{}", r.nonce);
     assert_eq!(r.resources.len(), 1);
     let (n, seen) = inspect(&r.resources[0]);
     assert_eq!(n, closed);
-    let Seen::LocalFile(path) = seen else { panic!("{seen:?}") };
+    let Seen::LocalFile(path) = seen else {
+        panic!("{seen:?}")
+    };
     assert_eq!(std::fs::read(path)?, module(9));
     proxy.ack(&r, &[&closed, &open]).await;
     // The proxy's ACK of the agent's own response never reaches the control plane.
     proxy.subscribe(type_url::LISTENER, &[], false).await;
     eventually!(10, "a later request reaches the control plane", async {
-        fake.requests().iter().any(|q| q.type_url == type_url::LISTENER)
+        fake.requests()
+            .iter()
+            .any(|q| q.type_url == type_url::LISTENER)
     });
-    assert!(fake.requests().iter().all(|q| !q.response_nonce.starts_with(AGENT_NONCE_PREFIX)));
+    assert!(
+        fake.requests()
+            .iter()
+            .all(|q| !q.response_nonce.starts_with(AGENT_NONCE_PREFIX))
+    );
     agent.shutdown().await;
     Ok(())
 }
@@ -134,8 +220,14 @@ async fn a_control_plane_restart_keeps_the_proxy_stream_and_resubscribes() -> an
     let r2 = proxy.recv().await;
     assert_eq!(r2.resources, vec![listener("after", 1, "f", "c").1]);
     let first = &fake2.requests()[0];
-    assert!(first.node.is_some(), "the replayed subscription carries the node");
-    assert_eq!((first.type_url.as_str(), first.version_info.as_str()), (type_url::LISTENER, r.version_info.as_str()));
+    assert!(
+        first.node.is_some(),
+        "the replayed subscription carries the node"
+    );
+    assert_eq!(
+        (first.type_url.as_str(), first.version_info.as_str()),
+        (type_url::LISTENER, r.version_info.as_str())
+    );
     agent.shutdown().await;
     Ok(())
 }
@@ -145,17 +237,32 @@ async fn a_malformed_ecds_response_is_nacked_to_the_control_plane() -> anyhow::R
     init_logs();
     let fake = FakeAds::start().await?;
     let name = "extensions.istio.io/wasmplugin/default.bad".to_string();
-    let garbage = envoy_types::pb::google::protobuf::Any { type_url: type_url::ECDS.into(), value: vec![0xff; 3] };
+    let garbage = envoy_types::pb::google::protobuf::Any {
+        type_url: type_url::ECDS.into(),
+        value: vec![0xff; 3],
+    };
     fake.set(type_url::ECDS, vec![(name.clone(), garbage)]);
     let dir = tempfile::tempdir()?;
     let agent = start_agent(tcp0(), fake.addr(), dir.path(), "").await?;
     let mut proxy = AdsClient::connect(agent_addr(&agent)).await?;
     proxy.subscribe(type_url::ECDS, &[&name], true).await;
     eventually!(10, "the agent NACKs the bad ECDS", async {
-        fake.nacks().iter().any(|q| q.type_url == type_url::ECDS && q.error_detail.as_ref().is_some_and(|d| d.message.contains("cannot decode")))
+        fake.nacks().iter().any(|q| {
+            q.type_url == type_url::ECDS
+                && q.error_detail
+                    .as_ref()
+                    .is_some_and(|d| d.message.contains("cannot decode"))
+        })
     });
     // The next (good) version is the first ECDS the proxy sees.
-    let (_, good) = crate::util::wasm_plugin("bad", "oci://127.0.0.1:1/x:v1", "", "{}", FailurePolicy::FailOpen, &[]);
+    let (_, good) = crate::util::wasm_plugin(
+        "bad",
+        "oci://127.0.0.1:1/x:v1",
+        "",
+        "{}",
+        FailurePolicy::FailOpen,
+        &[],
+    );
     fake.set(type_url::ECDS, vec![(name.clone(), good)]);
     let r = proxy.recv().await;
     assert_eq!(r.version_info, fake.version(type_url::ECDS));

@@ -33,11 +33,15 @@ pub(crate) struct Options {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<Vec<u8>> {
-    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !out.status.success() {
         bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -67,15 +71,40 @@ impl Registry {
         let mut cert = None;
         if opts.tls {
             let (c, k) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-            run(Command::new("openssl").args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]).arg("-keyout").arg(&k).arg("-out").arg(&c).stderr(Stdio::piped()))?;
-            cfg.push_str(&format!("  tls:\n    certificate: {}\n    key: {}\n", c.display(), k.display()));
+            run(Command::new("openssl")
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                ])
+                .arg("-keyout")
+                .arg(&k)
+                .arg("-out")
+                .arg(&c)
+                .stderr(Stdio::piped()))?;
+            cfg.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                c.display(),
+                k.display()
+            ));
             cert = Some(c);
         }
         if opts.auth {
             let htpasswd = run(Command::new("htpasswd").args(["-Bbn", USER, PASSWORD]))?;
             let p = dir.path().join("htpasswd");
             std::fs::write(&p, htpasswd)?;
-            cfg.push_str(&format!("auth:\n  htpasswd:\n    realm: wasm-registry\n    path: {}\n", p.display()));
+            cfg.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: wasm-registry\n    path: {}\n",
+                p.display()
+            ));
         }
         let cfg_path = dir.path().join("config.yml");
         std::fs::write(&cfg_path, cfg)?;
@@ -86,24 +115,37 @@ impl Registry {
             .stderr(Stdio::null())
             .spawn()
             .context("cannot start docker-registry")?;
-        let client = reqwest::Client::builder().tls_danger_accept_invalid_certs(true).build()?;
+        let client = reqwest::Client::builder()
+            .tls_danger_accept_invalid_certs(true)
+            .build()?;
         let _ = cert;
-        let reg = Self { child, host, tls: opts.tls, auth: opts.auth, _dir: dir, client };
+        let reg = Self {
+            child,
+            host,
+            tls: opts.tls,
+            auth: opts.auth,
+            _dir: dir,
+            client,
+        };
         reg.wait_ready().await?;
         Ok(reg)
     }
 
     fn base(&self) -> String {
-        format!("{}://{}", if self.tls { "https" } else { "http" }, self.host)
+        format!(
+            "{}://{}",
+            if self.tls { "https" } else { "http" },
+            self.host
+        )
     }
 
     async fn wait_ready(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(r) = self.client.get(format!("{}/v2/", self.base())).send().await {
-                if r.status().as_u16() == 200 || r.status().as_u16() == 401 {
-                    return Ok(());
-                }
+            if let Ok(r) = self.client.get(format!("{}/v2/", self.base())).send().await
+                && (r.status().as_u16() == 200 || r.status().as_u16() == 401)
+            {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 bail!("docker-registry on {} did not become ready", self.host);
@@ -113,17 +155,36 @@ impl Registry {
     }
 
     fn req(&self, b: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        if self.auth { b.basic_auth(USER, Some(PASSWORD)) } else { b }
+        if self.auth {
+            b.basic_auth(USER, Some(PASSWORD))
+        } else {
+            b
+        }
     }
 
     async fn push_blob(&self, repo: &str, data: &[u8]) -> anyhow::Result<String> {
         let digest = format!("sha256:{}", sha256(data));
-        let r = self.req(self.client.post(format!("{}/v2/{repo}/blobs/uploads/", self.base()))).send().await?;
+        let r = self
+            .req(
+                self.client
+                    .post(format!("{}/v2/{repo}/blobs/uploads/", self.base())),
+            )
+            .send()
+            .await?;
         if r.status().as_u16() != 202 {
             bail!("blob upload start: {}", r.status());
         }
-        let loc = r.headers().get("location").context("no upload location")?.to_str()?.to_owned();
-        let loc = if loc.starts_with("http") { loc } else { format!("{}{loc}", self.base()) };
+        let loc = r
+            .headers()
+            .get("location")
+            .context("no upload location")?
+            .to_str()?
+            .to_owned();
+        let loc = if loc.starts_with("http") {
+            loc
+        } else {
+            format!("{}{loc}", self.base())
+        };
         let sep = if loc.contains('?') { '&' } else { '?' };
         let r = self
             .req(self.client.put(format!("{loc}{sep}digest={digest}")))
@@ -132,7 +193,11 @@ impl Registry {
             .send()
             .await?;
         if !r.status().is_success() {
-            bail!("blob upload: {} {}", r.status(), r.text().await.unwrap_or_default());
+            bail!(
+                "blob upload: {} {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            );
         }
         Ok(digest)
     }
@@ -160,43 +225,95 @@ impl Registry {
         });
         let body = serde_json::to_vec(&manifest)?;
         let r = self
-            .req(self.client.put(format!("{}/v2/{repo}/manifests/{tag}", self.base())))
+            .req(
+                self.client
+                    .put(format!("{}/v2/{repo}/manifests/{tag}", self.base())),
+            )
             .header("content-type", manifest_type)
             .body(body.clone())
             .send()
             .await?;
         if !r.status().is_success() {
-            bail!("manifest push: {} {}", r.status(), r.text().await.unwrap_or_default());
+            bail!(
+                "manifest push: {} {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            );
         }
         Ok(sha256(&body))
     }
 
     /// Pushes `module` in `format`; returns the manifest digest (hex).
-    pub(crate) async fn push(&self, repo: &str, tag: &str, format: Format, module: &[u8]) -> anyhow::Result<String> {
+    pub(crate) async fn push(
+        &self,
+        repo: &str,
+        tag: &str,
+        format: Format,
+        module: &[u8],
+    ) -> anyhow::Result<String> {
         use wasmesh_agent::fetch::oci::*;
         match format {
             Format::Docker => {
                 let layer = plugin_layer(module)?;
                 let base = plugin_layer(b"base layer")?;
-                self.push_image(repo, tag, DOCKER_MANIFEST, ("application/vnd.docker.container.image.v1+json", b"{}"),
-                    &[(DOCKER_LAYER, base), (DOCKER_LAYER, layer)]).await
+                self.push_image(
+                    repo,
+                    tag,
+                    DOCKER_MANIFEST,
+                    ("application/vnd.docker.container.image.v1+json", b"{}"),
+                    &[(DOCKER_LAYER, base), (DOCKER_LAYER, layer)],
+                )
+                .await
             }
             Format::OciImage => {
                 let layer = plugin_layer(module)?;
-                self.push_image(repo, tag, OCI_MANIFEST, ("application/vnd.oci.image.config.v1+json", b"{}"),
-                    &[(OCI_LAYER_TAR_GZIP, layer)]).await
+                self.push_image(
+                    repo,
+                    tag,
+                    OCI_MANIFEST,
+                    ("application/vnd.oci.image.config.v1+json", b"{}"),
+                    &[(OCI_LAYER_TAR_GZIP, layer)],
+                )
+                .await
             }
             Format::WasmArtifact => {
-                self.push_image(repo, tag, OCI_MANIFEST, ("application/vnd.module.wasm.config.v1+json", b"{}"),
-                    &[(ISTIO_WASM_LAYER, module.to_vec()), ("application/vnd.module.wasm.runtime.config.v1+json", b"{}".to_vec())]).await
+                self.push_image(
+                    repo,
+                    tag,
+                    OCI_MANIFEST,
+                    ("application/vnd.module.wasm.config.v1+json", b"{}"),
+                    &[
+                        (ISTIO_WASM_LAYER, module.to_vec()),
+                        (
+                            "application/vnd.module.wasm.runtime.config.v1+json",
+                            b"{}".to_vec(),
+                        ),
+                    ],
+                )
+                .await
             }
             Format::SingleLayerArtifact => {
-                self.push_image(repo, tag, OCI_MANIFEST, ("application/vnd.module.wasm.config.v1+json", b"{}"),
-                    &[(ISTIO_WASM_LAYER, module.to_vec())]).await
+                self.push_image(
+                    repo,
+                    tag,
+                    OCI_MANIFEST,
+                    ("application/vnd.module.wasm.config.v1+json", b"{}"),
+                    &[(ISTIO_WASM_LAYER, module.to_vec())],
+                )
+                .await
             }
             Format::Cncf => {
-                self.push_image(repo, tag, OCI_MANIFEST, ("application/vnd.wasm.config.v0+json", b"{\"architecture\":\"wasm\",\"os\":\"wasip1\"}"),
-                    &[(CNCF_WASM_LAYER, module.to_vec())]).await
+                self.push_image(
+                    repo,
+                    tag,
+                    OCI_MANIFEST,
+                    (
+                        "application/vnd.wasm.config.v0+json",
+                        b"{\"architecture\":\"wasm\",\"os\":\"wasip1\"}",
+                    ),
+                    &[(CNCF_WASM_LAYER, module.to_vec())],
+                )
+                .await
             }
         }
     }
@@ -209,7 +326,8 @@ impl Registry {
     pub(crate) fn docker_config(&self, user: &str, password: &str) -> Vec<u8> {
         use base64::Engine as _;
         let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        serde_json::to_vec(&serde_json::json!({"auths": {self.host.clone(): {"auth": auth}}})).unwrap_or_default()
+        serde_json::to_vec(&serde_json::json!({"auths": {self.host.clone(): {"auth": auth}}}))
+            .unwrap_or_default()
     }
 }
 
@@ -222,8 +340,13 @@ pub(crate) enum Format {
     Cncf,
 }
 
-pub(crate) const ALL_FORMATS: [Format; 5] =
-    [Format::Docker, Format::OciImage, Format::WasmArtifact, Format::SingleLayerArtifact, Format::Cncf];
+pub(crate) const ALL_FORMATS: [Format; 5] = [
+    Format::Docker,
+    Format::OciImage,
+    Format::WasmArtifact,
+    Format::SingleLayerArtifact,
+    Format::Cncf,
+];
 
 /// A `tar+gzip` layer holding `plugin.wasm`.
 fn plugin_layer(module: &[u8]) -> anyhow::Result<Vec<u8>> {

@@ -5,20 +5,23 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, AggregatedConfigSource, ApiVersion, AsyncDataSource, ConfigSource, ExtensionConfigSource, HttpUri, Node,
-    RemoteDataSource, SocketAddress, TypedExtensionConfig, address, async_data_source, config_source, http_uri,
-    socket_address,
+    Address, AggregatedConfigSource, ApiVersion, AsyncDataSource, ConfigSource,
+    ExtensionConfigSource, HttpUri, Node, RemoteDataSource, SocketAddress, TypedExtensionConfig,
+    address, async_data_source, config_source, http_uri, socket_address,
 };
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
 use envoy_types::pb::envoy::config::route::v3::{
-    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action, route_match,
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action,
+    route_match,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, http_connection_manager, http_filter,
 };
-use envoy_types::pb::envoy::extensions::wasm::v3::{EnvironmentVariables, FailurePolicy, PluginConfig, VmConfig, plugin_config};
+use envoy_types::pb::envoy::extensions::wasm::v3::{
+    EnvironmentVariables, FailurePolicy, PluginConfig, VmConfig, plugin_config,
+};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
@@ -48,7 +51,10 @@ pub(crate) use eventually;
 
 pub(crate) fn init_logs() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "wasmesh_agent=info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "wasmesh_agent=info".into()),
+        )
         .with_test_writer()
         .try_init();
 }
@@ -63,8 +69,14 @@ pub(crate) async fn start_agent(
     cfg.cache.fetch.insecure_registries = wasmesh_agent::fetch::InsecureRegistries::parse(insecure);
     cfg.cache.fetch.http_initial_backoff = Duration::from_millis(20);
     cfg.cache.fetch.http_max_attempts = 2;
-    cfg.reconnect = Backoff { initial: Duration::from_millis(50), max: Duration::from_millis(500) };
-    cfg.fetch_retry = Backoff { initial: Duration::from_millis(200), max: Duration::from_secs(1) };
+    cfg.reconnect = Backoff {
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(500),
+    };
+    cfg.fetch_retry = Backoff {
+        initial: Duration::from_millis(200),
+        max: Duration::from_secs(1),
+    };
     cfg.metrics_addr = Some("127.0.0.1:0".parse()?);
     Ok(Agent::start(cfg).await?)
 }
@@ -76,15 +88,25 @@ pub(crate) struct AdsClient {
 }
 
 pub(crate) fn node() -> Node {
-    Node { id: "sidecar~127.0.0.1~app.default~default.svc.cluster.local".into(), cluster: "app".into(), ..Default::default() }
+    Node {
+        id: "sidecar~127.0.0.1~app.default~default.svc.cluster.local".into(),
+        cluster: "app".into(),
+        ..Default::default()
+    }
 }
 
 impl AdsClient {
     pub(crate) async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
-        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")).await?;
+        let mut client =
+            AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")).await?;
         let (tx, rx) = mpsc::channel(16);
-        let resp = client.stream_aggregated_resources(ReceiverStream::new(rx)).await?;
-        Ok(Self { tx, rx: resp.into_inner() })
+        let resp = client
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await?;
+        Ok(Self {
+            tx,
+            rx: resp.into_inner(),
+        })
     }
 
     pub(crate) async fn send(&self, req: DiscoveryRequest) {
@@ -123,7 +145,10 @@ impl AdsClient {
 }
 
 pub(crate) fn pack<M: Message>(type_url: &str, m: &M) -> Any {
-    Any { type_url: type_url.into(), value: m.encode_to_vec() }
+    Any {
+        type_url: type_url.into(),
+        value: m.encode_to_vec(),
+    }
 }
 
 /// What a converted ECDS resource became.
@@ -141,18 +166,29 @@ pub(crate) fn inspect(any: &Any) -> (String, Seen) {
     let seen = match t.type_url.as_str() {
         HTTP_WASM_TYPE_URL => {
             let w = Wasm::decode(t.value.as_slice()).expect("Wasm");
-            let Some(plugin_config::Vm::VmConfig(vm)) = w.config.and_then(|c| c.vm) else { panic!("no vm") };
+            let Some(plugin_config::Vm::VmConfig(vm)) = w.config.and_then(|c| c.vm) else {
+                panic!("no vm")
+            };
             match vm.code.and_then(|c| c.specifier) {
                 Some(async_data_source::Specifier::Local(d)) => match d.specifier {
-                    Some(envoy_types::pb::envoy::config::core::v3::data_source::Specifier::Filename(f)) => Seen::LocalFile(f),
+                    Some(
+                        envoy_types::pb::envoy::config::core::v3::data_source::Specifier::Filename(
+                            f,
+                        ),
+                    ) => Seen::LocalFile(f),
                     other => Seen::Other(format!("{other:?}")),
                 },
                 _ => Seen::Remote,
             }
         }
         HTTP_RBAC_TYPE_URL => {
-            let r = envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac::decode(t.value.as_slice()).expect("RBAC");
-            Seen::Rbac { deny: r.rules.is_some() }
+            let r = envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac::decode(
+                t.value.as_slice(),
+            )
+            .expect("RBAC");
+            Seen::Rbac {
+                deny: r.rules.is_some(),
+            }
         }
         other => Seen::Other(other.into()),
     };
@@ -165,12 +201,26 @@ pub(crate) fn ecds_name(name: &str) -> String {
 }
 
 /// An ECDS resource as istiod builds it for a WasmPlugin with a remote url.
-pub(crate) fn wasm_plugin(name: &str, url: &str, sha256: &str, config_json: &str, fail: FailurePolicy, env: &[(&str, &str)]) -> (String, Any) {
-    let mut kv: std::collections::HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    kv.entry("ISTIO_META_WASM_PLUGIN_RESOURCE_VERSION".into()).or_insert_with(|| "1".into());
+pub(crate) fn wasm_plugin(
+    name: &str,
+    url: &str,
+    sha256: &str,
+    config_json: &str,
+    fail: FailurePolicy,
+    env: &[(&str, &str)],
+) -> (String, Any) {
+    let mut kv: std::collections::HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    kv.entry("ISTIO_META_WASM_PLUGIN_RESOURCE_VERSION".into())
+        .or_insert_with(|| "1".into());
     let pc = PluginConfig {
         name: format!("default.{name}"),
-        configuration: Some(pack("type.googleapis.com/google.protobuf.StringValue", &config_json.to_string())),
+        configuration: Some(pack(
+            "type.googleapis.com/google.protobuf.StringValue",
+            &config_json.to_string(),
+        )),
         failure_policy: fail as i32,
         vm: Some(plugin_config::Vm::VmConfig(VmConfig {
             runtime: "envoy.wasm.runtime.v8".into(),
@@ -178,19 +228,28 @@ pub(crate) fn wasm_plugin(name: &str, url: &str, sha256: &str, config_json: &str
                 specifier: Some(async_data_source::Specifier::Remote(RemoteDataSource {
                     http_uri: Some(HttpUri {
                         uri: url.into(),
-                        timeout: Some(PbDuration { seconds: 30, nanos: 0 }),
+                        timeout: Some(PbDuration {
+                            seconds: 30,
+                            nanos: 0,
+                        }),
                         http_upstream_type: Some(http_uri::HttpUpstreamType::Cluster("_".into())),
                     }),
                     sha256: sha256.into(),
                     retry_policy: None,
                 })),
             }),
-            environment_variables: Some(EnvironmentVariables { host_env_keys: vec![], key_values: kv }),
+            environment_variables: Some(EnvironmentVariables {
+                host_env_keys: vec![],
+                key_values: kv,
+            }),
             ..Default::default()
         })),
         ..Default::default()
     };
-    let ec = TypedExtensionConfig { name: ecds_name(name), typed_config: Some(pack(HTTP_WASM_TYPE_URL, &Wasm { config: Some(pc) })) };
+    let ec = TypedExtensionConfig {
+        name: ecds_name(name),
+        typed_config: Some(pack(HTTP_WASM_TYPE_URL, &Wasm { config: Some(pc) })),
+    };
     (ecds_name(name), pack(ECDS_TYPE_URL, &ec))
 }
 
@@ -199,16 +258,23 @@ pub(crate) fn wasm_plugin(name: &str, url: &str, sha256: &str, config_json: &str
 pub(crate) fn listener(name: &str, port: u16, filter_name: &str, cluster: &str) -> (String, Any) {
     let ecds_filter = HttpFilter {
         name: filter_name.into(),
-        config_type: Some(http_filter::ConfigType::ConfigDiscovery(ExtensionConfigSource {
-            config_source: Some(ConfigSource {
-                resource_api_version: ApiVersion::V3 as i32,
-                initial_fetch_timeout: Some(PbDuration { seconds: 0, nanos: 0 }),
-                config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        config_type: Some(http_filter::ConfigType::ConfigDiscovery(
+            ExtensionConfigSource {
+                config_source: Some(ConfigSource {
+                    resource_api_version: ApiVersion::V3 as i32,
+                    initial_fetch_timeout: Some(PbDuration {
+                        seconds: 0,
+                        nanos: 0,
+                    }),
+                    config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+                        AggregatedConfigSource {},
+                    )),
+                    ..Default::default()
+                }),
+                type_urls: vec![HTTP_WASM_TYPE_URL.into(), HTTP_RBAC_TYPE_URL.into()],
                 ..Default::default()
-            }),
-            type_urls: vec![HTTP_WASM_TYPE_URL.into(), HTTP_RBAC_TYPE_URL.into()],
-            ..Default::default()
-        })),
+            },
+        )),
         ..Default::default()
     };
     let router = HttpFilter {
@@ -225,9 +291,14 @@ pub(crate) fn listener(name: &str, port: u16, filter_name: &str, cluster: &str) 
             name: "all".into(),
             domains: vec!["*".into()],
             routes: vec![Route {
-                r#match: Some(RouteMatch { path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())), ..Default::default() }),
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
                 action: Some(route::Action::Route(RouteAction {
-                    cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.into())),
+                    cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                        cluster.into(),
+                    )),
                     ..Default::default()
                 })),
                 ..Default::default()
@@ -263,11 +334,17 @@ pub(crate) fn listener(name: &str, port: u16, filter_name: &str, cluster: &str) 
         }],
         ..Default::default()
     };
-    (name.into(), pack("type.googleapis.com/envoy.config.listener.v3.Listener", &l))
+    (
+        name.into(),
+        pack("type.googleapis.com/envoy.config.listener.v3.Listener", &l),
+    )
 }
 
 pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// An upstream that answers 200 "upstream ok" to everything.
@@ -278,12 +355,20 @@ pub(crate) async fn upstream() -> anyhow::Result<(SocketAddr, tokio::task::JoinH
     let addr = l.local_addr()?;
     let task = tokio::spawn(async move {
         loop {
-            let Ok((s, _)) = l.accept().await else { continue };
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|_req: hyper::Request<hyper::body::Incoming>| async {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"upstream ok"))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(s), svc).await;
+                let svc = hyper::service::service_fn(
+                    |_req: hyper::Request<hyper::body::Incoming>| async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from_static(b"upstream ok"),
+                        )))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
             });
         }
     });
