@@ -1,4 +1,4 @@
-//! A minimal state-of-the-world ADS server on `127.0.0.1`: serves fixed resources per type,
+//! A minimal ADS server (state of the world and delta) on `127.0.0.1`: serves fixed resources per type,
 //! pushes when they change, records every request (ACKs and NACKs). Enough to drive an
 //! xDS client or the agent in tests; it knows nothing of Istio.
 
@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
 use envoy_types::pb::google::protobuf::Any;
 use tokio::sync::{mpsc, watch};
@@ -33,6 +33,7 @@ struct State {
     /// type URL → (version, [(name, resource)]).
     resources: HashMap<String, (u64, Vec<(String, Any)>)>,
     requests: Vec<DiscoveryRequest>,
+    delta_requests: Vec<DeltaDiscoveryRequest>,
     nonce: u64,
 }
 
@@ -119,6 +120,11 @@ impl FakeAds {
             .clone()
     }
 
+    /// Every delta request received so far, in order.
+    pub fn delta_requests(&self) -> Vec<DeltaDiscoveryRequest> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).delta_requests.clone()
+    }
+
     /// Requests that carried an error (NACKs).
     pub fn nacks(&self) -> Vec<DiscoveryRequest> {
         self.requests()
@@ -152,6 +158,25 @@ impl Service {
             .collect();
         Some(DiscoveryResponse {
             version_info: format!("v{version}"),
+            resources,
+            type_url: type_url.to_owned(),
+            nonce: format!("n{}", st.nonce),
+            ..Default::default()
+        })
+    }
+
+    fn delta_response_for(&self, type_url: &str, names: &[String]) -> Option<DeltaDiscoveryResponse> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (version, resources) = st.resources.get(type_url).cloned()?;
+        st.nonce += 1;
+        let version = format!("v{version}");
+        let resources = resources
+            .into_iter()
+            .filter(|(n, _)| names.is_empty() || names.contains(n))
+            .map(|(name, r)| Resource { name, version: version.clone(), resource: Some(r), ..Default::default() })
+            .collect();
+        Some(DeltaDiscoveryResponse {
+            system_version_info: version,
             resources,
             type_url: type_url.to_owned(),
             nonce: format!("n{}", st.nonce),
@@ -225,10 +250,51 @@ impl AggregatedDiscoveryService for Service {
 
     async fn delta_aggregated_resources(
         &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented(
-            "the fake ADS server speaks state of the world only",
-        ))
+        let mut requests = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let svc = self.clone();
+        tokio::spawn(async move {
+            // type URL → (subscribed names, empty = wildcard; version last sent).
+            let mut subs: HashMap<String, (Vec<String>, String)> = HashMap::new();
+            let mut pushed = svc.pushed.clone();
+            let mut stop = svc.stop.clone();
+            loop {
+                tokio::select! {
+                    req = requests.next() => {
+                        let Some(Ok(req)) = req else { return };
+                        svc.state.lock().unwrap_or_else(|e| e.into_inner()).delta_requests.push(req.clone());
+                        let sub = subs.entry(req.type_url.clone()).or_insert((vec![], String::new()));
+                        sub.0.retain(|n| !req.resource_names_unsubscribe.contains(n));
+                        sub.0.extend(req.resource_names_subscribe.iter().filter(|n| *n != "*").cloned());
+                        let initial = req.response_nonce.is_empty();
+                        if req.error_detail.is_none()
+                            && (initial || !req.resource_names_subscribe.is_empty())
+                            && let Some(resp) = svc.delta_response_for(&req.type_url, &sub.0)
+                        {
+                            sub.1 = resp.system_version_info.clone();
+                            if tx.send(Ok(resp)).await.is_err() { return; }
+                        }
+                    }
+                    changed = pushed.changed() => {
+                        if changed.is_err() { return; }
+                        for (t, (names, sent)) in subs.iter_mut() {
+                            if svc.version_of(t).is_some_and(|v| &v != sent)
+                                && let Some(resp) = svc.delta_response_for(t, names)
+                            {
+                                *sent = resp.system_version_info.clone();
+                                if tx.send(Ok(resp)).await.is_err() { return; }
+                            }
+                        }
+                    }
+                    _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                        let _ = tx.send(Err(Status::unavailable("fake ADS server shutting down"))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
