@@ -1,3 +1,4 @@
 //! Test helpers shared across crates.
 
+pub mod echo;
 pub mod fake_ads;
