@@ -72,8 +72,11 @@ pub struct FetchOptions {
     pub http_max_backoff: Duration,
     /// Largest module accepted (download, gunzip output, tar entry, OCI layer).
     pub max_module_size: u64,
-    /// Extra networks refused by the HTTP fetcher, beyond link-local and cloud metadata addresses.
+    /// Extra networks refused, beyond link-local and cloud metadata addresses.
     pub blocked_networks: Vec<ssrf::IpNet>,
+    /// Docker config JSON used for OCI pulls when the plugin has no pull secret (Istio's
+    /// default keychain: `$DOCKER_CONFIG/config.json`).
+    pub docker_config: Option<std::path::PathBuf>,
 }
 
 impl Default for FetchOptions {
@@ -86,6 +89,7 @@ impl Default for FetchOptions {
             http_max_backoff: Duration::from_secs(60),
             max_module_size: DEFAULT_MAX_MODULE_SIZE,
             blocked_networks: Vec::new(),
+            docker_config: None,
         }
     }
 }

@@ -24,6 +24,10 @@ pub(crate) struct AgentArgs {
     /// Registries (`host[:port]`, comma-separated, `*` for all) reachable without TLS verification or over plain HTTP.
     #[arg(long, env = "WASM_INSECURE_REGISTRIES", default_value = "")]
     insecure_registries: String,
+    /// Directory of a docker `config.json` whose credentials are used for OCI pulls of plugins
+    /// without an imagePullSecret.
+    #[arg(long, env = "DOCKER_CONFIG")]
+    docker_config: Option<PathBuf>,
     /// Prometheus endpoint (`/metrics`); empty to disable.
     #[arg(long, env = "WASMESH_AGENT_METRICS_ADDR", default_value = "127.0.0.1:15020")]
     metrics_addr: String,
@@ -69,6 +73,7 @@ pub(crate) fn agent(args: AgentArgs) -> anyhow::Result<()> {
     cfg.cache.fetch.http_request_timeout = args.http_request_timeout;
     cfg.cache.fetch.http_max_attempts = args.http_max_retries;
     cfg.cache.fetch.max_module_size = args.max_module_size;
+    cfg.cache.fetch.docker_config = args.docker_config.map(|d| d.join("config.json"));
     cfg.metrics_addr = match args.metrics_addr.trim() {
         "" => None,
         a => Some(a.parse::<SocketAddr>().with_context(|| format!("--metrics-addr {a}"))?),

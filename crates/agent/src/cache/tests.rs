@@ -449,6 +449,17 @@ async fn oversized_and_metadata_urls_are_refused() {
         matches!(err, CacheError::Fetch(FetchError::BlockedAddress { .. })),
         "{err}"
     );
+    let err = cache
+        .get(
+            "oci://169.254.169.254:5000/p/x:v1",
+            &opts("r", "1", PullPolicy::Unspecified),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CacheError::Fetch(FetchError::BlockedAddress { .. })),
+        "{err}"
+    );
 }
 
 #[tokio::test]

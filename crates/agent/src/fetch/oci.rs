@@ -318,6 +318,22 @@ impl OciFetcher {
             reason: format!("{e}"),
         })?;
         let registry = reference.resolve_registry().to_owned();
+        self.check_ssrf(reference.registry(), url).await?;
+        let default_secret;
+        let secret = match (secret, &self.opts.docker_config) {
+            (Some(s), _) => Some(s),
+            (None, Some(path)) => match std::fs::read(path) {
+                Ok(bytes) => {
+                    default_secret = PullSecret(bytes);
+                    Some(&default_secret)
+                }
+                Err(e) => {
+                    tracing::debug!(path = %path.display(), error = %e, "no default docker config; pulling anonymously");
+                    None
+                }
+            },
+            (None, None) => None,
+        };
         let auth = match secret {
             Some(s) => s.auth_for(reference.registry(), url)?,
             None => RegistryAuth::Anonymous,
@@ -431,6 +447,34 @@ impl OciFetcher {
             format,
             digest,
         })
+    }
+
+    /// Refuses registries at link-local, cloud metadata or blocked addresses (Istio's SSRF guard).
+    async fn check_ssrf(&self, registry: &str, url: &str) -> Result<(), FetchError> {
+        let (host, port) = match registry.rsplit_once(':') {
+            Some((h, _)) if !h.ends_with(']') && h.contains(':') => (registry, 443), // bare IPv6
+            Some((h, p)) => (h, p.parse().unwrap_or(443)),
+            None => (registry, 443),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let addrs: Vec<std::net::IpAddr> = match host.parse() {
+            Ok(ip) => vec![ip],
+            Err(_) => match tokio::net::lookup_host((host, port)).await {
+                Ok(a) => a.map(|a| a.ip()).collect(),
+                // Resolution errors surface as transport errors of the pull itself.
+                Err(_) => vec![],
+            },
+        };
+        match addrs
+            .into_iter()
+            .find(|ip| super::ssrf::is_blocked(*ip, &self.opts.blocked_networks))
+        {
+            Some(addr) => Err(FetchError::BlockedAddress {
+                url: url.to_owned(),
+                addr,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Downloads the module layer of a prepared image (verifying its digest) and unpacks it.

@@ -229,6 +229,15 @@ async fn htpasswd_registry_needs_the_pull_secret_and_never_logs_it() -> anyhow::
     let p = cache.get(&url, &o).await?;
     assert_eq!(std::fs::read(p)?, module(4));
     assert!(!format!("{o:?}").contains(registry::PASSWORD));
+    // Without a pull secret, the default docker config (Istio's default keychain) is used.
+    let cfg = dir.path().join("config.json");
+    std::fs::write(&cfg, reg.docker_config(registry::USER, registry::PASSWORD))?;
+    let mut co = CacheOptions::new(dir.path().join("other-cache"));
+    co.fetch.insecure_registries = InsecureRegistries::parse(&reg.host);
+    co.fetch.docker_config = Some(cfg);
+    let cache = ModuleCache::open(co, Arc::new(Metrics::default()))?;
+    let p = cache.get(&url, &opts("r", "1")).await?;
+    assert_eq!(std::fs::read(p)?, module(4));
     Ok(())
 }
 

@@ -272,48 +272,96 @@ async fn a_malformed_ecds_response_is_nacked_to_the_control_plane() -> anyhow::R
 }
 
 #[tokio::test]
-async fn delta_ecds_is_rewritten_and_a_control_plane_failure_closes_the_proxy_stream() -> anyhow::Result<()> {
+async fn delta_ecds_is_rewritten_and_a_control_plane_failure_closes_the_proxy_stream()
+-> anyhow::Result<()> {
     use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
     use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
     init_logs();
-    let reg = Registry::start(Options { tls: false, auth: false }).await?;
+    let reg = Registry::start(Options {
+        tls: false,
+        auth: false,
+    })
+    .await?;
     let digest = reg.push("p/delta", "v1", Format::Cncf, &module(3)).await?;
     let fake = FakeAds::start().await?;
     let lds = listener("l1", 1, "f", "c");
     fake.set(type_url::LISTENER, vec![lds.clone()]);
-    let (name, ecds) = wasm_plugin("delta", &reg.url("p/delta", "v1"), &digest, "{}", FailurePolicy::FailClosed, &[]);
+    let (name, ecds) = wasm_plugin(
+        "delta",
+        &reg.url("p/delta", "v1"),
+        &digest,
+        "{}",
+        FailurePolicy::FailClosed,
+        &[],
+    );
     fake.set(type_url::ECDS, vec![(name.clone(), ecds)]);
     let dir = tempfile::tempdir()?;
     let agent = start_agent(tcp0(), fake.addr(), dir.path(), &reg.host).await?;
 
-    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", agent_addr(&agent))).await?;
+    let mut client =
+        AggregatedDiscoveryServiceClient::connect(format!("http://{}", agent_addr(&agent))).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let mut stream = client.delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
-    tx.send(DeltaDiscoveryRequest { node: Some(crate::util::node()), type_url: type_url::LISTENER.into(), ..Default::default() }).await?;
+    let mut stream = client
+        .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    tx.send(DeltaDiscoveryRequest {
+        node: Some(crate::util::node()),
+        type_url: type_url::LISTENER.into(),
+        ..Default::default()
+    })
+    .await?;
     let l = recv_delta(&mut stream).await?.expect("open");
-    assert_eq!(l.resources[0].resource.as_ref(), Some(&lds.1), "LDS untouched");
-    tx.send(DeltaDiscoveryRequest { type_url: type_url::ECDS.into(), resource_names_subscribe: vec![name.clone()], ..Default::default() }).await?;
+    assert_eq!(
+        l.resources[0].resource.as_ref(),
+        Some(&lds.1),
+        "LDS untouched"
+    );
+    tx.send(DeltaDiscoveryRequest {
+        type_url: type_url::ECDS.into(),
+        resource_names_subscribe: vec![name.clone()],
+        ..Default::default()
+    })
+    .await?;
     let e = recv_delta(&mut stream).await?.expect("open");
     assert_eq!(e.resources.len(), 1);
     assert_eq!(e.resources[0].name, name);
     let (_, seen) = inspect(e.resources[0].resource.as_ref().expect("resource"));
-    let Seen::LocalFile(path) = seen else { panic!("{seen:?}") };
+    let Seen::LocalFile(path) = seen else {
+        panic!("{seen:?}")
+    };
     assert_eq!(std::fs::read(path)?, module(3));
-    tx.send(DeltaDiscoveryRequest { type_url: type_url::ECDS.into(), response_nonce: e.nonce.clone(), ..Default::default() }).await?;
+    tx.send(DeltaDiscoveryRequest {
+        type_url: type_url::ECDS.into(),
+        response_nonce: e.nonce.clone(),
+        ..Default::default()
+    })
+    .await?;
     eventually!(10, "the delta ACK reaches the control plane", async {
-        fake.delta_requests().iter().any(|q| q.response_nonce == e.nonce)
+        fake.delta_requests()
+            .iter()
+            .any(|q| q.response_nonce == e.nonce)
     });
     assert!(fake.delta_requests()[0].node.is_some());
     // The control plane goes away: the proxy's delta stream ends with UNAVAILABLE (it reconnects itself).
     fake.shutdown().await;
-    let err = recv_delta(&mut stream).await.expect_err("stream closed with an error");
+    let err = recv_delta(&mut stream)
+        .await
+        .expect_err("stream closed with an error");
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
     agent.shutdown().await;
     Ok(())
 }
 
 async fn recv_delta(
-    s: &mut tonic::Streaming<envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse>,
-) -> Result<Option<envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse>, tonic::Status> {
-    tokio::time::timeout(std::time::Duration::from_secs(20), s.message()).await.expect("a response within 20s")
+    s: &mut tonic::Streaming<
+        envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse,
+    >,
+) -> Result<
+    Option<envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse>,
+    tonic::Status,
+> {
+    tokio::time::timeout(std::time::Duration::from_secs(20), s.message())
+        .await
+        .expect("a response within 20s")
 }
