@@ -17,5 +17,5 @@ pub mod validate;
 
 pub use config::{Config, Plugin};
 pub use proxy::{Proxy, ProxyKind};
-pub use validate::{ValidationError, parse_file};
 pub use serve::{ControlPlane, Settings};
+pub use validate::{ValidationError, parse_file};

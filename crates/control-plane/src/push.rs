@@ -35,6 +35,10 @@ pub struct Pusher {
     cache: Arc<SnapshotCache>,
     opts: Options,
     proxies: HashMap<String, (Proxy, usize)>,
+    /// The current config.
+    config: Arc<Config>,
+    /// Snapshots generated for `config`, per proxy class.
+    memo: HashMap<ClassKey, Option<Arc<Snapshot>>>,
 }
 
 impl Pusher {
@@ -44,18 +48,21 @@ impl Pusher {
             cache,
             opts,
             proxies: HashMap::new(),
+            config: Arc::new(Config::default()),
+            memo: HashMap::new(),
         }
     }
 
     fn generate_for(
-        &self,
+        cache: &SnapshotCache,
+        opts: &Options,
         config: &Config,
         proxy: &Proxy,
         memo: &mut HashMap<ClassKey, Option<Arc<Snapshot>>>,
     ) {
         let snap = memo
             .entry(class_key(proxy))
-            .or_insert_with(|| match generate(config, proxy, &self.opts) {
+            .or_insert_with(|| match generate(config, proxy, opts) {
                 Ok(s) => Some(Arc::new(s)),
                 Err(e) => {
                     warn!(node = %proxy.id, error = %e, "cannot generate config; the proxy keeps its current config");
@@ -64,27 +71,29 @@ impl Pusher {
             })
             .clone();
         if let Some(snap) = snap {
-            self.cache.set(&proxy.id, snap);
+            cache.set(&proxy.id, snap);
         }
     }
 
-    /// Recomputes every connected proxy for `config`.
-    pub fn push_all(&self, config: &Config) {
+    /// Makes `config` current and recomputes every connected proxy.
+    pub fn push_all(&mut self, config: Arc<Config>) {
         let start = std::time::Instant::now();
         let mut memo = HashMap::new();
         for (proxy, _) in self.proxies.values() {
-            self.generate_for(config, proxy, &mut memo);
+            Self::generate_for(&self.cache, &self.opts, &config, proxy, &mut memo);
         }
+        self.memo = memo;
+        self.config = config;
         info!(
             proxies = self.proxies.len(),
-            classes = memo.len(),
+            classes = self.memo.len(),
             elapsed_ms = start.elapsed().as_millis() as u64,
             "config pushed"
         );
     }
 
     /// Handles one node event.
-    pub fn on_event(&mut self, config: &Config, ev: NodeEvent) {
+    pub fn on_event(&mut self, ev: NodeEvent) {
         match ev {
             NodeEvent::Connected { node, .. } => match Proxy::from_node(&node) {
                 Ok(p) => {
@@ -92,7 +101,7 @@ impl Pusher {
                     let entry = self.proxies.entry(p.id.clone()).or_insert((p.clone(), 0));
                     entry.0 = p.clone();
                     entry.1 += 1;
-                    self.generate_for(config, &p, &mut HashMap::new());
+                    Self::generate_for(&self.cache, &self.opts, &self.config, &p, &mut self.memo);
                 }
                 Err(e) => warn!(node = %node.id, error = %e, "cannot serve this proxy"),
             },
@@ -115,19 +124,20 @@ impl Pusher {
         mut events: mpsc::UnboundedReceiver<NodeEvent>,
         mut configs: watch::Receiver<Arc<Config>>,
     ) {
-        let mut config = configs.borrow_and_update().clone();
+        let initial = configs.borrow_and_update().clone();
+        self.push_all(initial);
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
-                    Some(ev) => self.on_event(&config, ev),
+                    Some(ev) => self.on_event(ev),
                     None => return,
                 },
                 changed = configs.changed() => {
                     if changed.is_err() {
                         return;
                     }
-                    config = configs.borrow_and_update().clone();
-                    self.push_all(&config);
+                    let config = configs.borrow_and_update().clone();
+                    self.push_all(config);
                 }
             }
         }
@@ -166,23 +176,21 @@ mod tests {
         let mut pusher = Pusher::new(cache.clone(), Options::default());
         let a = "router~10.0.0.1~gw.a~a.svc.cluster.local";
         let b = "router~10.0.0.2~gw.b~b.svc.cluster.local";
-        let c1 = config_from_yaml(&[GW, &plugin("a", "p", "1", "")].concat());
+        let c1 = Arc::new(config_from_yaml(&[GW, &plugin("a", "p", "1", "")].concat()));
+        pusher.push_all(c1);
         for id in [a, b] {
             let ns = if id == a { "a" } else { "b" };
-            pusher.on_event(
-                &c1,
-                NodeEvent::Connected {
-                    stream: 1,
-                    node: Box::new(node(id, ns, &[("istio", "gw")])),
-                },
-            );
+            pusher.on_event(NodeEvent::Connected {
+                stream: 1,
+                node: Box::new(node(id, ns, &[("istio", "gw")])),
+            });
         }
         let (la1, ea1) = versions(&cache, a);
         let b1 = cache.get(b).unwrap();
 
         // A plugin config change: ECDS only, for the proxy it selects.
         let c2 = config_from_yaml(&[GW, &plugin("a", "p", "2", "")].concat());
-        pusher.push_all(&c2);
+        pusher.push_all(Arc::new(c2));
         let (la2, ea2) = versions(&cache, a);
         assert_eq!(la1, la2, "LDS must not change on a plugin config edit");
         assert_ne!(ea1, ea2, "ECDS must change");
@@ -202,7 +210,7 @@ mod tests {
             ]
             .concat(),
         );
-        pusher.push_all(&c3);
+        pusher.push_all(Arc::new(c3));
         let (la3, _) = versions(&cache, a);
         assert_ne!(la2, la3);
         assert_eq!(
@@ -211,13 +219,10 @@ mod tests {
         );
 
         // Disconnect forgets the proxy.
-        pusher.on_event(
-            &c3,
-            NodeEvent::Disconnected {
-                stream: 1,
-                node_id: b.into(),
-            },
-        );
+        pusher.on_event(NodeEvent::Disconnected {
+            stream: 1,
+            node_id: b.into(),
+        });
         assert!(cache.get(b).is_none());
     }
 }

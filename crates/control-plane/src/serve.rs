@@ -75,9 +75,17 @@ impl ControlPlane {
         }
         let (cache, events) = SnapshotCache::new();
         let listener = wasmesh_xds::server::bind(settings.xds_addr).await?;
-        let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: settings.xds_addr, source })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: settings.xds_addr,
+            source,
+        })?;
         let (stop, stop_rx) = oneshot::channel::<()>();
-        let pusher = Pusher::new(cache.clone(), Options { root_namespace: settings.root_namespace.clone() });
+        let pusher = Pusher::new(
+            cache.clone(),
+            Options {
+                root_namespace: settings.root_namespace.clone(),
+            },
+        );
         let mut tasks = vec![tokio::spawn(pusher.run(events, configs))];
         let watcher = source.clone();
         let (quiet, max) = (settings.debounce, settings.debounce_max);
@@ -88,11 +96,22 @@ impl ControlPlane {
         }));
         let server = AdsServer::new(cache.clone());
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = server.serve(listener, async { let _ = stop_rx.await; }).await {
+            if let Err(e) = server
+                .serve(listener, async {
+                    let _ = stop_rx.await;
+                })
+                .await
+            {
                 warn!(error = %e, "ADS server stopped");
             }
         }));
-        Ok(Self { addr, source, cache, stop: Some(stop), tasks })
+        Ok(Self {
+            addr,
+            source,
+            cache,
+            stop: Some(stop),
+            tasks,
+        })
     }
 
     /// Waits until the ADS server stops.
