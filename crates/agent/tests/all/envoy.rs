@@ -12,7 +12,7 @@ use wasmesh_agent::ListenAddr;
 use crate::registry::{self, Format, Options, Registry};
 use crate::util::{eventually, free_port, init_logs, listener, start_agent, upstream, wasm_plugin};
 
-struct Envoy {
+pub(crate) struct Envoy {
     child: Child,
     log: PathBuf,
 }
@@ -76,6 +76,11 @@ static_resources:
 "#,
             sock = xds_socket.display()
         );
+        Self::start_with(dir, &bootstrap)
+    }
+
+    /// Starts Envoy with a bootstrap (YAML or JSON).
+    pub(crate) fn start_with(dir: &Path, bootstrap: &str) -> anyhow::Result<Self> {
         let cfg = dir.join("envoy.yaml");
         std::fs::write(&cfg, bootstrap)?;
         let log = dir.join("envoy.log");
@@ -100,7 +105,7 @@ static_resources:
 }
 
 /// (status, value of x-plugin) of a GET through Envoy's listener on `port`; None if not listening yet.
-async fn get(client: &reqwest::Client, port: u16) -> Option<(u16, Option<String>)> {
+pub(crate) async fn get(client: &reqwest::Client, port: u16) -> Option<(u16, Option<String>)> {
     let r = client
         .get(format!("http://127.0.0.1:{port}/"))
         .send()
