@@ -186,6 +186,8 @@ impl DirectorySource {
             dir: self.dir.clone(),
             source,
         })?;
+        // Path order: resources first seen in the same scan get increasing times in this order.
+        files.sort();
         let mut st = self.lock();
         let st = &mut *st;
         let before: Vec<PathBuf> = st.files.keys().cloned().collect();
@@ -328,5 +330,119 @@ impl DirectorySource {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plugin(name: &str, cfg: &str) -> String {
+        format!(
+            "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {{name: {name}, namespace: app}}\nspec:\n  url: oci://r/{name}\n  pluginConfig: {{v: {cfg}}}\n"
+        )
+    }
+
+    fn cfg_of(src: &DirectorySource, name: &str) -> Option<String> {
+        src.config()
+            .plugins
+            .iter()
+            .find(|p| p.meta.name == name)
+            .and_then(|p| p.spec.plugin_config.as_ref())
+            .map(|c| c["v"].to_string())
+    }
+
+    #[test]
+    fn broken_file_keeps_its_last_valid_version_and_does_not_disturb_others() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), plugin("a", "1")).unwrap();
+        std::fs::write(dir.path().join("b.yaml"), plugin("b", "1")).unwrap();
+        let (src, mut rx) = DirectorySource::load(dir.path()).unwrap();
+        rx.borrow_and_update();
+        assert_eq!(cfg_of(&src, "a").as_deref(), Some("1"));
+        let created_a = src
+            .config()
+            .plugins
+            .iter()
+            .find(|p| p.meta.name == "a")
+            .unwrap()
+            .meta
+            .created;
+
+        // Break a.yaml and change b.yaml in the same rescan.
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            plugin("a", "2").replace("url: oci://r/a", "url: ftp://r/a"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("b.yaml"), plugin("b", "2")).unwrap();
+        assert!(src.rescan().unwrap());
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(
+            cfg_of(&src, "a").as_deref(),
+            Some("1"),
+            "last valid a keeps serving"
+        );
+        assert_eq!(cfg_of(&src, "b").as_deref(), Some("2"), "b is applied");
+        let st = src.status();
+        let a = &st.files[&dir.path().join("a.yaml")];
+        assert_eq!(a.serving, 1);
+        assert_eq!(a.errors[0].path, "spec.url");
+        assert!(a.errors[0].file.ends_with("a.yaml"));
+        assert!(st.files[&dir.path().join("b.yaml")].errors.is_empty());
+
+        // Fixing a.yaml applies it and keeps its first-seen creation time (order is stable).
+        std::fs::write(dir.path().join("a.yaml"), plugin("a", "3")).unwrap();
+        assert!(src.rescan().unwrap());
+        assert_eq!(cfg_of(&src, "a").as_deref(), Some("3"));
+        assert_eq!(
+            src.config()
+                .plugins
+                .iter()
+                .find(|p| p.meta.name == "a")
+                .unwrap()
+                .meta
+                .created,
+            created_a
+        );
+        assert!(src.status().errors().next().is_none());
+
+        // Nothing changed: no new config.
+        rx.borrow_and_update();
+        assert!(!src.rescan().unwrap());
+        assert!(!rx.has_changed().unwrap());
+
+        // A duplicate in another file is reported; the first file (by path) wins.
+        std::fs::write(dir.path().join("c.yaml"), plugin("a", "9")).unwrap();
+        src.rescan().unwrap();
+        assert_eq!(cfg_of(&src, "a").as_deref(), Some("3"));
+        assert!(
+            src.status().files[&dir.path().join("c.yaml")].errors[0]
+                .reason
+                .contains("already defined")
+        );
+
+        // Deleting a file removes its resources.
+        std::fs::remove_file(dir.path().join("b.yaml")).unwrap();
+        src.rescan().unwrap();
+        assert!(cfg_of(&src, "b").is_none());
+    }
+
+    #[test]
+    fn validate_path_reports_every_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ok.yaml"), plugin("a", "1")).unwrap();
+        std::fs::write(
+            dir.path().join("bad.yml"),
+            plugin("b", "1").replace("oci://r/b", "''"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+        let r = validate_path(dir.path()).unwrap();
+        assert_eq!(r.len(), 2);
+        assert!(r[&dir.path().join("ok.yaml")].errors.is_empty());
+        let bad = &r[&dir.path().join("bad.yml")].errors;
+        assert_eq!(bad[0].path, "spec.url");
+        assert_eq!(bad[0].resource, "WasmPlugin app/b");
     }
 }
