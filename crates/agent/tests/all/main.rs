@@ -3,6 +3,7 @@
 
 mod control_plane;
 mod envoy;
+mod http;
 mod oci;
 mod proxy;
 mod registry;
