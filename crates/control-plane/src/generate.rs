@@ -117,16 +117,29 @@ pub fn generate_json(config: &Config, proxy: &Proxy, opts: &Options) -> JsonReso
             }
         }
         ProxyKind::Sidecar => {
-            for (port, endpoint) in routing::sidecar_ingress(config, proxy) {
+            let ingress = routing::sidecar_ingress(config, proxy);
+            for (port, endpoint) in &ingress {
+                let port = *port;
                 let info = ListenerInfo {
                     class: ListenerClass::SidecarInbound,
                     port,
                 };
                 listener(&mut out, info, &|http, net| {
-                    routing::inbound_listener(port, &endpoint, http, net)
+                    routing::inbound_listener(port, endpoint, http, net)
                 });
-                let (name, c) = routing::inbound_cluster(port, &endpoint);
+                let (name, c) = routing::inbound_cluster(port, endpoint);
                 out.add(type_url::CLUSTER, name, c);
+            }
+            let inbound_ports = ingress.keys().copied().collect();
+            for (port, routes) in routing::sidecar_outbound(config, &inbound_ports) {
+                let info = ListenerInfo {
+                    class: ListenerClass::SidecarOutbound,
+                    port,
+                };
+                listener(&mut out, info, &|http, net| {
+                    routing::outbound_listener(port, http, net)
+                });
+                out.add(type_url::ROUTE, port.to_string(), routes);
             }
         }
     }

@@ -414,3 +414,68 @@ pub(super) fn service_clusters(config: &Config) -> Vec<(String, Value, Option<Va
     }
     out
 }
+
+/// Whether a VirtualService applies to sidecars (`gateways` empty or containing `mesh`).
+fn applies_to_mesh(gateways: &[String]) -> bool {
+    gateways.is_empty() || gateways.iter().any(|g| g == "mesh")
+}
+
+/// Sidecar outbound HTTP ports (from ServiceEntries) → route configuration JSON (named by port,
+/// as istiod names outbound RDS). Ports used by the proxy's inbound listeners are skipped: without
+/// traffic capture both would bind the same address.
+pub(super) fn sidecar_outbound(config: &Config, inbound: &BTreeSet<u32>) -> BTreeMap<u32, Value> {
+    let mut hosts: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for se in &config.service_entries {
+        for p in &se.spec.ports {
+            let http = p.protocol.as_deref().is_some_and(|pr| {
+                matches!(pr.to_ascii_uppercase().as_str(), "HTTP" | "HTTP2" | "GRPC")
+            });
+            if http && !inbound.contains(&p.number) {
+                hosts
+                    .entry(p.number)
+                    .or_default()
+                    .extend(se.spec.hosts.iter().cloned());
+            }
+        }
+    }
+    hosts
+        .into_iter()
+        .map(|(port, hosts)| {
+            let mut vhosts = Vec::new();
+            for host in hosts {
+                let vs = config
+                    .virtual_services
+                    .iter()
+                    .find(|v| applies_to_mesh(&v.spec.gateways) && v.spec.hosts.contains(&host));
+                let routes: Vec<Value> = match vs {
+                    Some(vs) => vs.spec.http.iter().flat_map(|r| http_routes(config, r)).collect(),
+                    None => vec![json!({"match": {"prefix": "/"}, "route": {"cluster": outbound_cluster(port, &host), "timeout": "0s"}})],
+                };
+                vhosts.push(json!({
+                    "name": format!("{host}:{port}"),
+                    "domains": [host.clone(), format!("{host}:{port}")],
+                    "routes": routes,
+                }));
+            }
+            (port, json!({"name": port.to_string(), "virtual_hosts": vhosts}))
+        })
+        .collect()
+}
+
+/// The sidecar outbound listener of `port`.
+pub(super) fn outbound_listener(
+    port: u32,
+    http: &PhasedPlugins,
+    net: &PhasedPlugins,
+) -> (String, Value) {
+    let name = format!("0.0.0.0_{port}");
+    let routes = json!({"config_source": ads_source(None), "route_config_name": port.to_string()});
+    let l = listener(
+        &name,
+        "0.0.0.0",
+        port,
+        hcm(&format!("outbound_0.0.0.0_{port}"), routes, http),
+        net,
+    );
+    (name, l)
+}

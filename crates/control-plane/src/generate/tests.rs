@@ -306,7 +306,19 @@ fn sidecar_inbound_listener_uses_server_mode() {
             [0]["endpoint"]["address"],
         json!({"socket_address": {"address": "127.0.0.1", "port_value": 8080}})
     );
-    assert_eq!(json.of(type_url::EXTENSION_CONFIG).unwrap().len(), 1);
+    // The CLIENT plugin is on the outbound listeners only; both are served over ECDS.
+    let ecds: Vec<&String> = json
+        .of(type_url::EXTENSION_CONFIG)
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(
+        ecds,
+        [
+            "extensions.istio.io/wasmplugin/app.client",
+            "extensions.istio.io/wasmplugin/app.server"
+        ]
+    );
 }
 
 #[test]
@@ -327,5 +339,41 @@ fn encoded_snapshot_round_trips_through_envoy_json() {
     assert_eq!(
         back["typedConfig"]["config"]["vmConfig"]["runtime"],
         "envoy.wasm.runtime.v8"
+    );
+}
+
+#[test]
+fn sidecar_outbound_listener_uses_client_mode_and_mesh_virtual_services() {
+    let yaml = [
+        ROUTING,
+        "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: mesh-vs, namespace: app}\nspec:\n  hosts: [echo.local]\n  http: [{route: [{destination: {host: echo.local}}], timeout: 2s}]\n",
+        &plugin("client", "url: file:///c.wasm\nmatch: [{mode: CLIENT, ports: [{number: 80}]}]"),
+        &plugin("server", "url: file:///s.wasm\nmatch: [{mode: SERVER}]"),
+    ]
+    .concat();
+    let json = gen_json(&yaml, &sidecar());
+    let listeners = json.of(type_url::LISTENER).unwrap();
+    let names: Vec<&String> = listeners.keys().collect();
+    assert_eq!(names, ["0.0.0.0_443", "0.0.0.0_80", "inbound_0.0.0.0_9080"]);
+    let hcm = &listeners["0.0.0.0_80"]["filter_chains"][0]["filters"][0]["typed_config"];
+    assert_eq!(hcm["rds"]["route_config_name"], "80");
+    assert_eq!(
+        hcm["http_filters"][0]["name"],
+        "extensions.istio.io/wasmplugin/app.client"
+    );
+    let inbound =
+        &listeners["inbound_0.0.0.0_9080"]["filter_chains"][0]["filters"][0]["typed_config"];
+    assert_eq!(
+        inbound["http_filters"][0]["name"],
+        "extensions.istio.io/wasmplugin/app.server"
+    );
+    let rc = &json.of(type_url::ROUTE).unwrap()["80"];
+    assert_eq!(
+        rc["virtual_hosts"][0]["domains"],
+        json!(["echo.local", "echo.local:80"])
+    );
+    assert_eq!(
+        rc["virtual_hosts"][0]["routes"][0]["route"]["timeout"],
+        "2.000s"
     );
 }
