@@ -84,3 +84,185 @@ impl ConfigError {
         }
     }
 }
+
+pub mod bootstrap;
+pub mod check;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cluster::Cluster;
+use crate::filter::{NodeInfo, Registry};
+use crate::listener::ListenerConfig;
+use crate::pb::{self, bootstrap::Bootstrap};
+use crate::stats::Store;
+
+/// What building a config needs besides the bootstrap.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Filter builders by type URL.
+    pub registry: Registry,
+    /// The proxy's metric store (shared across config versions, so counters survive swaps).
+    pub store: Store,
+    /// Number of workers.
+    pub concurrency: usize,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        Self {
+            registry: Registry::with_builtin_filters(),
+            store: Store::new(),
+            concurrency: 1,
+        }
+    }
+}
+
+/// What listener/filter builders see.
+pub(crate) struct BuildEnv<'a> {
+    pub(crate) registry: &'a Registry,
+    pub(crate) store: &'a Store,
+    pub(crate) node: &'a Arc<NodeInfo>,
+    pub(crate) cluster_names: &'a [String],
+    pub(crate) concurrency: usize,
+}
+
+/// The immutable, validated proxy config.
+#[derive(Debug)]
+pub struct ProxyConfig {
+    /// The node.
+    pub node: Arc<NodeInfo>,
+    /// `admin.address`.
+    pub admin: Option<SocketAddr>,
+    /// Listeners, in bootstrap order.
+    pub listeners: Vec<Arc<ListenerConfig>>,
+    /// Clusters by name.
+    pub clusters: HashMap<String, Arc<Cluster>>,
+    /// Cluster names in bootstrap order.
+    pub cluster_order: Vec<String>,
+    /// The bootstrap it was built from (for `/config_dump`).
+    pub bootstrap: Bootstrap,
+}
+
+/// Builds the proxy config from a bootstrap: a pure function of its inputs (besides opening
+/// access log files and reading certificate files).
+pub fn build(bootstrap: &Bootstrap, opts: &BuildOptions) -> Result<ProxyConfig, ConfigError> {
+    check::check_message(bootstrap, "envoy.config.bootstrap.v3.Bootstrap", "")?;
+    let node = Arc::new(match &bootstrap.node {
+        Some(n) => NodeInfo {
+            id: n.id.clone(),
+            cluster: n.cluster.clone(),
+            metadata: n.metadata.clone(),
+        },
+        None => NodeInfo::default(),
+    });
+    let admin = match bootstrap.admin.as_ref().and_then(|a| a.address.as_ref()) {
+        None => None,
+        Some(addr) => {
+            let (host, port) = socket_address(Some(addr), "admin.address")?;
+            let ip: std::net::IpAddr = host
+                .parse()
+                .map_err(|e| ConfigError::invalid("admin.address.socket_address.address", e))?;
+            Some(SocketAddr::new(ip, port))
+        }
+    };
+    let default_sr = pb::bootstrap::bootstrap::StaticResources::default();
+    let sr = bootstrap.static_resources.as_ref().unwrap_or(&default_sr);
+    let mut clusters = HashMap::new();
+    let mut cluster_order = Vec::new();
+    for (i, c) in sr.clusters.iter().enumerate() {
+        let path = format!("static_resources.clusters[{i}]");
+        let built = Cluster::build(c, &path, &opts.store)?;
+        if clusters.insert(c.name.clone(), Arc::new(built)).is_some() {
+            return Err(ConfigError::invalid(
+                format!("{path}.name"),
+                format!("duplicate cluster name {:?}", c.name),
+            ));
+        }
+        cluster_order.push(c.name.clone());
+    }
+    let env = BuildEnv {
+        registry: &opts.registry,
+        store: &opts.store,
+        node: &node,
+        cluster_names: &cluster_order,
+        concurrency: opts.concurrency,
+    };
+    let mut listeners: Vec<Arc<ListenerConfig>> = Vec::new();
+    for (i, l) in sr.listeners.iter().enumerate() {
+        let path = format!("static_resources.listeners[{i}]");
+        let built = crate::listener::build(l, &path, &env)?;
+        if listeners.iter().any(|o| o.name == built.name) {
+            return Err(ConfigError::invalid(
+                format!("{path}.name"),
+                format!("duplicate listener name {:?}", l.name),
+            ));
+        }
+        listeners.push(Arc::new(built));
+    }
+    Ok(ProxyConfig {
+        node,
+        admin,
+        listeners,
+        clusters,
+        cluster_order,
+        bootstrap: bootstrap.clone(),
+    })
+}
+
+/// A proto `Duration` as a std one (negative → zero).
+pub fn duration(d: &pb::Duration) -> Duration {
+    let secs = u64::try_from(d.seconds).unwrap_or(0);
+    let nanos = u32::try_from(d.nanos).unwrap_or(0);
+    Duration::new(secs, nanos)
+}
+
+/// The content of a `DataSource` (file, inline string or bytes) as a string.
+pub fn data_source(ds: &pb::core::DataSource, path: &str) -> Result<String, ConfigError> {
+    use pb::core::data_source::Specifier;
+    match &ds.specifier {
+        Some(Specifier::InlineString(s)) => Ok(s.clone()),
+        Some(Specifier::InlineBytes(b)) => Ok(String::from_utf8_lossy(b).into_owned()),
+        Some(Specifier::Filename(f)) => std::fs::read_to_string(f)
+            .map_err(|e| ConfigError::invalid(format!("{path}.filename"), format!("{f}: {e}"))),
+        _ => Err(ConfigError::unsupported(
+            path,
+            "data source kind (filename, inline_string, inline_bytes are)",
+        )),
+    }
+}
+
+/// `(address, port)` of a TCP `SocketAddress`.
+pub fn socket_address(
+    a: Option<&pb::core::Address>,
+    path: &str,
+) -> Result<(String, u16), ConfigError> {
+    use pb::core::address::Address as A;
+    use pb::core::socket_address::PortSpecifier;
+    let Some(A::SocketAddress(sa)) = a.and_then(|a| a.address.as_ref()) else {
+        return Err(ConfigError::invalid(
+            format!("{path}.socket_address"),
+            "required (pipes and internal addresses are not supported)",
+        ));
+    };
+    if sa.protocol != 0 {
+        return Err(ConfigError::unsupported(
+            format!("{path}.socket_address.protocol"),
+            "only TCP",
+        ));
+    }
+    let port = match sa.port_specifier {
+        Some(PortSpecifier::PortValue(p)) => u16::try_from(p).map_err(|_| {
+            ConfigError::invalid(format!("{path}.socket_address.port_value"), "out of range")
+        })?,
+        _ => {
+            return Err(ConfigError::invalid(
+                format!("{path}.socket_address.port_value"),
+                "required",
+            ));
+        }
+    };
+    Ok((sa.address.clone(), port))
+}

@@ -8,12 +8,26 @@
 //! serves Envoy's `/stats`, `/stats/prometheus`, `/ready`, `/config_dump`, `/clusters`,
 //! `/listeners` and `/quitquitquit`.
 
+pub mod access_log;
+mod admin;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod filter;
+mod hcm;
+pub mod listener;
 pub mod network_filter;
 pub mod pb;
 pub mod rbac;
 pub mod response_flags;
+pub mod route;
+mod server;
 pub mod stats;
+mod tcp;
+pub mod tls;
+pub mod upstream;
 pub mod wasm_filter;
+mod worker;
+
+pub use config::{BuildOptions, ConfigError, ProxyConfig};
+pub use server::{ProxyOptions, RunningProxy, StartError, start, start_with};

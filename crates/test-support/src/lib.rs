@@ -2,3 +2,4 @@
 
 pub mod echo;
 pub mod fake_ads;
+pub mod proxy_peers;

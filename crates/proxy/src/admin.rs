@@ -1,0 +1,215 @@
+//! The admin server: Envoy's `/ready`, `/stats`, `/stats/prometheus`, `/config_dump`,
+//! `/clusters`, `/listeners`, `/quitquitquit`.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use prost::Message;
+use tokio::net::TcpListener;
+
+use crate::config::ProxyConfig;
+use crate::stats::Store;
+
+/// What the admin handlers read.
+#[derive(Clone)]
+pub(crate) struct AdminState {
+    pub(crate) config: Arc<ArcSwap<ProxyConfig>>,
+    pub(crate) store: Store,
+    pub(crate) listeners: Arc<Vec<(Arc<str>, std::net::SocketAddr)>>,
+    pub(crate) quit: Arc<tokio::sync::Notify>,
+    pub(crate) ready: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Serves the admin API on `listener` until the task is dropped.
+pub(crate) async fn serve(listener: TcpListener, state: AdminState) {
+    loop {
+        let Ok((sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let st = state.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let st = st.clone();
+                async move { Ok::<_, Infallible>(handle(&st, req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(sock), svc)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, ct: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = ct.parse() {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn handle(st: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let query = req.uri().query().unwrap_or("");
+    const PLAIN: &str = "text/plain; charset=UTF-8";
+    match path {
+        "/ready" => {
+            if st.ready.load(Ordering::Relaxed) {
+                text(StatusCode::OK, PLAIN, "LIVE\n".into())
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    PLAIN,
+                    "PRE_INITIALIZING\n".into(),
+                )
+            }
+        }
+        "/stats/prometheus" => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            st.store.render_prometheus(),
+        ),
+        "/stats" if query.contains("format=prometheus") => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            st.store.render_prometheus(),
+        ),
+        "/stats" => text(StatusCode::OK, PLAIN, st.store.render_text()),
+        "/config_dump" => text(
+            StatusCode::OK,
+            "application/json",
+            config_dump(&st.config.load()),
+        ),
+        "/clusters" => text(StatusCode::OK, PLAIN, clusters(&st.config.load())),
+        "/listeners" => {
+            let mut out = String::new();
+            for (name, addr) in st.listeners.iter() {
+                let _ = writeln!(out, "{name}::{addr}");
+            }
+            text(StatusCode::OK, PLAIN, out)
+        }
+        "/quitquitquit" => {
+            if req.method() != Method::POST {
+                return text(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    PLAIN,
+                    "This endpoint requires POST\n".into(),
+                );
+            }
+            st.quit.notify_waiters();
+            st.quit.notify_one();
+            text(StatusCode::OK, PLAIN, "OK\n".into())
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            PLAIN,
+            format!("invalid path: {path}\n"),
+        ),
+    }
+}
+
+fn clusters(cfg: &ProxyConfig) -> String {
+    let mut out = String::new();
+    for name in &cfg.cluster_order {
+        let Some(c) = cfg.clusters.get(name) else {
+            continue;
+        };
+        let _ = writeln!(out, "{name}::observability_name::{name}");
+        for h in c.hosts().iter() {
+            let a = h.addr;
+            let _ = writeln!(
+                out,
+                "{name}::{a}::cx_connect_fail::{}",
+                h.cx_connect_fail.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "{name}::{a}::rq_active::{}",
+                h.active_rq.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "{name}::{a}::rq_total::{}",
+                h.rq_total.load(Ordering::Relaxed)
+            );
+            let flags = if h.healthy() {
+                "healthy"
+            } else {
+                "/failed_outlier_check"
+            };
+            let _ = writeln!(out, "{name}::{a}::health_flags::{flags}");
+            let _ = writeln!(out, "{name}::{a}::weight::1");
+        }
+    }
+    out
+}
+
+fn any_json(type_name: &str, bytes: &[u8]) -> serde_json::Value {
+    let mut v =
+        wasmesh_xds::descriptors::to_json(type_name, bytes).unwrap_or(serde_json::Value::Null);
+    if let serde_json::Value::Object(m) = &mut v {
+        m.insert(
+            "@type".into(),
+            format!("type.googleapis.com/{type_name}").into(),
+        );
+    }
+    v
+}
+
+/// Envoy's `/config_dump` shape: bootstrap, clusters, listeners, routes.
+pub(crate) fn config_dump(cfg: &ProxyConfig) -> String {
+    use serde_json::json;
+    let b = &cfg.bootstrap;
+    let sr = b.static_resources.clone().unwrap_or_default();
+    let clusters: Vec<_> = sr
+        .clusters
+        .iter()
+        .map(
+            |c| json!({"cluster": any_json("envoy.config.cluster.v3.Cluster", &c.encode_to_vec())}),
+        )
+        .collect();
+    let listeners: Vec<_> = sr
+        .listeners
+        .iter()
+        .map(|l| json!({"listener": any_json("envoy.config.listener.v3.Listener", &l.encode_to_vec())}))
+        .collect();
+    let routes: Vec<_> = cfg
+        .listeners
+        .iter()
+        .filter_map(|l| match &l.terminal {
+            crate::listener::Terminal::Http(h) => {
+                Some(json!({"route_config": {"name": h.routes.name}}))
+            }
+            crate::listener::Terminal::Tcp(_) => None,
+        })
+        .collect();
+    let dump = json!({
+        "configs": [
+            {
+                "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
+                "bootstrap": crate::config::bootstrap::to_json(b),
+            },
+            {
+                "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
+                "static_clusters": clusters,
+            },
+            {
+                "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
+                "static_listeners": listeners,
+            },
+            {
+                "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
+                "static_route_configs": routes,
+            },
+        ]
+    });
+    serde_json::to_string_pretty(&dump).unwrap_or_default()
+}

@@ -1,0 +1,385 @@
+//! Upstream clusters: endpoints (STATIC, STRICT_DNS), load balancing (round robin, least
+//! request), upstream protocol and TLS, and passive host health (a host that refuses a
+//! connection is skipped for a while, with Envoy's panic threshold: when fewer than half the
+//! hosts are healthy, all are used).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use prost::Message;
+use rustls::pki_types::ServerName;
+
+use crate::config::{ConfigError, duration, socket_address};
+use crate::pb::{cluster as pbc, core, tls as pbtls, upstream_http};
+use crate::stats::{ClusterStats, Store};
+
+const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+/// How long a host that failed to connect is skipped.
+const FAILED_HOST_BACKOFF: Duration = Duration::from_secs(5);
+
+/// HTTP version spoken to the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (Envoy's default).
+    Http1,
+    /// HTTP/2 (prior knowledge, or ALPN `h2` over TLS).
+    Http2,
+}
+
+/// Load balancing policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    /// `ROUND_ROBIN`.
+    RoundRobin,
+    /// `LEAST_REQUEST` (power of two choices).
+    LeastRequest,
+}
+
+/// How endpoints are found.
+#[derive(Debug, Clone)]
+pub enum Discovery {
+    /// `STATIC`: IP addresses.
+    Static(Vec<SocketAddr>),
+    /// `STRICT_DNS`: names resolved at start and every `refresh`.
+    StrictDns {
+        /// (hostname, port) pairs.
+        names: Vec<(String, u16)>,
+        /// `dns_refresh_rate` (default 5 s).
+        refresh: Duration,
+    },
+}
+
+/// Upstream TLS.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// rustls client config (ALPN included).
+    pub config: Arc<rustls::ClientConfig>,
+    /// `sni`, if set.
+    pub sni: Option<ServerName<'static>>,
+}
+
+/// One upstream host.
+#[derive(Debug)]
+pub struct Host {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Requests in flight (for least request and `/clusters`).
+    pub active_rq: AtomicU64,
+    /// Requests sent.
+    pub rq_total: AtomicU64,
+    /// Connection failures.
+    pub cx_connect_fail: AtomicU64,
+    failed_at: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Host {
+    fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            active_rq: AtomicU64::new(0),
+            rq_total: AtomicU64::new(0),
+            cx_connect_fail: AtomicU64::new(0),
+            failed_at: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Whether the host is considered healthy (no recent connect failure).
+    pub fn healthy(&self) -> bool {
+        match self.failed_at.lock() {
+            Ok(g) => g.is_none_or(|t| t.elapsed() >= FAILED_HOST_BACKOFF),
+            Err(_) => true,
+        }
+    }
+
+    /// Records a connect failure.
+    pub fn connect_failed(&self) {
+        self.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut g) = self.failed_at.lock() {
+            *g = Some(Instant::now());
+        }
+    }
+
+    /// Records a successful connection.
+    pub fn connected(&self) {
+        if let Ok(mut g) = self.failed_at.lock()
+            && g.is_some()
+        {
+            *g = None;
+        }
+    }
+}
+
+/// A built cluster with its live host set.
+#[derive(Debug)]
+pub struct Cluster {
+    /// `name`.
+    pub name: String,
+    /// Endpoint discovery.
+    pub discovery: Discovery,
+    /// `connect_timeout` (default 5 s).
+    pub connect_timeout: Duration,
+    /// `lb_policy`.
+    pub lb: LbPolicy,
+    /// Upstream HTTP version.
+    pub protocol: UpstreamProtocol,
+    /// Upstream TLS, if any.
+    pub tls: Option<UpstreamTls>,
+    /// `cluster.<name>.*` counters.
+    pub stats: ClusterStats,
+    hosts: ArcSwap<Vec<Arc<Host>>>,
+    rr: AtomicUsize,
+}
+
+impl Cluster {
+    /// The current hosts.
+    pub fn hosts(&self) -> Arc<Vec<Arc<Host>>> {
+        self.hosts.load_full()
+    }
+
+    /// Replaces the hosts (DNS refresh), keeping the state of hosts that stay.
+    pub fn set_addresses(&self, addrs: &[SocketAddr]) {
+        let old = self.hosts.load();
+        let new: Vec<Arc<Host>> = addrs
+            .iter()
+            .map(|a| {
+                old.iter()
+                    .find(|h| h.addr == *a)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Host::new(*a)))
+            })
+            .collect();
+        self.stats
+            .membership_total
+            .set(i64::try_from(new.len()).unwrap_or(i64::MAX));
+        self.stats
+            .membership_healthy
+            .set(i64::try_from(new.len()).unwrap_or(i64::MAX));
+        self.hosts.store(Arc::new(new));
+    }
+
+    /// Picks a host, or `None` if the cluster has none.
+    pub fn pick(&self, rand: u32) -> Option<Arc<Host>> {
+        let hosts = self.hosts.load();
+        if hosts.is_empty() {
+            return None;
+        }
+        let healthy: Vec<&Arc<Host>> = hosts.iter().filter(|h| h.healthy()).collect();
+        // Envoy's default panic threshold is 50%: below it, balance over every host.
+        let pool: Vec<&Arc<Host>> = if healthy.len() * 2 < hosts.len() || healthy.is_empty() {
+            hosts.iter().collect()
+        } else {
+            healthy
+        };
+        let n = pool.len();
+        let host = match self.lb {
+            LbPolicy::RoundRobin => pool.get(self.rr.fetch_add(1, Ordering::Relaxed) % n),
+            LbPolicy::LeastRequest => {
+                let a = pool.get(rand as usize % n);
+                let b = pool.get((rand >> 16) as usize % n);
+                match (a, b) {
+                    (Some(a), Some(b)) => {
+                        if b.active_rq.load(Ordering::Relaxed) < a.active_rq.load(Ordering::Relaxed)
+                        {
+                            Some(b)
+                        } else {
+                            Some(a)
+                        }
+                    }
+                    (a, b) => a.or(b),
+                }
+            }
+        };
+        host.map(|h| Arc::clone(h))
+    }
+
+    /// Builds a cluster from `c` at `path`.
+    pub fn build(c: &pbc::Cluster, path: &str, store: &Store) -> Result<Self, ConfigError> {
+        use pbc::cluster::ClusterDiscoveryType as CDT;
+        use pbc::cluster::DiscoveryType as DT;
+        if c.name.is_empty() {
+            return Err(ConfigError::invalid(format!("{path}.name"), "required"));
+        }
+        let kind = match &c.cluster_discovery_type {
+            None => DT::Static,
+            Some(CDT::Type(t)) => DT::try_from(*t).unwrap_or(DT::Eds),
+            Some(CDT::ClusterType(_)) => {
+                return Err(ConfigError::unsupported(
+                    format!("{path}.cluster_type"),
+                    "custom cluster types",
+                ));
+            }
+        };
+        let mut endpoints = Vec::new();
+        if let Some(la) = &c.load_assignment {
+            for (li, l) in la.endpoints.iter().enumerate() {
+                for (ei, e) in l.lb_endpoints.iter().enumerate() {
+                    let epath = format!(
+                        "{path}.load_assignment.endpoints[{li}].lb_endpoints[{ei}].endpoint"
+                    );
+                    let ep = match &e.host_identifier {
+                        Some(crate::pb::endpoint::lb_endpoint::HostIdentifier::Endpoint(ep)) => ep,
+                        _ => return Err(ConfigError::invalid(&epath, "endpoint is required")),
+                    };
+                    let (host, port) =
+                        socket_address(ep.address.as_ref(), &format!("{epath}.address"))?;
+                    endpoints.push((host, port, epath));
+                }
+            }
+        }
+        let discovery = match kind {
+            DT::Static => {
+                let mut addrs = Vec::new();
+                for (host, port, epath) in &endpoints {
+                    let ip: std::net::IpAddr = host.parse().map_err(|_| {
+                        ConfigError::invalid(
+                            format!("{epath}.address.socket_address.address"),
+                            format!("{host:?} is not an IP address (STATIC clusters need IPs; use STRICT_DNS)"),
+                        )
+                    })?;
+                    addrs.push(SocketAddr::new(ip, *port));
+                }
+                Discovery::Static(addrs)
+            }
+            DT::StrictDns => {
+                #[allow(
+                    deprecated,
+                    reason = "dns_refresh_rate is still the common way to set it"
+                )]
+                let refresh = c
+                    .dns_refresh_rate
+                    .as_ref()
+                    .map(duration)
+                    .unwrap_or(Duration::from_secs(5));
+                Discovery::StrictDns {
+                    names: endpoints.iter().map(|(h, p, _)| (h.clone(), *p)).collect(),
+                    refresh,
+                }
+            }
+            other => {
+                return Err(ConfigError::unsupported(
+                    format!("{path}.type"),
+                    format!("cluster type {other:?} (STATIC and STRICT_DNS are)"),
+                ));
+            }
+        };
+        let lb = match pbc::cluster::LbPolicy::try_from(c.lb_policy) {
+            Ok(pbc::cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
+            Ok(pbc::cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
+            _ => {
+                return Err(ConfigError::unsupported(
+                    format!("{path}.lb_policy"),
+                    "only ROUND_ROBIN and LEAST_REQUEST",
+                ));
+            }
+        };
+        #[allow(
+            deprecated,
+            reason = "http2_protocol_options on the cluster is still common in configs"
+        )]
+        let mut protocol = if c.http2_protocol_options.is_some() {
+            UpstreamProtocol::Http2
+        } else {
+            UpstreamProtocol::Http1
+        };
+        for (key, any) in &c.typed_extension_protocol_options {
+            let opath = format!("{path}.typed_extension_protocol_options[{key:?}]");
+            if !any.type_url.ends_with(HTTP_PROTOCOL_OPTIONS) {
+                return Err(ConfigError::unsupported(
+                    &opath,
+                    format!("protocol options type {:?}", any.type_url),
+                ));
+            }
+            crate::config::check::check_any(any, &opath)?;
+            let opts = upstream_http::HttpProtocolOptions::decode(any.value.as_slice())
+                .map_err(|e| ConfigError::invalid(&opath, e))?;
+            use upstream_http::http_protocol_options::UpstreamProtocolOptions as U;
+            use upstream_http::http_protocol_options::explicit_http_config::ProtocolConfig as P;
+            protocol = match opts.upstream_protocol_options {
+                Some(U::ExplicitHttpConfig(e)) => match e.protocol_config {
+                    Some(P::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
+                    Some(P::HttpProtocolOptions(_)) | None => UpstreamProtocol::Http1,
+                    Some(P::Http3ProtocolOptions(_)) => {
+                        return Err(ConfigError::unsupported(opath, "HTTP/3 upstreams"));
+                    }
+                },
+                _ => return Err(ConfigError::unsupported(opath, "only explicit_http_config")),
+            };
+        }
+        let tls = match &c.transport_socket {
+            None => None,
+            Some(ts) => Some(upstream_tls(ts, &format!("{path}.transport_socket"))?),
+        };
+        let stats = ClusterStats::new(store, &c.name);
+        let cluster = Cluster {
+            name: c.name.clone(),
+            discovery: discovery.clone(),
+            connect_timeout: c
+                .connect_timeout
+                .as_ref()
+                .map(duration)
+                .unwrap_or(Duration::from_secs(5)),
+            lb,
+            protocol,
+            tls,
+            stats,
+            hosts: ArcSwap::from_pointee(Vec::new()),
+            rr: AtomicUsize::new(0),
+        };
+        if let Discovery::Static(addrs) = &discovery {
+            cluster.set_addresses(addrs);
+        }
+        Ok(cluster)
+    }
+
+    /// Resolves STRICT_DNS names once and installs the result (no-op for STATIC). Keeps the old
+    /// hosts if resolution fails.
+    pub async fn resolve(&self) {
+        let Discovery::StrictDns { names, .. } = &self.discovery else {
+            return;
+        };
+        let mut addrs = Vec::new();
+        for (host, port) in names {
+            match tokio::net::lookup_host((host.as_str(), *port)).await {
+                Ok(it) => {
+                    // Envoy's default (AUTO/V4_PREFERRED in practice for localhost): prefer IPv4.
+                    let all: Vec<SocketAddr> = it.collect();
+                    let v4: Vec<SocketAddr> =
+                        all.iter().copied().filter(SocketAddr::is_ipv4).collect();
+                    addrs.extend(if v4.is_empty() { all } else { v4 });
+                }
+                Err(e) => {
+                    tracing::warn!(cluster = %self.name, host = %host, error = %e, "DNS resolution failed")
+                }
+            }
+        }
+        addrs.dedup();
+        if !addrs.is_empty() || self.hosts.load().is_empty() {
+            self.set_addresses(&addrs);
+        }
+    }
+}
+
+fn upstream_tls(ts: &core::TransportSocket, path: &str) -> Result<UpstreamTls, ConfigError> {
+    use core::transport_socket::ConfigType;
+    let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
+        return Err(ConfigError::invalid(
+            format!("{path}.typed_config"),
+            "required",
+        ));
+    };
+    let tpath = format!("{path}.typed_config");
+    if any.type_url != crate::tls::UPSTREAM_TLS_TYPE_URL {
+        return Err(ConfigError::unsupported(
+            &tpath,
+            format!("transport socket {:?}", any.type_url),
+        ));
+    }
+    crate::config::check::check_any(any, &tpath)?;
+    let ctx = pbtls::UpstreamTlsContext::decode(any.value.as_slice())
+        .map_err(|e| ConfigError::invalid(&tpath, e))?;
+    let (config, sni) = crate::tls::client_config(&ctx, &tpath)?;
+    Ok(UpstreamTls { config, sni })
+}

@@ -1,0 +1,447 @@
+//! The HTTP connection manager: one hyper server connection per downstream connection (HTTP/1.1
+//! with keep-alive and pipelining, h2 prior knowledge, ALPN under TLS), and per stream the
+//! filter chain, routing, the router's upstream request and the response back through the
+//! filters, then access logs, `on_log` and stats.
+
+mod chain;
+mod router;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, SERVER};
+use http::{HeaderValue, Request, Response};
+use http_body::{Body as _, Frame};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::access_log::RequestSummary;
+use crate::filter::{FilterCx, HttpFilter, LocalReply, StreamInfo};
+use crate::listener::{Codec, HcmConfig};
+use crate::upstream::{Body, BoxError, LocalExec};
+use crate::worker::Worker;
+
+pub(crate) use chain::Stream;
+
+/// One downstream connection as the connection manager sees it.
+pub(crate) struct Conn {
+    pub(crate) hcm: Arc<HcmConfig>,
+    pub(crate) worker: Rc<Worker>,
+    pub(crate) listener: Arc<str>,
+    pub(crate) local: SocketAddr,
+    pub(crate) remote: SocketAddr,
+    pub(crate) tls: bool,
+    pub(crate) sni: Option<String>,
+}
+
+/// A downstream connection: plain TCP or TLS.
+pub(crate) enum ServerIo {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl AsyncRead for ServerIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ServerIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ServerIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ServerIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ServerIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ServerIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ServerIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ServerIo::Plain(s) => s.is_write_vectored(),
+            ServerIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// Serves one connection until it closes or the drain signal fires (then gracefully).
+pub(crate) async fn serve<IO>(
+    io: IO,
+    conn: Rc<Conn>,
+    alpn_h2: Option<bool>,
+    mut drain: tokio::sync::watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let stats = conn.hcm.stats.clone();
+    stats.cx_total.inc();
+    stats.cx_active.inc();
+    let codec = conn.hcm.codec;
+    let svc_conn = Rc::clone(&conn);
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let c = Rc::clone(&svc_conn);
+        async move { Ok::<_, Infallible>(handle(c, req).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(LocalExec);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .max_buf_size(64 * 1024)
+        .preserve_header_case(false);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(64 * 1024)
+        .max_concurrent_streams(1024);
+    let builder = match (codec, alpn_h2) {
+        (Codec::Http1, _) | (Codec::Auto, Some(false)) => builder.http1_only(),
+        (Codec::Http2, _) | (Codec::Auto, Some(true)) => builder.http2_only(),
+        (Codec::Auto, None) => builder,
+    };
+    let fut = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(fut);
+    let mut draining = *drain.borrow();
+    if draining {
+        fut.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            r = fut.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "downstream connection error");
+                }
+                break;
+            }
+            changed = drain.changed(), if !draining => {
+                if changed.is_err() || *drain.borrow() {
+                    draining = true;
+                    fut.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+    stats.cx_active.dec();
+}
+
+/// Adds or keeps `x-request-id` like Envoy's HCM.
+fn request_id(hcm: &HcmConfig, headers: &mut http::HeaderMap) -> Option<String> {
+    let existing = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    // Envoy treats requests as internal unless use_remote_address says the peer is external,
+    // and keeps an internal request's id.
+    let keep = existing.is_some() && (!hcm.use_remote_address || hcm.preserve_external_request_id);
+    if keep {
+        return existing;
+    }
+    if !hcm.generate_request_id {
+        return existing;
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        headers.insert("x-request-id", v);
+    }
+    Some(id)
+}
+
+async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Response<Body> {
+    let hcm = Arc::clone(&conn.hcm);
+    hcm.stats.rq_total.inc();
+    hcm.stats.rq_active.inc();
+    if req.version() == http::Version::HTTP_2 {
+        hcm.stats.rq_http2_total.inc();
+    } else {
+        hcm.stats.rq_http1_total.inc();
+    }
+    let (mut parts, body) = req.into_parts();
+    let node = Arc::clone(&conn.worker.config.load().node);
+    let mut info = StreamInfo::new(
+        Arc::clone(&conn.listener),
+        conn.local,
+        conn.remote,
+        parts.version,
+        node,
+    );
+    info.downstream_tls = conn.tls;
+    info.requested_server_name = conn.sni.clone();
+    if !parts.headers.contains_key(HOST)
+        && let Some(a) = parts.uri.authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(HOST, v);
+    }
+    info.request_id = request_id(&hcm, &mut parts.headers);
+    if hcm.use_remote_address {
+        let ip = conn.remote.ip().to_string();
+        let xff = match parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) => format!("{prev},{ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            parts.headers.insert("x-forwarded-for", v);
+        }
+    }
+    if hcm.use_remote_address || !parts.headers.contains_key("x-forwarded-proto") {
+        parts.headers.insert(
+            "x-forwarded-proto",
+            HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+        );
+    }
+    let filters: Vec<Box<dyn HttpFilter>> = hcm
+        .filters
+        .iter()
+        .map(|f| f.config.create_filter(&conn.worker.ctx))
+        .collect();
+    let stream = Rc::new(tokio::sync::Mutex::new(Stream {
+        cx: FilterCx::new(info, conn.worker.ctx.clone()),
+        filters,
+    }));
+    let start = Instant::now();
+    let fin = Finisher::new(Rc::clone(&conn), Rc::clone(&stream), start);
+    router::run(conn, stream, parts, body, fin).await
+}
+
+/// Captures what the default access log format prints from the request headers.
+pub(crate) fn summarize(parts: &http::request::Parts) -> RequestSummary {
+    let h = |n: &str| {
+        parts
+            .headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    RequestSummary {
+        method: Some(parts.method.as_str().to_string()),
+        path: parts.uri.path_and_query().map(|p| p.as_str().to_string()),
+        original_path: h("x-envoy-original-path"),
+        forwarded_for: h("x-forwarded-for"),
+        user_agent: h("user-agent"),
+        authority: h("host").or_else(|| parts.uri.authority().map(|a| a.to_string())),
+    }
+}
+
+/// Builds the response parts of a local reply (before the response filters).
+pub(crate) fn local_reply_parts(reply: &LocalReply) -> http::response::Parts {
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts.status = reply.status;
+    parts.headers = reply.headers.clone();
+    if !reply.body.is_empty() && !parts.headers.contains_key(CONTENT_TYPE) {
+        parts
+            .headers
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    parts
+        .headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(reply.body.len()));
+    parts
+}
+
+/// Final touches on the response headers after the filters (Envoy's HCM `encodeHeaders`).
+pub(crate) fn finalize_response_headers(
+    hcm: &HcmConfig,
+    parts: &mut http::response::Parts,
+    request_id: Option<&str>,
+) {
+    parts.headers.insert(SERVER, hcm.server_name.clone());
+    for h in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        parts.headers.remove(h);
+    }
+    if hcm.always_set_request_id_in_response
+        && let Some(id) = request_id
+        && let Ok(v) = HeaderValue::from_str(id)
+    {
+        parts.headers.insert("x-request-id", v);
+    }
+}
+
+/// End-of-stream bookkeeping: runs once, when the downstream response body ends or is dropped.
+pub(crate) struct Finisher {
+    conn: Rc<Conn>,
+    stream: Rc<tokio::sync::Mutex<Stream>>,
+    start: Instant,
+    pub(crate) summary: RequestSummary,
+    pub(crate) bytes_received: Rc<std::cell::Cell<u64>>,
+    pub(crate) upstream: Option<(Arc<crate::cluster::Cluster>, Arc<crate::cluster::Host>)>,
+}
+
+impl Finisher {
+    fn new(conn: Rc<Conn>, stream: Rc<tokio::sync::Mutex<Stream>>, start: Instant) -> Self {
+        Self {
+            conn,
+            stream,
+            start,
+            summary: RequestSummary::default(),
+            bytes_received: Rc::default(),
+            upstream: None,
+        }
+    }
+
+    fn finish(self, bytes_sent: u64, complete: bool) {
+        let run = move |st: &mut Stream, this: &Finisher| {
+            let hcm = &this.conn.hcm;
+            let info = st.cx.stream_info_mut();
+            info.bytes_sent = bytes_sent;
+            info.bytes_received = this.bytes_received.get();
+            info.duration = Some(this.start.elapsed());
+            if !complete {
+                info.response_flags.insert(
+                    crate::response_flags::ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
+                );
+                hcm.stats.rq_rx_reset.inc();
+            }
+            let code = info.response_code.unwrap_or(0);
+            hcm.stats.record_status(code);
+            hcm.stats.rq_active.dec();
+            if let Some((cluster, host)) = &this.upstream {
+                host.active_rq
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = cluster;
+            }
+            let Stream { cx, filters } = st;
+            let info = cx.stream_info();
+            for f in filters.iter_mut() {
+                f.on_log(info);
+            }
+            if !hcm.access_logs.is_empty() {
+                let line = crate::access_log::default_format(info, &this.summary);
+                for log in &hcm.access_logs {
+                    log.write(&line);
+                }
+            }
+        };
+        let stream = Rc::clone(&self.stream);
+        if let Ok(mut guard) = stream.try_lock() {
+            run(&mut guard, &self);
+            return;
+        }
+        tokio::task::spawn_local(async move {
+            let mut guard = stream.lock().await;
+            run(&mut guard, &self);
+        });
+    }
+}
+
+/// The downstream response body: counts bytes and runs the [`Finisher`] at the end.
+pub(crate) struct FinalBody {
+    inner: Body,
+    sent: u64,
+    fin: Option<Finisher>,
+}
+
+impl FinalBody {
+    pub(crate) fn new(inner: Body, fin: Finisher) -> Self {
+        Self {
+            inner,
+            sent: 0,
+            fin: Some(fin),
+        }
+    }
+}
+
+impl http_body::Body for FinalBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    this.sent += d.len() as u64;
+                }
+                if this.inner.is_end_stream()
+                    && let Some(fin) = this.fin.take()
+                {
+                    fin.finish(this.sent, true);
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(fin) = this.fin.take() {
+                    fin.finish(this.sent, true);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(fin) = this.fin.take() {
+                    fin.finish(this.sent, false);
+                }
+            }
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for FinalBody {
+    fn drop(&mut self) {
+        if let Some(fin) = self.fin.take() {
+            let complete = self.inner.is_end_stream();
+            fin.finish(self.sent, complete);
+        }
+    }
+}
+
+/// A body of one chunk.
+pub(crate) fn full(b: Bytes) -> Body {
+    Box::pin(http_body_util::Full::new(b).map_err(|e: Infallible| -> BoxError { match e {} }))
+}

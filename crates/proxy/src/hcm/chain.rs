@@ -1,0 +1,377 @@
+//! Driving the filter chain: header, body and trailer hooks over a range of filters in one
+//! direction (request: filter order; response: reverse order), per-filter buffering for
+//! `StopIterationAndBuffer`, and the body pump that streams the rest of a body through the
+//! chain into a bounded channel (backpressure: the pump waits while the channel is full).
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use http_body::Frame;
+use http_body_util::BodyExt;
+use tokio::sync::mpsc;
+
+use crate::filter::{DataStatus, FilterCx, HeadersStatus, HttpFilter, LocalReply, TrailersStatus};
+use crate::upstream::{Body, BoxError};
+
+/// The per-stream filter state.
+pub(crate) struct Stream {
+    pub(crate) cx: FilterCx,
+    pub(crate) filters: Vec<Box<dyn HttpFilter>>,
+}
+
+/// Which way data flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dir {
+    Request,
+    Response,
+}
+
+/// Headers of either direction.
+pub(crate) enum Hdrs<'a> {
+    Req(&'a mut http::request::Parts),
+    Resp(&'a mut http::response::Parts),
+}
+
+/// Result of running header hooks.
+pub(crate) enum Flow {
+    /// Every filter in range continued.
+    Done,
+    /// The filter at this position stopped iteration.
+    Stopped(usize),
+    /// A filter at this position asked for a local reply.
+    Reply(LocalReply, usize),
+}
+
+/// Result of running a frame through hooks.
+pub(crate) enum FrameFlow {
+    /// Frames that came out past the end of the range.
+    Out(Vec<Frame<Bytes>>),
+    /// A filter asked for a local reply.
+    Reply(LocalReply),
+    /// A filter buffer went over the limit.
+    TooLarge,
+}
+
+/// A chain direction: the filter order and the per-position buffers.
+pub(crate) struct Pass {
+    pub(crate) dir: Dir,
+    pub(crate) order: Vec<usize>,
+    bufs: Vec<Option<BytesMut>>,
+    limit: usize,
+}
+
+impl Pass {
+    pub(crate) fn new(dir: Dir, order: Vec<usize>, limit: usize) -> Self {
+        let bufs = order.iter().map(|_| None).collect();
+        Self {
+            dir,
+            order,
+            bufs,
+            limit,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.order.len()
+    }
+}
+
+/// Runs header hooks for positions `from..` of `pass`.
+pub(crate) async fn headers(
+    st: &mut Stream,
+    pass: &Pass,
+    from: usize,
+    h: &mut Hdrs<'_>,
+    end: bool,
+) -> Flow {
+    let Stream { cx, filters } = st;
+    for pos in from..pass.len() {
+        let Some(f) = pass.order.get(pos).and_then(|i| filters.get_mut(*i)) else {
+            continue;
+        };
+        let status = match h {
+            Hdrs::Req(p) => f.on_request_headers(cx, p, end).await,
+            Hdrs::Resp(p) => f.on_response_headers(cx, p, end).await,
+        };
+        if let Some(r) = cx.take_local_reply() {
+            return Flow::Reply(r, pos);
+        }
+        match status {
+            HeadersStatus::Continue => {}
+            HeadersStatus::StopIteration => return Flow::Stopped(pos),
+            HeadersStatus::LocalReply(r) => return Flow::Reply(r, pos),
+        }
+    }
+    Flow::Done
+}
+
+/// Runs one frame through positions `from..to` of `pass`.
+pub(crate) async fn frame(
+    st: &mut Stream,
+    pass: &mut Pass,
+    from: usize,
+    to: usize,
+    frame: Frame<Bytes>,
+    end: bool,
+) -> FrameFlow {
+    let mut items: VecDeque<(Frame<Bytes>, bool)> = VecDeque::from([(frame, end)]);
+    for pos in from..to.min(pass.len()) {
+        let mut next = VecDeque::new();
+        while let Some((fr, end)) = items.pop_front() {
+            match fr.into_data() {
+                Ok(data) => match data_at(st, pass, pos, data, end).await {
+                    Step::Out(d) => next.push_back((Frame::data(d), end)),
+                    Step::Held => {}
+                    Step::Reply(r) => return FrameFlow::Reply(r),
+                    Step::TooLarge => return FrameFlow::TooLarge,
+                },
+                Err(fr) => {
+                    let Ok(mut trailers) = fr.into_trailers() else {
+                        continue;
+                    };
+                    // Data a filter was holding goes on before the trailers.
+                    if let Some(buf) = pass.bufs.get_mut(pos).and_then(Option::take)
+                        && !buf.is_empty()
+                    {
+                        next.push_back((Frame::data(buf.freeze()), false));
+                    }
+                    match trailers_at(st, pass, pos, &mut trailers).await {
+                        Some(r) => return FrameFlow::Reply(r),
+                        None => next.push_back((Frame::trailers(trailers), true)),
+                    }
+                }
+            }
+        }
+        items = next;
+    }
+    FrameFlow::Out(items.into_iter().map(|(f, _)| f).collect())
+}
+
+enum Step {
+    Out(Bytes),
+    Held,
+    Reply(LocalReply),
+    TooLarge,
+}
+
+async fn data_at(st: &mut Stream, pass: &mut Pass, pos: usize, data: Bytes, end: bool) -> Step {
+    let Some(&idx) = pass.order.get(pos) else {
+        return Step::Out(data);
+    };
+    let mut data = match pass.bufs.get_mut(pos).and_then(Option::take) {
+        Some(mut buf) => {
+            buf.extend_from_slice(&data);
+            buf.freeze()
+        }
+        None => data,
+    };
+    let Stream { cx, filters } = st;
+    let Some(f) = filters.get_mut(idx) else {
+        return Step::Out(data);
+    };
+    let status = match pass.dir {
+        Dir::Request => f.on_request_body(cx, &mut data, end).await,
+        Dir::Response => f.on_response_body(cx, &mut data, end).await,
+    };
+    if let Some(r) = cx.take_local_reply() {
+        return Step::Reply(r);
+    }
+    match status {
+        DataStatus::Continue => Step::Out(data),
+        DataStatus::StopIterationAndBuffer if end => {
+            // Nothing more will come: Envoy would wait for the filter to resume; a filter that
+            // needs to wait awaits inside the hook here, so continue with what it has.
+            Step::Out(data)
+        }
+        DataStatus::StopIterationAndBuffer => {
+            if data.len() > pass.limit {
+                return Step::TooLarge;
+            }
+            if let Some(slot) = pass.bufs.get_mut(pos) {
+                *slot = Some(BytesMut::from(data));
+            }
+            Step::Held
+        }
+        DataStatus::StopIterationNoBuffer => Step::Held,
+        DataStatus::LocalReply(r) => Step::Reply(r),
+    }
+}
+
+async fn trailers_at(
+    st: &mut Stream,
+    pass: &Pass,
+    pos: usize,
+    trailers: &mut HeaderMap,
+) -> Option<LocalReply> {
+    let idx = *pass.order.get(pos)?;
+    let Stream { cx, filters } = st;
+    let f = filters.get_mut(idx)?;
+    let status = match pass.dir {
+        Dir::Request => f.on_request_trailers(cx, trailers).await,
+        Dir::Response => f.on_response_trailers(cx, trailers).await,
+    };
+    if let Some(r) = cx.take_local_reply() {
+        return Some(r);
+    }
+    match status {
+        TrailersStatus::Continue | TrailersStatus::StopIteration => None,
+        TrailersStatus::LocalReply(r) => Some(r),
+    }
+}
+
+/// How a body pump ended abnormally.
+pub(crate) enum PumpStop {
+    Reply(LocalReply),
+    TooLarge,
+}
+
+/// Reads `src` to the end, runs each frame through positions `from..` of `pass`, and sends what
+/// comes out into `tx`. A local reply or overflow is reported through `on_stop`, then the
+/// channel gets an error (which resets whatever reads it).
+pub(crate) async fn pump<B>(
+    stream: Rc<tokio::sync::Mutex<Stream>>,
+    mut pass: Pass,
+    from: usize,
+    mut src: B,
+    tx: mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+    counter: Option<Rc<std::cell::Cell<u64>>>,
+    on_stop: impl FnOnce(PumpStop),
+) where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let mut ended = false;
+    loop {
+        let next = src.frame().await;
+        let (fr, end) = match next {
+            Some(Ok(f)) => {
+                if let (Some(c), Some(d)) = (&counter, f.data_ref()) {
+                    c.set(c.get() + d.len() as u64);
+                }
+                let end = f.is_trailers() || src.is_end_stream();
+                (f, end)
+            }
+            Some(Err(e)) => {
+                let _ = tx.send(Err(e.into())).await;
+                return;
+            }
+            None if ended => return,
+            None => (Frame::data(Bytes::new()), true),
+        };
+        ended = end;
+        let flow = {
+            let mut st = stream.lock().await;
+            let to = pass.len();
+            frame(&mut st, &mut pass, from, to, fr, end).await
+        };
+        match flow {
+            FrameFlow::Out(frames) => {
+                for f in frames {
+                    if f.data_ref().is_some_and(Bytes::is_empty) && !end {
+                        continue;
+                    }
+                    if tx.send(Ok(f)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            FrameFlow::Reply(r) => {
+                on_stop(PumpStop::Reply(r));
+                let _ = tx.send(Err("stream ended by a filter".into())).await;
+                return;
+            }
+            FrameFlow::TooLarge => {
+                on_stop(PumpStop::TooLarge);
+                let _ = tx.send(Err("buffer limit exceeded".into())).await;
+                return;
+            }
+        }
+        if end {
+            return;
+        }
+    }
+}
+
+/// A body fed by a pump: frames queued before the pump started, then the channel.
+pub(crate) struct ChannelBody {
+    pending: VecDeque<Frame<Bytes>>,
+    rx: Option<mpsc::Receiver<Result<Frame<Bytes>, BoxError>>>,
+}
+
+impl ChannelBody {
+    pub(crate) fn new(
+        pending: Vec<Frame<Bytes>>,
+        rx: Option<mpsc::Receiver<Result<Frame<Bytes>, BoxError>>>,
+    ) -> Body {
+        Box::pin(Self {
+            pending: pending.into(),
+            rx,
+        })
+    }
+}
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(f) = self.pending.pop_front() {
+            return Poll::Ready(Some(Ok(f)));
+        }
+        match self.rx.as_mut() {
+            None => Poll::Ready(None),
+            Some(rx) => rx.poll_recv(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pending.is_empty() && self.rx.is_none()
+    }
+}
+
+/// Counts bytes of a body passed through untouched.
+pub(crate) struct Counted<B> {
+    pub(crate) inner: B,
+    pub(crate) counter: Rc<std::cell::Cell<u64>>,
+}
+
+impl<B> http_body::Body for Counted<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.counter.set(self.counter.get() + d.len() as u64);
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

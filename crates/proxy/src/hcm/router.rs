@@ -1,0 +1,589 @@
+//! The stream's life: request filters, route selection, the router's upstream request (cluster
+//! choice, host pick, rewrites, timeout, retries), then the response through the filters.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::HOST;
+use http::{HeaderValue, Response, StatusCode};
+use http_body::{Body as _, Frame};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::sync::mpsc;
+
+use super::chain::{
+    self, ChannelBody, Counted, Dir, Flow, FrameFlow, Hdrs, Pass, PumpStop, Stream,
+};
+use super::{
+    Conn, FinalBody, Finisher, finalize_response_headers, full, local_reply_parts, summarize,
+};
+use crate::error::{ErrorKind, ProxyError};
+use crate::filter::LocalReply;
+use crate::response_flags::ResponseFlags;
+use crate::route::{Action, RouteAction, rewrite_prefix};
+use crate::upstream::{Body, BoxError};
+
+type Shared = Rc<tokio::sync::Mutex<Stream>>;
+
+/// Frames read ahead while a filter held the headers, and the rest of the body.
+enum Phase {
+    Done(Vec<Frame<Bytes>>),
+    Reply(LocalReply, usize),
+    TooLarge,
+}
+
+/// Runs the header hooks of `pass`; when a filter stops iteration, reads the body through the
+/// filters up to it until it lets data through, then resumes the headers.
+async fn headers_phase<B>(
+    stream: &Shared,
+    pass: &mut Pass,
+    h: &mut Hdrs<'_>,
+    src: &mut Option<B>,
+    counter: Option<&Rc<std::cell::Cell<u64>>>,
+) -> Phase
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let mut from = 0;
+    let mut carry: Vec<Frame<Bytes>> = Vec::new();
+    let mut carry_from = 0;
+    loop {
+        let end = carry.is_empty() && src.is_none();
+        let flow = {
+            let mut st = stream.lock().await;
+            chain::headers(&mut st, pass, from, h, end).await
+        };
+        let stop_at = match flow {
+            Flow::Done => pass.len(),
+            Flow::Reply(r, pos) => return Phase::Reply(r, pos),
+            Flow::Stopped(s) => s + 1,
+        };
+        let mut outs = Vec::new();
+        for f in std::mem::take(&mut carry) {
+            let end = f.is_trailers() || src.is_none();
+            let mut st = stream.lock().await;
+            match chain::frame(&mut st, pass, carry_from, stop_at, f, end).await {
+                FrameFlow::Out(o) => outs.extend(o),
+                FrameFlow::Reply(r) => return Phase::Reply(r, stop_at),
+                FrameFlow::TooLarge => return Phase::TooLarge,
+            }
+        }
+        if matches!(flow, Flow::Done) {
+            return Phase::Done(outs);
+        }
+        while outs.is_empty() {
+            let Some(body) = src.as_mut() else { break };
+            let (fr, end) = match body.frame().await {
+                Some(Ok(f)) => {
+                    if let (Some(c), Some(d)) = (counter, f.data_ref()) {
+                        c.set(c.get() + d.len() as u64);
+                    }
+                    let end = f.is_trailers() || body.is_end_stream();
+                    (f, end)
+                }
+                // A reset while a filter holds the headers: nothing will go upstream.
+                Some(Err(_)) => {
+                    return Phase::Reply(
+                        LocalReply::new(StatusCode::BAD_REQUEST, "", "downstream_reset"),
+                        0,
+                    );
+                }
+                None => (Frame::data(Bytes::new()), true),
+            };
+            if end {
+                *src = None;
+            }
+            let mut st = stream.lock().await;
+            match chain::frame(&mut st, pass, 0, stop_at, fr, end).await {
+                FrameFlow::Out(o) => outs.extend(
+                    o.into_iter()
+                        .filter(|f| f.data_ref().is_none_or(|d| !d.is_empty()) || end),
+                ),
+                FrameFlow::Reply(r) => return Phase::Reply(r, stop_at),
+                FrameFlow::TooLarge => return Phase::TooLarge,
+            }
+        }
+        carry = outs;
+        carry_from = stop_at;
+        from = stop_at;
+    }
+}
+
+fn error_reply(e: &ProxyError) -> LocalReply {
+    LocalReply::new(e.status(), e.body(), e.details())
+}
+
+/// The whole stream.
+pub(super) async fn run(
+    conn: Rc<Conn>,
+    stream: Shared,
+    mut parts: http::request::Parts,
+    body: Incoming,
+    mut fin: Finisher,
+) -> Response<Body> {
+    let hcm = Arc::clone(&conn.hcm);
+    let n = hcm.filters.len();
+    let counter = Rc::clone(&fin.bytes_received);
+    let mut src = if body.is_end_stream() {
+        None
+    } else {
+        Some(body)
+    };
+    // Route as the filters first see it (proxy-wasm reads `route_name` in request headers).
+    let routes = Arc::clone(&hcm.routes);
+    let select = |parts: &http::request::Parts| {
+        let authority = parts
+            .headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+            .unwrap_or_default();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        routes
+            .select(&authority, &path, &parts.headers)
+            .map(|s| (s.virtual_host.name.clone(), s.route))
+    };
+    let mut selected = select(&parts);
+    if n > 0 {
+        let mut st = stream.lock().await;
+        let info = st.cx.stream_info_mut();
+        info.route_name = selected.as_ref().map(|(_, r)| r.name.clone());
+        info.virtual_host_name = selected.as_ref().map(|(v, _)| v.clone());
+    }
+    let mut pending = Vec::new();
+    if n > 0 {
+        let mut pass = Pass::new(Dir::Request, (0..n).collect(), hcm.buffer_limit);
+        match headers_phase(
+            &stream,
+            &mut pass,
+            &mut Hdrs::Req(&mut parts),
+            &mut src,
+            Some(&counter),
+        )
+        .await
+        {
+            Phase::Done(p) => pending = p,
+            Phase::Reply(r, pos) => {
+                fin.summary = summarize(&parts);
+                return respond_local(&conn, &stream, fin, r, pos + 1, ResponseFlags::default())
+                    .await;
+            }
+            Phase::TooLarge => {
+                hcm.stats.rq_too_large.inc();
+                fin.summary = summarize(&parts);
+                let e = ProxyError::new(ErrorKind::RequestTooLarge);
+                return respond_local(&conn, &stream, fin, error_reply(&e), n, e.response_flags())
+                    .await;
+            }
+        }
+        let mut st = stream.lock().await;
+        if st.cx.take_route_cache_cleared() {
+            selected = select(&parts);
+        }
+        let info = st.cx.stream_info_mut();
+        info.route_name = selected.as_ref().map(|(_, r)| r.name.clone());
+        info.virtual_host_name = selected.as_ref().map(|(v, _)| v.clone());
+    }
+    let Some((_, route)) = selected else {
+        hcm.stats.no_route.inc();
+        fin.summary = summarize(&parts);
+        let e = ProxyError::new(ErrorKind::NoRoute);
+        return respond_local(&conn, &stream, fin, error_reply(&e), n, e.response_flags()).await;
+    };
+    let action = match &route.action {
+        Action::DirectResponse { status, body } => {
+            hcm.stats.rq_direct_response.inc();
+            fin.summary = summarize(&parts);
+            let reply =
+                LocalReply::new(*status, body.clone().unwrap_or_default(), "direct_response");
+            return respond_local(&conn, &stream, fin, reply, n, ResponseFlags::default()).await;
+        }
+        Action::Route(a) => a,
+    };
+    // The request body from here on.
+    let stop_slot: Rc<RefCell<Option<PumpStop>>> = Rc::default();
+    let body_empty = src.is_none() && pending.is_empty();
+    let upstream_body: Body = match src.take() {
+        None => ChannelBody::new(pending, None),
+        Some(b) if pending.is_empty() && !hcm.filters_use_bodies => Box::pin(Counted {
+            inner: b,
+            counter: Rc::clone(&counter),
+        }),
+        Some(b) => {
+            let (tx, rx) = mpsc::channel(2);
+            let from = if hcm.filters_use_bodies { 0 } else { n };
+            let slot = Rc::clone(&stop_slot);
+            let pass = Pass::new(Dir::Request, (0..n).collect(), hcm.buffer_limit);
+            tokio::task::spawn_local(chain::pump(
+                Rc::clone(&stream),
+                pass,
+                from,
+                b,
+                tx,
+                Some(Rc::clone(&counter)),
+                move |s| {
+                    *slot.borrow_mut() = Some(s);
+                },
+            ));
+            ChannelBody::new(pending, Some(rx))
+        }
+    };
+    let result = forward(
+        &conn,
+        &stream,
+        action,
+        route,
+        &mut parts,
+        upstream_body,
+        body_empty,
+        &mut fin,
+    )
+    .await;
+    if n > 0 {
+        let mut st = stream.lock().await;
+        st.cx.stream_info_mut().request_headers = Some(clone_parts(&parts));
+    }
+    let stop = stop_slot.borrow_mut().take();
+    match (result, stop) {
+        (_, Some(PumpStop::Reply(r))) => {
+            respond_local(&conn, &stream, fin, r, n, ResponseFlags::default()).await
+        }
+        (_, Some(PumpStop::TooLarge)) => {
+            hcm.stats.rq_too_large.inc();
+            let e = ProxyError::new(ErrorKind::RequestTooLarge);
+            respond_local(&conn, &stream, fin, error_reply(&e), n, e.response_flags()).await
+        }
+        (Ok((resp, service_time)), None) => {
+            let (mut rparts, rbody) = resp.into_parts();
+            if let Ok(v) = HeaderValue::from_str(&service_time.as_millis().to_string()) {
+                rparts.headers.insert("x-envoy-upstream-service-time", v);
+            }
+            {
+                let mut st = stream.lock().await;
+                let info = st.cx.stream_info_mut();
+                info.upstream_service_time = Some(service_time);
+                info.response_code_details = Some("via_upstream".to_string());
+            }
+            let end = rbody.is_end_stream();
+            let rsrc = if end { None } else { Some(rbody) };
+            respond(&conn, &stream, fin, rparts, rsrc, n).await
+        }
+        (Err(e), None) => {
+            let flags = e.response_flags();
+            respond_local(&conn, &stream, fin, error_reply(&e), n, flags).await
+        }
+    }
+}
+
+fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
+    let mut b = http::Request::builder()
+        .method(p.method.clone())
+        .uri(p.uri.clone())
+        .version(p.version);
+    if let Some(h) = b.headers_mut() {
+        *h = p.headers.clone();
+    }
+    match b.body(()) {
+        Ok(r) => r.into_parts().0,
+        Err(_) => http::Request::new(()).into_parts().0,
+    }
+}
+
+const HOP_BY_HOP: [&str; 5] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+];
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site; the stream's pieces"
+)]
+async fn forward(
+    conn: &Conn,
+    stream: &Shared,
+    action: &RouteAction,
+    route: &crate::route::Route,
+    parts: &mut http::request::Parts,
+    body: Body,
+    body_empty: bool,
+    fin: &mut Finisher,
+) -> Result<(Response<Incoming>, Duration), ProxyError> {
+    let config = conn.worker.config.load();
+    let cluster_name = action.clusters.pick(crate::worker::rand_u32()).to_string();
+    {
+        let mut st = stream.lock().await;
+        st.cx.stream_info_mut().cluster_name = Some(cluster_name.clone());
+    }
+    let cluster = config
+        .clusters
+        .get(&cluster_name)
+        .cloned()
+        .ok_or_else(|| ProxyError::new(ErrorKind::NoCluster(cluster_name.clone())))?;
+    // Rewrites.
+    if let Some(rw) = &action.prefix_rewrite {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let new = rewrite_prefix(route, rw, &pq);
+        if let Ok(v) = HeaderValue::from_str(&pq) {
+            parts.headers.insert("x-envoy-original-path", v);
+        }
+        let mut up = parts.uri.clone().into_parts();
+        up.path_and_query = new.parse().ok();
+        if let Ok(u) = http::Uri::from_parts(up) {
+            parts.uri = u;
+        }
+    }
+    if let Some(h) = &action.host_rewrite {
+        parts.headers.insert(HOST, h.clone());
+    }
+    for h in HOP_BY_HOP {
+        parts.headers.remove(h);
+    }
+    if parts
+        .headers
+        .get("te")
+        .is_some_and(|v| v.as_bytes() != b"trailers")
+    {
+        parts.headers.remove("te");
+    }
+    if let Some(t) = action.timeout
+        && let Ok(v) = HeaderValue::from_str(&t.as_millis().to_string())
+    {
+        parts.headers.insert("x-envoy-expected-rq-timeout-ms", v);
+    }
+    fin.summary = summarize(parts);
+    let deadline = action.timeout.map(|t| Instant::now() + t);
+    let retries = match &action.retry {
+        Some(r) if body_empty => r.num_retries,
+        _ => 0,
+    };
+    let cname: Arc<str> = Arc::from(cluster_name.as_str());
+    let mut body = Some(body);
+    let started = Instant::now();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let Some(host) = cluster.pick(crate::worker::rand_u32()) else {
+            cluster.stats.cx_none_healthy.inc();
+            return Err(ProxyError {
+                kind: ErrorKind::NoHealthyUpstream,
+                attempts: attempt,
+            });
+        };
+        {
+            let mut st = stream.lock().await;
+            let info = st.cx.stream_info_mut();
+            info.upstream_host = Some(host.addr);
+            info.attempt_count = attempt;
+        }
+        let this_body = match body.take() {
+            Some(b) if attempt == 1 => b,
+            _ => super::full(Bytes::new()),
+        };
+        let mut b = http::Request::builder()
+            .method(parts.method.clone())
+            .uri(parts.uri.clone())
+            .version(parts.version);
+        if let Some(h) = b.headers_mut() {
+            *h = parts.headers.clone();
+        }
+        let req = b
+            .body(this_body)
+            .map_err(|e| ProxyError::new(ErrorKind::Internal(e.to_string())))?;
+        cluster.stats.rq_total.inc();
+        host.active_rq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let per_try = action.retry.as_ref().and_then(|r| r.per_try_timeout);
+        let limit = match (deadline, per_try) {
+            (Some(d), Some(p)) => Some(d.min(Instant::now() + p)),
+            (Some(d), None) => Some(d),
+            (None, Some(p)) => Some(Instant::now() + p),
+            (None, None) => None,
+        };
+        let send = conn.worker.pools.send(&cluster, &cname, &host, req);
+        let result = match limit {
+            Some(l) => match tokio::time::timeout_at(l.into(), send).await {
+                Ok(r) => r,
+                Err(_) => {
+                    cluster.stats.rq_timeout.inc();
+                    Err(ProxyError::new(ErrorKind::UpstreamTimeout))
+                }
+            },
+            None => send.await,
+        };
+        let can_retry = attempt <= retries;
+        match result {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                cluster.stats.record_status(status);
+                if can_retry
+                    && action
+                        .retry
+                        .as_ref()
+                        .is_some_and(|r| r.retry_status(status))
+                {
+                    host.active_rq
+                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    cluster.stats.rq_retry.inc();
+                    backoff(attempt).await;
+                    continue;
+                }
+                fin.upstream = Some((Arc::clone(&cluster), host));
+                return Ok((resp, started.elapsed()));
+            }
+            Err(mut e) => {
+                host.active_rq
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                let policy_allows = action.retry.as_ref().is_some_and(|r| match e.kind {
+                    ErrorKind::ConnectFailure(_) => r.on_connect_failure,
+                    ErrorKind::UpstreamReset(_) => r.on_reset,
+                    _ => false,
+                });
+                let timed_out = matches!(e.kind, ErrorKind::UpstreamTimeout);
+                let global_deadline_passed = deadline.is_some_and(|d| Instant::now() >= d);
+                if can_retry && policy_allows && !global_deadline_passed && !timed_out {
+                    cluster.stats.rq_retry.inc();
+                    backoff(attempt).await;
+                    continue;
+                }
+                if matches!(
+                    e.kind,
+                    ErrorKind::ConnectFailure(_) | ErrorKind::UpstreamReset(_)
+                ) {
+                    cluster.stats.rq_pending_failure_eject.inc();
+                }
+                e.attempts = attempt;
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Envoy's retry back-off: 25 ms base, doubling.
+async fn backoff(attempt: u32) {
+    let ms = 25u64.saturating_mul(1 << attempt.saturating_sub(1).min(4));
+    tokio::time::sleep(Duration::from_millis(
+        crate::worker::rand_u32() as u64 % ms + 1,
+    ))
+    .await;
+}
+
+/// A local reply through the response hooks of the first `seen` filters.
+async fn respond_local(
+    conn: &Rc<Conn>,
+    stream: &Shared,
+    fin: Finisher,
+    reply: LocalReply,
+    seen: usize,
+    flags: ResponseFlags,
+) -> Response<Body> {
+    {
+        let mut st = stream.lock().await;
+        let info = st.cx.stream_info_mut();
+        info.response_code_details = Some(reply.details.clone());
+        info.response_flags.insert(flags);
+    }
+    let parts = local_reply_parts(&reply);
+    let src = if reply.body.is_empty() {
+        None
+    } else {
+        Some(full(reply.body))
+    };
+    respond(conn, stream, fin, parts, src, seen).await
+}
+
+/// Sends a response downstream through the response hooks of the first `seen` filters
+/// (reverse order).
+async fn respond<B>(
+    conn: &Rc<Conn>,
+    stream: &Shared,
+    fin: Finisher,
+    mut parts: http::response::Parts,
+    src: Option<B>,
+    seen: usize,
+) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let hcm = Arc::clone(&conn.hcm);
+    let mut src = src;
+    let mut pending = Vec::new();
+    if seen > 0 {
+        let mut pass = Pass::new(Dir::Response, (0..seen).rev().collect(), hcm.buffer_limit);
+        match headers_phase(
+            stream,
+            &mut pass,
+            &mut Hdrs::Resp(&mut parts),
+            &mut src,
+            None,
+        )
+        .await
+        {
+            Phase::Done(p) => pending = p,
+            Phase::Reply(r, _) => {
+                // A reply from a response hook replaces the response; it is not filtered again.
+                parts = local_reply_parts(&r);
+                pending = vec![Frame::data(r.body.clone())];
+                src = None;
+                let mut st = stream.lock().await;
+                st.cx.stream_info_mut().response_code_details = Some(r.details.clone());
+            }
+            Phase::TooLarge => {
+                let e = ProxyError::new(ErrorKind::ResponseTooLarge);
+                let r = error_reply(&e);
+                parts = local_reply_parts(&r);
+                pending = vec![Frame::data(r.body.clone())];
+                src = None;
+                let mut st = stream.lock().await;
+                st.cx.stream_info_mut().response_code_details = Some(r.details.clone());
+            }
+        }
+    }
+    let request_id = {
+        let mut st = stream.lock().await;
+        let info = st.cx.stream_info_mut();
+        info.response_code = Some(parts.status.as_u16());
+        if seen > 0 {
+            info.response_headers = Some(parts.headers.clone());
+        }
+        info.request_id.clone()
+    };
+    finalize_response_headers(&hcm, &mut parts, request_id.as_deref());
+    let body: Body = match src {
+        None => ChannelBody::new(pending, None),
+        Some(b) if pending.is_empty() && !(hcm.filters_use_bodies && seen > 0) => {
+            crate::upstream::boxed(b)
+        }
+        Some(b) => {
+            let (tx, rx) = mpsc::channel(2);
+            let from = if hcm.filters_use_bodies { 0 } else { seen };
+            let pass = Pass::new(Dir::Response, (0..seen).rev().collect(), hcm.buffer_limit);
+            tokio::task::spawn_local(chain::pump(
+                Rc::clone(stream),
+                pass,
+                from,
+                b,
+                tx,
+                None,
+                |_| {},
+            ));
+            ChannelBody::new(pending, Some(rx))
+        }
+    };
+    Response::from_parts(parts, Box::pin(FinalBody::new(body, fin)) as Body)
+}

@@ -1,0 +1,691 @@
+//! Route tables: virtual hosts selected by `:authority`, routes matched by path and headers,
+//! built from `RouteConfiguration` by a pure function and matched on the request path.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use http::{HeaderMap, StatusCode};
+use regex::Regex;
+
+use crate::config::{ConfigError, duration};
+use crate::pb::{matcher, route as pbr};
+
+/// A built `RouteConfiguration`.
+#[derive(Debug)]
+pub struct RouteTable {
+    /// `name`.
+    pub name: String,
+    virtual_hosts: Vec<VirtualHost>,
+    exact: HashMap<String, usize>,
+    suffix: Vec<(String, usize)>,
+    prefix: Vec<(String, usize)>,
+    default: Option<usize>,
+}
+
+/// A virtual host.
+#[derive(Debug)]
+pub struct VirtualHost {
+    /// `name`.
+    pub name: String,
+    /// Its routes, in order.
+    pub routes: Vec<Route>,
+}
+
+/// One route.
+#[derive(Debug)]
+pub struct Route {
+    /// `name` (may be empty).
+    pub name: String,
+    matcher: RouteMatch,
+    /// What to do with a matching request.
+    pub action: Action,
+}
+
+#[derive(Debug)]
+enum PathMatch {
+    Prefix(String),
+    Exact(String),
+    Regex(Regex),
+}
+
+#[derive(Debug)]
+struct RouteMatch {
+    path: PathMatch,
+    case_sensitive: bool,
+    headers: Vec<HeaderMatch>,
+}
+
+#[derive(Debug)]
+struct HeaderMatch {
+    name: http::HeaderName,
+    invert: bool,
+    kind: HeaderMatchKind,
+}
+
+#[derive(Debug)]
+enum HeaderMatchKind {
+    Present(bool),
+    String(StringMatch),
+}
+
+/// Envoy's `StringMatcher`.
+#[derive(Debug)]
+pub enum StringMatch {
+    /// `exact` (with `ignore_case`).
+    Exact(String, bool),
+    /// `prefix`.
+    Prefix(String, bool),
+    /// `suffix`.
+    Suffix(String, bool),
+    /// `contains`.
+    Contains(String, bool),
+    /// `safe_regex` (full match).
+    Regex(Regex),
+}
+
+impl StringMatch {
+    /// Whether `v` matches.
+    pub fn matches(&self, v: &str) -> bool {
+        fn low(s: &str, ic: bool) -> std::borrow::Cow<'_, str> {
+            if ic {
+                s.to_ascii_lowercase().into()
+            } else {
+                s.into()
+            }
+        }
+        match self {
+            StringMatch::Exact(s, ic) => low(v, *ic) == low(s, *ic),
+            StringMatch::Prefix(s, ic) => low(v, *ic).starts_with(&*low(s, *ic)),
+            StringMatch::Suffix(s, ic) => low(v, *ic).ends_with(&*low(s, *ic)),
+            StringMatch::Contains(s, ic) => low(v, *ic).contains(&*low(s, *ic)),
+            StringMatch::Regex(r) => r.is_match(v),
+        }
+    }
+}
+
+/// What a route does.
+#[derive(Debug)]
+pub enum Action {
+    /// Forward to a cluster.
+    Route(RouteAction),
+    /// Answer locally.
+    DirectResponse {
+        /// Status.
+        status: StatusCode,
+        /// Body (none if empty).
+        body: Option<bytes::Bytes>,
+    },
+}
+
+/// Where and how to forward.
+#[derive(Debug)]
+pub struct RouteAction {
+    /// The cluster(s).
+    pub clusters: ClusterChoice,
+    /// `prefix_rewrite`, with the matched prefix it replaces.
+    pub prefix_rewrite: Option<String>,
+    /// `host_rewrite_literal`.
+    pub host_rewrite: Option<http::HeaderValue>,
+    /// `timeout` (Envoy's default is 15 s; `None` means disabled, i.e. `0s`).
+    pub timeout: Option<Duration>,
+    /// `retry_policy`.
+    pub retry: Option<RetryPolicy>,
+}
+
+/// Single or weighted clusters.
+#[derive(Debug)]
+pub enum ClusterChoice {
+    /// `cluster`.
+    Single(String),
+    /// `weighted_clusters`: (name, weight) and the total weight.
+    Weighted(Vec<(String, u32)>, u32),
+}
+
+impl ClusterChoice {
+    /// Picks a cluster; `rand` is uniform in `0..u32::MAX`.
+    pub fn pick(&self, rand: u32) -> &str {
+        match self {
+            ClusterChoice::Single(c) => c,
+            ClusterChoice::Weighted(list, total) => {
+                let mut point = if *total == 0 { 0 } else { rand % total };
+                for (name, w) in list {
+                    if point < *w {
+                        return name;
+                    }
+                    point -= w;
+                }
+                list.last().map(|(n, _)| n.as_str()).unwrap_or_default()
+            }
+        }
+    }
+
+    /// Every cluster name it may pick.
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            ClusterChoice::Single(c) => vec![c.as_str()],
+            ClusterChoice::Weighted(list, _) => list.iter().map(|(n, _)| n.as_str()).collect(),
+        }
+    }
+}
+
+/// A route's `retry_policy`.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Retry on connect failures (`connect-failure`, `5xx`, `gateway-error`, `reset`).
+    pub on_connect_failure: bool,
+    /// Retry on resets before response headers (`reset`, `5xx`).
+    pub on_reset: bool,
+    /// Retry on 5xx responses (`5xx`).
+    pub on_5xx: bool,
+    /// Retry on 502/503/504 (`gateway-error`).
+    pub on_gateway_error: bool,
+    /// Retry on the listed status codes (`retriable-status-codes`).
+    pub status_codes: Vec<u16>,
+    /// `num_retries` (default 1).
+    pub num_retries: u32,
+    /// `per_try_timeout`.
+    pub per_try_timeout: Option<Duration>,
+}
+
+impl RetryPolicy {
+    /// Whether a response status should be retried.
+    pub fn retry_status(&self, status: u16) -> bool {
+        (self.on_5xx && status >= 500)
+            || (self.on_gateway_error && matches!(status, 502..=504))
+            || self.status_codes.contains(&status)
+    }
+}
+
+/// The match of a request against a table.
+#[derive(Debug, Clone, Copy)]
+pub struct Selected<'a> {
+    /// The virtual host.
+    pub virtual_host: &'a VirtualHost,
+    /// The route.
+    pub route: &'a Route,
+}
+
+impl RouteTable {
+    /// Selects the route for a request.
+    pub fn select<'a>(
+        &'a self,
+        authority: &str,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Option<Selected<'a>> {
+        let vh = self.virtual_host(authority)?;
+        let path_only = path.split(['?', '#']).next().unwrap_or(path);
+        let route = vh
+            .routes
+            .iter()
+            .find(|r| r.matcher.matches(path_only, headers))?;
+        Some(Selected {
+            virtual_host: vh,
+            route,
+        })
+    }
+
+    fn virtual_host(&self, authority: &str) -> Option<&VirtualHost> {
+        let host = authority.to_ascii_lowercase();
+        let idx = self
+            .exact
+            .get(&host)
+            .copied()
+            .or_else(|| {
+                self.suffix
+                    .iter()
+                    .find(|(s, _)| host.len() > s.len() && host.ends_with(s))
+                    .map(|(_, i)| *i)
+            })
+            .or_else(|| {
+                self.prefix
+                    .iter()
+                    .find(|(p, _)| host.len() > p.len() && host.starts_with(p))
+                    .map(|(_, i)| *i)
+            })
+            .or(self.default)?;
+        self.virtual_hosts.get(idx)
+    }
+
+    /// Builds a table from `cfg` at `path`, checking that every cluster exists.
+    pub fn build(
+        cfg: &pbr::RouteConfiguration,
+        path: &str,
+        clusters: &[String],
+    ) -> Result<Self, ConfigError> {
+        let mut table = RouteTable {
+            name: cfg.name.clone(),
+            virtual_hosts: Vec::new(),
+            exact: HashMap::new(),
+            suffix: Vec::new(),
+            prefix: Vec::new(),
+            default: None,
+        };
+        for (vi, vh) in cfg.virtual_hosts.iter().enumerate() {
+            let vpath = format!("{path}.virtual_hosts[{vi}]");
+            if vh.domains.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("{vpath}.domains"),
+                    "at least one domain is required",
+                ));
+            }
+            for (di, d) in vh.domains.iter().enumerate() {
+                let d = d.to_ascii_lowercase();
+                let dup = |what: &str| {
+                    ConfigError::invalid(
+                        format!("{vpath}.domains[{di}]"),
+                        format!("{what} {d:?} appears in more than one virtual host"),
+                    )
+                };
+                if d == "*" {
+                    if table.default.replace(vi).is_some() {
+                        return Err(dup("wildcard domain"));
+                    }
+                } else if let Some(rest) = d.strip_prefix('*') {
+                    table.suffix.push((rest.to_string(), vi));
+                } else if let Some(rest) = d.strip_suffix('*') {
+                    table.prefix.push((rest.to_string(), vi));
+                } else if table.exact.insert(d.clone(), vi).is_some() {
+                    return Err(dup("domain"));
+                }
+            }
+            let mut routes = Vec::new();
+            for (ri, r) in vh.routes.iter().enumerate() {
+                routes.push(build_route(r, &format!("{vpath}.routes[{ri}]"), clusters)?);
+            }
+            table.virtual_hosts.push(VirtualHost {
+                name: vh.name.clone(),
+                routes,
+            });
+        }
+        // Envoy: longest wildcard first.
+        table.suffix.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        table.prefix.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        Ok(table)
+    }
+}
+
+impl RouteMatch {
+    fn matches(&self, path: &str, headers: &HeaderMap) -> bool {
+        let path_ok = match &self.path {
+            PathMatch::Prefix(p) => {
+                if self.case_sensitive {
+                    path.starts_with(p.as_str())
+                } else {
+                    path.len() >= p.len()
+                        && path
+                            .get(..p.len())
+                            .is_some_and(|h| h.eq_ignore_ascii_case(p))
+                }
+            }
+            PathMatch::Exact(p) => {
+                if self.case_sensitive {
+                    path == p
+                } else {
+                    path.eq_ignore_ascii_case(p)
+                }
+            }
+            PathMatch::Regex(r) => r.is_match(path),
+        };
+        path_ok && self.headers.iter().all(|h| h.matches(headers))
+    }
+}
+
+impl HeaderMatch {
+    fn matches(&self, headers: &HeaderMap) -> bool {
+        let mut values = headers.get_all(&self.name).iter().peekable();
+        let result = match &self.kind {
+            HeaderMatchKind::Present(p) => values.peek().is_some() == *p,
+            HeaderMatchKind::String(m) => {
+                // Envoy matches multiple values joined with ','.
+                let joined: Vec<&str> = values.filter_map(|v| v.to_str().ok()).collect();
+                !joined.is_empty() && m.matches(&joined.join(","))
+            }
+        };
+        result != self.invert
+    }
+}
+
+/// Compiles a `RegexMatcher` as a full-string match (Envoy's RE2 semantics).
+pub fn regex(m: &matcher::RegexMatcher, path: &str) -> Result<Regex, ConfigError> {
+    Regex::new(&format!("^(?:{})$", m.regex))
+        .map_err(|e| ConfigError::invalid(format!("{path}.regex"), e))
+}
+
+/// Builds a `StringMatcher`.
+pub fn string_match(m: &matcher::StringMatcher, path: &str) -> Result<StringMatch, ConfigError> {
+    use matcher::string_matcher::MatchPattern as P;
+    let ic = m.ignore_case;
+    Ok(match &m.match_pattern {
+        Some(P::Exact(s)) => StringMatch::Exact(s.clone(), ic),
+        Some(P::Prefix(s)) => StringMatch::Prefix(s.clone(), ic),
+        Some(P::Suffix(s)) => StringMatch::Suffix(s.clone(), ic),
+        Some(P::Contains(s)) => StringMatch::Contains(s.clone(), ic),
+        Some(P::SafeRegex(r)) => StringMatch::Regex(regex(r, &format!("{path}.safe_regex"))?),
+        _ => return Err(ConfigError::unsupported(path, "string matcher kind")),
+    })
+}
+
+#[allow(
+    deprecated,
+    reason = "Envoy configs still use exact_match/prefix_match etc."
+)]
+fn header_match(h: &pbr::HeaderMatcher, path: &str) -> Result<HeaderMatch, ConfigError> {
+    use pbr::header_matcher::HeaderMatchSpecifier as S;
+    let name = http::HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes())
+        .map_err(|e| ConfigError::invalid(format!("{path}.name"), e))?;
+    let kind = match &h.header_match_specifier {
+        None => HeaderMatchKind::Present(true),
+        Some(S::PresentMatch(p)) => HeaderMatchKind::Present(*p),
+        Some(S::ExactMatch(s)) => HeaderMatchKind::String(StringMatch::Exact(s.clone(), false)),
+        Some(S::PrefixMatch(s)) => HeaderMatchKind::String(StringMatch::Prefix(s.clone(), false)),
+        Some(S::SuffixMatch(s)) => HeaderMatchKind::String(StringMatch::Suffix(s.clone(), false)),
+        Some(S::ContainsMatch(s)) => {
+            HeaderMatchKind::String(StringMatch::Contains(s.clone(), false))
+        }
+        Some(S::SafeRegexMatch(r)) => HeaderMatchKind::String(StringMatch::Regex(regex(
+            r,
+            &format!("{path}.safe_regex_match"),
+        )?)),
+        Some(S::StringMatch(m)) => {
+            HeaderMatchKind::String(string_match(m, &format!("{path}.string_match"))?)
+        }
+        Some(S::RangeMatch(_)) => {
+            return Err(ConfigError::unsupported(
+                format!("{path}.range_match"),
+                "range match",
+            ));
+        }
+    };
+    Ok(HeaderMatch {
+        name,
+        invert: h.invert_match,
+        kind,
+    })
+}
+
+fn build_route(r: &pbr::Route, path: &str, clusters: &[String]) -> Result<Route, ConfigError> {
+    use pbr::route::Action as A;
+    use pbr::route_match::PathSpecifier as PS;
+    let m = r
+        .r#match
+        .as_ref()
+        .ok_or_else(|| ConfigError::invalid(format!("{path}.match"), "required"))?;
+    let mpath = format!("{path}.match");
+    let path_match = match &m.path_specifier {
+        Some(PS::Prefix(p)) => PathMatch::Prefix(p.clone()),
+        Some(PS::Path(p)) => PathMatch::Exact(p.clone()),
+        Some(PS::SafeRegex(re)) => PathMatch::Regex(regex(re, &format!("{mpath}.safe_regex"))?),
+        Some(_) => {
+            return Err(ConfigError::unsupported(
+                mpath,
+                "path matcher kind (prefix, path, safe_regex are)",
+            ));
+        }
+        None => {
+            return Err(ConfigError::invalid(
+                mpath,
+                "one of prefix, path, safe_regex is required",
+            ));
+        }
+    };
+    let headers = m
+        .headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| header_match(h, &format!("{mpath}.headers[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let matcher = RouteMatch {
+        path: path_match,
+        case_sensitive: m.case_sensitive.as_ref().is_none_or(|b| b.value),
+        headers,
+    };
+    let action = match &r.action {
+        Some(A::Route(ra)) => Action::Route(build_action(ra, &format!("{path}.route"), clusters)?),
+        Some(A::DirectResponse(d)) => {
+            let dpath = format!("{path}.direct_response");
+            let status = u16::try_from(d.status)
+                .ok()
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .filter(|s| s.as_u16() >= 200)
+                .ok_or_else(|| {
+                    ConfigError::invalid(format!("{dpath}.status"), "must be 200..599")
+                })?;
+            let body = match &d.body {
+                Some(ds) => Some(crate::config::data_source(ds, &format!("{dpath}.body"))?.into()),
+                None => None,
+            };
+            Action::DirectResponse { status, body }
+        }
+        Some(_) => {
+            return Err(ConfigError::unsupported(
+                path,
+                "route action kind (route and direct_response are)",
+            ));
+        }
+        None => {
+            return Err(ConfigError::invalid(
+                path,
+                "an action (route, direct_response) is required",
+            ));
+        }
+    };
+    Ok(Route {
+        name: r.name.clone(),
+        matcher,
+        action,
+    })
+}
+
+fn build_action(
+    ra: &pbr::RouteAction,
+    path: &str,
+    clusters: &[String],
+) -> Result<RouteAction, ConfigError> {
+    use pbr::route_action::ClusterSpecifier as CS;
+    use pbr::route_action::HostRewriteSpecifier as HS;
+    let check = |name: &str, p: String| {
+        if clusters.iter().any(|c| c == name) {
+            Ok(())
+        } else {
+            Err(ConfigError::invalid(p, format!("unknown cluster {name:?}")))
+        }
+    };
+    let choice = match &ra.cluster_specifier {
+        Some(CS::Cluster(c)) => {
+            check(c, format!("{path}.cluster"))?;
+            ClusterChoice::Single(c.clone())
+        }
+        Some(CS::WeightedClusters(w)) => {
+            let mut list = Vec::new();
+            for (i, c) in w.clusters.iter().enumerate() {
+                check(
+                    &c.name,
+                    format!("{path}.weighted_clusters.clusters[{i}].name"),
+                )?;
+                list.push((c.name.clone(), c.weight.as_ref().map_or(0, |w| w.value)));
+            }
+            let total = list.iter().map(|(_, w)| *w).sum();
+            if total == 0 {
+                return Err(ConfigError::invalid(
+                    format!("{path}.weighted_clusters"),
+                    "total weight is 0",
+                ));
+            }
+            ClusterChoice::Weighted(list, total)
+        }
+        Some(_) => {
+            return Err(ConfigError::unsupported(
+                path,
+                "cluster specifier (cluster, weighted_clusters are)",
+            ));
+        }
+        None => {
+            return Err(ConfigError::invalid(
+                path,
+                "cluster or weighted_clusters is required",
+            ));
+        }
+    };
+    let host_rewrite = match &ra.host_rewrite_specifier {
+        Some(HS::HostRewriteLiteral(h)) => Some(
+            http::HeaderValue::from_str(h)
+                .map_err(|e| ConfigError::invalid(format!("{path}.host_rewrite_literal"), e))?,
+        ),
+        Some(_) => {
+            return Err(ConfigError::unsupported(
+                path,
+                "host rewrite kind (host_rewrite_literal is)",
+            ));
+        }
+        None => None,
+    };
+    let timeout = match &ra.timeout {
+        None => Some(Duration::from_secs(15)),
+        Some(d) => Some(duration(d)).filter(|d| !d.is_zero()),
+    };
+    let retry = match &ra.retry_policy {
+        None => None,
+        Some(rp) => Some(retry_policy(rp, &format!("{path}.retry_policy"))?),
+    };
+    let prefix_rewrite = Some(ra.prefix_rewrite.clone()).filter(|p| !p.is_empty());
+    Ok(RouteAction {
+        clusters: choice,
+        prefix_rewrite,
+        host_rewrite,
+        timeout,
+        retry,
+    })
+}
+
+fn retry_policy(rp: &pbr::RetryPolicy, path: &str) -> Result<RetryPolicy, ConfigError> {
+    let mut p = RetryPolicy {
+        on_connect_failure: false,
+        on_reset: false,
+        on_5xx: false,
+        on_gateway_error: false,
+        status_codes: rp
+            .retriable_status_codes
+            .iter()
+            .filter_map(|c| u16::try_from(*c).ok())
+            .collect(),
+        num_retries: rp.num_retries.as_ref().map_or(1, |n| n.value),
+        per_try_timeout: rp
+            .per_try_timeout
+            .as_ref()
+            .map(duration)
+            .filter(|d| !d.is_zero()),
+    };
+    for cond in rp
+        .retry_on
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        match cond {
+            "5xx" => {
+                p.on_5xx = true;
+                p.on_reset = true;
+                p.on_connect_failure = true;
+            }
+            "gateway-error" => {
+                p.on_gateway_error = true;
+                p.on_connect_failure = true;
+            }
+            "reset" => {
+                p.on_reset = true;
+                p.on_connect_failure = true;
+            }
+            "connect-failure" => p.on_connect_failure = true,
+            "retriable-status-codes" => {}
+            other => {
+                return Err(ConfigError::unsupported(
+                    format!("{path}.retry_on"),
+                    format!(
+                        "retry condition {other:?} (5xx, gateway-error, reset, connect-failure, retriable-status-codes are)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(p)
+}
+
+/// Applies `prefix_rewrite` for a route that matched by prefix `matched`.
+pub fn rewrite_prefix(route: &Route, rewrite: &str, path_and_query: &str) -> String {
+    match &route.matcher.path {
+        PathMatch::Prefix(p) if path_and_query.len() >= p.len() => {
+            format!(
+                "{rewrite}{}",
+                path_and_query.get(p.len()..).unwrap_or_default()
+            )
+        }
+        _ => {
+            // Exact and regex matches replace the whole path, keeping the query.
+            match path_and_query.find('?') {
+                Some(q) => format!("{rewrite}{}", path_and_query.get(q..).unwrap_or_default()),
+                None => rewrite.to_string(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::bootstrap::parse_value;
+
+    fn table(yaml: &str) -> RouteTable {
+        let v = parse_value(yaml).unwrap();
+        let bytes =
+            wasmesh_xds::descriptors::from_json("envoy.config.route.v3.RouteConfiguration", &v)
+                .unwrap();
+        let cfg: pbr::RouteConfiguration = prost::Message::decode(bytes.as_slice()).unwrap();
+        RouteTable::build(&cfg, "rc", &["a".into(), "b".into()]).unwrap()
+    }
+
+    #[test]
+    fn domains_paths_and_headers() {
+        let t = table(
+            r#"
+virtual_hosts:
+- name: exact
+  domains: ["api.example.com"]
+  routes:
+  - match: {prefix: "/", headers: [{name: x-canary, string_match: {exact: "1"}}]}
+    route: {cluster: b}
+  - match: {prefix: "/v1/"}
+    route: {cluster: a, prefix_rewrite: "/"}
+- name: wild
+  domains: ["*.example.com"]
+  routes:
+  - match: {safe_regex: {regex: "/item/[0-9]+"}}
+    route: {cluster: a}
+- name: default
+  domains: ["*"]
+  routes:
+  - match: {path: "/exact"}
+    direct_response: {status: 200, body: {inline_string: "hi"}}
+"#,
+        );
+        let h = HeaderMap::new();
+        let s = t.select("api.example.com", "/v1/x?q=1", &h).unwrap();
+        assert_eq!(s.virtual_host.name, "exact");
+        let Action::Route(ra) = &s.route.action else {
+            panic!()
+        };
+        assert_eq!(ra.clusters.pick(0), "a");
+        assert_eq!(rewrite_prefix(s.route, "/", "/v1/x?q=1"), "/x?q=1");
+        let mut canary = HeaderMap::new();
+        canary.insert("x-canary", "1".parse().unwrap());
+        let s = t.select("API.example.com", "/v1/x", &canary).unwrap();
+        let Action::Route(ra) = &s.route.action else {
+            panic!()
+        };
+        assert_eq!(ra.clusters.pick(0), "b");
+        assert!(t.select("www.example.com", "/item/12", &h).is_some());
+        assert!(t.select("www.example.com", "/item/12x", &h).is_none());
+        assert!(t.select("other", "/exact", &h).is_some());
+        assert!(t.select("other", "/exact/no", &h).is_none());
+    }
+}

@@ -1,0 +1,455 @@
+//! Starting and stopping the proxy: bind listeners (one `SO_REUSEPORT` socket per worker),
+//! run the workers and the main thread (admin server, DNS refresh), drain on request.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+use crate::config::{BuildOptions, ConfigError, ProxyConfig};
+use crate::filter::StreamInfo;
+use crate::listener::{ListenerConfig, Terminal};
+use crate::network_filter::NetworkCx;
+use crate::pb::bootstrap::Bootstrap;
+use crate::stats::Store;
+use crate::worker::Worker;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid or unsupported.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener or the admin address could not be bound.
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        /// Listener name or `admin`.
+        what: String,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A thread or runtime could not be created.
+    #[error("cannot start {what}: {source}")]
+    Runtime {
+        /// Which thread.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// How to run the proxy.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// Number of workers (`--concurrency`).
+    pub concurrency: usize,
+    /// How long a drain waits for connections to finish.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: std::thread::available_parallelism().map_or(1, usize::from),
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A running proxy.
+pub struct RunningProxy {
+    listeners: Vec<(Arc<str>, SocketAddr)>,
+    admin: Option<SocketAddr>,
+    drain: watch::Sender<bool>,
+    quit: Arc<Notify>,
+    threads: Vec<JoinHandle<()>>,
+    main_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    config: Arc<ArcSwap<ProxyConfig>>,
+    store: Store,
+}
+
+impl RunningProxy {
+    /// Bound address of the listener `name` (port 0 resolved).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// Bound addresses of every listener, in config order.
+    pub fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners
+            .iter()
+            .map(|(n, a)| (n.to_string(), *a))
+            .collect()
+    }
+
+    /// Bound admin address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// The metric store.
+    pub fn stats(&self) -> &Store {
+        &self.store
+    }
+
+    /// The live config (the xDS client swaps it).
+    pub fn config(&self) -> &Arc<ArcSwap<ProxyConfig>> {
+        &self.config
+    }
+
+    /// Resolves when `/quitquitquit` is called.
+    pub fn quit_requested(&self) -> Arc<Notify> {
+        Arc::clone(&self.quit)
+    }
+
+    /// Stops accepting, lets in-flight streams finish (up to the drain timeout), then stops.
+    pub fn shutdown(mut self) {
+        let _ = self.drain.send(true);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        if let Some(stop) = self.main_stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Drop for RunningProxy {
+    fn drop(&mut self) {
+        let _ = self.drain.send(true);
+        if let Some(stop) = self.main_stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn bind(addr: SocketAddr, what: &str) -> Result<std::net::TcpListener, StartError> {
+    let err = |source| StartError::Bind {
+        what: what.to_string(),
+        addr,
+        source,
+    };
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
+        .map_err(err)?;
+    s.set_reuse_address(true).map_err(err)?;
+    s.set_reuse_port(true).map_err(err)?;
+    s.set_nonblocking(true).map_err(err)?;
+    s.set_tcp_nodelay(true).map_err(err)?;
+    s.bind(&addr.into()).map_err(err)?;
+    s.listen(1024).map_err(err)?;
+    Ok(s.into())
+}
+
+/// Builds the config from `bootstrap` and starts the proxy.
+pub fn start(bootstrap: &Bootstrap, opts: &ProxyOptions) -> Result<RunningProxy, StartError> {
+    let build = BuildOptions {
+        concurrency: opts.concurrency.max(1),
+        ..BuildOptions::default()
+    };
+    let config = crate::config::build(bootstrap, &build)?;
+    start_with(config, build.store, opts)
+}
+
+/// Starts the proxy with a built config (and the store it was built with).
+pub fn start_with(
+    config: ProxyConfig,
+    store: Store,
+    opts: &ProxyOptions,
+) -> Result<RunningProxy, StartError> {
+    let concurrency = opts.concurrency.max(1);
+    // Bind everything first so errors surface before any thread starts.
+    let mut sockets: Vec<Vec<std::net::TcpListener>> =
+        (0..concurrency).map(|_| Vec::new()).collect();
+    let mut bound = Vec::new();
+    for l in &config.listeners {
+        let first = bind(l.address, &l.name)?;
+        let actual = first.local_addr().map_err(|source| StartError::Bind {
+            what: l.name.to_string(),
+            addr: l.address,
+            source,
+        })?;
+        bound.push((Arc::clone(&l.name), actual));
+        for (i, per_worker) in sockets.iter_mut().enumerate() {
+            let s = if i == 0 {
+                first.try_clone().map_err(|source| StartError::Bind {
+                    what: l.name.to_string(),
+                    addr: actual,
+                    source,
+                })?
+            } else {
+                bind(actual, &l.name)?
+            };
+            per_worker.push(s);
+        }
+    }
+    let admin_sock = match config.admin {
+        Some(a) => {
+            let s = std::net::TcpListener::bind(a).map_err(|source| StartError::Bind {
+                what: "admin".into(),
+                addr: a,
+                source,
+            })?;
+            s.set_nonblocking(true).map_err(|source| StartError::Bind {
+                what: "admin".into(),
+                addr: a,
+                source,
+            })?;
+            Some(s)
+        }
+        None => None,
+    };
+    let admin = admin_sock.as_ref().and_then(|s| s.local_addr().ok());
+    let config = Arc::new(ArcSwap::from_pointee(config));
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let quit = Arc::new(Notify::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let drain_timeout = opts.drain_timeout;
+    let mut threads = Vec::new();
+    for (index, socks) in sockets.into_iter().enumerate() {
+        let cfg = Arc::clone(&config);
+        let drain = drain_rx.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("wrk:worker_{index}"))
+            .spawn(move || run_worker(index, cfg, socks, drain, drain_timeout))
+            .map_err(|source| StartError::Runtime {
+                what: format!("worker {index}"),
+                source,
+            })?;
+        threads.push(t);
+    }
+    // The main thread: admin, DNS.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let state = crate::admin::AdminState {
+        config: Arc::clone(&config),
+        store: store.clone(),
+        listeners: Arc::new(bound.clone()),
+        quit: Arc::clone(&quit),
+        ready: Arc::clone(&ready),
+    };
+    let main_cfg = Arc::clone(&config);
+    let (init_tx, init_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("wasmesh-main".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let cfg = main_cfg.load_full();
+                for c in cfg.clusters.values() {
+                    c.resolve().await;
+                }
+                state.ready.store(true, Ordering::Relaxed);
+                let _ = init_tx.send(());
+                for c in cfg.clusters.values() {
+                    if let crate::cluster::Discovery::StrictDns { refresh, .. } = &c.discovery {
+                        let c = Arc::clone(c);
+                        let every = (*refresh).max(Duration::from_millis(100));
+                        tokio::spawn(async move {
+                            loop {
+                                tokio::time::sleep(every).await;
+                                c.resolve().await;
+                            }
+                        });
+                    }
+                }
+                if let Some(sock) = admin_sock
+                    && let Ok(l) = TcpListener::from_std(sock)
+                {
+                    tokio::spawn(crate::admin::serve(l, state));
+                }
+                let _ = stop_rx.await;
+            });
+        })
+        .map_err(|source| StartError::Runtime {
+            what: "main thread".into(),
+            source,
+        })?;
+    // Clusters are initialized (DNS resolved once) before start returns, like Envoy's init.
+    let _ = init_rx.recv_timeout(Duration::from_secs(10));
+    Ok(RunningProxy {
+        listeners: bound,
+        admin,
+        drain: drain_tx,
+        quit,
+        threads,
+        main_stop: Some(stop_tx),
+        config,
+        store,
+    })
+}
+
+fn run_worker(
+    index: usize,
+    config: Arc<ArcSwap<ProxyConfig>>,
+    sockets: Vec<std::net::TcpListener>,
+    drain: watch::Receiver<bool>,
+    drain_timeout: Duration,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(worker = index, error = %e, "cannot create worker runtime");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let worker = Worker::new(index, Arc::clone(&config));
+        let active = Rc::new(std::cell::Cell::new(0usize));
+        let idle = Rc::new(Notify::new());
+        let listeners: Vec<Arc<ListenerConfig>> = config.load().listeners.clone();
+        let mut accept_tasks = Vec::new();
+        for (sock, lcfg) in sockets.into_iter().zip(listeners) {
+            let Ok(l) = TcpListener::from_std(sock) else {
+                continue;
+            };
+            let worker = Rc::clone(&worker);
+            let drain = drain.clone();
+            let (active, idle) = (Rc::clone(&active), Rc::clone(&idle));
+            accept_tasks.push(tokio::task::spawn_local(accept_loop(
+                l, lcfg, worker, drain, active, idle,
+            )));
+        }
+        let mut d = drain.clone();
+        while !*d.borrow() {
+            if d.changed().await.is_err() {
+                break;
+            }
+        }
+        for t in &accept_tasks {
+            t.abort();
+        }
+        let deadline = tokio::time::Instant::now() + drain_timeout;
+        while active.get() > 0 {
+            if tokio::time::timeout_at(deadline, idle.notified())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    lcfg: Arc<ListenerConfig>,
+    worker: Rc<Worker>,
+    drain: watch::Receiver<bool>,
+    active: Rc<std::cell::Cell<usize>>,
+    idle: Rc<Notify>,
+) {
+    loop {
+        let (sock, remote) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let _ = sock.set_nodelay(true);
+        let local = sock.local_addr().unwrap_or(lcfg.address);
+        lcfg.cx_total.inc();
+        let (lcfg, worker, drain) = (Arc::clone(&lcfg), Rc::clone(&worker), drain.clone());
+        let (active, idle) = (Rc::clone(&active), Rc::clone(&idle));
+        active.set(active.get() + 1);
+        tokio::task::spawn_local(async move {
+            handle_connection(sock, local, remote, lcfg, worker, drain).await;
+            active.set(active.get().saturating_sub(1));
+            if active.get() == 0 {
+                idle.notify_waiters();
+            }
+        });
+    }
+}
+
+async fn handle_connection(
+    sock: tokio::net::TcpStream,
+    local: SocketAddr,
+    remote: SocketAddr,
+    lcfg: Arc<ListenerConfig>,
+    worker: Rc<Worker>,
+    drain: watch::Receiver<bool>,
+) {
+    let node = Arc::clone(&worker.config.load().node);
+    let mut info = StreamInfo::new(
+        Arc::clone(&lcfg.name),
+        local,
+        remote,
+        http::Version::HTTP_11,
+        node,
+    );
+    // TLS handshake.
+    let (io, alpn_h2, sni): (crate::hcm::ServerIo, Option<bool>, Option<String>) = match &lcfg.tls {
+        None => (crate::hcm::ServerIo::Plain(sock), None, None),
+        Some(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(tls));
+            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(sock)).await {
+                Ok(Ok(s)) => {
+                    let conn = s.get_ref().1;
+                    let h2 = conn.alpn_protocol().map(|p| p == b"h2");
+                    let sni = conn.server_name().map(str::to_string);
+                    (crate::hcm::ServerIo::Tls(Box::new(s)), h2, sni)
+                }
+                _ => return,
+            }
+        }
+    };
+    info.downstream_tls = lcfg.tls.is_some();
+    info.requested_server_name = sni.clone();
+    let filters: Vec<_> = lcfg
+        .network_filters
+        .iter()
+        .map(|f| f.config.create_filter(&worker.ctx))
+        .collect();
+    let mut cx = NetworkCx::new(info, worker.ctx.clone());
+    match &lcfg.terminal {
+        Terminal::Tcp(tcp) => crate::tcp::serve(io, Arc::clone(tcp), filters, cx, worker).await,
+        Terminal::Http(hcm) => {
+            let mut filters = filters;
+            for f in filters.iter_mut() {
+                f.on_new_connection(&mut cx).await;
+                if cx.close_requested() {
+                    return;
+                }
+            }
+            let conn = Rc::new(crate::hcm::Conn {
+                hcm: Arc::clone(hcm),
+                worker,
+                listener: Arc::clone(&lcfg.name),
+                local,
+                remote,
+                tls: lcfg.tls.is_some(),
+                sni,
+            });
+            crate::hcm::serve(io, conn, alpn_h2, drain).await;
+            let info = cx.stream_info();
+            for f in filters.iter_mut() {
+                f.on_log(info);
+            }
+        }
+    }
+}

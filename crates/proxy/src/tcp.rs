@@ -1,0 +1,162 @@
+//! `tcp_proxy` with network filters: bytes from downstream run through the filters in order,
+//! bytes from upstream in reverse order; closes are reported to the filters; a filter can close
+//! the connection.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::listener::TcpProxyConfig;
+use crate::network_filter::{CloseType, NetStatus, NetworkCx, NetworkFilter};
+use crate::worker::Worker;
+
+const READ_CHUNK: usize = 16 * 1024;
+
+async fn run_filters(
+    filters: &mut [Box<dyn NetworkFilter>],
+    cx: &mut NetworkCx,
+    buf: &mut BytesMut,
+    end: bool,
+    downstream: bool,
+) -> bool {
+    let order: Vec<usize> = if downstream {
+        (0..filters.len()).collect()
+    } else {
+        (0..filters.len()).rev().collect()
+    };
+    for i in order {
+        let Some(f) = filters.get_mut(i) else {
+            continue;
+        };
+        let s = if downstream {
+            f.on_downstream_data(cx, buf, end).await
+        } else {
+            f.on_upstream_data(cx, buf, end).await
+        };
+        if cx.close_requested() || s == NetStatus::StopIteration {
+            return false;
+        }
+    }
+    true
+}
+
+/// Proxies one downstream connection to the cluster of `cfg`.
+pub(crate) async fn serve<D>(
+    downstream: D,
+    cfg: Arc<TcpProxyConfig>,
+    mut filters: Vec<Box<dyn NetworkFilter>>,
+    mut cx: NetworkCx,
+    worker: Rc<Worker>,
+) where
+    D: AsyncRead + AsyncWrite + Unpin,
+{
+    cfg.cx_total.inc();
+    cfg.cx_active.inc();
+    let start = std::time::Instant::now();
+    proxy(downstream, &cfg, &mut filters, &mut cx, &worker).await;
+    cfg.cx_active.dec();
+    cx.stream_info_mut().duration = Some(start.elapsed());
+    let info = cx.stream_info();
+    for f in filters.iter_mut() {
+        f.on_log(info);
+    }
+}
+
+async fn proxy<D>(
+    downstream: D,
+    cfg: &TcpProxyConfig,
+    filters: &mut [Box<dyn NetworkFilter>],
+    cx: &mut NetworkCx,
+    worker: &Worker,
+) where
+    D: AsyncRead + AsyncWrite + Unpin,
+{
+    for f in filters.iter_mut() {
+        f.on_new_connection(cx).await;
+        if cx.close_requested() {
+            return;
+        }
+    }
+    let config = worker.config.load_full();
+    let cluster_name = cfg.cluster.pick(crate::worker::rand_u32()).to_string();
+    cx.stream_info_mut().cluster_name = Some(cluster_name.clone());
+    let Some(cluster) = config.clusters.get(&cluster_name).cloned() else {
+        cfg.no_route.inc();
+        return;
+    };
+    let Some(host) = cluster.pick(crate::worker::rand_u32()) else {
+        cluster.stats.cx_none_healthy.inc();
+        return;
+    };
+    cx.stream_info_mut().upstream_host = Some(host.addr);
+    let upstream = match crate::upstream::connect(&cluster, &host).await {
+        Ok((io, _)) => io,
+        Err(e) => {
+            tracing::debug!(cluster = %cluster_name, error = ?e.kind, "tcp_proxy upstream connect failed");
+            return;
+        }
+    };
+    cluster.stats.cx_active.inc();
+    let (mut dr, mut dw) = tokio::io::split(downstream);
+    let (mut ur, mut uw) = tokio::io::split(upstream);
+    let mut dbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut ubuf = BytesMut::with_capacity(READ_CHUNK);
+    let (mut d_open, mut u_open) = (true, true);
+    while d_open || u_open {
+        tokio::select! {
+            r = dr.read_buf(&mut dbuf), if d_open => {
+                let n = r.unwrap_or(0);
+                let end = n == 0;
+                cfg.rx_bytes.add(n as u64);
+                cx.stream_info_mut().bytes_received += n as u64;
+                if run_filters(filters, cx, &mut dbuf, end, true).await && !dbuf.is_empty() {
+                    if uw.write_all(&dbuf).await.is_err() {
+                        break;
+                    }
+                    dbuf.clear();
+                }
+                if cx.close_requested() {
+                    break;
+                }
+                if end {
+                    d_open = false;
+                    let _ = uw.shutdown().await;
+                    for f in filters.iter_mut() {
+                        f.on_downstream_close(cx, CloseType::Remote);
+                    }
+                }
+            }
+            r = ur.read_buf(&mut ubuf), if u_open => {
+                let n = r.unwrap_or(0);
+                let end = n == 0;
+                if run_filters(filters, cx, &mut ubuf, end, false).await && !ubuf.is_empty() {
+                    cfg.tx_bytes.add(ubuf.len() as u64);
+                    cx.stream_info_mut().bytes_sent += ubuf.len() as u64;
+                    if dw.write_all(&ubuf).await.is_err() {
+                        break;
+                    }
+                    ubuf.clear();
+                }
+                if cx.close_requested() {
+                    break;
+                }
+                if end {
+                    u_open = false;
+                    let _ = dw.shutdown().await;
+                    for f in filters.iter_mut() {
+                        f.on_upstream_close(cx, CloseType::Remote);
+                    }
+                }
+            }
+        }
+    }
+    if cx.close_requested() {
+        for f in filters.iter_mut() {
+            f.on_downstream_close(cx, CloseType::Local);
+            f.on_upstream_close(cx, CloseType::Local);
+        }
+    }
+    cluster.stats.cx_active.dec();
+}

@@ -1,0 +1,69 @@
+//! The admin API.
+
+use std::time::Duration;
+
+use test_support::proxy_peers::start_upstream;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_answer_like_envoy() -> anyhow::Result<()> {
+    let up = start_upstream("u").await?;
+    let p = start_proxy_with(&basic(up.addr.port()), 2)?;
+    let addr = p.listener_addr("main").unwrap();
+    assert_eq!(send(addr, get("x", "/")).await?.status, 200);
+
+    let ready = admin_get(&p, "/ready").await?;
+    assert_eq!((ready.status, ready.text().as_str()), (200, "LIVE\n"));
+    let prom = admin_get(&p, "/stats/prometheus").await?.text();
+    assert!(
+        prom.contains("# TYPE envoy_http_downstream_rq_total counter"),
+        "{prom}"
+    );
+    assert!(
+        prom.contains(
+            "envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix=\"ingress_http\"} 1"
+        ),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("envoy_cluster_upstream_rq_total{envoy_cluster_name=\"backend\"} 1"),
+        "{prom}"
+    );
+    let dump = admin_get(&p, "/config_dump").await?.json();
+    assert_eq!(
+        dump["configs"][0]["@type"],
+        "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump"
+    );
+    assert_eq!(
+        dump["configs"][1]["static_clusters"][0]["cluster"]["name"],
+        "backend"
+    );
+    assert_eq!(
+        dump["configs"][2]["static_listeners"][0]["listener"]["name"],
+        "main"
+    );
+    let clusters = admin_get(&p, "/clusters").await?.text();
+    assert!(
+        clusters.contains(&format!("backend::{}::rq_total::1", up.addr)),
+        "{clusters}"
+    );
+    assert!(clusters.contains("::health_flags::healthy"), "{clusters}");
+    let listeners = admin_get(&p, "/listeners").await?.text();
+    assert_eq!(listeners, format!("main::{addr}\n"));
+
+    let quit = p.quit_requested();
+    let waiter = tokio::spawn(async move { quit.notified().await });
+    let admin = p.admin_addr().unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/quitquitquit")
+        .header("host", "admin")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))?;
+    assert_eq!(send(admin, req).await?.status, 200);
+    tokio::time::timeout(Duration::from_secs(2), waiter).await??;
+    // Drain: the proxy stops accepting.
+    tokio::task::spawn_blocking(move || p.shutdown()).await?;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    Ok(())
+}

