@@ -105,7 +105,7 @@ impl PullSecret {
         if !entry.auth.is_empty() {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(entry.auth.trim())
-                .map_err(|e| bad(format!("auth of {registry} is not base64: {e}")))?;
+                .map_err(|_| bad(format!("auth of {registry} is not base64")))?;
             let decoded = String::from_utf8(decoded)
                 .map_err(|_| bad(format!("auth of {registry} is not UTF-8")))?;
             let (u, p) = decoded
