@@ -27,6 +27,8 @@ pub const TRAP: &str = "trap";
 pub const LOOP: &str = "loop";
 /// `plugins/hostile/memory_hog`: allocates until memory runs out when `x-hog` is sent.
 pub const MEMORY_HOG: &str = "memory_hog";
+/// `plugins/bench_rw`: reads `x-bench-in`, adds `x-bench-out` (benchmarks).
+pub const BENCH_RW: &str = "bench_rw";
 /// `plugins/abi010`: built with proxy-wasm 0.1.4, exports `proxy_abi_version_0_1_0`.
 pub const ABI010: &str = "abi010";
 /// `plugins/assemblyscript/add_header`: AssemblyScript SDK, ABI 0.2.0.
@@ -89,6 +91,7 @@ pub const ALL: &[Plugin] = &[
     // `loop` is a Rust keyword, so the crate is called busy_loop.
     rust(LOOP, "hostile/loop", "busy_loop"),
     rust(MEMORY_HOG, "hostile/memory_hog", "memory_hog"),
+    rust(BENCH_RW, "bench_rw", "bench_rw"),
     Plugin {
         name: ABI010,
         dir: "abi010",

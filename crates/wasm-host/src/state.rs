@@ -2,6 +2,7 @@
 //! may touch, queued side effects, limits.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use wasmtime::{Memory, ResourceLimiter, TypedFunc};
@@ -12,6 +13,29 @@ use crate::host::{Host, HttpCallResponse};
 use crate::metrics::Metric;
 use crate::plugin::Plugin;
 use crate::properties::StreamProperties;
+
+/// Context ids are small sequential integers: hashing them with SipHash costs more than the
+/// rest of a host call, so the context table uses them as their own hash.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+pub(crate) type IdMap<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
 
 /// A side effect a plugin asked for, carried out by the proxy after the VM call returns
 /// (as cpp-host defers them).
@@ -64,6 +88,8 @@ pub(crate) struct Context {
     pub(crate) root: u32,
     /// Request headers/trailers, response headers/trailers.
     pub(crate) maps: [Option<HeaderMap>; 4],
+    /// Whether the plugin changed each map since it was set.
+    pub(crate) maps_modified: [bool; 4],
     /// Request body, response body, downstream data, upstream data.
     pub(crate) buffers: [Option<Vec<u8>>; 4],
     pub(crate) props: Box<dyn StreamProperties>,
@@ -77,6 +103,7 @@ impl Context {
             kind,
             root,
             maps: Default::default(),
+            maps_modified: [false; 4],
             buffers: Default::default(),
             props,
             filter_state: Vec::new(),
@@ -141,7 +168,7 @@ pub struct VmState {
     pub(crate) limiter: Limiter,
     pub(crate) memory: Option<Memory>,
     pub(crate) allocator: Option<TypedFunc<i32, i32>>,
-    pub(crate) contexts: HashMap<u32, Context>,
+    pub(crate) contexts: IdMap<Context>,
     pub(crate) next_context_id: u32,
     pub(crate) current: u32,
     pub(crate) effective: Option<u32>,
@@ -175,7 +202,7 @@ impl VmState {
             },
             memory: None,
             allocator: None,
-            contexts: HashMap::new(),
+            contexts: IdMap::default(),
             next_context_id: 1,
             current: 0,
             effective: None,

@@ -399,8 +399,22 @@ impl PluginVm {
             self.store.data_mut().contexts.get_mut(&ctx),
         ) {
             c.maps[slot] = Some(map);
+            c.maps_modified[slot] = false;
         }
         Ok(())
+    }
+
+    /// Whether the plugin changed a map since [`Self::set_map`] (lets the proxy skip writing
+    /// unchanged headers back, and clear the route cache only when request headers changed).
+    pub fn map_modified(&self, ctx: u32, map_type: MapType) -> bool {
+        let Some(slot) = map_type.stream_slot() else {
+            return false;
+        };
+        self.store
+            .data()
+            .contexts
+            .get(&ctx)
+            .is_some_and(|c| c.maps_modified[slot])
     }
 
     /// Takes a map back out of a stream context (after the plugin is done with it).

@@ -2,7 +2,7 @@
 
 use wasmtime::{Caller, Linker};
 
-use super::mem::{copy_out, running, slice, split, st, write_u32};
+use super::mem::{copy_out, copy_out_from, running, slice, split, st, write_u32};
 use crate::abi::{AbiVersion, MapType, Status};
 use crate::headers::HeaderMap;
 use crate::pairs;
@@ -45,6 +45,9 @@ fn map_mut(state: &mut VmState, mt: MapType) -> Result<&mut HeaderMap, Status> {
         return Err(Status::BadArgument);
     }
     let is_trailers = matches!(mt, MapType::RequestTrailers | MapType::ResponseTrailers);
+    if ctx.maps[slot].is_some() || is_trailers {
+        ctx.maps_modified[slot] = true;
+    }
     match &mut ctx.maps[slot] {
         Some(m) => Ok(m),
         slot @ None if is_trailers => Ok(slot.insert(HeaderMap::new())),

@@ -70,6 +70,48 @@ pub(super) fn write_u32(c: &mut Caller<'_, VmState>, ptr: i32, v: u32) -> wasmti
     })
 }
 
+/// Like [`copy_out`], but copies straight from host state: `get` finds the bytes again after
+/// the guest allocator ran (no intermediate copy on the hot path). If they are gone or changed
+/// size meanwhile, the call fails with `InvalidMemoryAccess`.
+pub(super) fn copy_out_from(
+    c: &mut Caller<'_, VmState>,
+    len: usize,
+    get: impl Fn(&VmState) -> Option<&[u8]>,
+    ptr_out: i32,
+    len_out: i32,
+) -> wasmtime::Result<Status> {
+    if len == 0 {
+        return copy_out(c, &[], ptr_out, len_out);
+    }
+    let Ok(len_i32) = i32::try_from(len) else {
+        return Ok(Status::InvalidMemoryAccess);
+    };
+    let alloc = c
+        .data()
+        .allocator
+        .clone()
+        .ok_or_else(|| wasmtime::format_err!("module exports no allocator"))?;
+    let ptr = alloc.call(&mut *c, len_i32)?;
+    if ptr == 0 {
+        return Ok(Status::InvalidMemoryAccess);
+    }
+    let (mem, state) = split(c)?;
+    let p = ptr as u32 as usize;
+    let Some(src) = get(state).filter(|b| b.len() == len) else {
+        return Ok(Status::InvalidMemoryAccess);
+    };
+    let Some(dst) = p.checked_add(len).and_then(|end| mem.get_mut(p..end)) else {
+        return Ok(Status::InvalidMemoryAccess);
+    };
+    dst.copy_from_slice(src);
+    if let Err(s) =
+        put_u32(mem, ptr_out, ptr as u32).and_then(|_| put_u32(mem, len_out, len as u32))
+    {
+        return Ok(s);
+    }
+    Ok(Status::Ok)
+}
+
 /// Hands `bytes` to the guest: allocates with the guest's allocator, copies, and writes
 /// `(ptr, len)` to the two out-pointers. Empty data writes `(0, 0)` without allocating.
 pub(super) fn copy_out(
