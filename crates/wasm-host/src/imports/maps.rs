@@ -86,11 +86,29 @@ fn get_value(c: &mut C<'_>, mt: i32, kp: i32, kl: i32, vpp: i32, vlp: i32) -> R 
     };
     let (mem, state) = split(c)?;
     let key = try_st!(slice(mem, kp, kl));
-    let value = map_ref(state, mt)
-        .and_then(|m| m.get(key))
-        .map(<[u8]>::to_vec);
-    match value {
-        Some(v) => copy_out(c, &v, vpp, vlp).map(|s| s as i32),
+    let len = map_ref(state, mt).and_then(|m| m.get(key)).map(<[u8]>::len);
+    match len {
+        Some(len) => {
+            // The key must be found again after the guest allocator ran: copy it (on the
+            // stack when short) instead of copying the value.
+            let mut buf = [0u8; 128];
+            let heap;
+            let key: &[u8] = if key.len() <= buf.len() {
+                buf[..key.len()].copy_from_slice(key);
+                &buf[..key.len()]
+            } else {
+                heap = key.to_vec();
+                &heap
+            };
+            copy_out_from(
+                c,
+                len,
+                |st| map_ref(st, mt).and_then(|m| m.get(key)),
+                vpp,
+                vlp,
+            )
+            .map(|s| s as i32)
+        }
         // 0.1.0: Envoy answers Ok with an empty value.
         None if state.abi == AbiVersion::V0_1_0 => copy_out(c, &[], vpp, vlp).map(|s| s as i32),
         None => st(Status::NotFound),
