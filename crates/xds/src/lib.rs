@@ -10,6 +10,7 @@
 //! Client: [`client::AdsClient::subscribe`] yields `(version, Vec<Any>)` updates to ACK or NACK.
 
 pub mod client;
+mod delta;
 pub mod descriptors;
 pub mod server;
 pub mod snapshot;

@@ -156,14 +156,14 @@ impl SnapshotCache {
         lock(&self.status).get(node_id).cloned()
     }
 
-    fn watch(&self, node_id: &str) -> watch::Receiver<Option<Arc<Snapshot>>> {
+    pub(crate) fn watch(&self, node_id: &str) -> watch::Receiver<Option<Arc<Snapshot>>> {
         lock(&self.slots)
             .entry(node_id.to_string())
             .or_insert_with(|| watch::channel(None).0)
             .subscribe()
     }
 
-    fn emit(&self, ev: NodeEvent) {
+    pub(crate) fn emit(&self, ev: NodeEvent) {
         {
             let mut st = lock(&self.status);
             match &ev {
@@ -207,8 +207,8 @@ pub struct AdsServer {
     cache: Arc<SnapshotCache>,
 }
 
-static NONCE: AtomicU64 = AtomicU64::new(1);
-static STREAM_ID: AtomicU64 = AtomicU64::new(1);
+pub(crate) static NONCE: AtomicU64 = AtomicU64::new(1);
+pub(crate) static STREAM_ID: AtomicU64 = AtomicU64::new(1);
 
 impl AdsServer {
     /// A server over `cache`.
@@ -283,11 +283,18 @@ impl AggregatedDiscoveryService for AdsServer {
 
     async fn delta_aggregated_resources(
         &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented(
-            "delta xDS is not supported by wasmesh; use state-of-the-world ADS (api_type: GRPC)",
-        ))
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(8);
+        let mut stream = crate::delta::DeltaStream::new(self.cache.clone(), tx);
+        tokio::spawn(async move {
+            if let Err(status) = stream.run(inbound).await {
+                debug!(node = %stream.node_id, %status, "delta ADS stream ended with error");
+                let _ = stream.tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 

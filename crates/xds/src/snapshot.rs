@@ -38,6 +38,8 @@ pub mod type_url {
 pub struct Resources {
     version: String,
     items: BTreeMap<String, Any>,
+    /// Per-resource content versions (delta xDS).
+    item_versions: BTreeMap<String, String>,
 }
 
 impl Resources {
@@ -45,14 +47,20 @@ impl Resources {
     pub fn new(items: impl IntoIterator<Item = (String, Any)>) -> Self {
         let items: BTreeMap<String, Any> = items.into_iter().collect();
         let mut h = DefaultHasher::new();
+        let mut item_versions = BTreeMap::new();
         for (name, any) in &items {
             name.hash(&mut h);
             any.type_url.hash(&mut h);
             any.value.hash(&mut h);
+            let mut ih = DefaultHasher::new();
+            any.type_url.hash(&mut ih);
+            any.value.hash(&mut ih);
+            item_versions.insert(name.clone(), format!("{:016x}", ih.finish()));
         }
         Self {
             version: format!("{:016x}", h.finish()),
             items,
+            item_versions,
         }
     }
 
@@ -64,6 +72,11 @@ impl Resources {
     /// Resources by name.
     pub fn items(&self) -> &BTreeMap<String, Any> {
         &self.items
+    }
+
+    /// Content version of the resource named `name` (delta xDS).
+    pub fn item_version(&self, name: &str) -> Option<&str> {
+        self.item_versions.get(name).map(String::as_str)
     }
 
     /// The resource named `name`, if present.

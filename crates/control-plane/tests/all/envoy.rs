@@ -40,7 +40,8 @@ struct Envoy {
 }
 
 impl Envoy {
-    async fn start(dir: &Path, xds_port: u16, admin: u16) -> Self {
+    /// `api_type`: `GRPC` (state of the world) or `DELTA_GRPC`.
+    async fn start(dir: &Path, xds_port: u16, admin: u16, api_type: &str) -> Self {
         let bootstrap = serde_json::json!({
             "node": {
                 "id": "router~127.0.0.1~ingress.app~app.svc.cluster.local",
@@ -50,7 +51,7 @@ impl Envoy {
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
             "dynamic_resources": {
                 "ads_config": {
-                    "api_type": "GRPC",
+                    "api_type": api_type,
                     "transport_api_version": "V3",
                     "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}],
                     "set_node_on_first_message_only": true,
@@ -164,7 +165,7 @@ async fn wasm_plugin_drives_real_envoy() {
     let cp = ControlPlane::start(Settings::new(&cfg, "127.0.0.1:0".parse().unwrap()))
         .await
         .unwrap();
-    let envoy = Envoy::start(dir.path(), cp.addr.port(), free_port()).await;
+    let envoy = Envoy::start(dir.path(), cp.addr.port(), free_port(), "GRPC").await;
     let t = Duration::from_secs(90);
 
     // 1. The plugin takes effect on traffic (request and response side).
@@ -332,4 +333,62 @@ async fn wasm_plugin_drives_real_envoy() {
         st.nacked,
         envoy.log_tail()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasm_plugin_drives_real_envoy_over_delta_xds() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config");
+    std::fs::create_dir(&cfg).unwrap();
+    let echo = test_support::echo::start("echo").await.unwrap();
+    let gw_port = free_port();
+    write(
+        &cfg,
+        "routing.yaml",
+        &gateway_routing(gw_port, echo.addr.port()),
+    );
+    write(
+        &cfg,
+        "plugin.yaml",
+        &headers_plugin("hdr", "pluginConfig:\n  response_add: {x-wasm: d1}"),
+    );
+    let cp = ControlPlane::start(Settings::new(&cfg, "127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let envoy = Envoy::start(dir.path(), cp.addr.port(), free_port(), "DELTA_GRPC").await;
+    let t = Duration::from_secs(90);
+    let first = try_eventually(t, || async {
+        (x_wasm(gw_port).await? == ["d1"]).then_some(())
+    })
+    .await;
+    assert!(
+        first.is_some(),
+        "Envoy (delta xDS) never served the plugin\n{}",
+        envoy.log_tail()
+    );
+    write(
+        &cfg,
+        "plugin.yaml",
+        &headers_plugin("hdr", "pluginConfig:\n  response_add: {x-wasm: d2}"),
+    );
+    eventually(t, "x-wasm: d2 over delta xDS", || async {
+        (x_wasm(gw_port).await? == ["d2"]).then_some(())
+    })
+    .await;
+    std::fs::remove_file(cfg.join("plugin.yaml")).unwrap();
+    eventually(t, "plugin removed over delta xDS", || async {
+        x_wasm(gw_port).await?.is_empty().then_some(())
+    })
+    .await;
+    let st = cp
+        .cache
+        .status("router~127.0.0.1~ingress.app~app.svc.cluster.local")
+        .unwrap();
+    assert!(
+        st.nacked.is_empty(),
+        "Envoy rejected something: {:?}\n{}",
+        st.nacked,
+        envoy.log_tail()
+    );
+    assert!(!st.acked.is_empty(), "Envoy acknowledged over delta xDS");
 }
