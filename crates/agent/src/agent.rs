@@ -237,14 +237,20 @@ impl Agent {
 
     /// Serves until the server stops (it stops only on error or shutdown).
     pub async fn wait(mut self) -> Result<(), AgentError> {
-        let r = (&mut self.server).await.unwrap_or_else(|e| {
-            Err(AgentError::Serve {
-                addr: self.listen.to_string(),
-                reason: e.to_string(),
-            })
-        });
+        let r = self.stopped().await;
         self.stop_background();
         r
+    }
+
+    /// Resolves when the xDS server stops (on error); the agent can still be shut down after.
+    pub async fn stopped(&mut self) -> Result<(), AgentError> {
+        let addr = self.listen.to_string();
+        (&mut self.server).await.unwrap_or_else(|e| {
+            Err(AgentError::Serve {
+                addr,
+                reason: e.to_string(),
+            })
+        })
     }
 
     /// Stops serving and the background tasks.

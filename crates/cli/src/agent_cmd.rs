@@ -19,7 +19,11 @@ pub(crate) struct AgentArgs {
     #[arg(long, env = "WASMESH_DISCOVERY_ADDRESS", default_value = wasmesh_agent::agent::DEFAULT_DISCOVERY_ADDRESS)]
     discovery_address: String,
     /// Directory of the Wasm module cache (and its index).
-    #[arg(long, env = "WASMESH_WASM_CACHE_DIR", default_value = "/var/lib/wasmesh/data")]
+    #[arg(
+        long,
+        env = "WASMESH_WASM_CACHE_DIR",
+        default_value = "/var/lib/wasmesh/data"
+    )]
     cache_dir: PathBuf,
     /// Registries (`host[:port]`, comma-separated, `*` for all) reachable without TLS verification or over plain HTTP.
     #[arg(long, env = "WASM_INSECURE_REGISTRIES", default_value = "")]
@@ -29,7 +33,11 @@ pub(crate) struct AgentArgs {
     #[arg(long, env = "DOCKER_CONFIG")]
     docker_config: Option<PathBuf>,
     /// Prometheus endpoint (`/metrics`); empty to disable.
-    #[arg(long, env = "WASMESH_AGENT_METRICS_ADDR", default_value = "127.0.0.1:15020")]
+    #[arg(
+        long,
+        env = "WASMESH_AGENT_METRICS_ADDR",
+        default_value = "127.0.0.1:15020"
+    )]
     metrics_addr: String,
     /// A cached module unused this long is removed (never one a proxy still uses).
     #[arg(long, env = "WASM_MODULE_EXPIRY", default_value = "24h", value_parser = parse_duration)]
@@ -53,7 +61,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| format!("{s:?} is not a duration like 30s, 5m, 24h"))?;
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 5m, 24h"))?;
     Ok(match unit {
         "" | "s" => Duration::from_secs(n),
         "ms" => Duration::from_millis(n),
@@ -76,16 +86,24 @@ pub(crate) fn agent(args: AgentArgs) -> anyhow::Result<()> {
     cfg.cache.fetch.docker_config = args.docker_config.map(|d| d.join("config.json"));
     cfg.metrics_addr = match args.metrics_addr.trim() {
         "" => None,
-        a => Some(a.parse::<SocketAddr>().with_context(|| format!("--metrics-addr {a}"))?),
+        a => Some(
+            a.parse::<SocketAddr>()
+                .with_context(|| format!("--metrics-addr {a}"))?,
+        ),
     };
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     rt.block_on(async {
-        let agent = Agent::start(cfg).await?;
+        let mut agent = Agent::start(cfg).await?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
         tokio::select! {
-            r = agent.wait() => r?,
-            _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+            r = agent.stopped() => r?,
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, shutting down"),
+            _ = term.recv() => tracing::info!("terminated, shutting down"),
         }
-        Ok(())
+        // Stops serving and removes the Unix socket.
+        agent.shutdown().await;
+        Ok::<(), anyhow::Error>(())
     })
 }
 
