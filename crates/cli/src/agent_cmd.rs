@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use wasmesh_agent::fetch::InsecureRegistries;
+use wasmesh_agent::fetch::ssrf::IpNet;
 use wasmesh_agent::{Agent, AgentConfig, ListenAddr};
 
 /// `wasmesh agent`.
@@ -28,6 +29,10 @@ pub(crate) struct AgentArgs {
     /// Registries (`host[:port]`, comma-separated, `*` for all) reachable without TLS verification or over plain HTTP.
     #[arg(long, env = "WASM_INSECURE_REGISTRIES", default_value = "")]
     insecure_registries: String,
+    /// Extra networks (comma-separated CIDRs) module downloads must not reach, beyond
+    /// link-local and cloud metadata addresses.
+    #[arg(long, env = "BLOCKED_CIDRS_IN_WASM_FETCH", default_value = "")]
+    blocked_cidrs: String,
     /// Directory of a docker `config.json` whose credentials are used for OCI pulls of plugins
     /// without an imagePullSecret.
     #[arg(long, env = "DOCKER_CONFIG")]
@@ -83,6 +88,13 @@ pub(crate) fn agent(args: AgentArgs) -> anyhow::Result<()> {
     cfg.cache.fetch.http_request_timeout = args.http_request_timeout;
     cfg.cache.fetch.http_max_attempts = args.http_max_retries;
     cfg.cache.fetch.max_module_size = args.max_module_size;
+    cfg.cache.fetch.blocked_networks = args
+        .blocked_cidrs
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| IpNet::parse(s).with_context(|| format!("--blocked-cidrs: {s} is not a CIDR")))
+        .collect::<anyhow::Result<_>>()?;
     cfg.cache.fetch.docker_config = args.docker_config.map(|d| d.join("config.json"));
     cfg.metrics_addr = match args.metrics_addr.trim() {
         "" => None,

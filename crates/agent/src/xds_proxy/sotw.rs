@@ -260,3 +260,106 @@ async fn ecds_worker(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::{CacheOptions, ModuleCache};
+    use crate::convert::Converter;
+    use crate::metrics::Metrics;
+    use crate::xds_proxy::{AdsProxy, ProxyOptions};
+
+    const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+
+    fn session(dir: &std::path::Path) -> Session {
+        let cache =
+            ModuleCache::open(CacheOptions::new(dir), Arc::new(Metrics::default())).unwrap();
+        let proxy = AdsProxy::new(ProxyOptions::new("127.0.0.1:1"), Converter::new(cache)).unwrap();
+        let (tx, _rx) = mpsc::channel(1);
+        Session::new(proxy.inner, tx)
+    }
+
+    fn req(type_url: &str, version: &str, nonce: &str, names: &[&str]) -> DiscoveryRequest {
+        DiscoveryRequest {
+            version_info: version.into(),
+            type_url: type_url.into(),
+            response_nonce: nonce.into(),
+            resource_names: names.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn replay_carries_the_node_and_the_latest_subscription_per_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = session(dir.path());
+        let mut first = req(LDS, "", "", &[]);
+        first.node = Some(Node {
+            id: "sidecar~1~a.b~b.svc.cluster.local".into(),
+            ..Default::default()
+        });
+        assert!(s.on_request(first).is_some());
+        s.on_request(req(ECDS_TYPE_URL, "", "", &["a"]));
+        s.on_request(req(LDS, "v1", "n1", &[]));
+        s.on_request(req(ECDS_TYPE_URL, "v2", "n2", &["a", "b"]));
+        let replay = s.replay();
+        assert_eq!(replay.len(), 2);
+        assert_eq!(
+            replay[0].node.as_ref().map(|n| n.id.as_str()),
+            Some("sidecar~1~a.b~b.svc.cluster.local")
+        );
+        assert_eq!(
+            (replay[0].type_url.as_str(), replay[0].version_info.as_str()),
+            (LDS, "v1")
+        );
+        assert_eq!(
+            replay[1].resource_names,
+            vec!["a".to_string(), "b".to_string()]
+        );
+        assert!(
+            replay
+                .iter()
+                .all(|r| r.response_nonce.is_empty() && r.error_detail.is_none())
+        );
+        assert!(replay[1].node.is_none());
+    }
+
+    #[tokio::test]
+    async fn answers_to_agent_responses_are_dropped_or_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = session(dir.path());
+        s.on_request(req(ECDS_TYPE_URL, "", "", &["a"]));
+        lock(&s.shared)
+            .upstream
+            .insert(ECDS_TYPE_URL.into(), ("v3".into(), "n3".into()));
+        s.on_request(req(ECDS_TYPE_URL, "v3", "n3", &["a"]));
+        let agent_nonce = format!("{AGENT_NONCE_PREFIX}7");
+        // A plain ACK of the agent's own response: not for the control plane.
+        assert!(
+            s.on_request(req(ECDS_TYPE_URL, "v3+agent-retry", &agent_nonce, &["a"]))
+                .is_none()
+        );
+        // A NACK of it neither.
+        let mut nack = req(ECDS_TYPE_URL, "v3", &agent_nonce, &["a"]);
+        nack.error_detail = Some(RpcStatus {
+            code: 3,
+            message: "bad".into(),
+            details: vec![],
+        });
+        assert!(s.on_request(nack).is_none());
+        // A subscription change: forwarded as an ACK of the control plane's last response.
+        let fwd = s
+            .on_request(req(
+                ECDS_TYPE_URL,
+                "v3+agent-retry",
+                &agent_nonce,
+                &["a", "b"],
+            ))
+            .unwrap();
+        assert_eq!(
+            (fwd.version_info.as_str(), fwd.response_nonce.as_str()),
+            ("v3", "n3")
+        );
+        assert_eq!(fwd.resource_names.len(), 2);
+    }
+}
