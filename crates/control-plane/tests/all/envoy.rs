@@ -392,3 +392,98 @@ async fn wasm_plugin_drives_real_envoy_over_delta_xds() {
     );
     assert!(!st.acked.is_empty(), "Envoy acknowledged over delta xDS");
 }
+
+/// Sends raw bytes to `port` and returns what comes back before the connection closes.
+async fn raw_exchange(port: u16, bytes: &[u8]) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(bytes).await.ok()?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .ok()?
+        .ok()?;
+    Some(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_plugin_runs_before_the_http_connection_manager() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config");
+    std::fs::create_dir(&cfg).unwrap();
+    let echo = test_support::echo::start("echo").await.unwrap();
+    let gw_port = free_port();
+    write(
+        &cfg,
+        "routing.yaml",
+        &gateway_routing(gw_port, echo.addr.port()),
+    );
+    let url = format!(
+        "file://{}",
+        test_plugins::path(test_plugins::TCP_COUNTER).display()
+    );
+    write(
+        &cfg,
+        "l4.yaml",
+        &wasm_plugin(
+            "app",
+            "l4",
+            &url,
+            "type: NETWORK\npluginConfig: {deny_prefix: BAD}",
+        ),
+    );
+    let cp = ControlPlane::start(Settings::new(&cfg, "127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let envoy = Envoy::start(dir.path(), cp.addr.port(), free_port(), "GRPC").await;
+    let t = Duration::from_secs(90);
+    let ok = try_eventually(t, || async {
+        let (s, _, _) = get(&format!("http://127.0.0.1:{gw_port}/")).await?;
+        (s == 200).then_some(())
+    })
+    .await;
+    assert!(
+        ok.is_some(),
+        "Envoy never served the gateway\n{}",
+        envoy.log_tail()
+    );
+    // The L4 plugin closes a connection whose first bytes are "BAD", before any HTTP parsing.
+    let out = raw_exchange(gw_port, b"BAD / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("connection closed by the plugin");
+    assert!(
+        out.is_empty(),
+        "no HTTP response expected, got {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    let out = raw_exchange(
+        gw_port,
+        b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .expect("response");
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&out)
+    );
+    let admin = envoy.admin;
+    eventually(t, "tcp_counter_connections in Envoy's stats", || async {
+        let (_, _, body) = get(&format!(
+            "http://127.0.0.1:{admin}/stats?filter=tcp_counter_connections"
+        ))
+        .await?;
+        // At least the three connections above (readiness polling may add more).
+        let n: u64 = body
+            .lines()
+            .find(|l| l.contains("tcp_counter_connections"))?
+            .rsplit(' ')
+            .next()?
+            .parse()
+            .ok()?;
+        (n >= 3).then_some(())
+    })
+    .await;
+}
