@@ -14,7 +14,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Status, Streaming};
 use tracing::{debug, error, info, warn};
 
-use super::ecds::{Push, Retries};
+use super::ecds::{Push, Retries, Wanted};
 use super::{AGENT_NONCE_PREFIX, ProxyInner};
 use crate::convert::{Converted, ECDS_TYPE_URL};
 
@@ -183,6 +183,8 @@ async fn ecds_worker(
             })
         })
     };
+    // Delta unsubscriptions are not tracked: a retry lives as long as the stream.
+    let wanted: Wanted = Arc::new(|_: &str| true);
     while let Some(mut resp) = rx.recv().await {
         let originals: Vec<Any> = resp
             .resources
@@ -196,7 +198,7 @@ async fn ecds_worker(
         }
         match inner.converter.convert_all(&originals).await {
             Ok(converted) => {
-                retries.update(&inner, &converted, &originals, &push);
+                retries.update(&inner, &converted, &originals, &push, &wanted);
                 for (r, c) in resp.resources.iter_mut().zip(converted) {
                     if r.resource.is_some() {
                         r.resource = Some(c.resource);

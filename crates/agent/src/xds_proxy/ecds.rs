@@ -7,13 +7,15 @@ use std::sync::Arc;
 use envoy_types::pb::google::protobuf::Any;
 use futures::future::BoxFuture;
 use tokio::task::AbortHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::ProxyInner;
 use crate::convert::{Converted, Outcome};
 
 /// Sends a successfully converted resource to the proxy.
 pub(crate) type Push = Arc<dyn Fn(Converted) -> BoxFuture<'static, ()> + Send + Sync>;
+/// Whether the proxy still subscribes to an ECDS resource name (else its retry stops).
+pub(crate) type Wanted = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// Retry tasks per ECDS resource name, for one proxy stream.
 #[derive(Default)]
@@ -29,6 +31,7 @@ impl Retries {
         converted: &[Converted],
         originals: &[Any],
         push: &Push,
+        wanted: &Wanted,
     ) {
         for (c, original) in converted.iter().zip(originals) {
             if c.name.is_empty() {
@@ -43,6 +46,7 @@ impl Retries {
                     c.name.clone(),
                     original.clone(),
                     push.clone(),
+                    wanted.clone(),
                 ));
                 self.tasks.insert(c.name.clone(), task.abort_handle());
             }
@@ -59,12 +63,16 @@ impl Drop for Retries {
     }
 }
 
-async fn retry(inner: Arc<ProxyInner>, name: String, original: Any, push: Push) {
+async fn retry(inner: Arc<ProxyInner>, name: String, original: Any, push: Push, wanted: Wanted) {
     let backoff = inner.opts.fetch_retry;
     let mut delay = backoff.initial;
     let mut attempt = 1u32;
     loop {
         tokio::time::sleep(delay).await;
+        if !wanted(&name) {
+            debug!(resource = %name, "the proxy no longer subscribes; background retry stopped");
+            return;
+        }
         match inner.converter.convert_one(&original).await {
             Ok(c) => match &c.outcome {
                 Outcome::Rewritten { url, .. } => {

@@ -12,7 +12,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Status, Streaming};
 use tracing::{debug, error, info, warn};
 
-use super::ecds::{Push, Retries};
+use super::ecds::{Push, Retries, Wanted};
 use super::{AGENT_NONCE_PREFIX, ProxyInner};
 use crate::convert::{Converted, ECDS_TYPE_URL};
 
@@ -227,10 +227,23 @@ async fn ecds_worker(
             })
         })
     };
+    let wanted: Wanted = {
+        let shared = shared.clone();
+        Arc::new(move |name: &str| {
+            let sh = lock(&shared);
+            // No ECDS subscription recorded, or a wildcard one: keep going.
+            sh.subs
+                .iter()
+                .find(|r| r.type_url == ECDS_TYPE_URL)
+                .is_none_or(|r| {
+                    r.resource_names.is_empty() || r.resource_names.iter().any(|n| n == name)
+                })
+        })
+    };
     while let Some(mut resp) = rx.recv().await {
         match inner.converter.convert_all(&resp.resources).await {
             Ok(converted) => {
-                retries.update(&inner, &converted, &resp.resources, &push);
+                retries.update(&inner, &converted, &resp.resources, &push, &wanted);
                 resp.resources = converted.into_iter().map(|c| c.resource).collect();
                 if down.send(Ok(resp)).await.is_err() {
                     return;
