@@ -4,9 +4,15 @@ use clap::{Parser, Subcommand};
 
 mod agent_cmd;
 mod control_plane_cmd;
+mod plugin_cmd;
+mod proxy_cmd;
 
 #[derive(Parser)]
-#[command(name = "wasmesh", version, about = "Extend a service mesh with proxy-wasm plugins")]
+#[command(
+    name = "wasmesh",
+    version,
+    about = "Extend a service mesh with proxy-wasm plugins"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,6 +29,12 @@ enum Command {
     /// istio-agent's Wasm role: proxy ADS between a proxy and the control plane, fetching,
     /// verifying and caching remote Wasm modules (OCI, HTTP) for ECDS.
     Agent(agent_cmd::AgentArgs),
+    /// The data plane: an Envoy-compatible proxy running proxy-wasm filters from an Envoy v3
+    /// bootstrap (`-c FILE`), like `envoy -c`.
+    Proxy(proxy_cmd::ProxyArgs),
+    /// Work with plugin modules: inspect, test against a sample request.
+    #[command(subcommand)]
+    Plugin(plugin_cmd::PluginCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,6 +45,8 @@ fn main() -> anyhow::Result<()> {
         Command::ControlPlane(args) => control_plane_cmd::control_plane(args)?,
         Command::Validate(args) => control_plane_cmd::validate(args)?,
         Command::Agent(args) => agent_cmd::agent(args)?,
+        Command::Plugin(cmd) => plugin_cmd::run(cmd)?,
+        Command::Proxy(args) => proxy_cmd::proxy(args)?,
     }
     Ok(())
 }

@@ -120,11 +120,11 @@ impl ProxyError {
 
     fn reset_reason(&self) -> String {
         match &self.kind {
-            ErrorKind::ConnectFailure(why) => {
-                format!(
-                    "remote connection failure, transport failure reason: delayed connect error: {why}"
-                )
+            // Envoy 1.40 prints the transport failure reason only in the details.
+            ErrorKind::ConnectFailure(why) if why.contains("timed out") => {
+                "connection timeout".to_string()
             }
+            ErrorKind::ConnectFailure(_) => "remote connection failure".to_string(),
             ErrorKind::UpstreamReset(_) => "connection termination".to_string(),
             ErrorKind::UpstreamProtocol(_) => "protocol error".to_string(),
             _ => String::new(),

@@ -299,8 +299,8 @@ impl RouteTable {
             });
         }
         // Envoy: longest wildcard first.
-        table.suffix.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        table.prefix.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        table.suffix.sort_by_key(|b| std::cmp::Reverse(b.0.len()));
+        table.prefix.sort_by_key(|b| std::cmp::Reverse(b.0.len()));
         Ok(table)
     }
 }

@@ -303,7 +303,7 @@ pub(crate) struct ChannelBody {
 }
 
 impl ChannelBody {
-    pub(crate) fn new(
+    pub(crate) fn boxed(
         pending: Vec<Frame<Bytes>>,
         rx: Option<mpsc::Receiver<Result<Frame<Bytes>, BoxError>>>,
     ) -> Body {

@@ -212,7 +212,7 @@ pub(super) async fn run(
     let stop_slot: Rc<RefCell<Option<PumpStop>>> = Rc::default();
     let body_empty = src.is_none() && pending.is_empty();
     let upstream_body: Body = match src.take() {
-        None => ChannelBody::new(pending, None),
+        None => ChannelBody::boxed(pending, None),
         Some(b) if pending.is_empty() && !hcm.filters_use_bodies => Box::pin(Counted {
             inner: b,
             counter: Rc::clone(&counter),
@@ -233,7 +233,7 @@ pub(super) async fn run(
                     *slot.borrow_mut() = Some(s);
                 },
             ));
-            ChannelBody::new(pending, Some(rx))
+            ChannelBody::boxed(pending, Some(rx))
         }
     };
     let result = forward(
@@ -348,6 +348,9 @@ async fn forward(
         }
     }
     if let Some(h) = &action.host_rewrite {
+        if let Some(orig) = parts.headers.get(HOST).cloned() {
+            parts.headers.insert("x-envoy-original-host", orig);
+        }
         parts.headers.insert(HOST, h.clone());
     }
     for h in HOP_BY_HOP {
@@ -565,7 +568,7 @@ where
     };
     finalize_response_headers(&hcm, &mut parts, request_id.as_deref());
     let body: Body = match src {
-        None => ChannelBody::new(pending, None),
+        None => ChannelBody::boxed(pending, None),
         Some(b) if pending.is_empty() && !(hcm.filters_use_bodies && seen > 0) => {
             crate::upstream::boxed(b)
         }
@@ -582,7 +585,7 @@ where
                 None,
                 |_| {},
             ));
-            ChannelBody::new(pending, Some(rx))
+            ChannelBody::boxed(pending, Some(rx))
         }
     };
     Response::from_parts(parts, Box::pin(FinalBody::new(body, fin)) as Body)

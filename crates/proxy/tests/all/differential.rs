@@ -51,7 +51,7 @@ static_resources:
               routes:
               - match: {prefix: "/"}
                 route: {cluster: up}
-              typed_per_filter_config: {}
+              include_request_attempt_count: true
           http_filters:
           - name: envoy.filters.http.router
             typed_config:
@@ -271,23 +271,23 @@ async fn routing_matches_envoy() -> anyhow::Result<()> {
             ],
         )
     };
-    // typed_per_filter_config is not supported by wasmesh: checked below, then removed.
+    // include_request_attempt_count is not supported by wasmesh: checked below, then removed.
     let ours_yaml = render(0, 0);
     let err = start_proxy(&ours_yaml)
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(
-        err.contains("virtual_hosts[1].typed_per_filter_config"),
+        err.contains("virtual_hosts[1].include_request_attempt_count"),
         "{err}"
     );
-    let ours_yaml = ours_yaml.replace("              typed_per_filter_config: {}\n", "");
+    let ours_yaml = ours_yaml.replace("              include_request_attempt_count: true\n", "");
     let ours = start_proxy(&ours_yaml)?;
     let ours_addr = ours.listener_addr("main").unwrap();
 
     let (listen, admin) = (free_port()?, free_port()?);
     let envoy_yaml =
-        render(listen, admin).replace("              typed_per_filter_config: {}\n", "");
+        render(listen, admin).replace("              include_request_attempt_count: true\n", "");
     let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse()?;
     let _envoy =
         tokio::task::spawn_blocking(move || start_envoy(&envoy_yaml, admin_addr)).await??;

@@ -170,7 +170,7 @@ static_resources:
               domains: ["*"]
               routes:
               - name: route_b
-                match: {prefix: "/b"}
+                match: {prefix: "/b/"}
                 route: {cluster: b}
               - name: route_a
                 match: {prefix: "/"}

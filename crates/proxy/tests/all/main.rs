@@ -9,3 +9,4 @@ mod filters;
 mod routing;
 mod support;
 mod tcp;
+mod tls;
