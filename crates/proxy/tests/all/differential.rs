@@ -26,6 +26,11 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: ingress_http
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: "{LOG}"
           route_config:
             name: local_route
             virtual_hosts:
@@ -260,10 +265,13 @@ fn cases() -> Vec<Case> {
 async fn routing_matches_envoy() -> anyhow::Result<()> {
     let up = start_upstream("up").await?;
     let dead = free_port()?;
-    let render = |listen: u16, admin: u16| {
+    let logs = tempfile::tempdir()?;
+    let (our_log, envoy_log) = (logs.path().join("ours.log"), logs.path().join("envoy.log"));
+    let render = |listen: u16, admin: u16, log: &std::path::Path| {
         fill(
             DIFF,
             &[
+                ("LOG", log.display().to_string()),
                 ("LISTEN", listen.to_string()),
                 ("ADMIN", admin.to_string()),
                 ("UP", up.addr.port().to_string()),
@@ -272,7 +280,7 @@ async fn routing_matches_envoy() -> anyhow::Result<()> {
         )
     };
     // include_request_attempt_count is not supported by wasmesh: checked below, then removed.
-    let ours_yaml = render(0, 0);
+    let ours_yaml = render(0, 0, &our_log);
     let err = start_proxy(&ours_yaml)
         .err()
         .map(|e| e.to_string())
@@ -286,8 +294,8 @@ async fn routing_matches_envoy() -> anyhow::Result<()> {
     let ours_addr = ours.listener_addr("main").unwrap();
 
     let (listen, admin) = (free_port()?, free_port()?);
-    let envoy_yaml =
-        render(listen, admin).replace("              include_request_attempt_count: true\n", "");
+    let envoy_yaml = render(listen, admin, &envoy_log)
+        .replace("              include_request_attempt_count: true\n", "");
     let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse()?;
     let _envoy =
         tokio::task::spawn_blocking(move || start_envoy(&envoy_yaml, admin_addr)).await??;
