@@ -26,6 +26,7 @@ mod properties;
 mod runtime;
 mod shared;
 mod state;
+pub mod trial;
 mod vm;
 
 pub use abi::{

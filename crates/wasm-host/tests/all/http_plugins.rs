@@ -511,3 +511,41 @@ fn tcp_counter_counts_and_closes_on_denied_prefix() {
     );
     assert!(matches!(get("tcp_counter_connections"), Some(MetricValue::Counter(c)) if c >= 2));
 }
+
+#[test]
+fn trial_reports_what_the_plugin_did() {
+    use wasm_host::trial::{TrialInput, run};
+    let plugin = plugin_with(
+        test_plugins::CALLOUT,
+        config(test_plugins::CALLOUT, r#"{"cluster":"auth"}"#),
+    );
+    let input = TrialInput {
+        request_headers: request_headers("/x", &[]),
+        response_headers: response_headers("200"),
+        callout_response: Some(HttpCallResponse {
+            headers: HeaderMap::from_entries([(":status", "200"), ("x-user", "bob")]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let report = run(&plugin, &input);
+    assert!(report.failure.is_none(), "{report}");
+    assert_eq!(report.callouts.len(), 1);
+    assert_eq!(report.request.headers_after.get_str("x-user"), Some("bob"));
+    assert!(report.local_reply.is_none());
+    let text = report.to_string();
+    assert!(
+        text.contains("+ x-user: bob") && text.contains("callout to cluster \"auth\""),
+        "{text}"
+    );
+
+    let denied = run(
+        &plugin,
+        &TrialInput {
+            callout_response: None,
+            ..input
+        },
+    );
+    assert_eq!(denied.local_reply.as_ref().map(|r| r.status), Some(403));
+    assert!(denied.response.is_none());
+}
