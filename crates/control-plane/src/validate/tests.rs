@@ -34,7 +34,7 @@ fn assert_error(spec: &str, path: &str, reason: &str) {
 fn complete_plugin_is_valid() {
     let p = parse(&plugin(
         r#"selector:
-  matchLabels: {app: web}
+  matchLabels: {app: web, app.kubernetes.io/version: v1.2}
 url: registry.example/acme/auth:v1
 sha256: 2f4a2b68d0e6f7ab3f0c3f0d8a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b
 imagePullPolicy: Always

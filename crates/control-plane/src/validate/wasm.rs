@@ -34,6 +34,25 @@ pub(crate) fn normalize_url(url: &str) -> String {
     }
 }
 
+/// A Kubernetes label value: empty, or ≤ 63 of `[A-Za-z0-9._-]` starting and ending alphanumeric.
+pub(crate) fn is_label_value(v: &str) -> bool {
+    v.is_empty()
+        || (v.len() <= 63
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && v.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && v.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric()))
+}
+
+/// A Kubernetes label key: `[prefix/]name`, prefix a DNS subdomain, name a non-empty label value.
+pub(crate) fn is_label_key(k: &str) -> bool {
+    let (prefix, name) = match k.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    !name.is_empty() && is_label_value(name) && prefix.is_none_or(super::is_dns1123_subdomain)
+}
+
 fn is_sha256(s: &str) -> bool {
     s.len() == 64
         && s.bytes()
@@ -147,11 +166,10 @@ pub(super) fn validate(
                     );
                 }
             }
-            (None, rest) => {
-                if rest.contains(char::is_whitespace) {
-                    errs.add("spec.url", "contains whitespace");
-                }
-            }
+            (None, _) => {}
+        }
+        if spec.url.contains(char::is_whitespace) {
+            errs.add("spec.url", "contains whitespace");
         }
     }
     if let Some(sha) = &spec.sha256
