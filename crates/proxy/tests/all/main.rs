@@ -3,6 +3,7 @@
 
 mod admin;
 mod config_errors;
+mod conformance;
 mod differential;
 mod errors;
 mod filters;
