@@ -109,6 +109,10 @@ pub enum FetchError {
     InvalidUrl { url: String, reason: String },
     #[error("refusing to fetch {url}: {addr} is a link-local, cloud metadata or blocked address")]
     BlockedAddress { url: String, addr: std::net::IpAddr },
+    #[error(
+        "refusing to fetch {url}: the registry sends clients to the token realm {realm}, a local, private or metadata address"
+    )]
+    BlockedRealm { url: String, realm: String },
     #[error("wasm module from {url} is larger than the maximum of {max} bytes")]
     TooLarge { url: String, max: u64 },
     #[error("cannot unpack wasm module from {url}: {reason}")]

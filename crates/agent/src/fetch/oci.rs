@@ -199,6 +199,56 @@ pub struct OciFetcher {
     /// Clients per (registry, protocol, credentials): building one costs ~20 ms (TLS roots)
     /// and each keeps its connection pool and registry tokens.
     clients: Arc<Mutex<HashMap<String, Client>>>,
+    /// Registries (and protocol) whose auth realm was checked.
+    realms_ok: Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+/// The `realm` of a `Bearer` challenge.
+fn bearer_realm(challenge: &str) -> Option<String> {
+    let rest = challenge
+        .trim()
+        .strip_prefix("Bearer")
+        .or_else(|| challenge.trim().strip_prefix("bearer"))?;
+    let i = rest.find("realm=")?;
+    let v = &rest[i + "realm=".len()..];
+    let v = v
+        .strip_prefix('"')
+        .map(|v| v.split('"').next().unwrap_or(v))
+        .unwrap_or_else(|| v.split(',').next().unwrap_or(v));
+    Some(v.trim().to_owned())
+}
+
+/// Istio's rule: a realm must be http(s) and not `localhost`, `metadata.google.internal`, or a
+/// private, loopback, link-local or blocked IP literal.
+fn realm_is_blocked(realm: &str, extra: &[super::ssrf::IpNet]) -> bool {
+    let Ok(u) = reqwest::Url::parse(realm) else {
+        return true;
+    };
+    if u.scheme() != "http" && u.scheme() != "https" {
+        return true;
+    }
+    let Some(host) = u.host_str() else {
+        return true;
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    if host == "localhost" || host == "metadata.google.internal" {
+        return true;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => {
+            let private = match ip {
+                std::net::IpAddr::V4(v4) => v4.is_private() || v4.is_loopback(),
+                std::net::IpAddr::V6(v6) => {
+                    v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00
+                }
+            };
+            private || super::ssrf::is_blocked(ip, extra)
+        }
+        Err(_) => false,
+    }
 }
 
 impl fmt::Debug for OciFetcher {
@@ -268,6 +318,7 @@ impl OciFetcher {
             opts: Arc::new(opts),
             plain_http: Arc::default(),
             clients: Arc::default(),
+            realms_ok: Arc::default(),
         }
     }
 
@@ -359,6 +410,10 @@ impl OciFetcher {
         let mut errors = Vec::new();
         let mut found = None;
         for plain in attempts.drain(..) {
+            if let Err(e) = self.check_realm(&registry, plain, insecure, url).await {
+                // A refused realm is final; a failed probe is left to the pull to report.
+                return Err(e);
+            }
             let client = self.client(&registry, plain, insecure, &auth);
             match client.pull_manifest_raw(&reference, &auth, &accept).await {
                 Ok((body, digest)) => {
@@ -447,6 +502,59 @@ impl OciFetcher {
             format,
             digest,
         })
+    }
+
+    /// Istio's `ssrfProtectionTransport`: refuses a registry whose bearer-token realm points at
+    /// a local, private, link-local or metadata address (the pull would follow it). Probed once
+    /// per registry and protocol.
+    async fn check_realm(
+        &self,
+        registry: &str,
+        plain: bool,
+        insecure: bool,
+        url: &str,
+    ) -> Result<(), FetchError> {
+        let key = format!("{registry}\0{plain}");
+        if self
+            .realms_ok
+            .lock()
+            .map(|s| s.contains(&key))
+            .unwrap_or(false)
+        {
+            return Ok(());
+        }
+        let scheme = if plain { "http" } else { "https" };
+        let probe = reqwest::Client::builder()
+            .tls_danger_accept_invalid_certs(insecure)
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(std::time::Duration::from_secs(10))
+            .dns_resolver(super::ssrf::GuardedResolver {
+                extra: Arc::new(self.opts.blocked_networks.clone()),
+            })
+            .build()
+            .map_err(|e| FetchError::Client(e.to_string()))?;
+        let Ok(resp) = probe.get(format!("{scheme}://{registry}/v2/")).send().await else {
+            return Ok(());
+        };
+        let challenge = resp
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        if let Some(realm) = bearer_realm(&challenge)
+            && realm_is_blocked(&realm, &self.opts.blocked_networks)
+        {
+            return Err(FetchError::BlockedRealm {
+                url: url.to_owned(),
+                realm,
+            });
+        }
+        if let Ok(mut s) = self.realms_ok.lock() {
+            s.insert(key);
+        }
+        Ok(())
     }
 
     /// Refuses registries at link-local, cloud metadata or blocked addresses (Istio's SSRF guard).
@@ -586,6 +694,27 @@ mod tests {
                 })
                 .collect(),
             manifests: vec![],
+        }
+    }
+
+    #[test]
+    fn bearer_realms_to_local_or_metadata_addresses_are_refused() {
+        let r = bearer_realm(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io""#,
+        );
+        assert_eq!(r.as_deref(), Some("https://auth.docker.io/token"));
+        assert_eq!(bearer_realm(r#"Basic realm="wasm-registry""#), None);
+        assert!(!realm_is_blocked("https://auth.docker.io/token", &[]));
+        for bad in [
+            "http://169.254.169.254/latest",
+            "http://127.0.0.1:8080/token",
+            "http://10.1.2.3/token",
+            "http://localhost/token",
+            "http://metadata.google.internal/x",
+            "file:///etc/passwd",
+            "http://[::1]/t",
+        ] {
+            assert!(realm_is_blocked(bad, &[]), "{bad}");
         }
     }
 

@@ -274,3 +274,20 @@ async fn latest_tag_is_pulled_again_on_a_new_resource_version() -> anyhow::Resul
     assert_eq!(cache.get(&v1, &o).await?, q1);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_registry_sending_clients_to_a_metadata_token_realm_is_refused() -> anyhow::Result<()> {
+    let reg = Registry::start_token_realm("http://169.254.169.254/latest/token").await?;
+    let dir = tempfile::tempdir()?;
+    let cache = cache(dir.path(), &reg.host);
+    let err = cache
+        .get(&reg.url("p/x", "v1"), &opts("r", "1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CacheError::Fetch(FetchError::BlockedRealm { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("169.254.169.254"), "{err}");
+    Ok(())
+}

@@ -58,6 +58,27 @@ impl Registry {
     }
 
     pub(crate) async fn start_on(port: u16, opts: Options) -> anyhow::Result<Self> {
+        Self::start_inner(port, opts, None).await
+    }
+
+    /// A TLS registry with token auth whose bearer realm is `realm`.
+    pub(crate) async fn start_token_realm(realm: &str) -> anyhow::Result<Self> {
+        Self::start_inner(
+            free_port()?,
+            Options {
+                tls: true,
+                auth: false,
+            },
+            Some(realm),
+        )
+        .await
+    }
+
+    async fn start_inner(
+        port: u16,
+        opts: Options,
+        token_realm: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let bin = "/usr/bin/docker-registry";
         if !Path::new(bin).exists() {
             bail!("{bin} is missing: install the docker-registry apt package (.ci/run does)");
@@ -96,6 +117,12 @@ impl Registry {
                 k.display()
             ));
             cert = Some(c);
+        }
+        if let (Some(realm), Some(c)) = (token_realm, &cert) {
+            cfg.push_str(&format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: wasm-registry\n    issuer: test\n    rootcertbundle: {}\n",
+                c.display()
+            ));
         }
         if opts.auth {
             let htpasswd = run(Command::new("htpasswd").args(["-Bbn", USER, PASSWORD]))?;
