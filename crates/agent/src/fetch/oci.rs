@@ -410,10 +410,8 @@ impl OciFetcher {
         let mut errors = Vec::new();
         let mut found = None;
         for plain in attempts.drain(..) {
-            if let Err(e) = self.check_realm(&registry, plain, insecure, url).await {
-                // A refused realm is final; a failed probe is left to the pull to report.
-                return Err(e);
-            }
+            // A refused realm is final; a failed probe is left to the pull to report.
+            self.check_realm(&registry, plain, insecure, url).await?;
             let client = self.client(&registry, plain, insecure, &auth);
             match client.pull_manifest_raw(&reference, &auth, &accept).await {
                 Ok((body, digest)) => {
