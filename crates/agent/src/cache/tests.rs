@@ -480,3 +480,38 @@ async fn a_fetch_that_outlives_its_deadline_times_out() {
     let err = cache.get(&srv.url("/slow"), &o).await.unwrap_err();
     assert!(matches!(err, CacheError::Timeout { .. }), "{err}");
 }
+
+#[tokio::test]
+async fn the_purger_task_removes_expired_modules_on_its_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = FileServer::start().await;
+    srv.set("/a", 200, module(60));
+    let mut o = CacheOptions::new(dir.path());
+    o.fetch = fetch_options();
+    o.purge_interval = Duration::from_millis(20);
+    o.module_expiry = Duration::ZERO;
+    let cache = ModuleCache::open(o, Arc::new(Metrics::default())).unwrap();
+    let p = cache
+        .get(&srv.url("/a"), &opts("r", "1", PullPolicy::Unspecified))
+        .await
+        .unwrap();
+    let purger = cache.spawn_purger();
+    // In use: never expired, whatever its age.
+    assert!(
+        cache
+            .purge_expired(SystemTime::now() + Duration::from_secs(3600))
+            .is_empty()
+    );
+    assert!(p.exists());
+    cache.release("r");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while p.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the purger never removed the module"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(cache.modules().is_empty());
+    purger.abort();
+}

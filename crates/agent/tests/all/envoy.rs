@@ -162,6 +162,11 @@ async fn envoy_runs_plugins_pulled_from_oci_through_the_agent_and_recovers_from_
         )
         .await?;
     let (echo, _echo_task) = upstream().await?;
+    plain
+        .push("p/raw", "v1", Format::SingleLayerArtifact, &headers)
+        .await?;
+    let module_sha = registry::sha256(&headers);
+    let http_url = format!("http://{}/v2/p/raw/blobs/sha256:{module_sha}", plain.host);
 
     let cfg = |v: &str| format!(r#"{{"response_add":{{"x-plugin":"{v}"}}}}"#);
     let bad_secret = String::from_utf8(private.docker_config(registry::USER, "not-the-password"))?;
@@ -209,9 +214,18 @@ async fn envoy_runs_plugins_pulled_from_oci_through_the_agent_and_recovers_from_
                 FailurePolicy::FailClosed,
                 &[],
             ),
+            // Plain HTTP download (the registry's blob endpoint serves the raw module).
+            wasm_plugin(
+                "http",
+                &http_url,
+                &module_sha,
+                &cfg("http"),
+                FailurePolicy::FailClosed,
+                &[],
+            ),
         ]
     };
-    let names = ["ok", "badsha", "creds", "notwasm", "down"];
+    let names = ["ok", "badsha", "creds", "notwasm", "down", "http"];
     let ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
     let listeners: Vec<_> = names
         .iter()
@@ -243,6 +257,12 @@ async fn envoy_runs_plugins_pulled_from_oci_through_the_agent_and_recovers_from_
         port("ok"),
         (200, Some("ok")),
         "the plugin pulled from OCI runs in Envoy"
+    );
+    expect_traffic!(
+        client,
+        port("http"),
+        (200, Some("http")),
+        "a plugin downloaded over HTTP"
     );
     expect_traffic!(
         client,

@@ -365,3 +365,52 @@ async fn recv_delta(
         .await
         .expect("a response within 20s")
 }
+
+#[tokio::test]
+async fn a_restarted_agent_serves_cached_modules_with_the_registry_gone() -> anyhow::Result<()> {
+    init_logs();
+    let reg = Registry::start(Options {
+        tls: false,
+        auth: false,
+    })
+    .await?;
+    let digest = reg
+        .push("p/keep", "v1", Format::WasmArtifact, &module(11))
+        .await?;
+    let url = reg.url("p/keep", "v1");
+    let host = reg.host.clone();
+    let fake = FakeAds::start().await?;
+    let (name, ecds) = wasm_plugin("keep", &url, "", "{}", FailurePolicy::FailClosed, &[]);
+    fake.set(type_url::ECDS, vec![(name.clone(), ecds)]);
+    let dir = tempfile::tempdir()?;
+    let first_path = {
+        let agent = start_agent(tcp0(), fake.addr(), dir.path(), &host).await?;
+        let mut proxy = AdsClient::connect(agent_addr(&agent)).await?;
+        proxy.subscribe(type_url::ECDS, &[&name], true).await;
+        let (_, seen) = inspect(&proxy.recv().await.resources[0]);
+        agent.shutdown().await;
+        seen
+    };
+    let Seen::LocalFile(path) = &first_path else {
+        panic!("{first_path:?}")
+    };
+    assert!(path.ends_with(&format!("{digest}.wasm")));
+    drop(reg);
+    // A new agent on the same cache dir: the index maps the tagged URL to its digest.
+    let agent = start_agent(tcp0(), fake.addr(), dir.path(), &host).await?;
+    let mut proxy = AdsClient::connect(agent_addr(&agent)).await?;
+    proxy.subscribe(type_url::ECDS, &[&name], true).await;
+    let (_, seen) = inspect(&proxy.recv().await.resources[0]);
+    assert_eq!(
+        seen, first_path,
+        "served from the cache, no registry needed"
+    );
+    assert_eq!(
+        agent
+            .metrics()
+            .remote_fetch_count(wasmesh_agent::metrics::FetchResult::Success),
+        0
+    );
+    agent.shutdown().await;
+    Ok(())
+}
