@@ -224,6 +224,8 @@ pub struct FilterCx {
     worker: WorkerContext,
     route_cache_cleared: bool,
     local_reply: Option<LocalReply>,
+    held_request: Option<http::request::Parts>,
+    held_response: Option<http::response::Parts>,
 }
 
 impl FilterCx {
@@ -234,6 +236,8 @@ impl FilterCx {
             worker,
             route_cache_cleared: false,
             local_reply: None,
+            held_request: None,
+            held_response: None,
         }
     }
 
@@ -272,6 +276,38 @@ impl FilterCx {
     /// Takes a pending [`Self::send_local_reply`].
     pub fn take_local_reply(&mut self) -> Option<LocalReply> {
         self.local_reply.take()
+    }
+
+    /// The request headers while a filter holds them (it returned `StopIteration` from
+    /// `on_request_headers` and has not continued yet): body and trailers hooks may still change
+    /// them, as Envoy allows. `None` once they went on.
+    pub fn request_headers_mut(&mut self) -> Option<&mut http::request::Parts> {
+        self.held_request.as_mut()
+    }
+
+    /// The response headers while a filter holds them (see [`Self::request_headers_mut`]).
+    pub fn response_headers_mut(&mut self) -> Option<&mut http::response::Parts> {
+        self.held_response.as_mut()
+    }
+
+    /// Parks held request headers (connection manager).
+    pub fn hold_request_headers(&mut self, parts: http::request::Parts) {
+        self.held_request = Some(parts);
+    }
+
+    /// Takes back held request headers (connection manager).
+    pub fn release_request_headers(&mut self) -> Option<http::request::Parts> {
+        self.held_request.take()
+    }
+
+    /// Parks held response headers (connection manager).
+    pub fn hold_response_headers(&mut self, parts: http::response::Parts) {
+        self.held_response = Some(parts);
+    }
+
+    /// Takes back held response headers (connection manager).
+    pub fn release_response_headers(&mut self) -> Option<http::response::Parts> {
+        self.held_response.take()
     }
 
     /// Consumes the context, returning the stream info (end of stream).

@@ -371,9 +371,18 @@ async fn accept_loop(
             }
         };
         let _ = sock.set_nodelay(true);
+        // The listener as the current config has it (a config swap applies to new connections).
+        let lcfg = worker
+            .config
+            .load()
+            .listeners
+            .iter()
+            .find(|l| l.name == lcfg.name)
+            .cloned()
+            .unwrap_or_else(|| Arc::clone(&lcfg));
         let local = sock.local_addr().unwrap_or(lcfg.address);
         lcfg.cx_total.inc();
-        let (lcfg, worker, drain) = (Arc::clone(&lcfg), Rc::clone(&worker), drain.clone());
+        let (worker, drain) = (Rc::clone(&worker), drain.clone());
         let (active, idle) = (Rc::clone(&active), Rc::clone(&idle));
         active.set(active.get() + 1);
         tokio::task::spawn_local(async move {

@@ -74,42 +74,99 @@ where
         if matches!(flow, Flow::Done) {
             return Phase::Done(outs);
         }
-        while outs.is_empty() {
-            let Some(body) = src.as_mut() else { break };
-            let (fr, end) = match body.frame().await {
-                Some(Ok(f)) => {
-                    if let (Some(c), Some(d)) = (counter, f.data_ref()) {
-                        c.set(c.get() + d.len() as u64);
-                    }
-                    let end = f.is_trailers() || body.is_end_stream();
-                    (f, end)
-                }
-                // A reset while a filter holds the headers: nothing will go upstream.
-                Some(Err(_)) => {
-                    return Phase::Reply(
-                        LocalReply::new(StatusCode::BAD_REQUEST, "", "downstream_reset"),
-                        0,
-                    );
-                }
-                None => (Frame::data(Bytes::new()), true),
-            };
-            if end {
-                *src = None;
-            }
+        // Park the headers where the holding filter's body hooks can still change them.
+        {
             let mut st = stream.lock().await;
-            match chain::frame(&mut st, pass, 0, stop_at, fr, end).await {
-                FrameFlow::Out(o) => outs.extend(
-                    o.into_iter()
-                        .filter(|f| f.data_ref().is_none_or(|d| !d.is_empty()) || end),
-                ),
-                FrameFlow::Reply(r) => return Phase::Reply(r, stop_at),
-                FrameFlow::TooLarge => return Phase::TooLarge,
+            match h {
+                Hdrs::Req(p) => st
+                    .cx
+                    .hold_request_headers(std::mem::replace(*p, empty_request_parts())),
+                Hdrs::Resp(p) => st
+                    .cx
+                    .hold_response_headers(std::mem::replace(*p, empty_response_parts())),
             }
         }
-        carry = outs;
+        let read = read_until_released(stream, pass, src, counter, stop_at, outs).await;
+        {
+            let mut st = stream.lock().await;
+            match h {
+                Hdrs::Req(p) => {
+                    if let Some(back) = st.cx.release_request_headers() {
+                        **p = back;
+                    }
+                }
+                Hdrs::Resp(p) => {
+                    if let Some(back) = st.cx.release_response_headers() {
+                        **p = back;
+                    }
+                }
+            }
+        }
+        carry = match read {
+            Ok(o) => o,
+            Err(phase) => return phase,
+        };
         carry_from = stop_at;
         from = stop_at;
     }
+}
+
+fn empty_request_parts() -> http::request::Parts {
+    http::Request::new(()).into_parts().0
+}
+
+fn empty_response_parts() -> http::response::Parts {
+    http::Response::new(()).into_parts().0
+}
+
+/// Reads the body through positions `..stop_at` until something comes out of the filter that
+/// holds the headers, or the body ends.
+async fn read_until_released<B>(
+    stream: &Shared,
+    pass: &mut Pass,
+    src: &mut Option<B>,
+    counter: Option<&Rc<std::cell::Cell<u64>>>,
+    stop_at: usize,
+    mut outs: Vec<Frame<Bytes>>,
+) -> Result<Vec<Frame<Bytes>>, Phase>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    while outs.is_empty() {
+        let Some(body) = src.as_mut() else { break };
+        let (fr, end) = match body.frame().await {
+            Some(Ok(f)) => {
+                if let (Some(c), Some(d)) = (counter, f.data_ref()) {
+                    c.set(c.get() + d.len() as u64);
+                }
+                let end = f.is_trailers() || body.is_end_stream();
+                (f, end)
+            }
+            // A reset while a filter holds the headers: nothing will go upstream.
+            Some(Err(_)) => {
+                return Err(Phase::Reply(
+                    LocalReply::new(StatusCode::BAD_REQUEST, "", "downstream_reset"),
+                    0,
+                ));
+            }
+            None => (Frame::data(Bytes::new()), true),
+        };
+        if end {
+            *src = None;
+        }
+        let mut st = stream.lock().await;
+        match chain::frame(&mut st, pass, 0, stop_at, fr, end).await {
+            FrameFlow::Out(o) => {
+                outs.extend(
+                    o.into_iter()
+                        .filter(|f| f.data_ref().is_none_or(|d| !d.is_empty()) || end),
+                );
+            }
+            FrameFlow::Reply(r) => return Err(Phase::Reply(r, stop_at)),
+            FrameFlow::TooLarge => return Err(Phase::TooLarge),
+        }
+    }
+    Ok(outs)
 }
 
 fn error_reply(e: &ProxyError) -> LocalReply {

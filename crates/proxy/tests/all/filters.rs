@@ -47,6 +47,9 @@ impl HttpFilter for TestFilter {
     ) -> LocalBoxFuture<'a, HeadersStatus> {
         Box::pin(async move {
             self.buffer_response = headers.headers.contains_key("x-test-buffer-response");
+            if headers.headers.contains_key("x-test-hold") {
+                return HeadersStatus::StopIteration;
+            }
             if let Some(p) = headers
                 .headers
                 .get("x-test-reroute")
@@ -103,6 +106,25 @@ impl HttpFilter for TestFilter {
             }
             HeadersStatus::Continue
         })
+    }
+
+    fn on_request_body<'a>(
+        &'a mut self,
+        cx: &'a mut FilterCx,
+        data: &'a mut Bytes,
+        end_stream: bool,
+    ) -> LocalBoxFuture<'a, DataStatus> {
+        let status = match cx.request_headers_mut() {
+            // Headers held: buffer everything, then tag the headers with what the body was.
+            Some(held) if end_stream => {
+                held.headers
+                    .insert("x-body-seen", http::HeaderValue::from(data.len()));
+                DataStatus::Continue
+            }
+            Some(_) => DataStatus::StopIterationAndBuffer,
+            None => DataStatus::Continue,
+        };
+        Box::pin(std::future::ready(status))
     }
 
     fn on_response_headers<'a>(
@@ -254,6 +276,17 @@ async fn filter_api_reroute_callout_buffering_local_reply_and_log() -> anyhow::R
         .insert("x-test-callout", "/status/200".parse()?);
     assert_eq!(send(addr, req).await?.status, 200);
 
+    // Headers held until the whole body arrived; the body hook still edits them.
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/a")
+        .header("host", "x")
+        .header("x-test-hold", "1")
+        .body(http_body_util::Full::new(Bytes::from(vec![b'q'; 300_000])))?;
+    let r = send(addr, req).await?;
+    assert_eq!(r.json()["headers"]["x-body-seen"], "300000", "{}", r.text());
+    assert_eq!(r.json()["body_len"], 300_000);
+
     // Response body buffered until the end, then replaced.
     let mut req = get("x", "/bytes/300000");
     req.headers_mut()
@@ -263,7 +296,7 @@ async fn filter_api_reroute_callout_buffering_local_reply_and_log() -> anyhow::R
 
     assert!(
         eventually(Duration::from_secs(2), || async {
-            log.lock().map(|l| l.len() >= 4).unwrap_or(false)
+            log.lock().map(|l| l.len() >= 5).unwrap_or(false)
         })
         .await,
         "{log:?}"
@@ -271,7 +304,8 @@ async fn filter_api_reroute_callout_buffering_local_reply_and_log() -> anyhow::R
     let l = log.lock().map(|l| l.clone()).unwrap_or_default();
     assert!(l[0].starts_with("200 route_b b rx=0 tx="), "{l:?}");
     assert!(l[1].starts_with("403 route_a - rx=0 tx=16"), "{l:?}");
-    assert!(l[3].starts_with("200 route_a a rx=0 tx=10"), "{l:?}");
+    assert!(l[3].starts_with("200 route_a a rx=300000"), "{l:?}");
+    assert!(l[4].starts_with("200 route_a a rx=0 tx=10"), "{l:?}");
     Ok(())
 }
 
