@@ -532,7 +532,15 @@ impl ModuleCache {
                     .fetch(url)
                     .await
                     .inspect_err(|_| m.remote_fetch(FetchResult::DownloadFailure))?;
-                let actual = sha256_hex(&bytes);
+                let (bytes, actual) = tokio::task::spawn_blocking(move || {
+                    let sha = sha256_hex(&bytes);
+                    (bytes, sha)
+                })
+                .await
+                .map_err(|e| CacheError::Task {
+                    url: url.to_owned(),
+                    reason: e.to_string(),
+                })?;
                 if let Some(e) = mismatch(&actual) {
                     m.remote_fetch(FetchResult::ChecksumMismatched);
                     return Err(e);

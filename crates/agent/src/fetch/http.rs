@@ -87,7 +87,20 @@ impl HttpFetcher {
         let mut last = String::new();
         for attempt in 1..=attempts {
             match self.attempt(client, parsed.clone(), url).await {
-                Ok(body) => return unbox::unbox_if_possible(body, self.opts.max_module_size, url),
+                Ok(body) => {
+                    // gunzip/untar of up to max_module_size: off the async workers.
+                    let (max, u) = (self.opts.max_module_size, url.to_owned());
+                    return tokio::task::spawn_blocking(move || {
+                        unbox::unbox_if_possible(body, max, &u)
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(FetchError::Unpack {
+                            url: url.to_owned(),
+                            reason: e.to_string(),
+                        })
+                    });
+                }
                 Err(Attempt::Fatal(e)) => return Err(e),
                 Err(Attempt::Retry(reason)) => {
                     debug!(url, attempt, %reason, "wasm module download attempt failed");

@@ -624,10 +624,26 @@ impl OciFetcher {
             out.extend_from_slice(&chunk);
         }
         match prepared.format {
-            ImageFormat::Docker | ImageFormat::OciImage => Ok(Module {
-                bytes: unbox::plugin_wasm_from_layer(&out, max, url)?,
-                sha256: None,
-            }),
+            ImageFormat::Docker | ImageFormat::OciImage => {
+                // gunzip, untar and hash off the async workers.
+                let u = url.to_owned();
+                tokio::task::spawn_blocking(move || {
+                    use sha2::Digest;
+                    let bytes = unbox::plugin_wasm_from_layer(&out, max, &u)?;
+                    let sha = hex::encode(sha2::Sha256::digest(&bytes));
+                    Ok(Module {
+                        bytes,
+                        sha256: Some(sha),
+                    })
+                })
+                .await
+                .unwrap_or_else(|e| {
+                    Err(FetchError::Unpack {
+                        url: url.to_owned(),
+                        reason: e.to_string(),
+                    })
+                })
+            }
             ImageFormat::WasmArtifact | ImageFormat::CncfWasm => {
                 let sha = prepared
                     .layer
