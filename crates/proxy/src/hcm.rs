@@ -176,7 +176,15 @@ fn request_id(hcm: &HcmConfig, headers: &mut http::HeaderMap) -> Option<String> 
     if !hcm.generate_request_id {
         return existing;
     }
-    let id = uuid::Uuid::new_v4().to_string();
+    // A v4 UUID from the worker's fast generator (Envoy's ids are not cryptographic either);
+    // `Uuid::new_v4` would make a getrandom syscall per request.
+    let mut bytes = [0u8; 16];
+    for chunk in bytes.chunks_mut(4) {
+        chunk.copy_from_slice(&crate::worker::rand_u32().to_le_bytes());
+    }
+    let id = uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string();
     if let Ok(v) = HeaderValue::from_str(&id) {
         headers.insert("x-request-id", v);
     }

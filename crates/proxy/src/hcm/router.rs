@@ -229,13 +229,17 @@ pub(super) async fn run(
         {
             Phase::Done(p) => pending = p,
             Phase::Reply(r, pos) => {
-                fin.summary = summarize(&parts);
+                if !hcm.access_logs.is_empty() {
+                    fin.summary = summarize(&parts);
+                }
                 return respond_local(&conn, &stream, fin, r, pos + 1, ResponseFlags::default())
                     .await;
             }
             Phase::TooLarge => {
                 hcm.stats.rq_too_large.inc();
-                fin.summary = summarize(&parts);
+                if !hcm.access_logs.is_empty() {
+                    fin.summary = summarize(&parts);
+                }
                 let e = ProxyError::new(ErrorKind::RequestTooLarge);
                 return respond_local(&conn, &stream, fin, error_reply(&e), n, e.response_flags())
                     .await;
@@ -251,14 +255,18 @@ pub(super) async fn run(
     }
     let Some((_, route)) = selected else {
         hcm.stats.no_route.inc();
-        fin.summary = summarize(&parts);
+        if !hcm.access_logs.is_empty() {
+            fin.summary = summarize(&parts);
+        }
         let e = ProxyError::new(ErrorKind::NoRoute);
         return respond_local(&conn, &stream, fin, error_reply(&e), n, e.response_flags()).await;
     };
     let action = match &route.action {
         Action::DirectResponse { status, body } => {
             hcm.stats.rq_direct_response.inc();
-            fin.summary = summarize(&parts);
+            if !hcm.access_logs.is_empty() {
+                fin.summary = summarize(&parts);
+            }
             let reply =
                 LocalReply::new(*status, body.clone().unwrap_or_default(), "direct_response");
             return respond_local(&conn, &stream, fin, reply, n, ResponseFlags::default()).await;
@@ -301,6 +309,7 @@ pub(super) async fn run(
         &mut parts,
         upstream_body,
         body_empty,
+        n > 0,
         &mut fin,
     )
     .await;
@@ -374,6 +383,7 @@ async fn forward(
     parts: &mut http::request::Parts,
     body: Body,
     body_empty: bool,
+    keep_headers: bool,
     fin: &mut Finisher,
 ) -> Result<(Response<Incoming>, Duration), ProxyError> {
     let config = conn.worker.config.load();
@@ -425,7 +435,9 @@ async fn forward(
     {
         parts.headers.insert("x-envoy-expected-rq-timeout-ms", v);
     }
-    fin.summary = summarize(parts);
+    if !conn.hcm.access_logs.is_empty() {
+        fin.summary = summarize(parts);
+    }
     let deadline = action.timeout.map(|t| Instant::now() + t);
     let retries = match &action.retry {
         Some(r) if body_empty => r.num_retries,
@@ -459,7 +471,12 @@ async fn forward(
             .uri(parts.uri.clone())
             .version(parts.version);
         if let Some(h) = b.headers_mut() {
-            *h = parts.headers.clone();
+            // Without retries and without filters to log them, the headers are not needed again.
+            *h = if retries == 0 && !keep_headers {
+                std::mem::take(&mut parts.headers)
+            } else {
+                parts.headers.clone()
+            };
         }
         let req = b
             .body(this_body)
