@@ -260,17 +260,6 @@ pub(crate) fn build(
             "the last filter must be http_connection_manager or tcp_proxy",
         )
     })?;
-    if matches!(terminal, Terminal::Http(_))
-        && let Some(f) = network_filters.iter().find(|f| !f.config.connection_only())
-    {
-        return Err(ConfigError::unsupported(
-            format!("{cpath}.filters"),
-            format!(
-                "network filter {:?} in front of http_connection_manager (only connection-level filters like RBAC are supported there)",
-                f.name
-            ),
-        ));
-    }
     let stat_addr = address.to_string().replace(':', "_");
     let cx_total = env.store.counter(
         &format!("listener.{stat_addr}.downstream_cx_total"),

@@ -131,8 +131,8 @@ pub trait NetworkFilterConfig: Send + Sync {
     /// A filter instance for one new connection on `worker`.
     fn create_filter(&self, worker: &WorkerContext) -> Box<dyn NetworkFilter>;
 
-    /// True if the filter only looks at new connections (RBAC), so it can also run in front of
-    /// the HTTP connection manager, which does not expose raw bytes to network filters yet.
+    /// True if the filter only looks at new connections (RBAC): in front of the HTTP connection
+    /// manager, the proxy then skips the byte relay that data-level filters need.
     fn connection_only(&self) -> bool {
         false
     }

@@ -454,7 +454,20 @@ async fn handle_connection(
                 tls: lcfg.tls.is_some(),
                 sni,
             });
-            crate::hcm::serve(io, conn, alpn_h2, drain).await;
+            if lcfg
+                .network_filters
+                .iter()
+                .any(|f| !f.config.connection_only())
+            {
+                // Data-level network filters see the raw bytes: they sit between the socket and
+                // the connection manager, which serves the other end of an in-memory pipe.
+                let (near, far) = tokio::io::duplex(64 * 1024);
+                let hcm = crate::hcm::serve(far, conn, alpn_h2, drain);
+                let relay = crate::tcp::relay(io, near, &mut filters, &mut cx, None);
+                tokio::join!(hcm, relay);
+            } else {
+                crate::hcm::serve(io, conn, alpn_h2, drain).await;
+            }
             let info = cx.stream_info();
             for f in filters.iter_mut() {
                 f.on_log(info);

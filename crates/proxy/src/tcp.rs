@@ -99,6 +99,24 @@ async fn proxy<D>(
         }
     };
     cluster.stats.cx_active.inc();
+    relay(downstream, upstream, filters, cx, Some(cfg)).await;
+    cluster.stats.cx_active.dec();
+}
+
+/// Moves bytes both ways between `downstream` and `upstream`, through the network filters
+/// (downstream data in filter order, upstream data in reverse), until both sides closed or a
+/// filter closed the connection. Also used in front of the HTTP connection manager, whose side
+/// of the connection is then the `upstream` here.
+pub(crate) async fn relay<D, U>(
+    downstream: D,
+    upstream: U,
+    filters: &mut [Box<dyn NetworkFilter>],
+    cx: &mut NetworkCx,
+    cfg: Option<&TcpProxyConfig>,
+) where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
     let (mut dr, mut dw) = tokio::io::split(downstream);
     let (mut ur, mut uw) = tokio::io::split(upstream);
     let mut dbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -109,7 +127,9 @@ async fn proxy<D>(
             r = dr.read_buf(&mut dbuf), if d_open => {
                 let n = r.unwrap_or(0);
                 let end = n == 0;
-                cfg.rx_bytes.add(n as u64);
+                if let Some(cfg) = cfg {
+                    cfg.rx_bytes.add(n as u64);
+                }
                 cx.stream_info_mut().bytes_received += n as u64;
                 if run_filters(filters, cx, &mut dbuf, end, true).await && !dbuf.is_empty() {
                     if uw.write_all(&dbuf).await.is_err() {
@@ -132,7 +152,9 @@ async fn proxy<D>(
                 let n = r.unwrap_or(0);
                 let end = n == 0;
                 if run_filters(filters, cx, &mut ubuf, end, false).await && !ubuf.is_empty() {
-                    cfg.tx_bytes.add(ubuf.len() as u64);
+                    if let Some(cfg) = cfg {
+                        cfg.tx_bytes.add(ubuf.len() as u64);
+                    }
                     cx.stream_info_mut().bytes_sent += ubuf.len() as u64;
                     if dw.write_all(&ubuf).await.is_err() {
                         break;
@@ -158,5 +180,4 @@ async fn proxy<D>(
             f.on_upstream_close(cx, CloseType::Local);
         }
     }
-    cluster.stats.cx_active.dec();
 }

@@ -160,3 +160,48 @@ async fn network_rbac_deny_closes() -> anyhow::Result<()> {
     assert!(text.contains("tcp_rbac.rbac.denied: 1"), "{text}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_filter_in_front_of_http_sees_raw_bytes() -> anyhow::Result<()> {
+    let up = test_support::proxy_peers::start_upstream("u").await?;
+    let events: Events = Arc::default();
+    let mut registry = Registry::with_builtin_filters();
+    let ev = Arc::clone(&events);
+    registry.register_network(
+        "type.googleapis.com/google.protobuf.Struct",
+        Arc::new(move |_a: &Any, _c: &BuildContext| {
+            Ok(Arc::new(Cfg(Arc::clone(&ev))) as Arc<dyn NetworkFilterConfig>)
+        }),
+    );
+    let yaml = basic(up.addr.port()).replace(
+        "    - filters:\n      - name: envoy.filters.network.http_connection_manager",
+        "    - filters:\n      - name: recorder\n        typed_config: {\"@type\": type.googleapis.com/google.protobuf.Struct, value: {}}\n      - name: envoy.filters.network.http_connection_manager",
+    );
+    let bootstrap = wasmesh_proxy::config::bootstrap::parse(&yaml)?;
+    let opts = BuildOptions {
+        registry,
+        ..BuildOptions::default()
+    };
+    let config = wasmesh_proxy::config::build(&bootstrap, &opts)?;
+    let p = wasmesh_proxy::start_with(
+        config,
+        opts.store,
+        &ProxyOptions {
+            concurrency: 1,
+            drain_timeout: Duration::from_secs(1),
+        },
+    )?;
+    let addr = p.listener_addr("main").unwrap();
+    let r = send(addr, get("x", "/through")).await?;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["path"], "/through");
+    let ok = eventually(Duration::from_secs(2), || async {
+        let ev = events.lock().map(|e| e.clone()).unwrap_or_default();
+        ev.iter()
+            .any(|e| e.starts_with("down \"GET /through HTTP/1.1"))
+            && ev.iter().any(|e| e.starts_with("up \"HTTP/1.1 200 OK"))
+    })
+    .await;
+    assert!(ok, "{:?}", events.lock().map(|e| e.clone()));
+    Ok(())
+}
