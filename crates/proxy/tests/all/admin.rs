@@ -67,3 +67,24 @@ async fn admin_endpoints_answer_like_envoy() -> anyhow::Result<()> {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_lets_in_flight_requests_finish() -> anyhow::Result<()> {
+    let up = start_upstream("u").await?;
+    let p = start_proxy(&basic(up.addr.port()))?;
+    let addr = p.listener_addr("main").unwrap();
+    let in_flight = tokio::spawn(async move { send(addr, get("x", "/delay/400")).await });
+    // Wait until the request reached the upstream side of the proxy.
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            p.stats().render_text().contains("http.ingress_http.downstream_rq_active: 1")
+        })
+        .await
+    );
+    let stopper = tokio::task::spawn_blocking(move || p.shutdown());
+    let r = in_flight.await??;
+    assert_eq!(r.status, 200, "in-flight request completes during the drain");
+    stopper.await?;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
+    Ok(())
+}
