@@ -61,6 +61,28 @@ static_resources:
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  - name: rbac
+    address: {socket_address: {address: 127.0.0.1, port_value: {LISTEN2}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: rbac_http
+          route_config:
+            virtual_hosts:
+            - {name: all, domains: ["*"], routes: [{match: {prefix: "/"}, route: {cluster: up}}]}
+          http_filters:
+          - name: envoy.filters.http.rbac
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules:
+                action: DENY
+                policies:
+                  deny-everyone: {permissions: [{any: true}], principals: [{any: true}]}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:
   - name: up
     connect_timeout: 1s
@@ -267,12 +289,13 @@ async fn routing_matches_envoy() -> anyhow::Result<()> {
     let dead = free_port()?;
     let logs = tempfile::tempdir()?;
     let (our_log, envoy_log) = (logs.path().join("ours.log"), logs.path().join("envoy.log"));
-    let render = |listen: u16, admin: u16, log: &std::path::Path| {
+    let render = |listen: u16, listen2: u16, admin: u16, log: &std::path::Path| {
         fill(
             DIFF,
             &[
                 ("LOG", log.display().to_string()),
                 ("LISTEN", listen.to_string()),
+                ("LISTEN2", listen2.to_string()),
                 ("ADMIN", admin.to_string()),
                 ("UP", up.addr.port().to_string()),
                 ("DEAD", dead.to_string()),
@@ -280,7 +303,7 @@ async fn routing_matches_envoy() -> anyhow::Result<()> {
         )
     };
     // include_request_attempt_count is not supported by wasmesh: checked below, then removed.
-    let ours_yaml = render(0, 0, &our_log);
+    let ours_yaml = render(0, 0, 0, &our_log);
     let err = start_proxy(&ours_yaml)
         .err()
         .map(|e| e.to_string())
@@ -293,8 +316,8 @@ async fn routing_matches_envoy() -> anyhow::Result<()> {
     let ours = start_proxy(&ours_yaml)?;
     let ours_addr = ours.listener_addr("main").unwrap();
 
-    let (listen, admin) = (free_port()?, free_port()?);
-    let envoy_yaml = render(listen, admin, &envoy_log)
+    let (listen, listen2, admin) = (free_port()?, free_port()?, free_port()?);
+    let envoy_yaml = render(listen, listen2, admin, &envoy_log)
         .replace("              include_request_attempt_count: true\n", "");
     let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse()?;
     let _envoy =
@@ -322,6 +345,29 @@ async fn routing_matches_envoy() -> anyhow::Result<()> {
         }
         if e != o {
             failures.push(format!("{name}:\n  envoy:   {e:?}\n  wasmesh: {o:?}"));
+        }
+    }
+    // RBAC deny: same 403, body and headers.
+    let envoy_rbac: SocketAddr = format!("127.0.0.1:{listen2}").parse()?;
+    let ours_rbac = ours.listener_addr("rbac").unwrap();
+    for h2 in [false, true] {
+        let (e, o) = if h2 {
+            (
+                send_h2(envoy_rbac, get_h2(envoy_rbac, "x", "/")).await?,
+                send_h2(ours_rbac, get_h2(ours_rbac, "x", "/")).await?,
+            )
+        } else {
+            (
+                send(envoy_rbac, get("x", "/")).await?,
+                send(ours_rbac, get("x", "/")).await?,
+            )
+        };
+        let (e, o) = (normalize(e), normalize(o));
+        assert_eq!(e.status, 403);
+        if e != o {
+            failures.push(format!(
+                "rbac deny (h2={h2}):\n  envoy:   {e:?}\n  wasmesh: {o:?}"
+            ));
         }
     }
     assert!(
