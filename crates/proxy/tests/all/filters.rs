@@ -287,6 +287,45 @@ async fn filter_api_reroute_callout_buffering_local_reply_and_log() -> anyhow::R
     assert_eq!(r.json()["headers"]["x-body-seen"], "300000", "{}", r.text());
     assert_eq!(r.json()["body_len"], 300_000);
 
+    // A held request over the listener's buffer limit is answered 413 (Envoy's decoder buffer).
+    let small = fill(TWO_ROUTES, &[("A", a.addr.port().to_string()), ("B", b.addr.port().to_string())]).replace(
+        "    address: {socket_address: {address: 127.0.0.1, port_value: 0}}\n    filter_chains:",
+        "    address: {socket_address: {address: 127.0.0.1, port_value: 0}}\n    per_connection_buffer_limit_bytes: 1024\n    filter_chains:",
+    );
+    let mut registry2 = Registry::with_builtin_filters();
+    let l3 = Arc::new(Mutex::new(Vec::new()));
+    registry2.register_http(
+        STRUCT_URL,
+        Arc::new(move |_any: &Any, _ctx: &BuildContext| {
+            Ok(Arc::new(TestConfig {
+                log: Arc::clone(&l3),
+            }) as Arc<dyn HttpFilterConfig>)
+        }),
+    );
+    let opts2 = BuildOptions {
+        registry: registry2,
+        ..BuildOptions::default()
+    };
+    let config2 =
+        wasmesh_proxy::config::build(&wasmesh_proxy::config::bootstrap::parse(&small)?, &opts2)?;
+    let p2 = wasmesh_proxy::start_with(
+        config2,
+        opts2.store,
+        &ProxyOptions {
+            concurrency: 1,
+            drain_timeout: Duration::from_secs(1),
+        },
+    )?;
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/a")
+        .header("host", "x")
+        .header("x-test-hold", "1")
+        .body(http_body_util::Full::new(Bytes::from(vec![b'q'; 300_000])))?;
+    let r = send(p2.listener_addr("main").unwrap(), req).await?;
+    assert_eq!((r.status, r.text().as_str()), (413, "Payload Too Large"));
+    assert_eq!(r.header("x-test-filter"), Some("seen"));
+
     // Response body buffered until the end, then replaced.
     let mut req = get("x", "/bytes/300000");
     req.headers_mut()
