@@ -3,6 +3,7 @@
 //! turns the resource into an RBAC filter of the same name (allow-all for FAIL_OPEN,
 //! deny-all otherwise).
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::{
@@ -17,7 +18,7 @@ use envoy_types::pb::envoy::extensions::wasm::v3::{
 };
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
-use tracing::{debug, error};
+use tracing::error;
 
 use crate::cache::{CacheError, GetOptions, ModuleCache, PullPolicy};
 use crate::fetch::PullSecret;
@@ -37,7 +38,6 @@ pub const HTTP_RBAC_TYPE_URL: &str =
 /// Network RBAC filter (the fallback).
 pub const NETWORK_RBAC_TYPE_URL: &str =
     "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC";
-const TYPED_STRUCT_TYPE_URL: &str = "type.googleapis.com/udpa.type.v1.TypedStruct";
 
 /// Env keys istiod sets for the agent (`pkg/model/wasm.go`).
 pub const PULL_SECRET_ENV: &str = "ISTIO_META_WASM_IMAGE_PULL_SECRET";
@@ -180,28 +180,29 @@ struct IstioEnv {
     resource_version: String,
 }
 
+/// Reads the agent's `ISTIO_META_WASM_*` entries from a VM env map.
+fn istio_env_from(kv: &HashMap<String, String>) -> IstioEnv {
+    IstioEnv {
+        secret: kv.get(PULL_SECRET_ENV).map(|s| {
+            if s.is_empty() {
+                Err(RewriteError::MissingPullSecret)
+            } else {
+                Ok(PullSecret(s.as_bytes().to_vec()))
+            }
+        }),
+        policy: kv
+            .get(PULL_POLICY_ENV)
+            .map(|p| PullPolicy::parse(p))
+            .unwrap_or_default(),
+        resource_version: kv.get(RESOURCE_VERSION_ENV).cloned().unwrap_or_default(),
+    }
+}
+
 fn take_istio_env(vm: &mut VmConfig) -> IstioEnv {
-    let mut env = IstioEnv {
-        secret: None,
-        policy: PullPolicy::Unspecified,
-        resource_version: String::new(),
-    };
     let Some(vars) = vm.environment_variables.as_mut() else {
-        return env;
+        return istio_env_from(&HashMap::new());
     };
-    if let Some(s) = vars.key_values.get(PULL_SECRET_ENV) {
-        env.secret = Some(if s.is_empty() {
-            Err(RewriteError::MissingPullSecret)
-        } else {
-            Ok(PullSecret(s.as_bytes().to_vec()))
-        });
-    }
-    if let Some(p) = vars.key_values.get(PULL_POLICY_ENV) {
-        env.policy = PullPolicy::parse(p);
-    }
-    if let Some(rv) = vars.key_values.get(RESOURCE_VERSION_ENV) {
-        env.resource_version = rv.clone();
-    }
+    let env = istio_env_from(&vars.key_values);
     vars.key_values
         .retain(|k, _| !k.starts_with(ISTIO_META_PREFIX));
     if vars.key_values.is_empty() && vars.host_env_keys.is_empty() {
@@ -289,9 +290,9 @@ impl Converter {
         let kind = match typed.type_url.as_str() {
             HTTP_WASM_TYPE_URL => WasmKind::Http,
             NETWORK_WASM_TYPE_URL => WasmKind::Network,
-            TYPED_STRUCT_TYPE_URL => {
-                debug!(resource = %name, "TypedStruct ECDS config forwarded untouched");
-                return Ok(passthrough(name));
+            typed_struct::UDPA | typed_struct::XDS => {
+                let typed = typed.clone();
+                return self.convert_typed_struct(ec, typed, resource).await;
             }
             _ => return Ok(passthrough(name)),
         };
@@ -321,63 +322,34 @@ impl Converter {
             }
             None => return Err(ConvertError::NoCode { resource: name }),
         };
-        let url = remote
+        let target = Target {
+            name: name.clone(),
+            plugin,
+            network: kind == WasmKind::Network,
+            fail_open,
+            url: remote
+                .http_uri
+                .as_ref()
+                .map(|u| u.uri.clone())
+                .unwrap_or_default(),
+        };
+        let timeout = remote
             .http_uri
             .as_ref()
-            .map(|u| u.uri.clone())
-            .unwrap_or_default();
-        let fallback = |error: RewriteError| {
-            let fb = fallback_filter(&name, kind == WasmKind::Network, fail_open);
-            Converted {
-                resource: pack(ECDS_TYPE_URL, &fb),
-                name: name.clone(),
-                outcome: Outcome::Fallback {
-                    resource: name.clone(),
-                    plugin: plugin.clone(),
-                    url: url.clone(),
-                    error,
-                    fail_open,
-                },
-            }
-        };
-        let secret = match env.secret {
-            Some(Err(e)) => return Ok(fallback(e)),
-            Some(Ok(s)) => Some(s),
-            None => None,
-        };
-        let Some(http_uri) = remote.http_uri.as_ref() else {
-            return Ok(fallback(RewriteError::NoHttpUri));
-        };
-        let timeout = http_uri
-            .timeout
-            .as_ref()
+            .and_then(|u| u.timeout.as_ref())
             .and_then(|d| {
                 (d.seconds >= 0 && d.nanos >= 0)
                     .then(|| Duration::new(d.seconds as u64, d.nanos as u32))
-            })
-            .filter(|d| !d.is_zero())
-            .unwrap_or(DEFAULT_FETCH_TIMEOUT);
-        let sha = if remote.sha256 == "nil" {
-            String::new()
-        } else {
-            remote.sha256.clone()
-        };
-        let opts = GetOptions {
-            checksum: Some(sha).filter(|s| !s.is_empty()),
-            resource_name: name.clone(),
-            resource_version: env.resource_version,
-            timeout,
-            pull_secret: secret,
-            pull_policy: env.policy,
-        };
-        let path = match self.cache.get(&http_uri.uri, &opts).await {
+            });
+        let has_uri = remote.http_uri.is_some();
+        let path = match self
+            .fetch_local(&target, env, has_uri, &remote.sha256, timeout)
+            .await
+        {
             Ok(p) => p,
-            Err(e) => {
-                self.cache.release(&name);
-                return Ok(fallback(e.into()));
-            }
+            Err(e) => return Ok(target.fallback(e)),
         };
-        let path_s = path.to_string_lossy().into_owned();
+        let path_s = path;
         vm.code = Some(AsyncDataSource {
             specifier: Some(async_data_source::Specifier::Local(DataSource {
                 specifier: Some(data_source::Specifier::Filename(path_s.clone())),
@@ -390,12 +362,147 @@ impl Converter {
             name: name.clone(),
             outcome: Outcome::Rewritten {
                 resource: name,
-                url,
+                url: target.url,
                 path: path_s,
             },
         })
     }
+
+    /// A Wasm config wrapped in a `TypedStruct` (EnvoyFilter style): same conversion on the
+    /// JSON form; the result stays a `TypedStruct`.
+    async fn convert_typed_struct(
+        &self,
+        mut ec: TypedExtensionConfig,
+        typed: Any,
+        original: &Any,
+    ) -> Result<Converted, ConvertError> {
+        let name = ec.name.clone();
+        let passthrough = || Converted {
+            resource: original.clone(),
+            name: name.clone(),
+            outcome: Outcome::Passthrough,
+        };
+        let mut ts = typed_struct::TypedStruct::decode(typed.value.as_slice())
+            .map_err(|e| decode_err(&typed.type_url, e))?;
+        let network = match ts.type_url.as_str() {
+            HTTP_WASM_TYPE_URL => false,
+            NETWORK_WASM_TYPE_URL => true,
+            _ => return Ok(passthrough()),
+        };
+        let Some(value) = ts.value.as_mut() else {
+            return Ok(passthrough());
+        };
+        let Some(plugin) = typed_struct::read(value) else {
+            return Ok(passthrough());
+        };
+        let (uri, sha256, timeout) = match plugin.code {
+            typed_struct::Code::None => return Err(ConvertError::NoCode { resource: name }),
+            typed_struct::Code::Local => {
+                ec.typed_config = Some(pack(&typed.type_url, &ts));
+                return Ok(Converted {
+                    resource: pack(ECDS_TYPE_URL, &ec),
+                    name,
+                    outcome: Outcome::Passthrough,
+                });
+            }
+            typed_struct::Code::Remote {
+                uri,
+                sha256,
+                timeout,
+            } => (uri, sha256, timeout),
+        };
+        let target = Target {
+            name: name.clone(),
+            plugin: plugin.name,
+            network,
+            fail_open: plugin.fail_open,
+            url: uri.clone().unwrap_or_default(),
+        };
+        let path = match self
+            .fetch_local(&target, plugin.env, uri.is_some(), &sha256, timeout)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => return Ok(target.fallback(e)),
+        };
+        if let Some(value) = ts.value.as_mut() {
+            typed_struct::set_local_code(value, &path);
+        }
+        ec.typed_config = Some(pack(&typed.type_url, &ts));
+        Ok(Converted {
+            resource: pack(ECDS_TYPE_URL, &ec),
+            name: name.clone(),
+            outcome: Outcome::Rewritten {
+                resource: name,
+                url: target.url,
+                path,
+            },
+        })
+    }
+
+    /// Fetches the module through the cache; returns the local path.
+    async fn fetch_local(
+        &self,
+        t: &Target,
+        env: IstioEnv,
+        has_uri: bool,
+        sha256: &str,
+        timeout: Option<Duration>,
+    ) -> Result<String, RewriteError> {
+        let secret = env.secret.transpose()?;
+        if !has_uri {
+            return Err(RewriteError::NoHttpUri);
+        }
+        let timeout = timeout
+            .filter(|d| !d.is_zero())
+            .unwrap_or(DEFAULT_FETCH_TIMEOUT);
+        // "nil" is how old istiod said "no checksum".
+        let sha = if sha256 == "nil" { "" } else { sha256 };
+        let opts = GetOptions {
+            checksum: Some(sha.to_owned()).filter(|s| !s.is_empty()),
+            resource_name: t.name.clone(),
+            resource_version: env.resource_version,
+            timeout,
+            pull_secret: secret,
+            pull_policy: env.policy,
+        };
+        match self.cache.get(&t.url, &opts).await {
+            Ok(p) => Ok(p.to_string_lossy().into_owned()),
+            Err(e) => {
+                self.cache.release(&t.name);
+                Err(e.into())
+            }
+        }
+    }
 }
+
+/// The resource being converted, for the fallback and for logs.
+struct Target {
+    name: String,
+    plugin: String,
+    network: bool,
+    fail_open: bool,
+    url: String,
+}
+
+impl Target {
+    fn fallback(&self, error: RewriteError) -> Converted {
+        let fb = fallback_filter(&self.name, self.network, self.fail_open);
+        Converted {
+            resource: pack(ECDS_TYPE_URL, &fb),
+            name: self.name.clone(),
+            outcome: Outcome::Fallback {
+                resource: self.name.clone(),
+                plugin: self.plugin.clone(),
+                url: self.url.clone(),
+                error,
+                fail_open: self.fail_open,
+            },
+        }
+    }
+}
+
+mod typed_struct;
 
 #[cfg(test)]
 mod tests;

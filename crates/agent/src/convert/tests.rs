@@ -395,3 +395,109 @@ async fn resources_of_one_response_are_converted_in_parallel() {
         "4 fetches of {delay:?} took {took:?}: not parallel"
     );
 }
+
+fn json_to_struct(v: serde_json::Value) -> envoy_types::pb::google::protobuf::Struct {
+    use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
+    fn value(v: serde_json::Value) -> Value {
+        let kind = match v {
+            serde_json::Value::Null => Kind::NullValue(0),
+            serde_json::Value::Bool(b) => Kind::BoolValue(b),
+            serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap()),
+            serde_json::Value::String(s) => Kind::StringValue(s),
+            serde_json::Value::Array(a) => Kind::ListValue(ListValue {
+                values: a.into_iter().map(value).collect(),
+            }),
+            serde_json::Value::Object(o) => Kind::StructValue(Struct {
+                fields: o.into_iter().map(|(k, v)| (k, value(v))).collect(),
+            }),
+        };
+        Value { kind: Some(kind) }
+    }
+    match value(v).kind {
+        Some(Kind::StructValue(s)) => s,
+        _ => panic!("not an object"),
+    }
+}
+
+fn typed_struct_resource(url: &str, sha: &str, policy: &str) -> Any {
+    let json = serde_json::json!({
+        "config": {
+            "name": "envoyfilter.wasm",
+            "failure_policy": policy,
+            "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": "{}"},
+            "vm_config": {
+                "runtime": "envoy.wasm.runtime.v8",
+                "code": {"remote": {"http_uri": {"uri": url, "timeout": "10s"}, "sha256": sha}},
+                "environment_variables": {"key_values": {"ISTIO_META_WASM_PLUGIN_RESOURCE_VERSION": "3", "KEEP": "me"}},
+            },
+        }
+    });
+    let ts = typed_struct::TypedStruct {
+        type_url: HTTP_WASM_TYPE_URL.into(),
+        value: Some(json_to_struct(json)),
+    };
+    pack(
+        ECDS_TYPE_URL,
+        &TypedExtensionConfig {
+            name: NAME.into(),
+            typed_config: Some(pack(typed_struct::UDPA, &ts)),
+        },
+    )
+}
+
+#[tokio::test]
+async fn typed_struct_wasm_configs_are_converted_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = FileServer::start().await;
+    srv.set("/ts.wasm", 200, module(70));
+    let conv = converter(dir.path());
+    let out = conv
+        .convert_one(&typed_struct_resource(
+            &srv.url("/ts.wasm"),
+            &sha(&module(70)),
+            "FAIL_CLOSED",
+        ))
+        .await
+        .unwrap();
+    let Outcome::Rewritten { path, .. } = &out.outcome else {
+        panic!("{:?}", out.outcome)
+    };
+    assert_eq!(std::fs::read(path).unwrap(), module(70));
+    let ec = TypedExtensionConfig::decode(out.resource.value.as_slice()).unwrap();
+    let t = ec.typed_config.unwrap();
+    assert_eq!(t.type_url, typed_struct::UDPA, "still a TypedStruct");
+    let ts = typed_struct::TypedStruct::decode(t.value.as_slice()).unwrap();
+    let json = format!("{:?}", ts.value.unwrap());
+    assert!(
+        json.contains(path.as_str()) && json.contains("filename"),
+        "{json}"
+    );
+    assert!(
+        !json.contains("ISTIO_META") && json.contains("KEEP"),
+        "{json}"
+    );
+    assert!(!json.contains("remote"), "{json}");
+
+    // A failure follows the fail strategy written in the JSON.
+    let out = conv
+        .convert_one(&typed_struct_resource(
+            "http://127.0.0.1:1/x.wasm",
+            "",
+            "FAIL_OPEN",
+        ))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            out.outcome,
+            Outcome::Fallback {
+                fail_open: true,
+                ..
+            }
+        ),
+        "{:?}",
+        out.outcome
+    );
+    let (_, rbac) = decode_http_rbac(&out.resource);
+    assert_eq!(rbac.rules_stat_prefix, "wasm-default-allow");
+}
