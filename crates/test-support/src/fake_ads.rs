@@ -122,7 +122,11 @@ impl FakeAds {
 
     /// Every delta request received so far, in order.
     pub fn delta_requests(&self) -> Vec<DeltaDiscoveryRequest> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).delta_requests.clone()
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .delta_requests
+            .clone()
     }
 
     /// Requests that carried an error (NACKs).
@@ -165,7 +169,11 @@ impl Service {
         })
     }
 
-    fn delta_response_for(&self, type_url: &str, names: &[String]) -> Option<DeltaDiscoveryResponse> {
+    fn delta_response_for(
+        &self,
+        type_url: &str,
+        names: &[String],
+    ) -> Option<DeltaDiscoveryResponse> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (version, resources) = st.resources.get(type_url).cloned()?;
         st.nonce += 1;
@@ -173,7 +181,12 @@ impl Service {
         let resources = resources
             .into_iter()
             .filter(|(n, _)| names.is_empty() || names.contains(n))
-            .map(|(name, r)| Resource { name, version: version.clone(), resource: Some(r), ..Default::default() })
+            .map(|(name, r)| Resource {
+                name,
+                version: version.clone(),
+                resource: Some(r),
+                ..Default::default()
+            })
             .collect();
         Some(DeltaDiscoveryResponse {
             system_version_info: version,
