@@ -319,6 +319,27 @@ pub(crate) struct Finisher {
     pub(crate) summary: RequestSummary,
     pub(crate) bytes_received: Rc<std::cell::Cell<u64>>,
     pub(crate) upstream: Option<(Arc<crate::cluster::Cluster>, Arc<crate::cluster::Host>)>,
+    done: bool,
+}
+
+impl Drop for Finisher {
+    /// A stream dropped before its response started (the client went away while a filter or
+    /// the upstream was pending) still gets its stats, `on_log` and access log.
+    fn drop(&mut self) {
+        if !self.done {
+            let orphan = Finisher {
+                conn: Rc::clone(&self.conn),
+                stream: Rc::clone(&self.stream),
+                start: self.start,
+                summary: std::mem::take(&mut self.summary),
+                bytes_received: Rc::clone(&self.bytes_received),
+                upstream: self.upstream.take(),
+                done: false,
+            };
+            self.done = true;
+            orphan.finish(0, false);
+        }
+    }
 }
 
 impl Finisher {
@@ -330,10 +351,12 @@ impl Finisher {
             summary: RequestSummary::default(),
             bytes_received: Rc::default(),
             upstream: None,
+            done: false,
         }
     }
 
-    fn finish(self, bytes_sent: u64, complete: bool) {
+    fn finish(mut self, bytes_sent: u64, complete: bool) {
+        self.done = true;
         let run = move |st: &mut Stream, this: &Finisher| {
             let hcm = &this.conn.hcm;
             let info = st.cx.stream_info_mut();
@@ -349,10 +372,9 @@ impl Finisher {
             let code = info.response_code.unwrap_or(0);
             hcm.stats.record_status(code);
             hcm.stats.rq_active.dec();
-            if let Some((cluster, host)) = &this.upstream {
+            if let Some((_, host)) = &this.upstream {
                 host.active_rq
                     .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                let _ = cluster;
             }
             let Stream { cx, filters } = st;
             let info = cx.stream_info();

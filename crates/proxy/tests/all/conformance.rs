@@ -113,3 +113,39 @@ async fn large_bodies_stream_both_ways() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_reset_while_upstream_pending_is_accounted() -> anyhow::Result<()> {
+    let up = start_upstream("u").await?;
+    let p = start_proxy(&basic(up.addr.port()))?;
+    let addr = p.listener_addr("main").unwrap();
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri("http://x/delay/3000")
+        .version(http::Version::HTTP_2)
+        .body(Full::new(Bytes::new()))?;
+    let pending = tokio::spawn(async move { sender.send_request(req).await });
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            p.stats()
+                .render_text()
+                .contains("http.ingress_http.downstream_rq_active: 1")
+        })
+        .await
+    );
+    pending.abort(); // drops the response future: RST_STREAM(CANCEL)
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            let t = p.stats().render_text();
+            t.contains("http.ingress_http.downstream_rq_active: 0")
+                && t.contains("http.ingress_http.downstream_rq_rx_reset: 1")
+        })
+        .await,
+        "{}",
+        p.stats().render_text()
+    );
+    Ok(())
+}
