@@ -494,7 +494,9 @@ pub trait HttpCallDispatcher {
 }
 
 /// A worker thread as filters see it: its index, HTTP callouts, and per-worker state slots
-/// (e.g. one Wasm VM per worker per plugin). Cheap to clone; not `Send`.
+/// (e.g. one Wasm VM per worker per plugin). Cheap to clone; not `Send`. Filters are created and
+/// their hooks run inside the worker's `LocalSet`, so `tokio::task::spawn_local` works there
+/// (timers, queue notifications).
 #[derive(Clone)]
 pub struct WorkerContext {
     inner: Rc<WorkerInner>,

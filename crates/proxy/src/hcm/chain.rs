@@ -322,12 +322,25 @@ impl http_body::Body for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(f) = self.pending.pop_front() {
-            return Poll::Ready(Some(Ok(f)));
+        // Empty data frames (an end-of-stream marker from the hooks) are not sent: the end of
+        // the body is the channel closing.
+        while let Some(f) = self.pending.pop_front() {
+            if f.data_ref().is_none_or(|d| !d.is_empty()) {
+                return Poll::Ready(Some(Ok(f)));
+            }
         }
-        match self.rx.as_mut() {
-            None => Poll::Ready(None),
-            Some(rx) => rx.poll_recv(cx),
+        loop {
+            let Some(rx) = self.rx.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(f))) if f.data_ref().is_some_and(Bytes::is_empty) => continue,
+                Poll::Ready(None) => {
+                    self.rx = None;
+                    return Poll::Ready(None);
+                }
+                other => return other,
+            }
         }
     }
 
