@@ -17,7 +17,9 @@ use futures::future::{BoxFuture, Shared};
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
-use crate::fetch::{FetchError, FetchOptions, HttpFetcher, OciFetcher, PullSecret, is_wasm_binary};
+use crate::fetch::{
+    FetchError, FetchOptions, HttpFetcher, OciFetcher, PullSecret, is_wasm_binary, redact_url,
+};
 use crate::metrics::{FetchResult, Metrics};
 use index::{ChecksumRecord, IndexFile, ModuleRecord, write_atomic};
 
@@ -203,7 +205,7 @@ fn parse_url(url: &str) -> Result<ParsedUrl, CacheError> {
                 let hex = d
                     .strip_prefix("sha256:")
                     .ok_or_else(|| CacheError::InvalidUrl {
-                        url: url.to_owned(),
+                        url: redact_url(url).into_owned(),
                         reason: format!("digest {d} is not sha256:<hex>"),
                     })?;
                 (p, Some(hex.to_ascii_lowercase()))
@@ -211,7 +213,7 @@ fn parse_url(url: &str) -> Result<ParsedUrl, CacheError> {
             None => (rest, None),
         };
         let last_slash = path.rfind('/').ok_or_else(|| CacheError::InvalidUrl {
-            url: url.to_owned(),
+            url: redact_url(url).into_owned(),
             reason: "an OCI url needs host/repository".into(),
         })?;
         let (repo, tag) = match path[last_slash..].rfind(':') {
@@ -223,7 +225,7 @@ fn parse_url(url: &str) -> Result<ParsedUrl, CacheError> {
         };
         if repo.len() <= last_slash + 1 {
             return Err(CacheError::InvalidUrl {
-                url: url.to_owned(),
+                url: redact_url(url).into_owned(),
                 reason: "empty repository".into(),
             });
         }
@@ -243,7 +245,7 @@ fn parse_url(url: &str) -> Result<ParsedUrl, CacheError> {
         });
     }
     Err(CacheError::UnsupportedScheme {
-        url: url.to_owned(),
+        url: redact_url(url).into_owned(),
     })
 }
 
@@ -366,7 +368,7 @@ impl ModuleCache {
         for c in expected.iter().chain(parsed.digest.iter()) {
             if c.len() != 64 || !c.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(CacheError::InvalidChecksum {
-                    url: url.to_owned(),
+                    url: redact_url(url).into_owned(),
                     checksum: c.clone(),
                 });
             }
@@ -375,7 +377,7 @@ impl ModuleCache {
             && e != d
         {
             return Err(CacheError::ChecksumMismatch {
-                url: url.to_owned(),
+                url: redact_url(url).into_owned(),
                 expected: e.clone(),
                 actual: d.clone(),
             });
@@ -409,7 +411,7 @@ impl ModuleCache {
                     if changed {
                         self.save();
                     }
-                    debug!(url, path = %path.display(), "wasm module cache hit");
+                    debug!(url = %redact_url(url), path = %path.display(), "wasm module cache hit");
                     return Ok(path);
                 }
             }
@@ -455,7 +457,7 @@ impl ModuleCache {
             let mut flights = self.inner.flights.lock().unwrap_or_else(|e| e.into_inner());
             match flights.get(&flight_key) {
                 Some(f) => {
-                    debug!(url, "joining an in-flight fetch");
+                    debug!(url = %redact_url(url), "joining an in-flight fetch");
                     f.clone()
                 }
                 None => {
@@ -473,7 +475,7 @@ impl ModuleCache {
                             .remove(&key_s);
                         r
                     });
-                    let url_t = url.to_owned();
+                    let url_t = redact_url(url).into_owned();
                     let f: Flight = async move {
                         task.await.unwrap_or_else(|e| {
                             Err(CacheError::Task {
@@ -492,7 +494,7 @@ impl ModuleCache {
         match tokio::time::timeout(opts.timeout.max(Duration::from_millis(1)), flight).await {
             Ok(r) => r,
             Err(_) => Err(CacheError::Timeout {
-                url: url.to_owned(),
+                url: redact_url(url).into_owned(),
                 timeout: opts.timeout,
             }),
         }
@@ -519,7 +521,7 @@ impl ModuleCache {
                 .as_deref()
                 .filter(|e| *e != actual)
                 .map(|e| CacheError::ChecksumMismatch {
-                    url: url.to_owned(),
+                    url: redact_url(url).into_owned(),
                     expected: e.to_owned(),
                     actual: actual.to_owned(),
                 })
@@ -538,7 +540,7 @@ impl ModuleCache {
                 })
                 .await
                 .map_err(|e| CacheError::Task {
-                    url: url.to_owned(),
+                    url: redact_url(url).into_owned(),
                     reason: e.to_string(),
                 })?;
                 if let Some(e) = mismatch(&actual) {
@@ -580,7 +582,7 @@ impl ModuleCache {
         if !is_wasm_binary(&bytes) {
             m.remote_fetch(FetchResult::FetchFailure);
             return Err(FetchError::NotWasm {
-                url: url.to_owned(),
+                url: redact_url(url).into_owned(),
             }
             .into());
         }
@@ -600,7 +602,7 @@ impl ModuleCache {
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()))
             .map_err(|reason| CacheError::Store {
-                url: url.to_owned(),
+                url: redact_url(url).into_owned(),
                 path: path.clone(),
                 reason,
             })?;
@@ -619,7 +621,7 @@ impl ModuleCache {
         };
         m.set_cache_entries(entries);
         m.remote_fetch(FetchResult::Success);
-        info!(url, checksum = %key.checksum, bytes = len, path = %path.display(), "wasm module fetched and cached");
+        info!(url = %redact_url(url), checksum = %key.checksum, bytes = len, path = %path.display(), "wasm module fetched and cached");
         Ok(Fetched { key, path })
     }
 
@@ -681,7 +683,7 @@ impl ModuleCache {
                             st.checksums.remove(u);
                         }
                     }
-                    info!(module = %k.name, checksum = %k.checksum, "expired wasm module removed");
+                    info!(module = %redact_url(&k.name), checksum = %k.checksum, "expired wasm module removed");
                 }
             }
             (expired, st.modules.len())

@@ -21,7 +21,7 @@ use prost::{Message, Name};
 use tracing::error;
 
 use crate::cache::{CacheError, GetOptions, ModuleCache, PullPolicy};
-use crate::fetch::PullSecret;
+use crate::fetch::{PullSecret, redact_url};
 use crate::metrics::ConversionResult;
 
 /// `model.ExtensionConfigurationType`: the ECDS type URL.
@@ -362,7 +362,7 @@ impl Converter {
             name: name.clone(),
             outcome: Outcome::Rewritten {
                 resource: name,
-                url: target.url,
+                url: redact_url(&target.url).into_owned(),
                 path: path_s,
             },
         })
@@ -434,7 +434,7 @@ impl Converter {
             name: name.clone(),
             outcome: Outcome::Rewritten {
                 resource: name,
-                url: target.url,
+                url: redact_url(&target.url).into_owned(),
                 path,
             },
         })
@@ -494,7 +494,7 @@ impl Target {
             outcome: Outcome::Fallback {
                 resource: self.name.clone(),
                 plugin: self.plugin.clone(),
-                url: self.url.clone(),
+                url: redact_url(&self.url).into_owned(),
                 error,
                 fail_open: self.fail_open,
             },

@@ -24,6 +24,17 @@ pub const DEFAULT_HTTP_MAX_ATTEMPTS: u32 = 5;
 /// The 8-byte header of every Wasm binary module: `\0asm` and version 1.
 pub const WASM_MAGIC: [u8; 4] = *b"\0asm";
 
+/// `url` with any `user:password@` replaced by `***@`, for logs and error messages.
+pub fn redact_url(url: &str) -> std::borrow::Cow<'_, str> {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            return std::borrow::Cow::Owned(format!("{scheme}://***@{}", &rest[at + 1..]));
+        }
+    }
+    std::borrow::Cow::Borrowed(url)
+}
+
 /// Whether `bytes` starts like a Wasm binary module (Istio's `isValidWasmBinary`).
 pub fn is_wasm_binary(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == WASM_MAGIC
@@ -31,6 +42,17 @@ pub fn is_wasm_binary(bytes: &[u8]) -> bool {
 
 /// Registries (`host[:port]`) allowed without TLS verification (and, for OCI, over plain
 /// HTTP). `*` allows every registry, as Istio's `WASM_INSECURE_REGISTRIES`.
+#[cfg(test)]
+#[test]
+fn credentials_in_urls_are_redacted() {
+    assert_eq!(
+        redact_url("https://user:pa55@host:8443/p.wasm?x=1"),
+        "https://***@host:8443/p.wasm?x=1"
+    );
+    assert_eq!(redact_url("https://host/a@b.wasm"), "https://host/a@b.wasm");
+    assert_eq!(redact_url("oci://reg.io/ns/p:v1"), "oci://reg.io/ns/p:v1");
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InsecureRegistries {
     all: bool,

@@ -515,3 +515,26 @@ async fn the_purger_task_removes_expired_modules_on_its_interval() {
     assert!(cache.modules().is_empty());
     purger.abort();
 }
+
+#[tokio::test]
+async fn credentials_in_http_urls_never_reach_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = FileServer::start().await;
+    srv.set("/m", 404, vec![]);
+    let cache = open(dir.path());
+    let url = format!("http://alice:top-secret@{}/m", srv.addr);
+    let err = cache
+        .get(&url, &opts("r", "1", PullPolicy::Unspecified))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("404"), "{err}");
+    assert!(!err.to_string().contains("top-secret"), "{err}");
+    let err = cache
+        .get(
+            &format!("http://alice:top-secret@127.0.0.1:1/m"),
+            &opts("r", "1", PullPolicy::Unspecified),
+        )
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().contains("top-secret"), "{err}");
+}

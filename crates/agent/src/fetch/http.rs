@@ -9,7 +9,7 @@ use futures::StreamExt;
 use tracing::debug;
 
 use super::ssrf::{GuardedResolver, is_blocked};
-use super::{FetchError, FetchOptions, unbox};
+use super::{FetchError, FetchOptions, redact_url, unbox};
 
 /// Downloads modules over HTTP(S). Cheap to clone.
 #[derive(Debug, Clone)]
@@ -61,14 +61,14 @@ impl HttpFetcher {
     /// Fetches `url`, retrying, and returns the unpacked body (not yet checked for the Wasm magic).
     pub async fn fetch(&self, url: &str) -> Result<Vec<u8>, FetchError> {
         let parsed = reqwest::Url::parse(url).map_err(|e| FetchError::InvalidUrl {
-            url: url.to_owned(),
+            url: redact_url(url).into_owned(),
             reason: e.to_string(),
         })?;
         if let Some(ip) = literal_ip(&parsed)
             && is_blocked(ip, &self.opts.blocked_networks)
         {
             return Err(FetchError::BlockedAddress {
-                url: url.to_owned(),
+                url: redact_url(url).into_owned(),
                 addr: ip,
             });
         }
@@ -96,14 +96,14 @@ impl HttpFetcher {
                     .await
                     .unwrap_or_else(|e| {
                         Err(FetchError::Unpack {
-                            url: url.to_owned(),
+                            url: redact_url(url).into_owned(),
                             reason: e.to_string(),
                         })
                     });
                 }
                 Err(Attempt::Fatal(e)) => return Err(e),
                 Err(Attempt::Retry(reason)) => {
-                    debug!(url, attempt, %reason, "wasm module download attempt failed");
+                    debug!(url = %redact_url(url), attempt, %reason, "wasm module download attempt failed");
                     last = reason;
                 }
             }
@@ -113,7 +113,7 @@ impl HttpFetcher {
             }
         }
         Err(FetchError::HttpExhausted {
-            url: url.to_owned(),
+            url: redact_url(url).into_owned(),
             attempts,
             last,
         })
@@ -129,31 +129,31 @@ impl HttpFetcher {
             .get(parsed)
             .send()
             .await
-            .map_err(|e| Attempt::Retry(error_chain(&e)))?;
+            .map_err(|e| Attempt::Retry(error_chain(&e.without_url())))?;
         let status = resp.status().as_u16();
         if retryable_status(status) {
             return Err(Attempt::Retry(format!("HTTP status {status}")));
         }
         if status != 200 {
             return Err(Attempt::Fatal(FetchError::HttpStatus {
-                url: url.to_owned(),
+                url: redact_url(url).into_owned(),
                 status,
             }));
         }
         let max = self.opts.max_module_size;
         if resp.content_length().is_some_and(|l| l > max) {
             return Err(Attempt::Fatal(FetchError::TooLarge {
-                url: url.to_owned(),
+                url: redact_url(url).into_owned(),
                 max,
             }));
         }
         let mut body = Vec::new();
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| Attempt::Retry(error_chain(&e)))?;
+            let chunk = chunk.map_err(|e| Attempt::Retry(error_chain(&e.without_url())))?;
             if (body.len() + chunk.len()) as u64 > max {
                 return Err(Attempt::Fatal(FetchError::TooLarge {
-                    url: url.to_owned(),
+                    url: redact_url(url).into_owned(),
                     max,
                 }));
             }
