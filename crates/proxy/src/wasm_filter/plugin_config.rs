@@ -237,6 +237,12 @@ pub(crate) fn build_plugin(pb: &PbPlugin, cx: &BuildContext) -> Result<Arc<Plugi
     Ok(plugin)
 }
 
+/// The deprecated `fail_open` flag, still honoured when `failure_policy` is unset (as Envoy).
+#[allow(deprecated, reason = "Envoy still honours the deprecated field")]
+fn legacy_fail_open(pb: &PbPlugin) -> bool {
+    pb.fail_open
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,10 +266,4 @@ mod tests {
         assert_eq!(any_bytes(&Some(other)), vec![8, 1]);
         assert!(any_bytes(&None).is_empty());
     }
-}
-
-/// The deprecated `fail_open` flag, still honoured when `failure_policy` is unset (as Envoy).
-#[allow(deprecated, reason = "Envoy still honours the deprecated field")]
-fn legacy_fail_open(pb: &PbPlugin) -> bool {
-    pb.fail_open
 }

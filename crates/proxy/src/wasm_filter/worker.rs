@@ -20,7 +20,7 @@ use crate::filter::{CalloutError, WorkerContext};
 
 /// A VM slot's state.
 enum Slot {
-    Ready(PluginVm),
+    Ready(Box<PluginVm>),
     /// Failed; for FAIL_RELOAD, a new VM may be made after `retry_at`.
     Failed {
         retry_at: Instant,
@@ -132,7 +132,7 @@ impl Host for WorkerHost {
     }
 
     fn dispatch_http_call(&mut self, call: HttpCall) -> Result<(), Status> {
-        if !self.clusters.iter().any(|c| *c == call.upstream) {
+        if !self.clusters.contains(&call.upstream) {
             return Err(Status::BadArgument);
         }
         let request = to_http_request(&call).ok_or(Status::BadArgument)?;
@@ -210,7 +210,7 @@ impl WorkerVm {
                 self.generation.set(self.generation.get() + 1);
                 tracing::debug!(plugin = %name, worker = self.worker.index(), "plugin VM started");
                 let tick = vm.tick_period();
-                *self.slot.borrow_mut() = Slot::Ready(vm);
+                *self.slot.borrow_mut() = Slot::Ready(Box::new(vm));
                 self.backoff.borrow_mut().reset();
                 if tick.is_some() {
                     self.start_ticker();
