@@ -531,7 +531,7 @@ async fn credentials_in_http_urls_never_reach_errors() {
     assert!(!err.to_string().contains("top-secret"), "{err}");
     let err = cache
         .get(
-            &format!("http://alice:top-secret@127.0.0.1:1/m"),
+            "http://alice:top-secret@127.0.0.1:1/m",
             &opts("r", "1", PullPolicy::Unspecified),
         )
         .await
