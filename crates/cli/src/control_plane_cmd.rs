@@ -23,6 +23,10 @@ pub(crate) struct ControlPlaneArgs {
     /// Istio root namespace: its WasmPlugins apply to every namespace.
     #[arg(long, env = "WASMESH_ROOT_NAMESPACE", default_value = "istio-system")]
     root_namespace: String,
+    /// Debug status endpoint (`/debug/config_status`: per-file errors; `/debug/syncz`: per-proxy
+    /// acked/nacked versions), like istiod's 15014. Off unless set.
+    #[arg(long, env = "WASMESH_STATUS_ADDR")]
+    status_addr: Option<SocketAddr>,
 }
 
 /// `wasmesh validate`.
@@ -37,6 +41,7 @@ pub(crate) fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     rt.block_on(async {
         let mut settings = Settings::new(&args.config_dir, args.xds_addr);
         settings.root_namespace = args.root_namespace;
+        settings.status_addr = args.status_addr;
         let cp = ControlPlane::start(settings).await?;
         tracing::info!(addr = %cp.addr, dir = %args.config_dir.display(), "control plane serving ADS");
         tokio::select! {

@@ -13,6 +13,7 @@ pub mod push;
 pub mod select;
 pub mod serve;
 pub mod source;
+pub mod status;
 pub mod validate;
 
 pub use config::{Config, Plugin};

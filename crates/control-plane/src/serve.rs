@@ -23,6 +23,14 @@ pub enum ServeError {
     /// xDS server.
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// Status endpoint.
+    #[error("cannot listen on {addr} for the status endpoint: {source}")]
+    Status {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
 }
 
 /// Control plane settings.
@@ -38,6 +46,8 @@ pub struct Settings {
     pub debounce: Duration,
     /// Debounce: maximum delay.
     pub debounce_max: Duration,
+    /// Debug status endpoint (`/debug/config_status`, `/debug/syncz`); `None` = off.
+    pub status_addr: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -49,6 +59,7 @@ impl Settings {
             root_namespace: "istio-system".into(),
             debounce: Duration::from_millis(100),
             debounce_max: Duration::from_secs(1),
+            status_addr: None,
         }
     }
 }
@@ -62,6 +73,8 @@ pub struct ControlPlane {
     pub source: Arc<DirectorySource>,
     /// Snapshots and ACK/NACK status per node.
     pub cache: Arc<SnapshotCache>,
+    /// Bound status endpoint address, if enabled.
+    pub status_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -86,7 +99,23 @@ impl ControlPlane {
                 root_namespace: settings.root_namespace.clone(),
             },
         );
+        let status_listener = match settings.status_addr {
+            Some(addr) => Some(
+                crate::status::bind(addr)
+                    .await
+                    .map_err(|source| ServeError::Status { addr, source })?,
+            ),
+            None => None,
+        };
+        let status_addr = status_listener.as_ref().and_then(|l| l.local_addr().ok());
         let mut tasks = vec![tokio::spawn(pusher.run(events, configs))];
+        if let Some(l) = status_listener {
+            tasks.push(tokio::spawn(crate::status::serve(
+                l,
+                source.clone(),
+                cache.clone(),
+            )));
+        }
         let watcher = source.clone();
         let (quiet, max) = (settings.debounce, settings.debounce_max);
         tasks.push(tokio::spawn(async move {
@@ -109,6 +138,7 @@ impl ControlPlane {
             addr,
             source,
             cache,
+            status_addr,
             stop: Some(stop),
             tasks,
         })

@@ -151,6 +151,16 @@ impl SnapshotCache {
         lock(&self.slots).remove(node_id);
     }
 
+    /// The ACK/NACK state of every node seen, sorted by node id.
+    pub fn statuses(&self) -> Vec<(String, NodeStatus)> {
+        let mut v: Vec<_> = lock(&self.status)
+            .iter()
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
     /// The ACK/NACK state of `node_id`.
     pub fn status(&self, node_id: &str) -> Option<NodeStatus> {
         lock(&self.status).get(node_id).cloned()

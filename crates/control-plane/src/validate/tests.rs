@@ -139,6 +139,17 @@ fn webhook_and_crd_rules() {
             "wildcard",
         ),
         (
+            "url: oci://x\nselector: {matchLabels: {'bad key!': a}}",
+            "spec.selector.matchLabels.bad key!",
+            "invalid label key",
+        ),
+        (
+            "url: oci://x\nselector: {matchLabels: {app: '-web'}}",
+            "spec.selector.matchLabels.app",
+            "invalid label value",
+        ),
+        ("url: oci://x y", "spec.url", "whitespace"),
+        (
             "url: oci://x\ntargetRefs: [{kind: Gateway, group: gateway.networking.k8s.io}]",
             "spec.targetRefs[0].name",
             "required",

@@ -102,6 +102,16 @@ pub(super) fn validate(
                     format!("spec.selector.matchLabels.{k}"),
                     "wildcard is not supported in selector",
                 );
+            } else if !k.is_empty() && !is_label_key(k) {
+                errs.add(
+                    format!("spec.selector.matchLabels.{k}"),
+                    "invalid label key: [prefix/]name, name at most 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric",
+                );
+            } else if !is_label_value(v) {
+                errs.add(
+                    format!("spec.selector.matchLabels.{k}"),
+                    format!("invalid label value {v:?}: at most 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric"),
+                );
             }
         }
     }
@@ -148,8 +158,8 @@ pub(super) fn validate(
     if spec.url.is_empty() {
         errs.add("spec.url", "url field needs to be set");
     } else {
-        match split_scheme(&spec.url) {
-            (Some(s), rest) => {
+        if let (Some(s), rest) = split_scheme(&spec.url) {
+            {
                 if !SCHEMES.contains(&s) {
                     errs.add(
                         "spec.url",
@@ -166,7 +176,6 @@ pub(super) fn validate(
                     );
                 }
             }
-            (None, _) => {}
         }
         if spec.url.contains(char::is_whitespace) {
             errs.add("spec.url", "contains whitespace");

@@ -10,6 +10,18 @@ use wasmesh_xds::type_url;
 
 use crate::helpers::{eventually, gateway_routing, wasm_plugin, write};
 
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let body = out.split_once("\r\n\r\n").unwrap().1;
+    serde_json::from_str(body).unwrap()
+}
+
 async fn next(s: &mut wasmesh_xds::client::Subscription) -> wasmesh_xds::client::Update {
     tokio::time::timeout(Duration::from_secs(10), s.next())
         .await
@@ -30,9 +42,9 @@ async fn file_edits_reach_subscribed_proxies_and_bad_edits_keep_the_last_valid_c
         "plugin.yaml",
         &wasm_plugin("app", "hdr", "file:///p.wasm", "pluginConfig: {v: 1}"),
     );
-    let cp = ControlPlane::start(Settings::new(dir.path(), "127.0.0.1:0".parse().unwrap()))
-        .await
-        .unwrap();
+    let mut settings = Settings::new(dir.path(), "127.0.0.1:0".parse().unwrap());
+    settings.status_addr = Some("127.0.0.1:0".parse().unwrap());
+    let cp = ControlPlane::start(settings).await.unwrap();
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", cp.addr))
         .unwrap()
         .connect_lazy();
@@ -106,6 +118,30 @@ async fn file_edits_reach_subscribed_proxies_and_bad_edits_keep_the_last_valid_c
             .await
             .is_err(),
         "bad edit pushes nothing"
+    );
+
+    // The debug endpoint shows the broken file and what the proxy holds.
+    let status = http_get(cp.status_addr.unwrap(), "/debug/config_status").await;
+    let plugin_file = status["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["file"].as_str().unwrap().ends_with("plugin.yaml"))
+        .unwrap();
+    assert_eq!(plugin_file["applied"], false);
+    assert_eq!(plugin_file["serving"], 1);
+    assert!(
+        plugin_file["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("spec.sha256")
+    );
+    let syncz = http_get(cp.status_addr.unwrap(), "/debug/syncz").await;
+    let node = &syncz["nodes"][0];
+    assert_eq!(node["node"], id);
+    assert_eq!(
+        node["acked"][type_url::EXTENSION_CONFIG],
+        node["desired"][type_url::EXTENSION_CONFIG]
     );
 
     // Deleting the plugin removes the filter from the listener.
