@@ -1,11 +1,9 @@
 //! The ADS proxy: an `AggregatedDiscoveryService` server facing the proxy and a client to the
 //! control plane per proxy stream, forwarding both ways and intercepting ECDS responses.
 //!
-//! State of the world: when the control plane goes away the proxy's stream stays open; the
-//! agent reconnects with backoff and replays the proxy's last subscription per type (with
-//! the versions the proxy holds), so the proxy keeps its config and never notices. Delta: the
-//! proxy's stream is closed with UNAVAILABLE and the proxy reconnects with its
-//! `initial_resource_versions`, as with istio-agent.
+//! When the control plane goes away the proxy's stream stays open (state of the world and
+//! delta): the agent reconnects with backoff and replays the proxy's last subscription per type
+//! with the versions the proxy holds, so the proxy keeps its config and never notices.
 
 mod delta;
 mod ecds;

@@ -272,7 +272,7 @@ async fn a_malformed_ecds_response_is_nacked_to_the_control_plane() -> anyhow::R
 }
 
 #[tokio::test]
-async fn delta_ecds_is_rewritten_and_a_control_plane_failure_closes_the_proxy_stream()
+async fn delta_ecds_is_rewritten_and_a_control_plane_restart_is_invisible_to_the_proxy()
 -> anyhow::Result<()> {
     use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
     use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -343,12 +343,28 @@ async fn delta_ecds_is_rewritten_and_a_control_plane_failure_closes_the_proxy_st
             .any(|q| q.response_nonce == e.nonce)
     });
     assert!(fake.delta_requests()[0].node.is_some());
-    // The control plane goes away: the proxy's delta stream ends with UNAVAILABLE (it reconnects itself).
+    // The control plane restarts: the proxy's delta stream stays open, the agent resubscribes
+    // with the versions the proxy holds and the new instance's resources flow.
+    let addr = fake.addr();
     fake.shutdown().await;
-    let err = recv_delta(&mut stream)
-        .await
-        .expect_err("stream closed with an error");
-    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    let fake2 = FakeAds::start_on(addr).await?;
+    let after = listener("after", 1, "f", "c");
+    fake2.set(type_url::LISTENER, vec![after.clone()]);
+    let r = recv_delta(&mut stream)
+        .await?
+        .expect("the proxy stream is still open");
+    assert_eq!(r.resources[0].resource.as_ref(), Some(&after.1));
+    eventually!(10, "the ECDS subscription is replayed", async {
+        fake2.delta_requests().iter().any(|q| {
+            q.type_url == type_url::ECDS
+                && q.resource_names_subscribe == vec![name.clone()]
+                && q.initial_resource_versions.get(&name) == Some(&e.resources[0].version)
+        })
+    });
+    assert!(
+        fake2.delta_requests()[0].node.is_some(),
+        "the replay carries the node"
+    );
     agent.shutdown().await;
     Ok(())
 }
