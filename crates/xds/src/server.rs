@@ -130,7 +130,7 @@ impl SnapshotCache {
             .entry(node_id.to_string())
             .or_insert_with(|| watch::channel(None).0);
         slot.send_if_modified(|cur| {
-            if cur.as_deref() == Some(&*snapshot) {
+            if cur.as_ref().is_some_and(|c| c.same_versions(&snapshot)) {
                 false
             } else {
                 *cur = Some(snapshot);

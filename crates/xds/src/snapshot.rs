@@ -119,6 +119,18 @@ impl Snapshot {
         self.types.keys().map(String::as_str)
     }
 
+    /// Whether both hold the same types at the same versions (cheap: compares versions, not bytes).
+    pub fn same_versions(&self, other: &Snapshot) -> bool {
+        self.types.len() == other.types.len()
+            && self
+                .types
+                .iter()
+                .zip(&other.types)
+                .all(|((t1, r1), (t2, r2))| {
+                    t1 == t2 && (Arc::ptr_eq(r1, r2) || r1.version() == r2.version())
+                })
+    }
+
     /// The types whose version differs between `self` and `other` (present in either).
     pub fn changed_types(&self, other: &Snapshot) -> Vec<String> {
         let mut out = Vec::new();
