@@ -44,14 +44,20 @@ fn envoy_bin() -> anyhow::Result<PathBuf> {
 }
 
 impl Envoy {
-    fn start(dir: &Path, xds_socket: &Path, echo_port: u16) -> anyhow::Result<Self> {
+    /// `api_type`: `GRPC` (state of the world) or `DELTA_GRPC`.
+    fn start(
+        dir: &Path,
+        xds_socket: &Path,
+        echo_port: u16,
+        api_type: &str,
+    ) -> anyhow::Result<Self> {
         let admin = free_port();
         let bootstrap = format!(
             r#"node: {{ id: "sidecar~127.0.0.1~app.default~default.svc.cluster.local", cluster: app }}
 admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
 dynamic_resources:
   ads_config:
-    api_type: GRPC
+    api_type: {api_type}
     transport_api_version: V3
     grpc_services: [{{ envoy_grpc: {{ cluster_name: xds-grpc }} }}]
   lds_config: {{ ads: {{}}, resource_api_version: V3 }}
@@ -249,7 +255,7 @@ async fn envoy_runs_plugins_pulled_from_oci_through_the_agent_and_recovers_from_
         &insecure,
     )
     .await?;
-    let _envoy = Envoy::start(dir.path(), &sock, echo.port())?;
+    let _envoy = Envoy::start(dir.path(), &sock, echo.port(), "GRPC")?;
     let client = reqwest::Client::new();
 
     expect_traffic!(
@@ -348,6 +354,81 @@ async fn envoy_runs_plugins_pulled_from_oci_through_the_agent_and_recovers_from_
         fake2.nacks().is_empty(),
         "Envoy NACKed: {:?}",
         fake2.nacks()
+    );
+    agent.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn envoy_over_delta_xds_runs_the_plugin_and_survives_a_control_plane_restart()
+-> anyhow::Result<()> {
+    init_logs();
+    let headers = test_plugins::bytes(test_plugins::HEADERS);
+    let reg = Registry::start(Options {
+        tls: false,
+        auth: false,
+    })
+    .await?;
+    let digest = reg.push("p/headers", "v1", Format::Cncf, &headers).await?;
+    let (echo, _echo_task) = upstream().await?;
+    let port = free_port();
+    let lds = vec![listener(
+        "delta",
+        port,
+        &crate::util::ecds_name("delta"),
+        "echo",
+    )];
+    let ecds = |v: &str| {
+        vec![wasm_plugin(
+            "delta",
+            &reg.url("p/headers", "v1"),
+            &digest,
+            &format!(r#"{{"response_add":{{"x-plugin":"{v}"}}}}"#),
+            FailurePolicy::FailClosed,
+            &[],
+        )]
+    };
+    let fake = FakeAds::start().await?;
+    fake.set(type_url::LISTENER, lds.clone());
+    fake.set(type_url::ECDS, ecds("delta"));
+    let dir = tempfile::tempdir()?;
+    let sock = dir.path().join("xds.sock");
+    let agent = start_agent(
+        ListenAddr::Unix(sock.clone()),
+        fake.addr(),
+        &dir.path().join("cache"),
+        &reg.host,
+    )
+    .await?;
+    let _envoy = Envoy::start(dir.path(), &sock, echo.port(), "DELTA_GRPC")?;
+    let client = reqwest::Client::new();
+    expect_traffic!(
+        client,
+        port,
+        (200, Some("delta")),
+        "the plugin over delta xDS"
+    );
+    assert!(
+        !fake.delta_requests().is_empty() && fake.requests().is_empty(),
+        "Envoy spoke delta"
+    );
+
+    let addr = fake.addr();
+    fake.shutdown().await;
+    expect_traffic!(
+        client,
+        port,
+        (200, Some("delta")),
+        "Envoy keeps its config while the control plane is down"
+    );
+    let fake2 = FakeAds::start_on(addr).await?;
+    fake2.set(type_url::LISTENER, lds);
+    fake2.set(type_url::ECDS, ecds("delta-after-restart"));
+    expect_traffic!(
+        client,
+        port,
+        (200, Some("delta-after-restart")),
+        "config from the restarted control plane"
     );
     agent.shutdown().await;
     Ok(())
