@@ -82,7 +82,31 @@ fn handle(st: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             "text/plain; version=0.0.4",
             st.store.render_prometheus(),
         ),
-        "/stats" => text(StatusCode::OK, PLAIN, st.store.render_text()),
+        "/stats" => {
+            let all = st.store.render_text();
+            match query_param(query, "filter") {
+                // Envoy's `/stats?filter=<regex>` (searched anywhere in the name).
+                Some(f) => match regex::Regex::new(&f) {
+                    Ok(re) => {
+                        let lines: Vec<&str> = all
+                            .lines()
+                            .filter(|l| l.split(": ").next().is_some_and(|n| re.is_match(n)))
+                            .collect();
+                        let mut out = lines.join("\n");
+                        if !out.is_empty() {
+                            out.push('\n');
+                        }
+                        text(StatusCode::OK, PLAIN, out)
+                    }
+                    Err(e) => text(
+                        StatusCode::BAD_REQUEST,
+                        PLAIN,
+                        format!("Invalid re2 regex: {e}\n"),
+                    ),
+                },
+                None => text(StatusCode::OK, PLAIN, all),
+            }
+        }
         "/config_dump" => text(
             StatusCode::OK,
             "application/json",
@@ -114,6 +138,37 @@ fn handle(st: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             format!("invalid path: {path}\n"),
         ),
     }
+}
+
+/// A percent-decoded query parameter.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let mut out = Vec::with_capacity(s.len());
+    let mut rest = s.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        rest = tail;
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = tail.get(..2).and_then(|h| std::str::from_utf8(h).ok());
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        rest = tail.get(2..).unwrap_or_default();
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn clusters(cfg: &ProxyConfig) -> String {

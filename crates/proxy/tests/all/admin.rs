@@ -30,6 +30,13 @@ async fn admin_endpoints_answer_like_envoy() -> anyhow::Result<()> {
         prom.contains("envoy_cluster_upstream_rq_total{envoy_cluster_name=\"backend\"} 1"),
         "{prom}"
     );
+    let filtered = admin_get(
+        &p,
+        "/stats?filter=%5Ecluster%5C.backend%5C.upstream_rq_total%24",
+    )
+    .await?
+    .text();
+    assert_eq!(filtered, "cluster.backend.upstream_rq_total: 1\n");
     let dump = admin_get(&p, "/config_dump").await?.json();
     assert_eq!(
         dump["configs"][0]["@type"],
@@ -77,14 +84,22 @@ async fn drain_lets_in_flight_requests_finish() -> anyhow::Result<()> {
     // Wait until the request reached the upstream side of the proxy.
     assert!(
         eventually(Duration::from_secs(2), || async {
-            p.stats().render_text().contains("http.ingress_http.downstream_rq_active: 1")
+            p.stats()
+                .render_text()
+                .contains("http.ingress_http.downstream_rq_active: 1")
         })
         .await
     );
     let stopper = tokio::task::spawn_blocking(move || p.shutdown());
     let r = in_flight.await??;
-    assert_eq!(r.status, 200, "in-flight request completes during the drain");
+    assert_eq!(
+        r.status, 200,
+        "in-flight request completes during the drain"
+    );
     stopper.await?;
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
     Ok(())
 }
