@@ -501,3 +501,42 @@ async fn typed_struct_wasm_configs_are_converted_too() {
     let (_, rbac) = decode_http_rbac(&out.resource);
     assert_eq!(rbac.rules_stat_prefix, "wasm-default-allow");
 }
+
+#[tokio::test]
+async fn many_resources_for_one_module_fetch_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = FileServer::start().await;
+    srv.set_route(
+        "/shared.wasm",
+        Route {
+            status: 200,
+            body: module(80),
+            delay: Duration::from_millis(200),
+        },
+    );
+    let conv = converter(dir.path());
+    let resources: Vec<Any> = (0..8)
+        .map(|i| {
+            let pc = PluginConfig {
+                name: format!("default.p{i}"),
+                vm: Some(plugin_config::Vm::VmConfig(VmConfig {
+                    code: Some(remote(&srv.url("/shared.wasm"), &sha(&module(80)))),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            };
+            let ec = TypedExtensionConfig {
+                name: format!("extensions.istio.io/wasmplugin/default.p{i}"),
+                typed_config: Some(pack(HTTP_WASM_TYPE_URL, &HttpWasm { config: Some(pc) })),
+            };
+            pack(ECDS_TYPE_URL, &ec)
+        })
+        .collect();
+    let out = conv.convert_all(&resources).await.unwrap();
+    assert!(
+        out.iter()
+            .all(|c| matches!(c.outcome, Outcome::Rewritten { .. }))
+    );
+    assert_eq!(srv.hits("/shared.wasm"), 1, "single flight");
+    assert_eq!(conv.cache().in_use().len(), 1);
+}
