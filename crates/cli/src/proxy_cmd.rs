@@ -48,6 +48,9 @@ pub(crate) fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     if let Some(n) = args.concurrency {
         opts.concurrency = n.max(1);
     }
+    if bootstrap.dynamic_resources.is_some() {
+        return proxy_xds(bootstrap, opts, args.admin_address_path);
+    }
     let running = wasmesh_proxy::start(&bootstrap, &opts)
         .with_context(|| format!("starting the proxy from {}", args.config_path.display()))?;
     for (name, addr) in running.listener_addrs() {
@@ -75,6 +78,53 @@ pub(crate) fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     running.shutdown();
+    tracing::info!("proxy stopped");
+    Ok(())
+}
+
+/// The proxy configured over ADS: serves once the first complete config arrived, swaps every
+/// later one in place; stops on SIGTERM/SIGINT.
+fn proxy_xds(
+    bootstrap: wasmesh_proxy::pb::bootstrap::Bootstrap,
+    opts: wasmesh_proxy::ProxyOptions,
+    admin_address_path: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let (started_tx, started_rx) =
+            tokio::sync::oneshot::channel::<wasmesh_proxy::xds::Started>();
+        let stop = async {
+            let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: draining"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+            }
+        };
+        let report = async move {
+            if let Ok(Ok((listeners, admin))) = started_rx.await {
+                for (name, addr) in listeners {
+                    tracing::info!(listener = %name, address = %addr, "listening");
+                }
+                if let Some(admin) = admin {
+                    tracing::info!(address = %admin, "admin listening");
+                    if let Some(path) = &admin_address_path {
+                        let _ = std::fs::write(path, admin.to_string());
+                    }
+                }
+            }
+        };
+        let (res, ()) = tokio::join!(
+            wasmesh_proxy::xds::run(bootstrap, opts, started_tx, stop),
+            report
+        );
+        res.context("xDS")
+    })?;
     tracing::info!("proxy stopped");
     Ok(())
 }

@@ -27,6 +27,7 @@ mod tcp;
 pub mod tls;
 pub mod upstream;
 pub mod wasm_filter;
+pub mod xds;
 mod worker;
 
 pub use config::{BuildOptions, ConfigError, ProxyConfig};

@@ -52,10 +52,34 @@ fn decode_error(cx: &BuildContext, e: prost::DecodeError) -> ConfigError {
     }
 }
 
+/// Live filter configs by (typed_config bytes, node id): a rebuilt config (an xDS update to
+/// anything) reuses an unchanged plugin with its VMs and their state instead of restarting it.
+fn reuse(any: &crate::pb::Any, cx: &BuildContext) -> (u64, Option<Arc<WasmFilterConfig>>) {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    any.value.hash(&mut h);
+    cx.node.id.hash(&mut h);
+    cx.cluster_names.hash(&mut h);
+    let key = h.finish();
+    let cache = LIVE.get_or_init(Default::default);
+    let mut g = cache.lock().unwrap_or_else(|e| e.into_inner());
+    g.retain(|_, w| w.strong_count() > 0);
+    (key, g.get(&key).and_then(std::sync::Weak::upgrade))
+}
+
+type LiveConfigs =
+    std::sync::Mutex<std::collections::HashMap<u64, std::sync::Weak<WasmFilterConfig>>>;
+static LIVE: std::sync::OnceLock<LiveConfigs> = std::sync::OnceLock::new();
+static NEXT_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
 fn build_http(
     any: &crate::pb::Any,
     cx: &BuildContext,
 ) -> Result<Arc<dyn HttpFilterConfig>, ConfigError> {
+    let (key, live) = reuse(any, cx);
+    if let Some(live) = live {
+        return Ok(live);
+    }
     let pb = PbWasm::decode(&*any.value).map_err(|e| decode_error(cx, e))?;
     let Some(pc) = pb.config else {
         return Err(ConfigError::Invalid {
@@ -67,11 +91,17 @@ fn build_http(
     let backoff = plugin_config::reload_backoff(&pc);
     stats::register(&cx.stats, &plugin);
     tracing::info!(plugin = %plugin.config().name, sha256 = %plugin.module().sha256(), abi = %plugin.module().abi(), "wasm plugin loaded");
-    Ok(Arc::new(WasmFilterConfig {
+    let config = Arc::new(WasmFilterConfig {
         plugin,
         clusters: cx.cluster_names.clone(),
         backoff,
-    }))
+        id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+    });
+    LIVE.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, Arc::downgrade(&config));
+    Ok(config)
 }
 
 /// A configured Wasm HTTP filter.
@@ -79,11 +109,13 @@ pub struct WasmFilterConfig {
     plugin: Arc<Plugin>,
     clusters: Arc<[String]>,
     backoff: wasm_host::Backoff,
+    /// Unique per config (keys the per-worker VM slot; a pointer could be reused).
+    id: usize,
 }
 
 impl WasmFilterConfig {
     fn worker_vm(&self, worker: &WorkerContext) -> Rc<WorkerVm> {
-        let key = Arc::as_ptr(&self.plugin) as usize;
+        let key = self.id;
         let w = worker.clone();
         let plugin = self.plugin.clone();
         let (clusters, backoff) = (self.clusters.clone(), self.backoff.clone());

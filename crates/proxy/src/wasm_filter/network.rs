@@ -38,6 +38,7 @@ fn build(
         plugin,
         clusters: cx.cluster_names.clone(),
         backoff,
+        id: super::NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     }))
 }
 
@@ -45,11 +46,12 @@ struct NetConfig {
     plugin: Arc<Plugin>,
     clusters: Arc<[String]>,
     backoff: wasm_host::Backoff,
+    id: usize,
 }
 
 impl NetworkFilterConfig for NetConfig {
     fn create_filter(&self, worker: &WorkerContext) -> Box<dyn NetworkFilter> {
-        let key = Arc::as_ptr(&self.plugin) as usize;
+        let key = self.id;
         let (plugin, clusters, w, backoff) = (
             self.plugin.clone(),
             self.clusters.clone(),

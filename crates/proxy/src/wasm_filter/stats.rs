@@ -95,6 +95,8 @@ impl StatsSource for VmStats {
     }
 
     fn append_prometheus(&self, out: &mut String) {
+        // No `# TYPE` lines: several plugins share each family, and a repeated TYPE line is
+        // invalid exposition; untyped samples are valid.
         let Some(p) = self.0.upgrade() else { return };
         let name = &p.config().name;
         let s = p.stats();
@@ -105,9 +107,9 @@ impl StatsSource for VmStats {
             ("memory_exceeded", &s.memory_exceeded),
             ("restarts", &s.restarts),
         ] {
-            let _ = write!(
+            let _ = writeln!(
                 out,
-                "# TYPE wasmesh_wasm_vm_{stat} counter\nwasmesh_wasm_vm_{stat}{{plugin=\"{name}\"}} {}\n",
+                "wasmesh_wasm_vm_{stat}{{plugin=\"{name}\"}} {}",
                 v.load(Ordering::Relaxed)
             );
         }

@@ -1,0 +1,260 @@
+//! Dynamic configuration over ADS (`dynamic_resources.ads_config`): subscribes to CDS and LDS
+//! (wildcard), then to the EDS, RDS and ECDS names they reference, and turns the resources it
+//! holds into a complete static bootstrap (routes, endpoints and `config_discovery` filter configs
+//! inlined), built by the same [`crate::config::build`] as a file. A built config is swapped in
+//! atomically: new streams use it, in-flight streams finish on the old one; unchanged Wasm
+//! plugins keep their VMs. An update that does not build is NACKed with the reason and the last
+//! good config keeps serving. Listeners wait for their RDS and ECDS resources (warming) before
+//! the proxy starts serving.
+//!
+//! Limits: the set of listeners is fixed by the first complete LDS (a later listener add or
+//! address change is reported and needs a restart); ADS over TCP only (no Unix socket).
+
+mod assemble;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::{Node, address, grpc_service};
+use futures::StreamExt;
+use prost::Message;
+use wasmesh_xds::client::{AdsClient, Subscription, Update};
+use wasmesh_xds::type_url;
+
+use crate::config::{BuildOptions, ConfigError};
+use crate::pb::bootstrap::Bootstrap;
+use crate::server::{ProxyOptions, RunningProxy, StartError};
+
+pub use assemble::Resources;
+
+/// What the xDS-driven proxy reports once it serves: bound listeners and the admin address.
+pub type Started = Result<
+    (
+        Vec<(String, std::net::SocketAddr)>,
+        Option<std::net::SocketAddr>,
+    ),
+    String,
+>;
+
+/// Why the xDS client cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum XdsError {
+    /// The bootstrap's ADS settings are unusable.
+    #[error("dynamic_resources: {0}")]
+    Config(String),
+    /// Starting the proxy failed.
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+/// The ADS server address from `dynamic_resources.ads_config` → its static cluster's endpoint.
+pub fn ads_address(b: &Bootstrap) -> Result<String, XdsError> {
+    let ads = b
+        .dynamic_resources
+        .as_ref()
+        .and_then(|d| d.ads_config.as_ref())
+        .ok_or_else(|| XdsError::Config("ads_config is required (only ADS is supported)".into()))?;
+    let cluster_name = ads
+        .grpc_services
+        .first()
+        .and_then(|g| match &g.target_specifier {
+            Some(grpc_service::TargetSpecifier::EnvoyGrpc(e)) => Some(e.cluster_name.clone()),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            XdsError::Config(
+                "ads_config.grpc_services[0].envoy_grpc.cluster_name is required".into(),
+            )
+        })?;
+    let cluster = b
+        .static_resources
+        .as_ref()
+        .and_then(|s| s.clusters.iter().find(|c| c.name == cluster_name))
+        .ok_or_else(|| {
+            XdsError::Config(format!(
+                "ADS cluster {cluster_name:?} is not a static cluster"
+            ))
+        })?;
+    let addr = cluster
+        .load_assignment
+        .as_ref()
+        .and_then(|la| la.endpoints.first())
+        .and_then(|e| e.lb_endpoints.first())
+        .and_then(|e| match &e.host_identifier {
+            Some(crate::pb::endpoint::lb_endpoint::HostIdentifier::Endpoint(ep)) => {
+                ep.address.clone()
+            }
+            _ => None,
+        })
+        .and_then(|a| a.address)
+        .ok_or_else(|| XdsError::Config(format!("ADS cluster {cluster_name:?} has no endpoint")))?;
+    match addr {
+        address::Address::SocketAddress(sa) => {
+            let port = match sa.port_specifier {
+                Some(envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(p)) => p,
+                _ => return Err(XdsError::Config(format!("ADS cluster {cluster_name:?}: port_value required"))),
+            };
+            Ok(format!("http://{}:{port}", sa.address))
+        }
+        _ => Err(XdsError::Config(format!(
+            "ADS cluster {cluster_name:?}: only socket_address endpoints are supported"
+        ))),
+    }
+}
+
+fn node_proto(b: &Bootstrap) -> Node {
+    b.node.clone().unwrap_or_default()
+}
+
+struct Subs {
+    lds: Subscription,
+    cds: Subscription,
+    rds: Subscription,
+    eds: Subscription,
+    ecds: Subscription,
+}
+
+/// Runs the proxy from ADS until `stop` resolves. Returns once the ADS client ends.
+pub async fn run(
+    base: Bootstrap,
+    opts: ProxyOptions,
+    started: tokio::sync::oneshot::Sender<Started>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), XdsError> {
+    let uri = ads_address(&base)?;
+    let channel = tonic::transport::Endpoint::from_shared(uri.clone())
+        .map_err(|e| XdsError::Config(format!("bad ADS address {uri}: {e}")))?
+        .connect_timeout(Duration::from_secs(2))
+        .connect_lazy();
+    let client = AdsClient::new(channel, node_proto(&base));
+    tracing::info!(ads = %uri, node = %base.node.as_ref().map(|n| n.id.as_str()).unwrap_or(""), "xDS client started");
+    let subs = Subs {
+        cds: client.subscribe(type_url::CLUSTER, vec![]),
+        lds: client.subscribe(type_url::LISTENER, vec![]),
+        rds: client.subscribe(type_url::ROUTE, vec![]),
+        eds: client.subscribe(type_url::ENDPOINT, vec![]),
+        ecds: client.subscribe(type_url::EXTENSION_CONFIG, vec![]),
+    };
+    let mut driver = Driver {
+        base,
+        opts,
+        res: Resources::default(),
+        running: None,
+        store: crate::stats::Store::new(),
+        started: Some(started),
+    };
+    let mut subs = subs;
+    tokio::pin!(stop);
+    loop {
+        let (kind, update) = tokio::select! {
+            _ = &mut stop => break,
+            u = subs.cds.next() => (type_url::CLUSTER, u),
+            u = subs.lds.next() => (type_url::LISTENER, u),
+            u = subs.rds.next() => (type_url::ROUTE, u),
+            u = subs.eds.next() => (type_url::ENDPOINT, u),
+            u = subs.ecds.next() => (type_url::EXTENSION_CONFIG, u),
+        };
+        let Some(update) = update else { break };
+        driver.apply(kind, update, &subs).await;
+    }
+    if let Some(r) = driver.running.take() {
+        r.shutdown();
+    }
+    Ok(())
+}
+
+struct Driver {
+    base: Bootstrap,
+    opts: ProxyOptions,
+    res: Resources,
+    running: Option<RunningProxy>,
+    store: crate::stats::Store,
+    started: Option<tokio::sync::oneshot::Sender<Started>>,
+}
+
+impl Driver {
+    async fn apply(&mut self, kind: &str, update: Update, subs: &Subs) {
+        let previous = self.res.clone();
+        if let Err(e) = self.res.replace(kind, &update.resources) {
+            tracing::warn!(type_url = kind, version = %update.version, error = %e, "xDS update rejected (NACK)");
+            update.reply.nack(e);
+            return;
+        }
+        // Follow references: EDS for EDS clusters, RDS for listeners, ECDS for filters.
+        let wanted = self.res.wanted();
+        subs.eds.set_names(wanted.endpoints);
+        subs.rds.set_names(wanted.routes);
+        subs.ecds.set_names(wanted.extensions);
+        match self.rebuild().await {
+            Ok(true) => {
+                tracing::info!(type_url = kind, version = %update.version, "xDS config applied");
+                update.reply.ack();
+            }
+            Ok(false) => {
+                tracing::debug!(type_url = kind, version = %update.version, "xDS config warming (waiting for referenced resources)");
+                update.reply.ack();
+            }
+            Err(e) => {
+                tracing::warn!(type_url = kind, version = %update.version, error = %e, "xDS update rejected (NACK); keeping the last good config");
+                self.res = previous;
+                update.reply.nack(e);
+            }
+        }
+    }
+
+    /// Builds and swaps in the config; `Ok(false)` while resources are missing.
+    async fn rebuild(&mut self) -> Result<bool, String> {
+        let Some(bootstrap) = self.res.assemble(&self.base) else {
+            return Ok(false);
+        };
+        let opts = BuildOptions {
+            concurrency: self.opts.concurrency.max(1),
+            store: self.store.clone(),
+            ..BuildOptions::default()
+        };
+        let config =
+            crate::config::build(&bootstrap, &opts).map_err(|e: ConfigError| e.to_string())?;
+        for c in config.clusters.values() {
+            c.resolve().await;
+        }
+        match &self.running {
+            None => {
+                let running = crate::server::start_with(config, self.store.clone(), &self.opts)
+                    .map_err(|e| e.to_string())?;
+                if let Some(tx) = self.started.take() {
+                    let _ = tx.send(Ok((running.listener_addrs(), running.admin_addr())));
+                }
+                self.running = Some(running);
+            }
+            Some(running) => {
+                let old = running.config().load();
+                let old_listeners: BTreeMap<&str, std::net::SocketAddr> = old
+                    .listeners
+                    .iter()
+                    .map(|l| (&*l.name, l.address))
+                    .collect();
+                let new_listeners: BTreeMap<&str, std::net::SocketAddr> = config
+                    .listeners
+                    .iter()
+                    .map(|l| (&*l.name, l.address))
+                    .collect();
+                if old_listeners != new_listeners {
+                    tracing::warn!(
+                        old = ?old_listeners.keys().collect::<Vec<_>>(),
+                        new = ?new_listeners.keys().collect::<Vec<_>>(),
+                        "the set of listeners changed: new listeners need a restart (filters, routes and clusters are updated)"
+                    );
+                }
+                drop(old);
+                running.config().store(Arc::new(config));
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Decodes an `Any` of the expected message type.
+pub(crate) fn decode<M: Message + Default>(any: &crate::pb::Any) -> Result<M, String> {
+    M::decode(&*any.value).map_err(|e| format!("cannot decode {}: {e}", any.type_url))
+}
