@@ -68,6 +68,9 @@ pub struct AgentConfig {
     pub reconnect: Backoff,
     /// Background retry backoff of failed module fetches.
     pub fetch_retry: Backoff,
+    /// Rewrite remote Wasm code in ECDS (istio-agent's
+    /// `ISTIO_AGENT_ENABLE_WASM_REMOTE_LOAD_CONVERSION`, on by default).
+    pub convert_remote_wasm: bool,
 }
 
 impl AgentConfig {
@@ -86,6 +89,7 @@ impl AgentConfig {
             metrics_addr: None,
             reconnect: p.reconnect,
             fetch_retry: p.fetch_retry,
+            convert_remote_wasm: true,
         }
     }
 }
@@ -133,7 +137,7 @@ impl Agent {
                 reconnect: config.reconnect,
                 fetch_retry: config.fetch_retry,
             },
-            Converter::new(cache.clone()),
+            Converter::new(cache.clone()).with_conversion(config.convert_remote_wasm),
         )?;
         let metrics_addr = match config.metrics_addr {
             Some(addr) => {

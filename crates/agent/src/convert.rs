@@ -107,6 +107,7 @@ pub struct Converted {
 #[derive(Debug, Clone)]
 pub struct Converter {
     cache: ModuleCache,
+    enabled: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -214,7 +215,17 @@ fn take_istio_env(vm: &mut VmConfig) -> IstioEnv {
 impl Converter {
     /// A converter fetching through `cache`.
     pub fn new(cache: ModuleCache) -> Self {
-        Self { cache }
+        Self {
+            cache,
+            enabled: true,
+        }
+    }
+
+    /// Istio's `ISTIO_AGENT_ENABLE_WASM_REMOTE_LOAD_CONVERSION`: when off, ECDS is forwarded
+    /// untouched (the proxy fetches remote code itself, which Envoy cannot do for `oci://`).
+    pub fn with_conversion(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self
     }
 
     /// The cache used.
@@ -233,6 +244,13 @@ impl Converter {
 
     /// Converts one ECDS resource (an `Any` holding a `TypedExtensionConfig`).
     pub async fn convert_one(&self, resource: &Any) -> Result<Converted, ConvertError> {
+        if !self.enabled {
+            return Ok(Converted {
+                resource: resource.clone(),
+                name: String::new(),
+                outcome: Outcome::Passthrough,
+            });
+        }
         let start = Instant::now();
         let result = self.convert_inner(resource).await;
         let label = match &result {

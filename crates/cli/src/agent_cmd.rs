@@ -37,6 +37,9 @@ pub(crate) struct AgentArgs {
     /// without an imagePullSecret.
     #[arg(long, env = "DOCKER_CONFIG")]
     docker_config: Option<PathBuf>,
+    /// Rewrite remote Wasm code in ECDS to local files (off: forward ECDS untouched).
+    #[arg(long, env = "ISTIO_AGENT_ENABLE_WASM_REMOTE_LOAD_CONVERSION", default_value_t = true, action = clap::ArgAction::Set)]
+    wasm_remote_load_conversion: bool,
     /// Prometheus endpoint (`/metrics`); empty to disable.
     #[arg(
         long,
@@ -95,6 +98,7 @@ pub(crate) fn agent(args: AgentArgs) -> anyhow::Result<()> {
         .filter(|s| !s.is_empty())
         .map(|s| IpNet::parse(s).with_context(|| format!("--blocked-cidrs: {s} is not a CIDR")))
         .collect::<anyhow::Result<_>>()?;
+    cfg.convert_remote_wasm = args.wasm_remote_load_conversion;
     cfg.cache.fetch.docker_config = args.docker_config.map(|d| d.join("config.json"));
     cfg.metrics_addr = match args.metrics_addr.trim() {
         "" => None,

@@ -540,3 +540,18 @@ async fn many_resources_for_one_module_fetch_it_once() {
     assert_eq!(srv.hits("/shared.wasm"), 1, "single flight");
     assert_eq!(conv.cache().in_use().len(), 1);
 }
+
+#[tokio::test]
+async fn conversion_can_be_switched_off_as_in_istio() {
+    let dir = tempfile::tempdir().unwrap();
+    let conv = converter(dir.path()).with_conversion(false);
+    let res = istiod_resource(
+        Some(remote("oci://127.0.0.1:1/p:v1", "")),
+        &[(RESOURCE_VERSION_ENV, "1")],
+        FailurePolicy::FailClosed,
+        false,
+    );
+    let out = conv.convert_one(&res).await.unwrap();
+    assert!(matches!(out.outcome, Outcome::Passthrough));
+    assert_eq!(out.resource, res);
+}
