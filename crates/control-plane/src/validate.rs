@@ -4,6 +4,7 @@
 mod networking;
 mod time;
 pub(crate) mod wasm;
+mod yaml_path;
 
 use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -124,27 +125,25 @@ fn yaml_error(
     file: &str,
     resource: &str,
     first_line: usize,
+    doc: &str,
     e: &serde_saphyr::Error,
 ) -> ValidationError {
-    let (path, reason) = match e.location() {
-        Some(loc) => (
-            format!(
-                "line {} column {}",
-                loc.line() + first_line as u64 - 1,
-                loc.column()
-            ),
-            first_line_of(&e.to_string()),
-        ),
-        None => (
-            format!("document starting at line {first_line}"),
-            first_line_of(&e.to_string()),
-        ),
+    let path = match e.location() {
+        Some(loc) => {
+            let (line, col) = (loc.line() as usize, loc.column() as usize);
+            let at = format!("line {} column {col}", line + first_line - 1);
+            match yaml_path::path_at(doc, line, col) {
+                Some(p) => format!("{p} ({at})"),
+                None => at,
+            }
+        }
+        None => format!("document starting at line {first_line}"),
     };
     ValidationError {
         file: file.to_string(),
         resource: resource.to_string(),
         path,
-        reason,
+        reason: first_line_of(&e.to_string()),
     }
 }
 
@@ -164,7 +163,7 @@ fn typed<T: DeserializeOwned>(
     first_line: usize,
     doc: &str,
 ) -> Result<T, ValidationError> {
-    serde_saphyr::from_str::<T>(doc).map_err(|e| yaml_error(file, resource, first_line, &e))
+    serde_saphyr::from_str::<T>(doc).map_err(|e| yaml_error(file, resource, first_line, doc, &e))
 }
 
 /// Parses and validates every document of `text` (from `file`). `first_seen(kind, namespace, name)`

@@ -175,7 +175,11 @@ fn unknown_fields_and_enum_values_are_named() {
     let errs = errors_of("url: oci://x\nphasee: AUTHN");
     assert_eq!(errs.len(), 1, "{errs:#?}");
     assert!(errs[0].reason.contains("phasee"), "{}", errs[0]);
-    assert!(errs[0].path == "line 8 column 3", "{}", errs[0]);
+    assert!(
+        errs[0].path == "spec.phasee (line 8 column 3)",
+        "{}",
+        errs[0]
+    );
     let errs = errors_of("url: oci://x\nphase: EARLY");
     assert!(errs[0].reason.contains("EARLY"), "{}", errs[0]);
     let errs = errors_of("url: oci://x\nfailStrategy: FAIL_SOMETIMES");
@@ -288,7 +292,7 @@ fn routing_subset() {
                 "ServiceEntry",
                 "hosts: [a]\nports: [{number: 80}]\nresolution: NONE",
             ),
-            "line 7 column",
+            "spec.resolution (line 7 column",
             "NONE",
         ),
         (
@@ -296,7 +300,7 @@ fn routing_subset() {
                 "ServiceEntry",
                 "hosts: [a]\nports: [{number: 80}]\nresolution: DNS\nexportTo: ['.']",
             ),
-            "line 8 column 3",
+            "spec.exportTo (line 8 column 3)",
             "exportTo",
         ),
         (
