@@ -117,7 +117,7 @@ pub fn generate_json(config: &Config, proxy: &Proxy, opts: &Options) -> JsonReso
             }
         }
         ProxyKind::Sidecar => {
-            let ingress = routing::sidecar_ingress(config, proxy);
+            let ingress = routing::sidecar_ingress(config, proxy, &opts.root_namespace);
             for (port, endpoint) in &ingress {
                 let port = *port;
                 let info = ListenerInfo {

@@ -270,7 +270,13 @@ pub(super) fn gateway_listener(
 }
 
 /// Sidecar ingress ports of this proxy: port → default endpoint.
-pub(super) fn sidecar_ingress(config: &Config, proxy: &Proxy) -> BTreeMap<u32, String> {
+/// Istio's choice: a matching selector Sidecar in the proxy's namespace, else the namespace-wide
+/// one, else the root namespace's selector-less Sidecar (the mesh-wide default).
+pub(super) fn sidecar_ingress(
+    config: &Config,
+    proxy: &Proxy,
+    root_namespace: &str,
+) -> BTreeMap<u32, String> {
     let mut out = BTreeMap::new();
     let sidecars = config
         .sidecars
@@ -287,7 +293,13 @@ pub(super) fn sidecar_ingress(config: &Config, proxy: &Proxy) -> BTreeMap<u32, S
                 .as_ref()
                 .is_some_and(|w| proxy.matches(&w.labels))
         })
-        .or_else(|| without.into_iter().next());
+        .or_else(|| without.into_iter().next())
+        .or_else(|| {
+            config
+                .sidecars
+                .iter()
+                .find(|s| s.meta.namespace == root_namespace && s.spec.workload_selector.is_none())
+        });
     if let Some(s) = chosen {
         for l in &s.spec.ingress {
             out.insert(l.port.number, l.default_endpoint.clone());

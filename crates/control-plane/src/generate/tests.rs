@@ -377,3 +377,24 @@ fn sidecar_outbound_listener_uses_client_mode_and_mesh_virtual_services() {
         "2.000s"
     );
 }
+
+#[test]
+fn root_namespace_sidecar_is_the_mesh_wide_default() {
+    let yaml = "---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: istio-system}\nspec:\n  ingress: [{port: {number: 7070, protocol: HTTP, name: http}, defaultEndpoint: '127.0.0.1:7000'}]\n";
+    let other = Proxy {
+        namespace: "other".into(),
+        id: "sidecar~10.0.0.3~x.other~other.svc.cluster.local".into(),
+        ..sidecar()
+    };
+    let json = gen_json(yaml, &other);
+    assert!(
+        json.of(type_url::LISTENER)
+            .unwrap()
+            .contains_key("inbound_0.0.0.0_7070")
+    );
+    // A namespace's own Sidecar wins over the default.
+    let json = gen_json(&format!("{ROUTING}{yaml}"), &sidecar());
+    let listeners: Vec<&String> = json.of(type_url::LISTENER).unwrap().keys().collect();
+    assert!(listeners.contains(&&"inbound_0.0.0.0_9080".to_string()));
+    assert!(!listeners.contains(&&"inbound_0.0.0.0_7070".to_string()));
+}
