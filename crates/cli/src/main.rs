@@ -6,6 +6,7 @@ mod agent_cmd;
 mod control_plane_cmd;
 mod plugin_cmd;
 mod proxy_cmd;
+mod up_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +36,9 @@ enum Command {
     /// Work with plugin modules: inspect, test against a sample request.
     #[command(subcommand)]
     Plugin(plugin_cmd::PluginCommand),
+    /// Start the whole system on this machine with example plugins: control plane, agent,
+    /// gateway proxy, demo upstream and module source. Prints what to curl and what to edit.
+    Up(up_cmd::UpArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         Command::Validate(args) => control_plane_cmd::validate(args)?,
         Command::Agent(args) => agent_cmd::agent(args)?,
         Command::Plugin(cmd) => plugin_cmd::run(cmd)?,
+        Command::Up(args) => up_cmd::up(args)?,
         Command::Proxy(args) => proxy_cmd::proxy(args)?,
     }
     Ok(())

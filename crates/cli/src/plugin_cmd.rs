@@ -17,7 +17,7 @@ pub(crate) enum PluginCommand {
     },
     /// Run a plugin against a sample request and print what it did: header and body edits,
     /// local reply, callouts, logs, metrics. No proxy needed.
-    Test(TestArgs),
+    Test(Box<TestArgs>),
 }
 
 #[derive(Args)]
@@ -88,6 +88,7 @@ pub(crate) fn run(cmd: PluginCommand) -> anyhow::Result<()> {
             println!("imports:     {}", m.imports().join(", "));
         }
         PluginCommand::Test(a) => {
+            let a = *a;
             let module = load(&rt, &a.file)?;
             let (method, path) = a
                 .request
