@@ -54,6 +54,36 @@ pub fn bytes(name: &str) -> Vec<u8> {
     })
 }
 
+/// Modules embedded at build time for the `wasmesh up` demo: `(file name, bytes)`.
+pub const DEMO_MODULES: &[(&str, &[u8])] = &[
+    (
+        "headers.wasm",
+        include_bytes!(concat!(env!("WASMESH_TEST_PLUGINS_DIR"), "/headers.wasm")),
+    ),
+    (
+        "auth.wasm",
+        include_bytes!(concat!(env!("WASMESH_TEST_PLUGINS_DIR"), "/auth.wasm")),
+    ),
+    (
+        "metrics.wasm",
+        include_bytes!(concat!(env!("WASMESH_TEST_PLUGINS_DIR"), "/metrics.wasm")),
+    ),
+    (
+        "body_rewrite.wasm",
+        include_bytes!(concat!(
+            env!("WASMESH_TEST_PLUGINS_DIR"),
+            "/body_rewrite.wasm"
+        )),
+    ),
+    (
+        "as_add_header.wasm",
+        include_bytes!(concat!(
+            env!("WASMESH_TEST_PLUGINS_DIR"),
+            "/as_add_header.wasm"
+        )),
+    ),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,33 +175,3 @@ mod tests {
         path("no-such-plugin");
     }
 }
-
-/// Modules embedded at build time for the `wasmesh up` demo: `(file name, bytes)`.
-pub const DEMO_MODULES: &[(&str, &[u8])] = &[
-    (
-        "headers.wasm",
-        include_bytes!(concat!(env!("WASMESH_TEST_PLUGINS_DIR"), "/headers.wasm")),
-    ),
-    (
-        "auth.wasm",
-        include_bytes!(concat!(env!("WASMESH_TEST_PLUGINS_DIR"), "/auth.wasm")),
-    ),
-    (
-        "metrics.wasm",
-        include_bytes!(concat!(env!("WASMESH_TEST_PLUGINS_DIR"), "/metrics.wasm")),
-    ),
-    (
-        "body_rewrite.wasm",
-        include_bytes!(concat!(
-            env!("WASMESH_TEST_PLUGINS_DIR"),
-            "/body_rewrite.wasm"
-        )),
-    ),
-    (
-        "as_add_header.wasm",
-        include_bytes!(concat!(
-            env!("WASMESH_TEST_PLUGINS_DIR"),
-            "/as_add_header.wasm"
-        )),
-    ),
-];
