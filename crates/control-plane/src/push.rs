@@ -110,7 +110,7 @@ impl Pusher {
                     entry.1 = entry.1.saturating_sub(1);
                     if entry.1 == 0 {
                         self.proxies.remove(&node_id);
-                        self.cache.remove(&node_id);
+                        self.cache.remove_if_unused(&node_id);
                     }
                 }
             }

@@ -86,6 +86,8 @@ impl DeltaStream {
                 }
             }
         };
+        // Release our view of the slot first, so the owner may drop an unused slot on this event.
+        drop(snap_rx);
         self.cache.emit(NodeEvent::Disconnected {
             stream: stream_id,
             node_id: self.node_id.clone(),

@@ -146,9 +146,17 @@ impl SnapshotCache {
             .and_then(|s| s.borrow().clone())
     }
 
-    /// Forgets `node_id` (after its last stream closed).
+    /// Forgets `node_id`; its open streams are closed (the proxy reconnects).
     pub fn remove(&self, node_id: &str) {
         lock(&self.slots).remove(node_id);
+    }
+
+    /// Forgets `node_id` unless a stream still watches it (a reconnect racing the disconnect).
+    pub fn remove_if_unused(&self, node_id: &str) {
+        let mut slots = lock(&self.slots);
+        if slots.get(node_id).is_some_and(|s| s.receiver_count() == 0) {
+            slots.remove(node_id);
+        }
     }
 
     /// The ACK/NACK state of every node seen, sorted by node id.
@@ -367,6 +375,8 @@ impl AdsStream {
             }
         };
         debug!(node = %self.node_id, stream = stream_id, "ADS stream closed");
+        // Release our view of the slot first, so the owner may drop an unused slot on this event.
+        drop(snap_rx);
         self.cache.emit(NodeEvent::Disconnected {
             stream: stream_id,
             node_id: self.node_id.clone(),
