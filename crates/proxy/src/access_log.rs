@@ -1,4 +1,7 @@
-//! Access logs in Envoy's default format, to stdout, stderr or a file.
+//! Access logs to stdout, stderr or a file, in Envoy's default format or a substitution format
+//! (`log_format`: `text_format_source`, `json_format`; the deprecated `format`/`json_format`).
+
+pub mod format;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -15,9 +18,29 @@ const STDOUT: &str =
 const STDERR: &str =
     "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
 
+/// An access log: where lines go and how they look.
+#[derive(Clone, Debug)]
+pub struct AccessLog {
+    /// The destination.
+    pub sink: Sink,
+    /// The line format.
+    pub format: LogFormat,
+}
+
+/// How lines look.
+#[derive(Clone, Debug)]
+pub enum LogFormat {
+    /// Envoy's default format.
+    Default,
+    /// A text format.
+    Text(Vec<format::Part>),
+    /// A JSON format (and `omit_empty_values`).
+    Json(Vec<(String, Vec<format::Part>)>, bool),
+}
+
 /// Where log lines go.
 #[derive(Clone)]
-pub enum AccessLog {
+pub enum Sink {
     /// Process stdout.
     Stdout,
     /// Process stderr.
@@ -26,42 +49,132 @@ pub enum AccessLog {
     File(String, Arc<Mutex<std::fs::File>>),
 }
 
-impl std::fmt::Debug for AccessLog {
+impl std::fmt::Debug for Sink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            AccessLog::Stdout => f.write_str("Stdout"),
-            AccessLog::Stderr => f.write_str("Stderr"),
-            AccessLog::File(p, _) => write!(f, "File({p})"),
+            Sink::Stdout => f.write_str("Stdout"),
+            Sink::Stderr => f.write_str("Stderr"),
+            Sink::File(p, _) => write!(f, "File({p})"),
         }
     }
+}
+
+fn substitution(
+    sfs: &envoy_types::pb::envoy::config::core::v3::SubstitutionFormatString,
+    path: &str,
+) -> Result<LogFormat, ConfigError> {
+    use envoy_types::pb::envoy::config::core::v3::substitution_format_string::Format as F;
+    #[allow(deprecated, reason = "text_format is still common")]
+    match &sfs.format {
+        Some(F::TextFormat(t)) => Ok(LogFormat::Text(format::parse(
+            t,
+            &format!("{path}.text_format"),
+        )?)),
+        Some(F::TextFormatSource(ds)) => {
+            let p = format!("{path}.text_format_source");
+            Ok(LogFormat::Text(format::parse(
+                &crate::config::data_source(ds, &p)?,
+                &p,
+            )?))
+        }
+        Some(F::JsonFormat(st)) => Ok(LogFormat::Json(
+            json_format(st, &format!("{path}.json_format"))?,
+            sfs.omit_empty_values,
+        )),
+        None => Ok(LogFormat::Default),
+    }
+}
+
+fn json_format(
+    st: &envoy_types::pb::google::protobuf::Struct,
+    path: &str,
+) -> Result<Vec<(String, Vec<format::Part>)>, ConfigError> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let mut keys: Vec<&String> = st.fields.keys().collect();
+    keys.sort();
+    let mut out = Vec::new();
+    for k in keys {
+        let kpath = format!("{path}.{k}");
+        match st.fields.get(k).and_then(|v| v.kind.as_ref()) {
+            Some(Kind::StringValue(v)) => out.push((k.clone(), format::parse(v, &kpath)?)),
+            _ => {
+                return Err(ConfigError::unsupported(
+                    kpath,
+                    "only string values in json_format",
+                ));
+            }
+        }
+    }
+    Ok(out)
 }
 
 impl AccessLog {
     /// Builds a logger from its `typed_config` at `path`.
     pub fn build(any: &Any, path: &str) -> Result<Self, ConfigError> {
+        use envoy_types::pb::envoy::extensions::access_loggers::{
+            file::v3 as file, stream::v3 as stream,
+        };
         check::check_any(any, path)?;
+        let decode_err = |e: prost::DecodeError| ConfigError::invalid(path, e);
         match any.type_url.as_str() {
-            STDOUT => Ok(AccessLog::Stdout),
-            STDERR => Ok(AccessLog::Stderr),
+            STDOUT => {
+                let c =
+                    stream::StdoutAccessLog::decode(any.value.as_slice()).map_err(decode_err)?;
+                let format = match &c.access_log_format {
+                    Some(stream::stdout_access_log::AccessLogFormat::LogFormat(f)) => {
+                        substitution(f, &format!("{path}.log_format"))?
+                    }
+                    None => LogFormat::Default,
+                };
+                Ok(AccessLog {
+                    sink: Sink::Stdout,
+                    format,
+                })
+            }
+            STDERR => {
+                let c =
+                    stream::StderrAccessLog::decode(any.value.as_slice()).map_err(decode_err)?;
+                let format = match &c.access_log_format {
+                    Some(stream::stderr_access_log::AccessLogFormat::LogFormat(f)) => {
+                        substitution(f, &format!("{path}.log_format"))?
+                    }
+                    None => LogFormat::Default,
+                };
+                Ok(AccessLog {
+                    sink: Sink::Stderr,
+                    format,
+                })
+            }
             FILE => {
-                let cfg = envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog::decode(
-                    any.value.as_slice(),
-                )
-                .map_err(|e| ConfigError::invalid(path, e))?;
-                if cfg.path == "/dev/stdout" {
-                    return Ok(AccessLog::Stdout);
-                }
-                if cfg.path == "/dev/stderr" {
-                    return Ok(AccessLog::Stderr);
-                }
-                let file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&cfg.path)
-                    .map_err(|e| {
-                        ConfigError::invalid(format!("{path}.path"), format!("{}: {e}", cfg.path))
-                    })?;
-                Ok(AccessLog::File(cfg.path, Arc::new(Mutex::new(file))))
+                let cfg = file::FileAccessLog::decode(any.value.as_slice()).map_err(decode_err)?;
+                use file::file_access_log::AccessLogFormat as F;
+                #[allow(deprecated, reason = "format and json_format are still common")]
+                let format = match &cfg.access_log_format {
+                    None => LogFormat::Default,
+                    Some(F::Format(t)) => {
+                        LogFormat::Text(format::parse(t, &format!("{path}.format"))?)
+                    }
+                    Some(F::JsonFormat(st)) => {
+                        LogFormat::Json(json_format(st, &format!("{path}.json_format"))?, false)
+                    }
+                    Some(F::LogFormat(f)) => substitution(f, &format!("{path}.log_format"))?,
+                    Some(_) => return Err(ConfigError::unsupported(path, "typed_json_format")),
+                };
+                let sink = match cfg.path.as_str() {
+                    "/dev/stdout" => Sink::Stdout,
+                    "/dev/stderr" => Sink::Stderr,
+                    p => {
+                        let file = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(p)
+                            .map_err(|e| {
+                                ConfigError::invalid(format!("{path}.path"), format!("{p}: {e}"))
+                            })?;
+                        Sink::File(p.to_string(), Arc::new(Mutex::new(file)))
+                    }
+                };
+                Ok(AccessLog { sink, format })
             }
             other => Err(ConfigError::unsupported(
                 path,
@@ -70,12 +183,27 @@ impl AccessLog {
         }
     }
 
+    /// Whether lines need the full request and response headers.
+    pub fn needs_headers(&self) -> bool {
+        !matches!(self.format, LogFormat::Default)
+    }
+
+    /// Formats and writes the line for a finished stream.
+    pub fn log(&self, cx: &format::LogContext<'_>, summary: &RequestSummary) {
+        let line = match &self.format {
+            LogFormat::Default => default_format(cx.info, summary),
+            LogFormat::Text(parts) => format::render_text(parts, cx),
+            LogFormat::Json(entries, omit) => format::render_json(entries, *omit, cx),
+        };
+        self.write(&line);
+    }
+
     /// Writes one line.
     pub fn write(&self, line: &str) {
-        let r = match self {
-            AccessLog::Stdout => std::io::stdout().lock().write_all(line.as_bytes()),
-            AccessLog::Stderr => std::io::stderr().lock().write_all(line.as_bytes()),
-            AccessLog::File(_, f) => match f.lock() {
+        let r = match &self.sink {
+            Sink::Stdout => std::io::stdout().lock().write_all(line.as_bytes()),
+            Sink::Stderr => std::io::stderr().lock().write_all(line.as_bytes()),
+            Sink::File(_, f) => match f.lock() {
                 Ok(mut f) => f.write_all(line.as_bytes()),
                 Err(_) => Ok(()),
             },
@@ -120,13 +248,7 @@ pub fn format_start_time(t: std::time::SystemTime) -> String {
 /// %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%
 /// "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"`
 pub fn default_format(info: &StreamInfo, req: &RequestSummary) -> String {
-    let protocol = match info.protocol {
-        http::Version::HTTP_10 => "HTTP/1.0",
-        http::Version::HTTP_11 => "HTTP/1.1",
-        http::Version::HTTP_2 => "HTTP/2",
-        http::Version::HTTP_3 => "HTTP/3",
-        _ => "-",
-    };
+    let protocol = protocol(info.protocol);
     let upstream_time = info
         .upstream_service_time
         .map(|d| d.as_millis().to_string());
@@ -149,6 +271,17 @@ pub fn default_format(info: &StreamInfo, req: &RequestSummary) -> String {
         or_dash(req.authority.as_deref()),
         or_dash(upstream_host.as_deref()),
     )
+}
+
+/// Envoy's `%PROTOCOL%`.
+pub fn protocol(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "-",
+    }
 }
 
 /// The request headers the default format prints, captured before the request goes upstream.

@@ -319,6 +319,8 @@ pub(crate) struct Finisher {
     pub(crate) summary: RequestSummary,
     pub(crate) bytes_received: Rc<std::cell::Cell<u64>>,
     pub(crate) upstream: Option<(Arc<crate::cluster::Cluster>, Arc<crate::cluster::Host>)>,
+    /// The request as it went upstream, for access log formats that print any header.
+    log_request: Option<http::request::Parts>,
     done: bool,
 }
 
@@ -334,6 +336,7 @@ impl Drop for Finisher {
                 summary: std::mem::take(&mut self.summary),
                 bytes_received: Rc::clone(&self.bytes_received),
                 upstream: self.upstream.take(),
+                log_request: self.log_request.take(),
                 done: false,
             };
             self.done = true;
@@ -351,7 +354,19 @@ impl Finisher {
             summary: RequestSummary::default(),
             bytes_received: Rc::default(),
             upstream: None,
+            log_request: None,
             done: false,
+        }
+    }
+
+    /// Captures what the access logs print from the request.
+    pub(crate) fn capture(&mut self, parts: &http::request::Parts) {
+        let hcm = &self.conn.hcm;
+        if !hcm.access_logs.is_empty() {
+            self.summary = summarize(parts);
+        }
+        if hcm.log_needs_headers {
+            self.log_request = Some(router::clone_parts(parts));
         }
     }
 
@@ -382,9 +397,13 @@ impl Finisher {
                 f.on_log(info);
             }
             if !hcm.access_logs.is_empty() {
-                let line = crate::access_log::default_format(info, &this.summary);
+                let cx = crate::access_log::format::LogContext {
+                    info,
+                    request: this.log_request.as_ref().or(info.request_headers.as_ref()),
+                    response: info.response_headers.as_ref(),
+                };
                 for log in &hcm.access_logs {
-                    log.write(&line);
+                    log.log(&cx, &this.summary);
                 }
             }
         };

@@ -95,6 +95,8 @@ pub struct HcmConfig {
     pub filters_use_bodies: bool,
     /// `access_log`.
     pub access_logs: Vec<AccessLog>,
+    /// Whether an access log format prints arbitrary headers (they are then kept for it).
+    pub log_needs_headers: bool,
     /// `generate_request_id` (default true).
     pub generate_request_id: bool,
     /// `preserve_external_request_id`.
@@ -418,6 +420,7 @@ fn build_hcm(
         routes: Arc::new(routes),
         filters,
         filters_use_bodies,
+        log_needs_headers: access_logs.iter().any(AccessLog::needs_headers),
         access_logs,
         generate_request_id: cfg.generate_request_id.as_ref().is_none_or(|b| b.value),
         preserve_external_request_id: cfg.preserve_external_request_id,

@@ -244,6 +244,8 @@ pub fn start_envoy(yaml: &str, admin: SocketAddr) -> anyhow::Result<Envoy> {
         .args(["--concurrency", "1", "--base-id"])
         .arg(admin.port().to_string())
         .args(["-l", "error"])
+        // Access log files are flushed every 10 s by default; tests read them sooner.
+        .args(["--file-flush-interval-msec", "50"])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

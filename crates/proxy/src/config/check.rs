@@ -183,15 +183,24 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.extensions.access_loggers.file.v3.FileAccessLog",
-        &["path"],
+        &["path", "log_format", "format", "json_format"],
     ),
     (
         "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
-        &[],
+        &["log_format"],
     ),
     (
         "envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
-        &[],
+        &["log_format"],
+    ),
+    (
+        "envoy.config.core.v3.SubstitutionFormatString",
+        &[
+            "text_format",
+            "text_format_source",
+            "json_format",
+            "omit_empty_values",
+        ],
     ),
     ("envoy.extensions.filters.http.router.v3.Router", &[]),
     (

@@ -17,9 +17,7 @@ use tokio::sync::mpsc;
 use super::chain::{
     self, ChannelBody, Counted, Dir, Flow, FrameFlow, Hdrs, Pass, PumpStop, Stream,
 };
-use super::{
-    Conn, FinalBody, Finisher, finalize_response_headers, full, local_reply_parts, summarize,
-};
+use super::{Conn, FinalBody, Finisher, finalize_response_headers, full, local_reply_parts};
 use crate::error::{ErrorKind, ProxyError};
 use crate::filter::LocalReply;
 use crate::response_flags::ResponseFlags;
@@ -229,17 +227,13 @@ pub(super) async fn run(
         {
             Phase::Done(p) => pending = p,
             Phase::Reply(r, pos) => {
-                if !hcm.access_logs.is_empty() {
-                    fin.summary = summarize(&parts);
-                }
+                fin.capture(&parts);
                 return respond_local(&conn, &stream, fin, r, pos + 1, ResponseFlags::default())
                     .await;
             }
             Phase::TooLarge => {
                 hcm.stats.rq_too_large.inc();
-                if !hcm.access_logs.is_empty() {
-                    fin.summary = summarize(&parts);
-                }
+                fin.capture(&parts);
                 let e = ProxyError::new(ErrorKind::RequestTooLarge);
                 return respond_local(&conn, &stream, fin, error_reply(&e), n, e.response_flags())
                     .await;
@@ -255,18 +249,14 @@ pub(super) async fn run(
     }
     let Some((_, route)) = selected else {
         hcm.stats.no_route.inc();
-        if !hcm.access_logs.is_empty() {
-            fin.summary = summarize(&parts);
-        }
+        fin.capture(&parts);
         let e = ProxyError::new(ErrorKind::NoRoute);
         return respond_local(&conn, &stream, fin, error_reply(&e), n, e.response_flags()).await;
     };
     let action = match &route.action {
         Action::DirectResponse { status, body } => {
             hcm.stats.rq_direct_response.inc();
-            if !hcm.access_logs.is_empty() {
-                fin.summary = summarize(&parts);
-            }
+            fin.capture(&parts);
             let reply =
                 LocalReply::new(*status, body.clone().unwrap_or_default(), "direct_response");
             return respond_local(&conn, &stream, fin, reply, n, ResponseFlags::default()).await;
@@ -349,7 +339,7 @@ pub(super) async fn run(
     }
 }
 
-fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
+pub(super) fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
     let mut b = http::Request::builder()
         .method(p.method.clone())
         .uri(p.uri.clone())
@@ -435,9 +425,7 @@ async fn forward(
     {
         parts.headers.insert("x-envoy-expected-rq-timeout-ms", v);
     }
-    if !conn.hcm.access_logs.is_empty() {
-        fin.summary = summarize(parts);
-    }
+    fin.capture(parts);
     let deadline = action.timeout.map(|t| Instant::now() + t);
     let retries = match &action.retry {
         Some(r) if body_empty => r.num_retries,
@@ -635,7 +623,7 @@ where
         let mut st = stream.lock().await;
         let info = st.cx.stream_info_mut();
         info.response_code = Some(parts.status.as_u16());
-        if seen > 0 {
+        if seen > 0 || hcm.log_needs_headers {
             info.response_headers = Some(parts.headers.clone());
         }
         info.request_id.clone()

@@ -31,6 +31,24 @@ static_resources:
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
               path: "{LOG}"
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: "{LOG}.json"
+              log_format:
+                json_format:
+                  code: "%RESPONSE_CODE%"
+                  method: "%REQ(:METHOD)%"
+                  path: "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"
+                  authority: "%REQ(:AUTHORITY)%"
+                  flags: "%RESPONSE_FLAGS%"
+                  details: "%RESPONSE_CODE_DETAILS%"
+                  cluster: "%UPSTREAM_CLUSTER%"
+                  rx: "%BYTES_RECEIVED%"
+                  tx: "%BYTES_SENT%"
+                  content_type: "%RESP(CONTENT-TYPE)%"
+                  protocol: "%PROTOCOL%"
+                  line: "%REQ(:METHOD)% %REQ(:PATH):10% -> %RESPONSE_CODE%"
           route_config:
             name: local_route
             virtual_hosts:
@@ -376,5 +394,109 @@ async fn routing_matches_envoy() -> anyhow::Result<()> {
         failures.len(),
         failures.join("\n")
     );
+
+    // Same counters, same names and values.
+    let envoy_stats = send(admin_addr, get("admin", "/stats")).await?.text();
+    let our_stats = admin_get(&ours, "/stats").await?.text();
+    for name in [
+        "http.ingress_http.downstream_rq_total",
+        "http.ingress_http.downstream_rq_2xx",
+        "http.ingress_http.downstream_rq_4xx",
+        "http.ingress_http.downstream_rq_5xx",
+        "http.ingress_http.rq_direct_response",
+        "http.ingress_http.no_route",
+        "cluster.up.upstream_rq_total",
+        "cluster.up.upstream_rq_2xx",
+        "cluster.up.upstream_rq_4xx",
+        "cluster.dead.upstream_cx_connect_fail",
+        "http.rbac_http.rbac.denied",
+        "http.rbac_http.downstream_rq_4xx",
+    ] {
+        let value = |text: &str| {
+            text.lines().find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|r| r.strip_prefix(": "))
+                    .map(str::to_string)
+            })
+        };
+        assert!(value(&our_stats).is_some(), "{name} missing");
+        assert_eq!(value(&our_stats), value(&envoy_stats), "{name}");
+    }
+
+    // Access logs in Envoy's default format, line for line (times, ids and ports masked).
+    let n = cases().len();
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    let complete = eventually(std::time::Duration::from_secs(5), || async {
+        read(&envoy_log).lines().count() >= n && read(&our_log).lines().count() >= n
+    })
+    .await;
+    assert!(
+        complete,
+        "access logs incomplete:\n{}\n{}",
+        read(&envoy_log),
+        read(&our_log)
+    );
+    let (e, o) = (
+        normalize_log(&read(&envoy_log)),
+        normalize_log(&read(&our_log)),
+    );
+    assert_eq!(e.len(), n);
+    assert_eq!(e, o);
+
+    // The JSON format, value for value (h2 authorities carry each proxy's port).
+    let json_lines = |p: &std::path::Path| -> Vec<serde_json::Value> {
+        let port = regex::Regex::new(r":\d+").unwrap_or_else(|e| panic!("{e}"));
+        read(&p.with_extension("log.json"))
+            .lines()
+            .map(|l| {
+                serde_json::from_str(&port.replace_all(l, ":P")).unwrap_or(serde_json::Value::Null)
+            })
+            .collect()
+    };
+    let complete = eventually(std::time::Duration::from_secs(5), || async {
+        json_lines(&envoy_log).len() >= n && json_lines(&our_log).len() >= n
+    })
+    .await;
+    assert!(complete, "json access logs incomplete");
+    let (ej, oj) = (json_lines(&envoy_log), json_lines(&our_log));
+    assert_eq!(ej.len(), n);
+    for (i, (e, o)) in ej.iter().zip(oj.iter()).enumerate() {
+        assert_eq!(e, o, "json access log line {i}");
+    }
     Ok(())
+}
+
+/// Masks start time, duration, upstream service time, request ids and ports.
+fn normalize_log(text: &str) -> Vec<String> {
+    let re = regex::Regex::new(
+        r#"^\[[^\]]+\] ("[^"]*") (\d+) (\S+) (\d+) (\d+) (\d+) (\S+) "([^"]*)" "([^"]*)" "([^"]*)" "([^"]*)" "([^"]*)"$"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let port = regex::Regex::new(r":\d+").unwrap_or_else(|e| panic!("{e}"));
+    text.lines()
+        .map(|l| match re.captures(l) {
+            Some(c) => {
+                let g = |i: usize| c.get(i).map_or("", |m| m.as_str());
+                let id = if g(10).len() == 36 || g(10) == "abc" {
+                    "<id-ok>"
+                } else {
+                    g(10)
+                };
+                let ust = if g(7) == "-" { "-" } else { "<ms>" };
+                format!(
+                    "[T] {} {} {} {} {} <dur> {ust} \"{}\" \"{}\" \"{id}\" \"{}\" \"{}\"",
+                    g(1),
+                    g(2),
+                    g(3),
+                    g(4),
+                    g(5),
+                    g(8),
+                    g(9),
+                    port.replace_all(g(11), ":P"),
+                    port.replace_all(g(12), ":P")
+                )
+            }
+            None => format!("unparsed: {l}"),
+        })
+        .collect()
 }
