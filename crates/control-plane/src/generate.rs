@@ -170,6 +170,11 @@ pub fn encode(json: &JsonResources, proxy_id: &str) -> Result<Snapshot, Generate
                         source,
                     }
                 })?;
+            let value = if *ty == type_url::EXTENSION_CONFIG {
+                wasm::with_empty_configuration(value)
+            } else {
+                value
+            };
             encoded.push((
                 name.clone(),
                 Any {

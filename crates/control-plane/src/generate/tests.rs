@@ -398,3 +398,22 @@ fn root_namespace_sidecar_is_the_mesh_wide_default() {
     assert!(listeners.contains(&&"inbound_0.0.0.0_9080".to_string()));
     assert!(!listeners.contains(&&"inbound_0.0.0.0_7070".to_string()));
 }
+
+#[test]
+fn no_plugin_config_is_an_empty_any_as_istiod_sends_it() {
+    use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
+    use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
+    use prost::Message;
+    let yaml = format!("{ROUTING}{}", plugin("bare", "url: file:///b.wasm"));
+    let snap = generate(&config_from_yaml(&yaml), &gateway(), &Options::default()).unwrap();
+    let any = snap
+        .get(type_url::EXTENSION_CONFIG)
+        .unwrap()
+        .get("extensions.istio.io/wasmplugin/app.bare")
+        .unwrap();
+    let tec = TypedExtensionConfig::decode(any.value.as_slice()).unwrap();
+    let wasm = Wasm::decode(tec.typed_config.unwrap().value.as_slice()).unwrap();
+    let cfg = wasm.config.unwrap();
+    assert_eq!(cfg.configuration, Some(Default::default()));
+    assert_eq!(cfg.name, "app.bare");
+}

@@ -137,3 +137,45 @@ pub fn ecds_resource(p: &Plugin, config: &Config) -> Value {
         "typed_config": {"@type": ty, "config": plugin},
     })
 }
+
+/// istiod sets `PluginConfig.configuration` to an empty `Any` when there is no `pluginConfig`;
+/// proto3 JSON cannot spell an `Any` without a type, so it is set on the encoded resource.
+/// Anything that does not decode as a Wasm `TypedExtensionConfig` is returned unchanged.
+pub(super) fn with_empty_configuration(bytes: Vec<u8>) -> Vec<u8> {
+    use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
+    use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm as HttpWasm;
+    use envoy_types::pb::envoy::extensions::filters::network::wasm::v3::Wasm as NetWasm;
+    use envoy_types::pb::google::protobuf::Any;
+    use prost::Message;
+
+    let Ok(mut tec) = TypedExtensionConfig::decode(bytes.as_slice()) else {
+        return bytes;
+    };
+    let Some(typed) = tec.typed_config.as_mut() else {
+        return bytes;
+    };
+    let patched = if typed.type_url == HTTP_WASM {
+        HttpWasm::decode(typed.value.as_slice()).ok().map(|mut w| {
+            if let Some(c) = w.config.as_mut() {
+                c.configuration.get_or_insert_with(Any::default);
+            }
+            w.encode_to_vec()
+        })
+    } else if typed.type_url == NET_WASM {
+        NetWasm::decode(typed.value.as_slice()).ok().map(|mut w| {
+            if let Some(c) = w.config.as_mut() {
+                c.configuration.get_or_insert_with(Any::default);
+            }
+            w.encode_to_vec()
+        })
+    } else {
+        None
+    };
+    match patched {
+        Some(v) => {
+            typed.value = v;
+            tec.encode_to_vec()
+        }
+        None => bytes,
+    }
+}

@@ -434,6 +434,9 @@ async fn network_plugin_runs_before_the_http_connection_manager() {
             "type: NETWORK\npluginConfig: {deny_prefix: BAD}",
         ),
     );
+    // A plugin without pluginConfig (empty Any configuration, as istiod sends it) must be accepted:
+    // the listener only warms once every ECDS resource it references is.
+    write(&cfg, "noop.yaml", &headers_plugin("noop", ""));
     let cp = ControlPlane::start(Settings::new(&cfg, "127.0.0.1:0".parse().unwrap()))
         .await
         .unwrap();
@@ -486,4 +489,13 @@ async fn network_plugin_runs_before_the_http_connection_manager() {
         (n >= 3).then_some(())
     })
     .await;
+    let st = cp
+        .cache
+        .status("router~127.0.0.1~ingress.app~app.svc.cluster.local")
+        .unwrap();
+    assert!(
+        st.nacked.is_empty(),
+        "Envoy rejected something: {:?}",
+        st.nacked
+    );
 }
