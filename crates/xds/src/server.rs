@@ -89,7 +89,7 @@ pub struct NodeStatus {
     pub acked: HashMap<String, String>,
     /// Last rejected (version, error) per type URL, cleared by a later ACK.
     pub nacked: HashMap<String, (String, String)>,
-    /// Open streams.
+    /// Open streams (a node is forgotten when its last stream closes).
     pub streams: usize,
 }
 
@@ -189,8 +189,12 @@ impl SnapshotCache {
                     st.entry(node.id.clone()).or_default().streams += 1;
                 }
                 NodeEvent::Disconnected { node_id, .. } => {
+                    // Forget nodes without streams, so churn does not grow the map.
                     if let Some(s) = st.get_mut(node_id) {
                         s.streams = s.streams.saturating_sub(1);
+                        if s.streams == 0 {
+                            st.remove(node_id);
+                        }
                     }
                 }
                 NodeEvent::Ack {
