@@ -49,7 +49,14 @@ async fn file_edits_reach_subscribed_proxies_and_bad_edits_keep_the_last_valid_c
         .unwrap()
         .connect_lazy();
     let id = "router~10.0.0.1~gw.app~app.svc.cluster.local";
-    let client = AdsClient::new(ch, node(id, "app", &[("istio", "ingressgateway")]));
+    let client = AdsClient::new(ch.clone(), node(id, "app", &[("istio", "ingressgateway")]));
+    // A gateway in another namespace: same listener, but the app plugin does not apply to it.
+    let other_id = "router~10.0.0.9~gw.other~other.svc.cluster.local";
+    let other = AdsClient::new(ch, node(other_id, "other", &[("istio", "ingressgateway")]));
+    let mut other_lds = other.subscribe(type_url::LISTENER, vec![]);
+    let mut other_cds = other.subscribe(type_url::CLUSTER, vec![]);
+    next(&mut other_lds).await.reply.ack();
+    next(&mut other_cds).await.reply.ack();
     let mut lds = client.subscribe(type_url::LISTENER, vec![]);
     let l = tokio::time::timeout(Duration::from_secs(10), lds.next())
         .await
@@ -74,6 +81,15 @@ async fn file_edits_reach_subscribed_proxies_and_bad_edits_keep_the_last_valid_c
         &wasm_plugin("app", "hdr", "file:///p.wasm", "pluginConfig: {v: 2}"),
     );
     let u = next(&mut ecds).await;
+    // The unaffected proxy gets nothing at all.
+    for sub in [&mut other_lds, &mut other_cds] {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), sub.next())
+                .await
+                .is_err(),
+            "unaffected proxy must not be pushed"
+        );
+    }
     assert_eq!(
         plugin_json(&u.resources[0])["typedConfig"]["config"]["configuration"]["value"],
         "{\"v\":2}"
