@@ -20,6 +20,110 @@ pub struct RouteTable {
     suffix: Vec<(String, usize)>,
     prefix: Vec<(String, usize)>,
     default: Option<usize>,
+    request_headers: HeaderMutations,
+    response_headers: HeaderMutations,
+}
+
+/// `request_headers_to_add`/`_to_remove` (or the response ones) of one level.
+#[derive(Debug, Default)]
+pub struct HeaderMutations {
+    add: Vec<(http::HeaderName, http::HeaderValue, AppendAction)>,
+    remove: Vec<http::HeaderName>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum AppendAction {
+    AppendIfExistsOrAdd,
+    AddIfAbsent,
+    OverwriteIfExistsOrAdd,
+    OverwriteIfExists,
+}
+
+impl HeaderMutations {
+    /// Envoy's header parser order: removals first; then every condition is evaluated against
+    /// the headers as they were; overwrites are applied before appends.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        let mut overwrite = Vec::new();
+        let mut append = Vec::new();
+        for (name, value, action) in &self.add {
+            match action {
+                AppendAction::AppendIfExistsOrAdd => append.push((name, value)),
+                AppendAction::AddIfAbsent => {
+                    if !headers.contains_key(name) {
+                        append.push((name, value));
+                    }
+                }
+                AppendAction::OverwriteIfExists => {
+                    if headers.contains_key(name) {
+                        overwrite.push((name, value));
+                    }
+                }
+                AppendAction::OverwriteIfExistsOrAdd => overwrite.push((name, value)),
+            }
+        }
+        for (name, value) in overwrite {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in append {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+
+    fn build(
+        add: &[crate::pb::core::HeaderValueOption],
+        remove: &[String],
+        path: &str,
+        what: &str,
+    ) -> Result<Self, ConfigError> {
+        let mut out = HeaderMutations::default();
+        for (i, o) in add.iter().enumerate() {
+            let opath = format!("{path}.{what}_headers_to_add[{i}]");
+            let h = o
+                .header
+                .as_ref()
+                .ok_or_else(|| ConfigError::invalid(format!("{opath}.header"), "required"))?;
+            if h.value.contains('%') {
+                return Err(ConfigError::unsupported(
+                    format!("{opath}.header.value"),
+                    "header values with %COMMAND% substitutions (only literal values are)",
+                ));
+            }
+            if h.value.is_empty() && !o.keep_empty_value {
+                continue;
+            }
+            let name = http::HeaderName::from_bytes(h.key.to_ascii_lowercase().as_bytes())
+                .map_err(|e| ConfigError::invalid(format!("{opath}.header.key"), e))?;
+            let value = http::HeaderValue::from_str(&h.value)
+                .map_err(|e| ConfigError::invalid(format!("{opath}.header.value"), e))?;
+            #[allow(deprecated, reason = "`append` is still common in configs")]
+            let append = o.append.as_ref().map(|b| b.value);
+            let action = match (append, o.append_action) {
+                (Some(false), _) => AppendAction::OverwriteIfExistsOrAdd,
+                (Some(true), _) | (None, 0) => AppendAction::AppendIfExistsOrAdd,
+                (None, 1) => AppendAction::AddIfAbsent,
+                (None, 2) => AppendAction::OverwriteIfExistsOrAdd,
+                (None, 3) => AppendAction::OverwriteIfExists,
+                (None, _) => {
+                    return Err(ConfigError::invalid(
+                        format!("{opath}.append_action"),
+                        "unknown action",
+                    ));
+                }
+            };
+            out.add.push((name, value, action));
+        }
+        for (i, r) in remove.iter().enumerate() {
+            out.remove.push(
+                http::HeaderName::from_bytes(r.to_ascii_lowercase().as_bytes()).map_err(|e| {
+                    ConfigError::invalid(format!("{path}.{what}_headers_to_remove[{i}]"), e)
+                })?,
+            );
+        }
+        Ok(out)
+    }
 }
 
 /// A virtual host.
@@ -29,6 +133,8 @@ pub struct VirtualHost {
     pub name: String,
     /// Its routes, in order.
     pub routes: Vec<Route>,
+    request_headers: HeaderMutations,
+    response_headers: HeaderMutations,
 }
 
 /// One route.
@@ -39,6 +145,8 @@ pub struct Route {
     matcher: RouteMatch,
     /// What to do with a matching request.
     pub action: Action,
+    request_headers: HeaderMutations,
+    response_headers: HeaderMutations,
 }
 
 #[derive(Debug)]
@@ -206,6 +314,21 @@ pub struct Selected<'a> {
 }
 
 impl RouteTable {
+    /// Applies the request header mutations of the route, its virtual host, then the table
+    /// (Envoy's order).
+    pub fn mutate_request(&self, vh: &VirtualHost, route: &Route, headers: &mut HeaderMap) {
+        route.request_headers.apply(headers);
+        vh.request_headers.apply(headers);
+        self.request_headers.apply(headers);
+    }
+
+    /// Applies the response header mutations of the route, its virtual host, then the table.
+    pub fn mutate_response(&self, vh: &VirtualHost, route: &Route, headers: &mut HeaderMap) {
+        route.response_headers.apply(headers);
+        vh.response_headers.apply(headers);
+        self.response_headers.apply(headers);
+    }
+
     /// Selects the route for a request.
     pub fn select<'a>(
         &'a self,
@@ -260,6 +383,18 @@ impl RouteTable {
             suffix: Vec::new(),
             prefix: Vec::new(),
             default: None,
+            request_headers: HeaderMutations::build(
+                &cfg.request_headers_to_add,
+                &cfg.request_headers_to_remove,
+                path,
+                "request",
+            )?,
+            response_headers: HeaderMutations::build(
+                &cfg.response_headers_to_add,
+                &cfg.response_headers_to_remove,
+                path,
+                "response",
+            )?,
         };
         for (vi, vh) in cfg.virtual_hosts.iter().enumerate() {
             let vpath = format!("{path}.virtual_hosts[{vi}]");
@@ -296,6 +431,18 @@ impl RouteTable {
             table.virtual_hosts.push(VirtualHost {
                 name: vh.name.clone(),
                 routes,
+                request_headers: HeaderMutations::build(
+                    &vh.request_headers_to_add,
+                    &vh.request_headers_to_remove,
+                    &vpath,
+                    "request",
+                )?,
+                response_headers: HeaderMutations::build(
+                    &vh.response_headers_to_add,
+                    &vh.response_headers_to_remove,
+                    &vpath,
+                    "response",
+                )?,
             });
         }
         // Envoy: longest wildcard first.
@@ -474,6 +621,18 @@ fn build_route(r: &pbr::Route, path: &str, clusters: &[String]) -> Result<Route,
         name: r.name.clone(),
         matcher,
         action,
+        request_headers: HeaderMutations::build(
+            &r.request_headers_to_add,
+            &r.request_headers_to_remove,
+            path,
+            "request",
+        )?,
+        response_headers: HeaderMutations::build(
+            &r.response_headers_to_add,
+            &r.response_headers_to_remove,
+            path,
+            "response",
+        )?,
     })
 }
 

@@ -101,16 +101,45 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.route.v3.RouteConfiguration",
-        &["name", "virtual_hosts"],
+        &[
+            "name",
+            "virtual_hosts",
+            "request_headers_to_add",
+            "request_headers_to_remove",
+            "response_headers_to_add",
+            "response_headers_to_remove",
+        ],
     ),
     (
         "envoy.config.route.v3.VirtualHost",
-        &["name", "domains", "routes"],
+        &[
+            "name",
+            "domains",
+            "routes",
+            "request_headers_to_add",
+            "request_headers_to_remove",
+            "response_headers_to_add",
+            "response_headers_to_remove",
+        ],
     ),
     (
         "envoy.config.route.v3.Route",
-        &["name", "match", "route", "direct_response"],
+        &[
+            "name",
+            "match",
+            "route",
+            "direct_response",
+            "request_headers_to_add",
+            "request_headers_to_remove",
+            "response_headers_to_add",
+            "response_headers_to_remove",
+        ],
     ),
+    (
+        "envoy.config.core.v3.HeaderValueOption",
+        &["header", "append", "append_action", "keep_empty_value"],
+    ),
+    ("envoy.config.core.v3.HeaderValue", &["key", "value"]),
     (
         "envoy.config.route.v3.RouteMatch",
         &["prefix", "path", "safe_regex", "headers", "case_sensitive"],

@@ -204,14 +204,14 @@ pub(super) async fn run(
             .to_string();
         routes
             .select(&authority, &path, &parts.headers)
-            .map(|s| (s.virtual_host.name.clone(), s.route))
+            .map(|s| (s.virtual_host, s.route))
     };
     let mut selected = select(&parts);
     if n > 0 {
         let mut st = stream.lock().await;
         let info = st.cx.stream_info_mut();
         info.route_name = selected.as_ref().map(|(_, r)| r.name.clone());
-        info.virtual_host_name = selected.as_ref().map(|(v, _)| v.clone());
+        info.virtual_host_name = selected.as_ref().map(|(v, _)| v.name.clone());
     }
     let mut pending = Vec::new();
     if n > 0 {
@@ -245,9 +245,9 @@ pub(super) async fn run(
         }
         let info = st.cx.stream_info_mut();
         info.route_name = selected.as_ref().map(|(_, r)| r.name.clone());
-        info.virtual_host_name = selected.as_ref().map(|(v, _)| v.clone());
+        info.virtual_host_name = selected.as_ref().map(|(v, _)| v.name.clone());
     }
-    let Some((_, route)) = selected else {
+    let Some((vhost, route)) = selected else {
         hcm.stats.no_route.inc();
         fin.capture(&parts);
         let e = ProxyError::new(ErrorKind::NoRoute);
@@ -257,8 +257,9 @@ pub(super) async fn run(
         Action::DirectResponse { status, body } => {
             hcm.stats.rq_direct_response.inc();
             fin.capture(&parts);
-            let reply =
+            let mut reply =
                 LocalReply::new(*status, body.clone().unwrap_or_default(), "direct_response");
+            routes.mutate_response(vhost, route, &mut reply.headers);
             return respond_local(&conn, &stream, fin, reply, n, ResponseFlags::default()).await;
         }
         Action::Route(a) => a,
@@ -291,6 +292,7 @@ pub(super) async fn run(
             ChannelBody::boxed(pending, Some(rx))
         }
     };
+    routes.mutate_request(vhost, route, &mut parts.headers);
     let result = forward(
         &conn,
         &stream,
@@ -319,6 +321,7 @@ pub(super) async fn run(
         }
         (Ok((resp, service_time)), None) => {
             let (mut rparts, rbody) = resp.into_parts();
+            routes.mutate_response(vhost, route, &mut rparts.headers);
             if let Ok(v) = HeaderValue::from_str(&service_time.as_millis().to_string()) {
                 rparts.headers.insert("x-envoy-upstream-service-time", v);
             }
@@ -333,8 +336,11 @@ pub(super) async fn run(
             respond(&conn, &stream, fin, rparts, rsrc, n).await
         }
         (Err(e), None) => {
+            // The router's local replies carry the route's response header mutations.
             let flags = e.response_flags();
-            respond_local(&conn, &stream, fin, error_reply(&e), n, flags).await
+            let mut reply = error_reply(&e);
+            routes.mutate_response(vhost, route, &mut reply.headers);
+            respond_local(&conn, &stream, fin, reply, n, flags).await
         }
     }
 }

@@ -51,9 +51,20 @@ static_resources:
                   line: "%REQ(:METHOD)% %REQ(:PATH):10% -> %RESPONSE_CODE%"
           route_config:
             name: local_route
+            response_headers_to_add:
+            - header: {key: x-global, value: g}
+            request_headers_to_remove: [x-drop-me]
             virtual_hosts:
             - name: api
               domains: ["api.example.com", "api.example.com:*"]
+              request_headers_to_add:
+              - header: {key: x-vh, value: v1}
+              - header: {key: x-vh, value: v2}
+                append_action: OVERWRITE_IF_EXISTS_OR_ADD
+              - header: {key: x-keep, value: added}
+                append_action: ADD_IF_ABSENT
+              response_headers_to_add:
+              - header: {key: x-vh-resp, value: r}
               routes:
               - match: {prefix: "/v1/", headers: [{name: x-canary, present_match: true}]}
                 route: {cluster: up}
@@ -69,6 +80,8 @@ static_resources:
                 route: {cluster: dead}
               - match: {prefix: "/"}
                 route: {cluster: up}
+                request_headers_to_add: [{header: {key: x-route, value: rt}}]
+                response_headers_to_remove: [x-upstream]
             - name: locked
               domains: ["locked.example.com"]
               routes:
@@ -255,6 +268,23 @@ fn cases() -> Vec<Case> {
         (
             "upstream 204",
             |_| req("GET", "api.example.com", "/status/204", &[], ""),
+            false,
+        ),
+        (
+            "header mutations",
+            |_| {
+                req(
+                    "GET",
+                    "api.example.com",
+                    "/mut",
+                    &[
+                        ("x-drop-me", "1"),
+                        ("x-keep", "mine"),
+                        ("x-route", "client"),
+                    ],
+                    "",
+                )
+            },
             false,
         ),
         (
