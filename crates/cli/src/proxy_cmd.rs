@@ -34,12 +34,20 @@ pub(crate) struct ProxyArgs {
         default_value_t = 5
     )]
     drain_time_s: u64,
+    /// Plugins with no failure_policy reload their VM (with backoff) after a crash instead of
+    /// failing closed forever (Envoy's default; envoy#16726).
+    #[arg(
+        long = "wasm-default-fail-reload",
+        env = "WASMESH_WASM_DEFAULT_FAIL_RELOAD"
+    )]
+    wasm_default_fail_reload: bool,
 }
 
 /// Runs the proxy until SIGTERM, SIGINT or `POST /quitquitquit`, then drains.
 pub(crate) fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let _ = (&args.base_id, &args.log_level, &args.log_format);
+    wasmesh_proxy::wasm_filter::set_default_fail_reload(args.wasm_default_fail_reload);
     let bootstrap = wasmesh_proxy::config::bootstrap::load_file(&args.config_path)?;
     let mut opts = wasmesh_proxy::ProxyOptions {
         drain_timeout: Duration::from_secs(args.drain_time_s),

@@ -191,7 +191,35 @@ fn request_id(hcm: &HcmConfig, headers: &mut http::HeaderMap) -> Option<String> 
     Some(id)
 }
 
+/// The connection with the listener's current HTTP connection manager config: a config swapped
+/// in by xDS (new routes, a new or changed Wasm filter) applies to new streams on existing
+/// connections too, as Envoy's RDS and ECDS updates do.
+fn current(conn: Rc<Conn>) -> Rc<Conn> {
+    let config = conn.worker.config.load();
+    let latest = config
+        .listeners
+        .iter()
+        .find(|l| l.name == conn.listener)
+        .and_then(|l| match &l.terminal {
+            crate::listener::Terminal::Http(h) => Some(h),
+            crate::listener::Terminal::Tcp(_) => None,
+        });
+    match latest {
+        Some(h) if !Arc::ptr_eq(h, &conn.hcm) => Rc::new(Conn {
+            hcm: Arc::clone(h),
+            worker: Rc::clone(&conn.worker),
+            listener: Arc::clone(&conn.listener),
+            local: conn.local,
+            remote: conn.remote,
+            tls: conn.tls,
+            sni: conn.sni.clone(),
+        }),
+        _ => conn,
+    }
+}
+
 async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Response<Body> {
+    let conn = current(conn);
     let hcm = Arc::clone(&conn.hcm);
     hcm.stats.rq_total.inc();
     hcm.stats.rq_active.inc();

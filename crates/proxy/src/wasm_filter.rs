@@ -35,7 +35,7 @@ use crate::filter::{
     WorkerContext,
 };
 
-pub use plugin_config::runtime;
+pub use plugin_config::{runtime, set_default_fail_reload};
 use props::{Facts, StreamProps};
 use worker::{Unavailable, WorkerVm};
 
@@ -211,11 +211,12 @@ impl WasmFilter {
         u
     }
 
+    /// The plugin failed while handling this stream: like Envoy, this stream gets 503
+    /// `wasm_fail_stream` whatever the policy; the policy decides for the rest of the stream
+    /// and for later streams (FAIL_OPEN skips the plugin from then on).
     fn on_fail(&mut self) -> Outcome {
-        match self.unavailable() {
-            Unavailable::Skip => Outcome::Continue,
-            Unavailable::FailStream => Outcome::Reply(fail_stream()),
-        }
+        let _ = self.unavailable();
+        Outcome::Reply(fail_stream())
     }
 
     /// Handles the effects queued for this stream by the call that just returned, and waits

@@ -19,6 +19,16 @@ use crate::config::ConfigError;
 use crate::filter::{BuildContext, NodeInfo};
 use crate::pb::Any;
 
+/// When set, plugins with no `failure_policy` get FAIL_RELOAD instead of Envoy's FAIL_CLOSED
+/// (Envoy's crashed VMs otherwise stay dead until the config changes: envoy#16726).
+static DEFAULT_FAIL_RELOAD: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Makes FAIL_RELOAD the default failure policy of every plugin that sets none.
+pub fn set_default_fail_reload(on: bool) {
+    DEFAULT_FAIL_RELOAD.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
 const BYTES_VALUE: &str = "type.googleapis.com/google.protobuf.BytesValue";
 
@@ -205,14 +215,18 @@ pub(crate) fn build_plugin(pb: &PbPlugin, cx: &BuildContext) -> Result<Arc<Plugi
         kv.sort();
         env.extend(kv);
     }
-    let failure_policy =
-        match PbPolicy::try_from(pb.failure_policy).unwrap_or(PbPolicy::Unspecified) {
-            PbPolicy::FailOpen => FailurePolicy::FailOpen,
-            PbPolicy::FailReload => FailurePolicy::FailReload,
-            PbPolicy::FailClosed => FailurePolicy::FailClosed,
-            PbPolicy::Unspecified if legacy_fail_open(pb) => FailurePolicy::FailOpen,
-            PbPolicy::Unspecified => FailurePolicy::FailClosed,
-        };
+    let failure_policy = match PbPolicy::try_from(pb.failure_policy)
+        .unwrap_or(PbPolicy::Unspecified)
+    {
+        PbPolicy::FailOpen => FailurePolicy::FailOpen,
+        PbPolicy::FailReload => FailurePolicy::FailReload,
+        PbPolicy::FailClosed => FailurePolicy::FailClosed,
+        PbPolicy::Unspecified if legacy_fail_open(pb) => FailurePolicy::FailOpen,
+        PbPolicy::Unspecified if DEFAULT_FAIL_RELOAD.load(std::sync::atomic::Ordering::Relaxed) => {
+            FailurePolicy::FailReload
+        }
+        PbPolicy::Unspecified => FailurePolicy::FailClosed,
+    };
     let config = PluginConfig {
         name: pb.name.clone(),
         root_id: pb.root_id.clone(),

@@ -335,26 +335,34 @@ fn trap_fail_closed_replies_503_and_stays_failed() {
 }
 
 #[test]
-fn trap_fail_open_skips_the_plugin() {
+fn trap_fail_open_fails_that_stream_then_skips_the_plugin() {
+    // Envoy 1.40 (checked in wasm_differential): the request whose callback trapped gets 503
+    // even under FAIL_OPEN; later requests skip the plugin.
     let cfg = config(test_plugins::TRAP, "", FailurePolicy::FailOpen);
     run(async {
         let w = worker();
         let mut f = cfg.create_filter(&w);
         let mut cx = stream(&w);
         let mut req = request("/", &[("x-trap", "1")]);
+        assert_eq!(
+            reply(f.on_request_headers(&mut cx, &mut req, true).await)
+                .status
+                .as_u16(),
+            503
+        );
+        let mut f2 = cfg.create_filter(&w);
+        let mut cx2 = stream(&w);
+        let mut req2 = request("/", &[]);
         assert!(matches!(
-            f.on_request_headers(&mut cx, &mut req, true).await,
+            f2.on_request_headers(&mut cx2, &mut req2, true).await,
             HeadersStatus::Continue
         ));
         let mut resp = response();
         assert!(matches!(
-            f.on_response_headers(&mut cx, &mut resp, true).await,
+            f2.on_response_headers(&mut cx2, &mut resp, true).await,
             HeadersStatus::Continue
         ));
-        assert!(
-            resp.headers.get("x-hostile").is_none(),
-            "plugin skipped for the rest of the stream"
-        );
+        assert!(resp.headers.get("x-hostile").is_none(), "plugin skipped");
     });
 }
 
@@ -406,4 +414,48 @@ fn bad_plugin_configuration_fails_the_config_naming_the_plugin() {
         msg.contains("http_filters[0]") && msg.contains("test.headers"),
         "{msg}"
     );
+}
+
+#[test]
+fn default_fail_reload_option_reloads_plugins_without_a_policy() {
+    set_default_fail_reload(true);
+    let cfg = config(test_plugins::TRAP, "", FailurePolicy::Unspecified);
+    set_default_fail_reload(false);
+    run(async {
+        let w = worker();
+        let mut f = cfg.create_filter(&w);
+        let mut cx = stream(&w);
+        let mut req = request("/", &[("x-trap", "1")]);
+        assert_eq!(
+            reply(f.on_request_headers(&mut cx, &mut req, true).await)
+                .status
+                .as_u16(),
+            503
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut f2 = cfg.create_filter(&w);
+        let mut cx2 = stream(&w);
+        let mut req2 = request("/", &[]);
+        assert!(matches!(
+            f2.on_request_headers(&mut cx2, &mut req2, true).await,
+            HeadersStatus::Continue
+        ));
+    });
+    // without the option the same plugin stays failed (Envoy's FAIL_CLOSED default)
+    let cfg = config(test_plugins::TRAP, "{}", FailurePolicy::Unspecified);
+    run(async {
+        let w = worker();
+        for headers in [&[("x-trap", "1")][..], &[][..]] {
+            let mut f = cfg.create_filter(&w);
+            let mut cx = stream(&w);
+            let mut req = request("/", headers);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            assert_eq!(
+                reply(f.on_request_headers(&mut cx, &mut req, true).await)
+                    .status
+                    .as_u16(),
+                503
+            );
+        }
+    });
 }

@@ -11,3 +11,4 @@ mod routing;
 mod support;
 mod tcp;
 mod tls;
+mod wasm_differential;

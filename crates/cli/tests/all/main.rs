@@ -1,0 +1,4 @@
+//! End-to-end tests of the whole system in one process: control plane → agent → our proxy, with
+//! live WasmPlugin changes under load.
+
+mod e2e;

@@ -1,0 +1,319 @@
+//! Differential tests of the Wasm filter: the same bootstrap, with the example plugins, runs in
+//! real Envoy 1.40 (V8) and in wasmesh (wasmtime); each case must give the same status, headers
+//! and body (the upstream echoes the request it got, so request-side edits are compared too).
+//! Values that differ by nature are normalized: `date`, the service time, request ids, and the
+//! client and listener ports plugins report.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use test_support::proxy_peers::{free_port, start_envoy, start_upstream};
+
+use crate::support::*;
+
+/// One listener per plugin setup: (listener name, http_filters YAML).
+fn listeners() -> Vec<(&'static str, String)> {
+    let wasm = |name: &str, plugin: &str, config: &str, policy: &str| {
+        let cfg = if config.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "\n                configuration:\n                  \"@type\": type.googleapis.com/google.protobuf.StringValue\n                  value: '{config}'"
+            )
+        };
+        format!(
+            r#"
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: {name}
+                root_id: {name}{cfg}
+                failure_policy: {policy}
+                vm_config:
+                  vm_id: {name}
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: "{path}"}}}}"#,
+            path = test_plugins::path(plugin).display()
+        )
+    };
+    vec![
+        (
+            "headers",
+            wasm(
+                "headers",
+                test_plugins::HEADERS,
+                r#"{"request_add":{"x-added":"1","x-multi":"b"},"request_remove":["x-remove-me"],"request_replace":{"user-agent":"wasm","x-multi":"a"},"response_add":{"x-resp":"yes"},"response_replace":{"content-type":"text/wasm"}}"#,
+                "FAIL_CLOSED",
+            ),
+        ),
+        (
+            "auth",
+            wasm(
+                "auth",
+                test_plugins::AUTH,
+                r#"{"header":"x-api-key","value":"secret"}"#,
+                "FAIL_CLOSED",
+            ),
+        ),
+        (
+            "body",
+            wasm(
+                "body",
+                test_plugins::BODY_REWRITE,
+                r#"{"request":{"from":"cat","to":"tiger"},"response":{"from":"POST","to":"PUTT"}}"#,
+                "FAIL_CLOSED",
+            ),
+        ),
+        (
+            "props",
+            wasm("props", test_plugins::PROPERTIES, "", "FAIL_CLOSED"),
+        ),
+        (
+            "trap_closed",
+            wasm("trap_closed", test_plugins::TRAP, "", "FAIL_CLOSED"),
+        ),
+        (
+            "trap_open",
+            wasm("trap_open", test_plugins::TRAP, "", "FAIL_OPEN"),
+        ),
+        (
+            "abi010",
+            wasm("abi010", test_plugins::ABI010, "", "FAIL_CLOSED"),
+        ),
+        (
+            "callout",
+            wasm(
+                "callout",
+                test_plugins::CALLOUT,
+                r#"{"cluster":"up","path":"/status/200"}"#,
+                "FAIL_CLOSED",
+            ),
+        ),
+        (
+            "callout_deny",
+            wasm(
+                "callout_deny",
+                test_plugins::CALLOUT,
+                r#"{"cluster":"up","path":"/status/503"}"#,
+                "FAIL_CLOSED",
+            ),
+        ),
+        (
+            "chain",
+            wasm(
+                "chain_a",
+                test_plugins::HEADERS,
+                r#"{"request_add":{"x-chain":"a"},"response_add":{"x-chain":"a"}}"#,
+                "FAIL_CLOSED",
+            ) + &wasm(
+                "chain_b",
+                test_plugins::HEADERS,
+                r#"{"request_add":{"x-chain":"b"},"response_add":{"x-chain":"b"}}"#,
+                "FAIL_CLOSED",
+            ),
+        ),
+    ]
+}
+
+fn bootstrap(admin: u16, ports: &[u16], up: u16) -> String {
+    let mut s = format!(
+        "admin:\n  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}\nstatic_resources:\n  listeners:\n"
+    );
+    for ((name, filters), port) in listeners().iter().zip(ports) {
+        s.push_str(&format!(
+            r#"  - name: {name}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          route_config:
+            virtual_hosts:
+            - {{name: all, domains: ["*"], routes: [{{match: {{prefix: "/"}}, route: {{cluster: up}}}}]}}
+          http_filters:{filters}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#
+        ));
+    }
+    s.push_str(&format!(
+        r#"  clusters:
+  - name: up
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: up
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}}}]}}]
+"#
+    ));
+    s
+}
+
+#[derive(Debug, PartialEq)]
+struct Normalized {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: String,
+}
+
+fn normalize(r: Resp, ports: &[u16]) -> Normalized {
+    let scrub = |s: String| {
+        let mut s = s;
+        for p in ports {
+            s = s
+                .replace(&format!(":{p}"), ":<port>")
+                .replace(&p.to_string(), "<port>");
+        }
+        s
+    };
+    let mut headers = BTreeMap::new();
+    for (k, v) in &r.headers {
+        let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+        let v = match k.as_str() {
+            "date" => continue,
+            "x-envoy-upstream-service-time" => "<ms>".into(),
+            // the client's ephemeral port
+            "x-prop-source-address" => v
+                .rsplit_once(':')
+                .map(|(ip, _)| format!("{ip}:<port>"))
+                .unwrap_or(v),
+            _ => scrub(v),
+        };
+        headers.insert(k.as_str().to_string(), v);
+    }
+    let body = match serde_json::from_slice::<serde_json::Value>(&r.body) {
+        Ok(mut j) => {
+            if let Some(id) = j["headers"].get_mut("x-request-id") {
+                *id = serde_json::Value::String("<uuid>".into());
+            }
+            scrub(j.to_string())
+        }
+        Err(_) => scrub(String::from_utf8_lossy(&r.body).into_owned()),
+    };
+    Normalized {
+        status: r.status,
+        headers,
+        body,
+    }
+}
+
+fn req(method: &str, path: &str, extra: &[(&str, &str)], body: &str) -> http::Request<Full<Bytes>> {
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "wasm.example.com");
+    for (k, v) in extra {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::from(body.to_string())))
+        .unwrap_or_default()
+}
+
+type Case = (
+    &'static str,
+    &'static str,
+    fn() -> http::Request<Full<Bytes>>,
+);
+
+fn cases() -> Vec<Case> {
+    vec![
+        ("header edits", "headers", || {
+            req(
+                "GET",
+                "/h",
+                &[
+                    ("x-remove-me", "1"),
+                    ("user-agent", "curl"),
+                    ("x-multi", "z"),
+                ],
+                "",
+            )
+        }),
+        ("auth denied", "auth", || req("GET", "/", &[], "")),
+        ("auth wrong key", "auth", || {
+            req("GET", "/", &[("x-api-key", "nope")], "")
+        }),
+        ("auth allowed", "auth", || {
+            req("GET", "/", &[("x-api-key", "secret")], "")
+        }),
+        ("request and response body rewrite", "body", || {
+            req(
+                "POST",
+                "/b",
+                &[("content-type", "text/plain")],
+                "a cat, another cat",
+            )
+        }),
+        ("body rewrite, no body", "body", || {
+            req("GET", "/nobody", &[], "")
+        }),
+        ("properties", "props", || req("GET", "/p?q=1", &[], "")),
+        ("trap fail closed", "trap_closed", || {
+            req("GET", "/", &[("x-trap", "1")], "")
+        }),
+        ("trap fail closed, VM stays failed", "trap_closed", || {
+            req("GET", "/", &[], "")
+        }),
+        ("trap fail open", "trap_open", || {
+            req("GET", "/", &[("x-trap", "1")], "")
+        }),
+        (
+            "trap fail open, plugin skipped afterwards",
+            "trap_open",
+            || req("GET", "/", &[], ""),
+        ),
+        ("abi 0.1.0", "abi010", || req("GET", "/", &[], "")),
+        ("callout allows", "callout", || req("GET", "/c", &[], "")),
+        ("callout denies", "callout_deny", || {
+            req("GET", "/c", &[], "")
+        }),
+        ("two plugins in order", "chain", || req("GET", "/", &[], "")),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasm_plugins_match_envoy() -> anyhow::Result<()> {
+    let up = start_upstream("up").await?;
+    let n = listeners().len();
+    let ours_yaml = bootstrap(0, &vec![0; n], up.addr.port());
+    let ours = start_proxy(&ours_yaml)?;
+    let names: Vec<&str> = listeners().iter().map(|(n, _)| *n).collect();
+    let ours_ports: Vec<u16> = names
+        .iter()
+        .map(|n| ours.listener_addr(n).map(|a| a.port()).unwrap_or(0))
+        .collect();
+
+    let envoy_ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
+    let admin = free_port()?;
+    let envoy_yaml = bootstrap(admin, &envoy_ports, up.addr.port());
+    let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse()?;
+    let _envoy =
+        tokio::task::spawn_blocking(move || start_envoy(&envoy_yaml, admin_addr)).await??;
+
+    let mut all_ports = ours_ports.clone();
+    all_ports.extend(&envoy_ports);
+    let mut failures = Vec::new();
+    for (name, listener, make) in cases() {
+        let i = names.iter().position(|n| *n == listener).unwrap_or(0);
+        let e_addr: SocketAddr = format!("127.0.0.1:{}", envoy_ports[i]).parse()?;
+        let o_addr: SocketAddr = format!("127.0.0.1:{}", ours_ports[i]).parse()?;
+        let (e, o) = (send(e_addr, make()).await?, send(o_addr, make()).await?);
+        let (e, o) = (normalize(e, &all_ports), normalize(o, &all_ports));
+        if e != o {
+            failures.push(format!("{name}:\n  envoy:   {e:?}\n  wasmesh: {o:?}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        cases().len(),
+        failures.join("\n")
+    );
+    Ok(())
+}
