@@ -243,8 +243,67 @@ async fn start_agent(cache: &Path, port: u16, xds_port: u16) -> wasmesh_agent::A
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn live_plugin_changes_and_restarts_under_load_fail_no_request() {
+/// The gateway under test: our proxy (xDS client on its own thread) or real Envoy.
+enum Gateway {
+    Ours {
+        stop: tokio::sync::oneshot::Sender<()>,
+        thread: std::thread::JoinHandle<Result<(), wasmesh_proxy::xds::XdsError>>,
+    },
+    Envoy(test_support::proxy_peers::Envoy),
+}
+
+async fn start_ours(agent_port: u16) -> Gateway {
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<wasmesh_proxy::xds::Started>();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let boot = bootstrap(agent_port);
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        let opts = wasmesh_proxy::ProxyOptions {
+            concurrency: 2,
+            drain_timeout: Duration::from_secs(2),
+        };
+        rt.block_on(wasmesh_proxy::xds::run(boot, opts, started_tx, async {
+            let _ = stop_rx.await;
+        }))
+    });
+    let started = tokio::time::timeout(Duration::from_secs(60), started_rx).await;
+    assert!(matches!(started, Ok(Ok(Ok(_)))), "gateway did not start");
+    Gateway::Ours { stop, thread }
+}
+
+async fn start_real_envoy(agent_port: u16) -> Gateway {
+    let admin = free_port();
+    // The same bootstrap as our proxy's, as JSON (Envoy reads JSON as YAML), plus an admin port.
+    let mut v = wasmesh_proxy::config::bootstrap::to_json(&bootstrap(agent_port));
+    v["admin"] = serde_json::json!({"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}});
+    let yaml = v.to_string();
+    let admin_addr = SocketAddr::from(([127, 0, 0, 1], admin));
+    let envoy = tokio::task::spawn_blocking(move || {
+        test_support::proxy_peers::start_envoy(&yaml, admin_addr)
+    })
+    .await
+    .expect("join")
+    .expect("envoy");
+    Gateway::Envoy(envoy)
+}
+
+impl Gateway {
+    async fn stop(self) {
+        match self {
+            Gateway::Ours { stop, thread } => {
+                let _ = stop.send(());
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            }
+            Gateway::Envoy(e) => drop(e),
+        }
+    }
+}
+
+/// Apply, change, restart the control plane, restart the agent, change, delete: all under load.
+async fn scenario(envoy: bool) {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     if let Ok(filter) = std::env::var("RUST_LOG") {
         let _ = tracing_subscriber::fmt()
@@ -266,25 +325,28 @@ async fn live_plugin_changes_and_restarts_under_load_fail_no_request() {
 
     let cp = start_cp(&config_dir, xds).await;
     let agent = start_agent(&tmp.path().join("cache"), agent_port, xds).await;
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<wasmesh_proxy::xds::Started>();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let boot = bootstrap(agent_port);
-    let proxy = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
-        let opts = wasmesh_proxy::ProxyOptions {
-            concurrency: 2,
-            drain_timeout: Duration::from_secs(2),
-        };
-        rt.block_on(wasmesh_proxy::xds::run(boot, opts, started_tx, async {
-            let _ = stop_rx.await;
-        }))
-    });
-    let started = tokio::time::timeout(Duration::from_secs(60), started_rx).await;
-    assert!(matches!(started, Ok(Ok(Ok(_)))), "gateway did not start");
+    let gateway = if envoy {
+        start_real_envoy(agent_port).await
+    } else {
+        start_ours(agent_port).await
+    };
     let gw_addr = SocketAddr::from(([127, 0, 0, 1], gw));
+    // Envoy is ready before its listener warms: wait until the gateway answers.
+    let start = Instant::now();
+    loop {
+        let c: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let uri: hyper::Uri = format!("http://{gw_addr}/").parse().expect("uri");
+        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(2), c.get(uri)).await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "gateway never answered 200"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let seen = Arc::new(Seen::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -301,7 +363,7 @@ async fn live_plugin_changes_and_restarts_under_load_fail_no_request() {
     })
     .await;
 
-    // control plane restart: the proxy keeps its config, requests keep succeeding
+    // control plane restart: the gateway keeps its config, requests keep succeeding
     tokio::task::spawn_blocking(move || cp.stop())
         .await
         .expect("stop");
@@ -362,10 +424,19 @@ async fn live_plugin_changes_and_restarts_under_load_fail_no_request() {
         "failed requests: {failures:?}"
     );
     assert!(seen.ok.load(Ordering::Relaxed) > 200, "the load ran");
-    let _ = stop_tx.send(());
-    let _ = tokio::task::spawn_blocking(move || proxy.join()).await;
+    gateway.stop().await;
     agent.shutdown().await;
     tokio::task::spawn_blocking(move || cp.stop())
         .await
         .expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_plugin_changes_and_restarts_under_load_fail_no_request() {
+    scenario(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_with_real_envoy_in_place_of_our_proxy() {
+    scenario(true).await;
 }
