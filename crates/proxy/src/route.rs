@@ -164,7 +164,7 @@ struct RouteMatch {
 }
 
 #[derive(Debug)]
-struct HeaderMatch {
+pub(crate) struct HeaderMatch {
     name: http::HeaderName,
     invert: bool,
     kind: HeaderMatchKind,
@@ -480,14 +480,32 @@ impl RouteMatch {
 
 impl HeaderMatch {
     fn matches(&self, headers: &HeaderMap) -> bool {
-        let mut values = headers.get_all(&self.name).iter().peekable();
-        let result = match &self.kind {
-            HeaderMatchKind::Present(p) => values.peek().is_some() == *p,
-            HeaderMatchKind::String(m) => {
-                // Envoy matches multiple values joined with ','.
-                let joined: Vec<&str> = values.filter_map(|v| v.to_str().ok()).collect();
-                !joined.is_empty() && m.matches(&joined.join(","))
+        let values: Vec<&str> = headers
+            .get_all(&self.name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        self.matches_joined(
+            if values.is_empty() {
+                None
+            } else {
+                Some(values.join(","))
             }
+            .as_deref(),
+        )
+    }
+
+    /// The header (or pseudo-header) name it looks at.
+    pub(crate) fn name(&self) -> &http::HeaderName {
+        &self.name
+    }
+
+    /// Matches the header's value (several values joined with `,`, as Envoy does), `None` when
+    /// absent.
+    pub(crate) fn matches_joined(&self, value: Option<&str>) -> bool {
+        let result = match &self.kind {
+            HeaderMatchKind::Present(p) => value.is_some() == *p,
+            HeaderMatchKind::String(m) => value.is_some_and(|v| m.matches(v)),
         };
         result != self.invert
     }
@@ -517,7 +535,7 @@ pub fn string_match(m: &matcher::StringMatcher, path: &str) -> Result<StringMatc
     deprecated,
     reason = "Envoy configs still use exact_match/prefix_match etc."
 )]
-fn header_match(h: &pbr::HeaderMatcher, path: &str) -> Result<HeaderMatch, ConfigError> {
+pub(crate) fn header_match(h: &pbr::HeaderMatcher, path: &str) -> Result<HeaderMatch, ConfigError> {
     use pbr::header_matcher::HeaderMatchSpecifier as S;
     let name = http::HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes())
         .map_err(|e| ConfigError::invalid(format!("{path}.name"), e))?;

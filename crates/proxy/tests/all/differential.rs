@@ -110,7 +110,12 @@ static_resources:
               rules:
                 action: DENY
                 policies:
-                  deny-everyone: {permissions: [{any: true}], principals: [{any: true}]}
+                  admin:
+                    permissions: [{url_path: {path: {prefix: /admin}}}]
+                    principals: [{any: true}]
+                  evil-local:
+                    permissions: [{header: {name: x-evil, present_match: true}}, {header: {name: ":method", string_match: {exact: DELETE}}}]
+                    principals: [{remote_ip: {address_prefix: 127.0.0.0, prefix_len: 8}}]
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
@@ -395,27 +400,54 @@ async fn routing_matches_envoy() -> anyhow::Result<()> {
             failures.push(format!("{name}:\n  envoy:   {e:?}\n  wasmesh: {o:?}"));
         }
     }
-    // RBAC deny: same 403, body and headers.
+    // RBAC with request-dependent policies: same decisions, same 403s.
     let envoy_rbac: SocketAddr = format!("127.0.0.1:{listen2}").parse()?;
     let ours_rbac = ours.listener_addr("rbac").unwrap();
+    type RbacCase = (
+        &'static str,
+        &'static str,
+        &'static [(&'static str, &'static str)],
+        u16,
+    );
+    let rbac_cases: [RbacCase; 4] = [
+        ("GET", "/admin/panel", &[], 403),
+        ("GET", "/fine", &[], 200),
+        ("GET", "/fine", &[("x-evil", "1")], 403),
+        ("DELETE", "/fine", &[], 403),
+    ];
     for h2 in [false, true] {
-        let (e, o) = if h2 {
-            (
-                send_h2(envoy_rbac, get_h2(envoy_rbac, "x", "/")).await?,
-                send_h2(ours_rbac, get_h2(ours_rbac, "x", "/")).await?,
-            )
-        } else {
-            (
-                send(envoy_rbac, get("x", "/")).await?,
-                send(ours_rbac, get("x", "/")).await?,
-            )
-        };
-        let (e, o) = (normalize(e), normalize(o));
-        assert_eq!(e.status, 403);
-        if e != o {
-            failures.push(format!(
-                "rbac deny (h2={h2}):\n  envoy:   {e:?}\n  wasmesh: {o:?}"
-            ));
+        for (method, path, headers, want) in rbac_cases {
+            let make = |addr: SocketAddr| {
+                let mut b = http::Request::builder().method(method);
+                b = if h2 {
+                    b.uri(format!("http://x:{}{path}", addr.port()))
+                        .version(http::Version::HTTP_2)
+                } else {
+                    b.uri(path).header("host", "x")
+                };
+                for (k, v) in headers {
+                    b = b.header(*k, *v);
+                }
+                b.body(Full::new(Bytes::new())).unwrap_or_default()
+            };
+            let (e, o) = if h2 {
+                (
+                    send_h2(envoy_rbac, make(envoy_rbac)).await?,
+                    send_h2(ours_rbac, make(ours_rbac)).await?,
+                )
+            } else {
+                (
+                    send(envoy_rbac, make(envoy_rbac)).await?,
+                    send(ours_rbac, make(ours_rbac)).await?,
+                )
+            };
+            let (mut e, mut o) = (normalize(e), normalize(o));
+            e.body = e.body.replace(&listen2.to_string(), "<port>");
+            o.body = o.body.replace(&ours_rbac.port().to_string(), "<port>");
+            assert_eq!(e.status, want, "envoy {method} {path} {headers:?}");
+            if e != o {
+                failures.push(format!("rbac {method} {path} {headers:?} (h2={h2}):\n  envoy:   {e:?}\n  wasmesh: {o:?}"));
+            }
         }
     }
     assert!(
@@ -440,6 +472,7 @@ async fn routing_matches_envoy() -> anyhow::Result<()> {
         "cluster.up.upstream_rq_4xx",
         "cluster.dead.upstream_cx_connect_fail",
         "http.rbac_http.rbac.denied",
+        "http.rbac_http.rbac.allowed",
         "http.rbac_http.downstream_rq_4xx",
     ] {
         let value = |text: &str| {
