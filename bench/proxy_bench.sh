@@ -49,7 +49,8 @@ NGINX
 nginx -c "$work/nginx.conf" -p "$work" &
 pids+=($!)
 
-render() { sed -e "s/{LISTEN_PORT}/$2/g" -e "s/{ADMIN_PORT}/$3/g" -e "s/{UPSTREAM_PORT}/$up_port/g" "$1"; }
+plugin_dir="${PLUGIN_DIR:-${CARGO_TARGET_DIR:-$root/target}/wasm-plugins/bin}"
+render() { sed -e "s/{LISTEN_PORT}/$2/g" -e "s/{ADMIN_PORT}/$3/g" -e "s/{UPSTREAM_PORT}/$up_port/g" -e "s#{PLUGIN_DIR}#$plugin_dir#g" "$1"; }
 wait_ready() {
   for _ in $(seq 1 100); do
     curl -sf "http://127.0.0.1:$1/ready" >/dev/null 2>&1 && return 0
@@ -74,7 +75,7 @@ rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 # wrk: prints "rps p50 p99" (latencies in ms).
 run_wrk() {
-  wrk -t1 -c"$conns" -d"$duration" --latency "http://127.0.0.1:$1/" > "$work/wrk.out"
+  wrk -t1 -c"$conns" -d"$duration" --latency -H "x-api-key: k" "http://127.0.0.1:$1/" > "$work/wrk.out"
   awk '
     function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
     /Requests\/sec/ {rps=$2}
@@ -84,7 +85,7 @@ run_wrk() {
 }
 # h2load: prints "rps mean_ms".
 run_h2() {
-  h2load -c "$conns" -m "$streams" -D "${duration%s}" "http://127.0.0.1:$1/" > "$work/h2.out" 2>&1
+  h2load -c "$conns" -m "$streams" -D "${duration%s}" -H "x-api-key: k" "http://127.0.0.1:$1/" > "$work/h2.out" 2>&1
   awk '
     function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
     /^finished in/ {gsub(",","",$4); rps=$4}
