@@ -96,6 +96,7 @@ fn build_http(
         clusters: cx.cluster_names.clone(),
         backoff,
         id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        alive: Arc::new(()),
     });
     LIVE.get_or_init(Default::default)
         .lock()
@@ -111,16 +112,20 @@ pub struct WasmFilterConfig {
     backoff: wasm_host::Backoff,
     /// Unique per config (keys the per-worker VM slot; a pointer could be reused).
     id: usize,
+    /// Dropped with the config; tells each worker to release its VM.
+    alive: Arc<()>,
 }
 
 impl WasmFilterConfig {
     fn worker_vm(&self, worker: &WorkerContext) -> Rc<WorkerVm> {
         let key = self.id;
+        let alive = Arc::downgrade(&self.alive);
         let w = worker.clone();
         let plugin = self.plugin.clone();
         let (clusters, backoff) = (self.clusters.clone(), self.backoff.clone());
-        let slot: Rc<Rc<WorkerVm>> =
-            worker.slot(key, move || WorkerVm::new(plugin, w, clusters, backoff));
+        let slot: Rc<Rc<WorkerVm>> = worker.slot(key, move || {
+            WorkerVm::new(plugin, w, clusters, backoff, alive, key)
+        });
         (*slot).clone()
     }
 }

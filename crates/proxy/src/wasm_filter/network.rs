@@ -39,6 +39,7 @@ fn build(
         clusters: cx.cluster_names.clone(),
         backoff,
         id: super::NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        alive: Arc::new(()),
     }))
 }
 
@@ -47,19 +48,23 @@ struct NetConfig {
     clusters: Arc<[String]>,
     backoff: wasm_host::Backoff,
     id: usize,
+    /// Dropped with the config; tells each worker to release its VM.
+    alive: Arc<()>,
 }
 
 impl NetworkFilterConfig for NetConfig {
     fn create_filter(&self, worker: &WorkerContext) -> Box<dyn NetworkFilter> {
         let key = self.id;
+        let alive = Arc::downgrade(&self.alive);
         let (plugin, clusters, w, backoff) = (
             self.plugin.clone(),
             self.clusters.clone(),
             worker.clone(),
             self.backoff.clone(),
         );
-        let vm: Rc<Rc<WorkerVm>> =
-            worker.slot(key, move || WorkerVm::new(plugin, w, clusters, backoff));
+        let vm: Rc<Rc<WorkerVm>> = worker.slot(key, move || {
+            WorkerVm::new(plugin, w, clusters, backoff, alive, key)
+        });
         Box::new(NetFilter {
             vm: (*vm).clone(),
             ctx: None,

@@ -168,6 +168,8 @@ impl WorkerVm {
         worker: WorkerContext,
         clusters: Arc<[String]>,
         backoff: Backoff,
+        alive: std::sync::Weak<()>,
+        key: usize,
     ) -> Rc<Self> {
         let (queue_tx, mut queue_rx) = mpsc::unbounded_channel::<(u32, u32)>();
         let policy = plugin.config().failure_policy;
@@ -191,6 +193,18 @@ impl WorkerVm {
             while let Some((root, queue)) = queue_rx.recv().await {
                 let Some(vm) = weak.upgrade() else { break };
                 vm.deliver(|v| v.on_queue_ready(root, queue));
+            }
+        });
+        // When the filter config is gone (replaced by an xDS update), drop this worker's VM once
+        // the streams still using it end: the slot would otherwise keep it forever.
+        let worker = this.worker.clone();
+        tokio::task::spawn_local(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                if alive.strong_count() == 0 {
+                    worker.remove_slot::<Rc<WorkerVm>>(key);
+                    break;
+                }
             }
         });
         this.create_vm();
