@@ -19,6 +19,7 @@ pub(crate) fn runtime() -> &'static Runtime {
 pub(crate) struct Record {
     pub(crate) logs: Vec<(LogLevel, String)>,
     pub(crate) calls: Vec<HttpCall>,
+    pub(crate) grpc_calls: Vec<wasm_host::GrpcCall>,
 }
 
 /// Queue notifications, shared across threads like the proxy's would be.
@@ -56,6 +57,14 @@ impl Host for TestHost {
             return Err(Status::BadArgument);
         }
         self.record.borrow_mut().calls.push(call);
+        Ok(())
+    }
+
+    fn dispatch_grpc_call(&mut self, call: wasm_host::GrpcCall) -> Result<(), Status> {
+        if call.upstream != b"grpc-cluster" {
+            return Err(Status::ParseFailure);
+        }
+        self.record.borrow_mut().grpc_calls.push(call);
         Ok(())
     }
 

@@ -123,3 +123,85 @@ fn hostile_pointers_get_invalid_memory_access() {
         Some("/x")
     );
 }
+
+/// gRPC unary callouts: dispatched through the host with the right fields, the answer (message
+/// or close status) delivered to the root context, readable as buffer type 5 / `proxy_get_status`.
+#[test]
+fn grpc_callouts_reach_the_host_and_answers_reach_the_plugin() {
+    let src = format!(
+        r#"(module
+          (import "env" "proxy_grpc_call" (func $call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+          (import "env" "proxy_get_buffer_bytes" (func $buf (param i32 i32 i32 i32 i32) (result i32)))
+          (import "env" "proxy_get_status" (func $status (param i32 i32 i32) (result i32)))
+          (import "env" "proxy_set_shared_data" (func $set (param i32 i32 i32 i32 i32) (result i32)))
+          {ALLOC}
+          (data (i32.const 100) "grpc-cluster")
+          (data (i32.const 120) "pkg.Svc")
+          (data (i32.const 140) "Check")
+          (data (i32.const 160) "ping")
+          (data (i32.const 180) "msgcodeokay")
+          (func (export "proxy_abi_version_0_2_1"))
+          (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+            ;; status of the dispatch to shared data "okay"
+            (i32.store (i32.const 300) (call $call (i32.const 100) (i32.const 12) (i32.const 120) (i32.const 7)
+              (i32.const 140) (i32.const 5) (i32.const 0) (i32.const 0) (i32.const 160) (i32.const 4)
+              (i32.const 250) (i32.const 304)))
+            (drop (call $set (i32.const 187) (i32.const 4) (i32.const 300) (i32.const 4) (i32.const 0)))
+            (i32.const 1))
+          (func (export "proxy_on_grpc_receive") (param i32 i32 i32)
+            (drop (call $buf (i32.const 5) (i32.const 0) (local.get 2) (i32.const 400) (i32.const 404)))
+            (drop (call $set (i32.const 180) (i32.const 3) (i32.load (i32.const 400)) (i32.load (i32.const 404)) (i32.const 0))))
+          (func (export "proxy_on_grpc_close") (param i32 i32 i32)
+            (i32.store (i32.const 300) (local.get 2))
+            (drop (call $set (i32.const 183) (i32.const 4) (i32.const 300) (i32.const 4) (i32.const 0)))))"#
+    );
+    let module = compile_wat(&src).expect("compiles");
+    let mut cfg = config("grpc", "");
+    cfg.vm_id = "grpc-test".into();
+    let plugin = wasm_host::Plugin::new(runtime(), module, cfg);
+    let host = TestHost::default();
+    let mut vm = plugin
+        .instantiate(Box::new(host.clone()))
+        .expect("instantiate");
+    let shared = |k: &str| {
+        runtime()
+            .shared()
+            .get("grpc-test", k.as_bytes())
+            .map(|(v, _)| v)
+    };
+    let ctx = new_stream(&mut vm, request_headers("/", &[]));
+    vm.on_request_headers(ctx, true).expect("call");
+    assert_eq!(
+        shared("okay"),
+        Some(0u32.to_le_bytes().to_vec()),
+        "dispatch Ok"
+    );
+    let call = host
+        .record
+        .borrow_mut()
+        .grpc_calls
+        .pop()
+        .expect("dispatched");
+    assert_eq!(
+        (call.service.as_str(), call.method.as_str()),
+        ("pkg.Svc", "Check")
+    );
+    assert_eq!(call.message, b"ping");
+    assert_eq!(call.timeout, Some(std::time::Duration::from_millis(250)));
+    assert_eq!(call.root_context_id, vm.root_context_id());
+    vm.on_grpc_response(call.token, Ok(b"pong".to_vec()))
+        .expect("receive");
+    assert_eq!(shared("msg"), Some(b"pong".to_vec()));
+
+    // a second call closed with UNAVAILABLE
+    vm.on_request_headers(ctx, true).expect("call");
+    let call = host
+        .record
+        .borrow_mut()
+        .grpc_calls
+        .pop()
+        .expect("dispatched");
+    vm.on_grpc_response(call.token, Err((14, "unavailable".into())))
+        .expect("close");
+    assert_eq!(shared("code"), Some(14u32.to_le_bytes().to_vec()));
+}
