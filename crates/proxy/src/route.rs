@@ -223,6 +223,84 @@ pub enum Action {
         /// Body (none if empty).
         body: Option<bytes::Bytes>,
     },
+    /// Answer with a redirect.
+    Redirect(Redirect),
+}
+
+/// A route's `redirect`.
+#[derive(Debug)]
+pub struct Redirect {
+    scheme: Option<String>,
+    host: Option<String>,
+    port: Option<u16>,
+    path: Option<String>,
+    prefix_rewrite: Option<String>,
+    /// 301, 302, 303, 307 or 308.
+    pub status: StatusCode,
+    strip_query: bool,
+}
+
+impl Redirect {
+    /// The `location` for a request (`scheme` is the request's, from `x-forwarded-proto`).
+    pub fn location(
+        &self,
+        route: &Route,
+        authority: &str,
+        path_and_query: &str,
+        scheme: &str,
+    ) -> String {
+        let scheme_out = self.scheme.as_deref().unwrap_or(scheme);
+        let mut host = self.host.clone().unwrap_or_else(|| authority.to_string());
+        let split_port = |h: &str| -> (String, Option<String>) {
+            match h.rsplit_once(':') {
+                Some((name, port)) if !name.contains(']') || name.ends_with(']') => {
+                    if port.chars().all(|c| c.is_ascii_digit()) && !port.is_empty() {
+                        return (name.to_string(), Some(port.to_string()));
+                    }
+                    (h.to_string(), None)
+                }
+                _ => (h.to_string(), None),
+            }
+        };
+        if let Some(p) = self.port {
+            let (name, _) = split_port(&host);
+            host = format!("{name}:{p}");
+        } else if self.scheme.is_some() {
+            // A scheme change drops the old scheme's default port.
+            let (name, port) = split_port(&host);
+            if matches!(port.as_deref(), Some("80") | Some("443")) {
+                host = name;
+            }
+        }
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p.to_string(), Some(q.to_string())),
+            None => (path_and_query.to_string(), None),
+        };
+        let mut new_pq = if let Some(p) = &self.path {
+            if p.contains('?') {
+                p.clone()
+            } else {
+                with_query(p, &query)
+            }
+        } else if let Some(rw) = &self.prefix_rewrite {
+            rewrite_prefix(route, rw, &with_query(&path, &query))
+        } else {
+            with_query(&path, &query)
+        };
+        if self.strip_query
+            && let Some((p, _)) = new_pq.split_once('?')
+        {
+            new_pq = p.to_string();
+        }
+        format!("{scheme_out}://{host}{new_pq}")
+    }
+}
+
+fn with_query(path: &str, query: &Option<String>) -> String {
+    match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    }
 }
 
 /// Where and how to forward.
@@ -622,10 +700,11 @@ fn build_route(r: &pbr::Route, path: &str, clusters: &[String]) -> Result<Route,
             };
             Action::DirectResponse { status, body }
         }
+        Some(A::Redirect(r)) => Action::Redirect(build_redirect(r, &format!("{path}.redirect"))?),
         Some(_) => {
             return Err(ConfigError::unsupported(
                 path,
-                "route action kind (route and direct_response are)",
+                "route action kind (route, redirect and direct_response are)",
             ));
         }
         None => {
@@ -805,6 +884,57 @@ pub fn rewrite_prefix(route: &Route, rewrite: &str, path_and_query: &str) -> Str
             }
         }
     }
+}
+
+fn build_redirect(r: &pbr::RedirectAction, path: &str) -> Result<Redirect, ConfigError> {
+    use pbr::redirect_action::{
+        PathRewriteSpecifier as P, RedirectResponseCode as C, SchemeRewriteSpecifier as S,
+    };
+    let scheme = match &r.scheme_rewrite_specifier {
+        Some(S::HttpsRedirect(true)) => Some("https".to_string()),
+        Some(S::SchemeRedirect(s)) if !s.is_empty() => Some(s.to_ascii_lowercase()),
+        _ => None,
+    };
+    let (path_redirect, prefix_rewrite) = match &r.path_rewrite_specifier {
+        None => (None, None),
+        Some(P::PathRedirect(p)) => (Some(p.clone()), None),
+        Some(P::PrefixRewrite(p)) => (None, Some(p.clone())),
+        Some(_) => {
+            return Err(ConfigError::unsupported(
+                format!("{path}.regex_rewrite"),
+                "regex rewrite in redirects",
+            ));
+        }
+    };
+    let status = match C::try_from(r.response_code) {
+        Ok(C::MovedPermanently) => StatusCode::MOVED_PERMANENTLY,
+        Ok(C::Found) => StatusCode::FOUND,
+        Ok(C::SeeOther) => StatusCode::SEE_OTHER,
+        Ok(C::TemporaryRedirect) => StatusCode::TEMPORARY_REDIRECT,
+        Ok(C::PermanentRedirect) => StatusCode::PERMANENT_REDIRECT,
+        Err(_) => {
+            return Err(ConfigError::invalid(
+                format!("{path}.response_code"),
+                "unknown code",
+            ));
+        }
+    };
+    let port =
+        match r.port_redirect {
+            0 => None,
+            p => Some(u16::try_from(p).map_err(|_| {
+                ConfigError::invalid(format!("{path}.port_redirect"), "out of range")
+            })?),
+        };
+    Ok(Redirect {
+        scheme,
+        host: Some(r.host_redirect.clone()).filter(|h| !h.is_empty()),
+        port,
+        path: path_redirect,
+        prefix_rewrite,
+        status,
+        strip_query: r.strip_query,
+    })
 }
 
 #[cfg(test)]

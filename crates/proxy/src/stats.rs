@@ -231,6 +231,8 @@ pub struct HcmStats {
     pub rq_too_large: Counter,
     /// `rq_direct_response`
     pub rq_direct_response: Counter,
+    /// `rq_redirect` (internal redirects; always 0 here, as in Envoy without them)
+    pub rq_redirect: Counter,
 }
 
 impl HcmStats {
@@ -275,6 +277,7 @@ impl HcmStats {
             rq_rx_reset: c("downstream_rq_rx_reset"),
             rq_too_large: c("downstream_rq_too_large"),
             rq_direct_response: c("rq_direct_response"),
+            rq_redirect: c("rq_redirect"),
         }
     }
 

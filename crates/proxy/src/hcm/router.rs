@@ -262,6 +262,36 @@ pub(super) async fn run(
             routes.mutate_response(vhost, route, &mut reply.headers);
             return respond_local(&conn, &stream, fin, reply, n, ResponseFlags::default()).await;
         }
+        Action::Redirect(r) => {
+            // Envoy counts route redirects as direct responses (its `rq_redirect` is for
+            // internal redirects, which we do not do).
+            hcm.stats.rq_direct_response.inc();
+            fin.capture(&parts);
+            let authority = parts
+                .headers
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+                .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+                .unwrap_or_default();
+            let scheme = parts
+                .headers
+                .get("x-forwarded-proto")
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or(if conn.tls { "https" } else { "http" })
+                .to_string();
+            let pq = parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string();
+            let mut reply = LocalReply::new(r.status, "", "direct_response");
+            if let Ok(v) = HeaderValue::from_str(&r.location(route, &authority, &pq, &scheme)) {
+                reply.headers.insert(http::header::LOCATION, v);
+            }
+            routes.mutate_response(vhost, route, &mut reply.headers);
+            return respond_local(&conn, &stream, fin, reply, n, ResponseFlags::default()).await;
+        }
         Action::Route(a) => a,
     };
     // The request body from here on.

@@ -76,6 +76,12 @@ static_resources:
                 direct_response: {status: 202, body: {inline_string: "direct answer"}}
               - match: {path: "/empty"}
                 direct_response: {status: 204}
+              - match: {prefix: "/old/"}
+                redirect: {prefix_rewrite: "/new/", response_code: PERMANENT_REDIRECT}
+              - match: {path: "/secure"}
+                redirect: {https_redirect: true}
+              - match: {prefix: "/moved"}
+                redirect: {host_redirect: other.example.com, path_redirect: /landing, strip_query: true, response_code: FOUND}
               - match: {prefix: "/dead"}
                 route: {cluster: dead}
               - match: {prefix: "/"}
@@ -276,6 +282,21 @@ fn cases() -> Vec<Case> {
             false,
         ),
         (
+            "redirect prefix",
+            |_| req("GET", "api.example.com", "/old/a?x=1", &[], ""),
+            false,
+        ),
+        (
+            "redirect https",
+            |_| req("GET", "api.example.com", "/secure?y=2", &[], ""),
+            false,
+        ),
+        (
+            "redirect host and path",
+            |_| req("GET", "api.example.com", "/moved/z?q=1", &[], ""),
+            false,
+        ),
+        (
             "header mutations",
             |_| {
                 req(
@@ -466,6 +487,7 @@ async fn routing_matches_envoy() -> anyhow::Result<()> {
         "http.ingress_http.downstream_rq_4xx",
         "http.ingress_http.downstream_rq_5xx",
         "http.ingress_http.rq_direct_response",
+        "http.ingress_http.rq_redirect",
         "http.ingress_http.no_route",
         "cluster.up.upstream_rq_total",
         "cluster.up.upstream_rq_2xx",
