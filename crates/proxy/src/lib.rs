@@ -27,8 +27,8 @@ mod tcp;
 pub mod tls;
 pub mod upstream;
 pub mod wasm_filter;
-pub mod xds;
 mod worker;
+pub mod xds;
 
 pub use config::{BuildOptions, ConfigError, ProxyConfig};
 pub use server::{ProxyOptions, RunningProxy, StartError, start, start_with};
