@@ -82,6 +82,8 @@ static_resources:
                 redirect: {https_redirect: true}
               - match: {prefix: "/moved"}
                 redirect: {host_redirect: other.example.com, path_redirect: /landing, strip_query: true, response_code: FOUND}
+              - match: {prefix: "/nohosts"}
+                route: {cluster: nohosts}
               - match: {prefix: "/dead"}
                 route: {cluster: dead}
               - match: {prefix: "/"}
@@ -131,6 +133,9 @@ static_resources:
     load_assignment:
       cluster_name: up
       endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: {UP}}}}}]}]
+  - name: nohosts
+    connect_timeout: 1s
+    load_assignment: {cluster_name: nohosts}
   - name: dead
     connect_timeout: 1s
     load_assignment:
@@ -279,6 +284,11 @@ fn cases() -> Vec<Case> {
         (
             "upstream 204",
             |_| req("GET", "api.example.com", "/status/204", &[], ""),
+            false,
+        ),
+        (
+            "no healthy upstream",
+            |_| req("GET", "api.example.com", "/nohosts", &[], ""),
             false,
         ),
         (
@@ -493,6 +503,8 @@ async fn routing_matches_envoy() -> anyhow::Result<()> {
         "cluster.up.upstream_rq_2xx",
         "cluster.up.upstream_rq_4xx",
         "cluster.dead.upstream_cx_connect_fail",
+        "cluster.nohosts.upstream_cx_none_healthy",
+        "cluster.nohosts.membership_total",
         "http.rbac_http.rbac.denied",
         "http.rbac_http.rbac.allowed",
         "http.rbac_http.downstream_rq_4xx",
