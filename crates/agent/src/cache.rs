@@ -5,7 +5,7 @@
 //! Files live at `<dir>/<hex(sha256(module name))>/<checksum>.wasm`; the module name is the
 //! OCI repository without tag or digest (`oci://host/repo`) or the full HTTP URL.
 
-mod index;
+pub(crate) mod index;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

@@ -14,6 +14,10 @@ use std::time::Duration;
 pub use http::HttpFetcher;
 pub use oci::{OciFetcher, PullSecret};
 
+/// Download progress: bytes received so far and the total when the server announced it.
+/// Called from the download task after every chunk.
+pub type Progress = dyn Fn(u64, Option<u64>) + Send + Sync;
+
 /// Istio's `ISTIO_WASM_MAX_BINARY_SIZE_BYTES` default: 256 MiB.
 pub const DEFAULT_MAX_MODULE_SIZE: u64 = 256 * 1024 * 1024;
 /// Istio's `WASM_HTTP_REQUEST_TIMEOUT` default.

@@ -10,6 +10,8 @@ pub mod cache;
 pub mod convert;
 pub mod fetch;
 pub mod metrics;
+pub mod pull;
+pub mod push;
 pub mod xds_proxy;
 
 #[cfg(test)]

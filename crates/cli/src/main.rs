@@ -6,6 +6,7 @@ mod agent_cmd;
 mod control_plane_cmd;
 mod plugin_cmd;
 mod proxy_cmd;
+mod status_cmd;
 mod up_cmd;
 
 #[derive(Parser)]
@@ -39,6 +40,9 @@ enum Command {
     /// Start the whole system on this machine with example plugins: control plane, agent,
     /// gateway proxy, demo upstream and module source. Prints what to curl and what to edit.
     Up(up_cmd::UpArgs),
+    /// Show the control plane's view: connected proxies, what each acked or rejected (NACK
+    /// with its error), config files with errors.
+    Status(status_cmd::StatusArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Command::Plugin(cmd) => plugin_cmd::run(cmd)?,
         Command::Up(args) => up_cmd::up(args)?,
         Command::Proxy(args) => proxy_cmd::proxy(args)?,
+        Command::Status(args) => status_cmd::status(args)?,
     }
     Ok(())
 }

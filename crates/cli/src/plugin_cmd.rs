@@ -1,4 +1,6 @@
 //! `wasmesh plugin inspect|test`: look inside a module and try it with no proxy.
+//! `wasmesh plugin push|pull`: publish to and fetch from OCI registries (and HTTP), through the
+//! agent's library (`wasmesh_agent::push`, `wasmesh_agent::pull`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,6 +20,44 @@ pub(crate) enum PluginCommand {
     /// Run a plugin against a sample request and print what it did: header and body edits,
     /// local reply, callouts, logs, metrics. No proxy needed.
     Test(Box<TestArgs>),
+    /// Push a module to an OCI registry as the Wasm artifact Istio pulls; prints the manifest
+    /// digest (a WasmPlugin's `sha256` for this image).
+    Push(PushArgs),
+    /// Fetch a module (oci:// or http(s)://) as the agent does, verify it, write it atomically.
+    Pull(PullArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct PushArgs {
+    /// The .wasm file.
+    file: PathBuf,
+    /// Target image: oci://REGISTRY/REPOSITORY:TAG.
+    image: String,
+    /// Accept any TLS certificate and fall back to plain HTTP (local registries).
+    #[arg(long)]
+    insecure: bool,
+    /// Registry user name (the password is read from stdin).
+    #[arg(long, env = "WASMESH_REGISTRY_USERNAME", requires = "password_stdin")]
+    username: Option<String>,
+    /// Read the registry password from the first line of stdin.
+    #[arg(long, requires = "username")]
+    password_stdin: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct PullArgs {
+    /// oci://REGISTRY/REPOSITORY[:TAG|@sha256:DIGEST] or http(s)://…
+    url: String,
+    /// Where to write the module (atomically).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Expected checksum, as a WasmPlugin's `sha256`: the manifest digest for OCI, the module's
+    /// sha256 for HTTP.
+    #[arg(long)]
+    sha256: Option<String>,
+    /// Accept any TLS certificate and, for OCI, fall back to plain HTTP.
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[derive(Args)]
@@ -73,6 +113,12 @@ fn load(rt: &Runtime, file: &PathBuf) -> anyhow::Result<wasm_host::CompiledModul
 }
 
 pub(crate) fn run(cmd: PluginCommand) -> anyhow::Result<()> {
+    // Push and pull need no Wasm runtime.
+    let cmd = match cmd {
+        PluginCommand::Push(a) => return push(a),
+        PluginCommand::Pull(a) => return pull(a),
+        local => local,
+    };
     let rt = Runtime::new(RuntimeConfig {
         pooling: false,
         ..Default::default()
@@ -139,6 +185,89 @@ pub(crate) fn run(cmd: PluginCommand) -> anyhow::Result<()> {
                 bail!("the plugin failed");
             }
         }
+        PluginCommand::Push(_) | PluginCommand::Pull(_) => {
+            unreachable!("push and pull return before the runtime starts")
+        }
+    }
+    Ok(())
+}
+
+fn tokio_rt() -> anyhow::Result<tokio::runtime::Runtime> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
+fn push(a: PushArgs) -> anyhow::Result<()> {
+    use wasmesh_agent::push::{PushOptions, push};
+    let module =
+        std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
+    let credentials = match a.username {
+        Some(user) => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .context("cannot read the password from stdin")?;
+            let password = password.trim_end_matches(['\n', '\r']).to_owned();
+            if password.is_empty() {
+                bail!("--password-stdin: stdin held no password");
+            }
+            Some((user, password))
+        }
+        None => None,
+    };
+    let opts = PushOptions {
+        insecure: a.insecure,
+        credentials,
+    };
+    let pushed = tokio_rt()?.block_on(push(&module, &a.image, &opts))?;
+    eprintln!(
+        "pushed {} ({} bytes, layer {})",
+        a.image,
+        module.len(),
+        pushed.layer_digest
+    );
+    println!("{}", pushed.manifest_digest);
+    Ok(())
+}
+
+fn pull(a: PullArgs) -> anyhow::Result<()> {
+    use wasmesh_agent::fetch::{FetchOptions, InsecureRegistries};
+    let mut opts = FetchOptions::default();
+    if a.insecure {
+        opts.insecure_registries = InsecureRegistries::parse("*");
+    }
+    let bar = indicatif::ProgressBar::no_length().with_style(
+        indicatif::ProgressStyle::with_template(
+            "{bytes}/{total_bytes} {wide_bar} {bytes_per_sec} {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let progress = {
+        let bar = bar.clone();
+        move |done: u64, total: Option<u64>| {
+            if let Some(t) = total {
+                bar.set_length(t);
+            }
+            bar.set_position(done);
+        }
+    };
+    let pulled = tokio_rt()?.block_on(wasmesh_agent::pull::pull(
+        &a.url,
+        a.sha256.as_deref(),
+        opts,
+        Some(&progress),
+    ));
+    bar.finish_and_clear();
+    let pulled = pulled?;
+    wasmesh_agent::pull::write_module(&a.output, &pulled.bytes)?;
+    println!("file:        {}", a.output.display());
+    println!("size:        {} bytes", pulled.bytes.len());
+    println!("sha256:      {}", pulled.file_sha256);
+    if a.url.starts_with("oci://") {
+        println!("digest:      sha256:{}", pulled.checksum);
     }
     Ok(())
 }

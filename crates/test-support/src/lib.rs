@@ -3,3 +3,4 @@
 pub mod echo;
 pub mod fake_ads;
 pub mod proxy_peers;
+pub mod registry;

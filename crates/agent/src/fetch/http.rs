@@ -60,6 +60,15 @@ impl HttpFetcher {
 
     /// Fetches `url`, retrying, and returns the unpacked body (not yet checked for the Wasm magic).
     pub async fn fetch(&self, url: &str) -> Result<Vec<u8>, FetchError> {
+        self.fetch_with_progress(url, None).await
+    }
+
+    /// [`HttpFetcher::fetch`], reporting each attempt's download to `progress`.
+    pub async fn fetch_with_progress(
+        &self,
+        url: &str,
+        progress: Option<&super::Progress>,
+    ) -> Result<Vec<u8>, FetchError> {
         let parsed = reqwest::Url::parse(url).map_err(|e| FetchError::InvalidUrl {
             url: redact_url(url).into_owned(),
             reason: e.to_string(),
@@ -86,7 +95,7 @@ impl HttpFetcher {
         let mut backoff = self.opts.http_initial_backoff;
         let mut last = String::new();
         for attempt in 1..=attempts {
-            match self.attempt(client, parsed.clone(), url).await {
+            match self.attempt(client, parsed.clone(), url, progress).await {
                 Ok(body) => {
                     // gunzip/untar of up to max_module_size: off the async workers.
                     let (max, u) = (self.opts.max_module_size, url.to_owned());
@@ -124,6 +133,7 @@ impl HttpFetcher {
         client: &reqwest::Client,
         parsed: reqwest::Url,
         url: &str,
+        progress: Option<&super::Progress>,
     ) -> Result<Vec<u8>, Attempt> {
         let resp = client
             .get(parsed)
@@ -147,6 +157,7 @@ impl HttpFetcher {
                 max,
             }));
         }
+        let total = resp.content_length();
         let mut body = Vec::new();
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
@@ -158,6 +169,9 @@ impl HttpFetcher {
                 }));
             }
             body.extend_from_slice(&chunk);
+            if let Some(p) = progress {
+                p(body.len() as u64, total);
+            }
         }
         Ok(body)
     }

@@ -585,6 +585,15 @@ impl OciFetcher {
 
     /// Downloads the module layer of a prepared image (verifying its digest) and unpacks it.
     pub async fn fetch_module(&self, prepared: Prepared) -> Result<Module, FetchError> {
+        self.fetch_module_with_progress(prepared, None).await
+    }
+
+    /// [`OciFetcher::fetch_module`], reporting the layer download to `progress`.
+    pub async fn fetch_module_with_progress(
+        &self,
+        prepared: Prepared,
+        progress: Option<&super::Progress>,
+    ) -> Result<Module, FetchError> {
         use futures::StreamExt;
         let max = self.opts.max_module_size;
         let url = prepared.url.as_str();
@@ -622,6 +631,9 @@ impl OciFetcher {
                 });
             }
             out.extend_from_slice(&chunk);
+            if let Some(p) = progress {
+                p(out.len() as u64, stream.content_length);
+            }
         }
         match prepared.format {
             ImageFormat::Docker | ImageFormat::OciImage => {

@@ -2,3 +2,4 @@
 //! live WasmPlugin changes under load.
 
 mod e2e;
+mod plugin_oci;
