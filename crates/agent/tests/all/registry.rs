@@ -1,8 +1,6 @@
-//! A real OCI registry (`docker-registry` from apt, installed by .ci/run) on a free loopback
-//! port, with optional htpasswd auth and TLS, and a small pusher for the Wasm image formats.
+//! A real OCI registry (test-support's `docker-registry` launcher) with optional htpasswd auth
+//! and TLS, and a small pusher for the Wasm image formats.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -12,19 +10,11 @@ pub(crate) const USER: &str = "wasm-puller";
 pub(crate) const PASSWORD: &str = "s3cret-pa55word";
 
 pub(crate) struct Registry {
-    child: Child,
+    _process: test_support::registry::Registry,
     pub(crate) host: String,
     pub(crate) tls: bool,
     pub(crate) auth: bool,
-    _dir: tempfile::TempDir,
     client: reqwest::Client,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 pub(crate) struct Options {
@@ -36,16 +26,6 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-fn run(cmd: &mut Command) -> anyhow::Result<Vec<u8>> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(out.stdout)
 }
 
 pub(crate) fn sha256(b: &[u8]) -> String {
@@ -79,79 +59,21 @@ impl Registry {
         opts: Options,
         token_realm: Option<&str>,
     ) -> anyhow::Result<Self> {
-        let bin = "/usr/bin/docker-registry";
-        if !Path::new(bin).exists() {
-            bail!("{bin} is missing: install the docker-registry apt package (.ci/run does)");
-        }
-        let dir = tempfile::tempdir()?;
-        let host = format!("127.0.0.1:{port}");
-        let mut cfg = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
-            dir.path().join("data").display()
-        );
-        let mut cert = None;
-        if opts.tls {
-            let (c, k) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-            run(Command::new("openssl")
-                .args([
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-days",
-                    "1",
-                    "-subj",
-                    "/CN=127.0.0.1",
-                    "-addext",
-                    "subjectAltName=IP:127.0.0.1",
-                ])
-                .arg("-keyout")
-                .arg(&k)
-                .arg("-out")
-                .arg(&c)
-                .stderr(Stdio::piped()))?;
-            cfg.push_str(&format!(
-                "  tls:\n    certificate: {}\n    key: {}\n",
-                c.display(),
-                k.display()
-            ));
-            cert = Some(c);
-        }
-        if let (Some(realm), Some(c)) = (token_realm, &cert) {
-            cfg.push_str(&format!(
-                "auth:\n  token:\n    realm: {realm}\n    service: wasm-registry\n    issuer: test\n    rootcertbundle: {}\n",
-                c.display()
-            ));
-        }
-        if opts.auth {
-            let htpasswd = run(Command::new("htpasswd").args(["-Bbn", USER, PASSWORD]))?;
-            let p = dir.path().join("htpasswd");
-            std::fs::write(&p, htpasswd)?;
-            cfg.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: wasm-registry\n    path: {}\n",
-                p.display()
-            ));
-        }
-        let cfg_path = dir.path().join("config.yml");
-        std::fs::write(&cfg_path, cfg)?;
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg(&cfg_path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start docker-registry")?;
+        let process = test_support::registry::Registry::launch(test_support::registry::Options {
+            port: Some(port),
+            tls: opts.tls,
+            htpasswd: opts.auth.then(|| (USER.to_owned(), PASSWORD.to_owned())),
+            token_realm: token_realm.map(str::to_owned),
+        })
+        .await?;
         let client = reqwest::Client::builder()
             .tls_danger_accept_invalid_certs(true)
             .build()?;
-        let _ = cert;
         let reg = Self {
-            child,
-            host,
+            host: process.host.clone(),
+            _process: process,
             tls: opts.tls,
             auth: opts.auth,
-            _dir: dir,
             client,
         };
         reg.wait_ready().await?;
