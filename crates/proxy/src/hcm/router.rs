@@ -683,8 +683,49 @@ where
                 None,
                 |_| {},
             ));
-            ChannelBody::boxed(pending, Some(rx))
+            let rx = take_ready_frames(rx, &mut pending).await;
+            ChannelBody::boxed(pending, rx)
         }
     };
     Response::from_parts(parts, Box::pin(FinalBody::new(body, fin)) as Body)
+}
+
+/// Lets the body pump run a few turns and moves the frames it already produced (typically the
+/// whole body of a small response, which arrived with the headers) into `pending`, so the codec
+/// writes headers and body together in one syscall instead of two. A body that is not ready
+/// yet is not waited for (headers are never delayed by a slow body). Returns the receiver if the
+/// body goes on; an early error is handed on through a new channel.
+async fn take_ready_frames(
+    mut rx: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
+    pending: &mut Vec<Frame<Bytes>>,
+) -> Option<mpsc::Receiver<Result<Frame<Bytes>, BoxError>>> {
+    use tokio::sync::mpsc::error::TryRecvError;
+    for _ in 0..4 {
+        tokio::task::yield_now().await;
+        loop {
+            match rx.try_recv() {
+                Ok(Ok(f)) => pending.push(f),
+                Ok(Err(e)) => {
+                    let (tx2, rx2) = mpsc::channel(2);
+                    tokio::task::spawn_local(async move {
+                        if tx2.send(Err(e)).await.is_err() {
+                            return;
+                        }
+                        while let Some(item) = rx.recv().await {
+                            if tx2.send(item).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    return Some(rx2);
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return None,
+            }
+        }
+        if !pending.is_empty() {
+            break;
+        }
+    }
+    Some(rx)
 }
