@@ -48,8 +48,27 @@ pub enum XdsError {
     Start(#[from] StartError),
 }
 
+/// Where the ADS server is: a TCP `http://host:port` URI, or a Unix socket (`pipe`, as in the
+/// bootstraps istio-agent writes for Envoy: `./etc/istio/proxy/XDS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdsTarget {
+    /// `http://host:port`.
+    Tcp(String),
+    /// A Unix socket path.
+    Unix(std::path::PathBuf),
+}
+
+impl std::fmt::Display for AdsTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdsTarget::Tcp(u) => f.write_str(u),
+            AdsTarget::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
 /// The ADS server address from `dynamic_resources.ads_config` → its static cluster's endpoint.
-pub fn ads_address(b: &Bootstrap) -> Result<String, XdsError> {
+pub fn ads_address(b: &Bootstrap) -> Result<AdsTarget, XdsError> {
     let ads = b
         .dynamic_resources
         .as_ref()
@@ -95,12 +114,48 @@ pub fn ads_address(b: &Bootstrap) -> Result<String, XdsError> {
                 Some(envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(p)) => p,
                 _ => return Err(XdsError::Config(format!("ADS cluster {cluster_name:?}: port_value required"))),
             };
-            Ok(format!("http://{}:{port}", sa.address))
+            Ok(AdsTarget::Tcp(format!("http://{}:{port}", sa.address)))
         }
+        address::Address::Pipe(p) => Ok(AdsTarget::Unix(std::path::PathBuf::from(p.path))),
         _ => Err(XdsError::Config(format!(
-            "ADS cluster {cluster_name:?}: only socket_address endpoints are supported"
+            "ADS cluster {cluster_name:?}: only socket_address and pipe endpoints are supported"
         ))),
     }
+}
+
+/// A lazily connecting gRPC channel to the ADS server (TCP or Unix socket).
+fn channel(target: &AdsTarget) -> Result<tonic::transport::Channel, XdsError> {
+    match target {
+        AdsTarget::Tcp(uri) => Ok(tonic::transport::Endpoint::from_shared(uri.clone())
+            .map_err(|e| XdsError::Config(format!("bad ADS address {uri}: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .connect_lazy()),
+        AdsTarget::Unix(path) => {
+            let path = path.clone();
+            // The URI is required by tonic but unused: the connector dials the socket.
+            let endpoint = tonic::transport::Endpoint::from_static("http://xds.local")
+                .connect_timeout(Duration::from_secs(2));
+            Ok(
+                endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+                    let path = path.clone();
+                    async move {
+                        let stream = tokio::net::UnixStream::connect(&path).await?;
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                    }
+                })),
+            )
+        }
+    }
+}
+
+fn has_pipe_endpoint(c: &envoy_types::pb::envoy::config::cluster::v3::Cluster) -> bool {
+    c.load_assignment.iter().flat_map(|la| &la.endpoints).flat_map(|e| &e.lb_endpoints).any(|e| {
+        matches!(
+            &e.host_identifier,
+            Some(crate::pb::endpoint::lb_endpoint::HostIdentifier::Endpoint(ep))
+                if matches!(ep.address.as_ref().and_then(|a| a.address.as_ref()), Some(address::Address::Pipe(_)))
+        )
+    })
 }
 
 fn node_proto(b: &Bootstrap) -> Node {
@@ -123,10 +178,13 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), XdsError> {
     let uri = ads_address(&base)?;
-    let channel = tonic::transport::Endpoint::from_shared(uri.clone())
-        .map_err(|e| XdsError::Config(format!("bad ADS address {uri}: {e}")))?
-        .connect_timeout(Duration::from_secs(2))
-        .connect_lazy();
+    let channel = channel(&uri)?;
+    let mut base = base;
+    if let Some(sr) = base.static_resources.as_mut() {
+        // A Unix-socket ADS cluster (istio-agent's layout) serves only the xDS client; the data
+        // plane has no pipe endpoints, so it is not part of the served config.
+        sr.clusters.retain(|c| !has_pipe_endpoint(c));
+    }
     let client = AdsClient::new(channel, node_proto(&base));
     tracing::info!(ads = %uri, node = %base.node.as_ref().map(|n| n.id.as_str()).unwrap_or(""), "xDS client started");
     let subs = Subs {
@@ -257,4 +315,47 @@ impl Driver {
 /// Decodes an `Any` of the expected message type.
 pub(crate) fn decode<M: Message + Default>(any: &crate::pb::Any) -> Result<M, String> {
     M::decode(&*any.value).map_err(|e| format!("cannot decode {}: {e}", any.type_url))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn boot(endpoint: &str) -> Bootstrap {
+        let yaml = format!(
+            r#"
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    grpc_services: [{{envoy_grpc: {{cluster_name: xds-grpc}}}}]
+static_resources:
+  clusters:
+  - name: xds-grpc
+    type: STATIC
+    load_assignment:
+      cluster_name: xds-grpc
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {endpoint}}}}}]}}]
+"#
+        );
+        crate::config::bootstrap::parse(&yaml).expect("bootstrap")
+    }
+
+    #[test]
+    fn ads_target_from_tcp_and_istio_pipe_bootstraps() {
+        assert_eq!(
+            ads_address(&boot(
+                "{socket_address: {address: 127.0.0.1, port_value: 15010}}"
+            ))
+            .ok(),
+            Some(AdsTarget::Tcp("http://127.0.0.1:15010".into()))
+        );
+        assert_eq!(
+            ads_address(&boot("{pipe: {path: ./etc/istio/proxy/XDS}}")).ok(),
+            Some(AdsTarget::Unix("./etc/istio/proxy/XDS".into()))
+        );
+        let no_ads = crate::config::bootstrap::parse("node: {id: x}").expect("bootstrap");
+        assert!(
+            matches!(ads_address(&no_ads), Err(XdsError::Config(m)) if m.contains("ads_config"))
+        );
+    }
 }

@@ -72,6 +72,13 @@ spec:
 }
 
 fn bootstrap(agent_port: u16) -> wasmesh_proxy::pb::bootstrap::Bootstrap {
+    bootstrap_to(&format!(
+        "{{socket_address: {{address: 127.0.0.1, port_value: {agent_port}}}}}"
+    ))
+}
+
+/// A gateway bootstrap whose ADS cluster endpoint address is `address` (YAML flow map).
+fn bootstrap_to(address: &str) -> wasmesh_proxy::pb::bootstrap::Bootstrap {
     let yaml = format!(
         r#"
 node:
@@ -95,7 +102,7 @@ static_resources:
         explicit_http_config: {{http2_protocol_options: {{}}}}
     load_assignment:
       cluster_name: xds
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {agent_port}}}}}}}}}]}}]
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {address}}}}}]}}]
 "#
     );
     wasmesh_proxy::config::bootstrap::parse(&yaml).expect("bootstrap")
@@ -439,4 +446,81 @@ async fn live_plugin_changes_and_restarts_under_load_fail_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_with_real_envoy_in_place_of_our_proxy() {
     scenario(true).await;
+}
+
+/// Istio's layout: the agent listens on a Unix socket and the proxy's bootstrap points at it
+/// with a `pipe` address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_proxy_reaches_the_agent_over_a_unix_socket() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config_dir = tmp.path().join("config");
+    std::fs::create_dir_all(&config_dir).expect("dir");
+    let upstream = test_support::echo::start("echo").await.expect("echo");
+    let (gw, xds) = (free_port(), free_port());
+    write(
+        &config_dir,
+        "routing.yaml",
+        &routing(gw, upstream.addr.port()),
+    );
+    write(&config_dir, "plugin.yaml", &plugin("uds"));
+    let cp = start_cp(&config_dir, xds).await;
+    let sock = tmp.path().join("XDS");
+    let cfg = wasmesh_agent::AgentConfig::new(
+        wasmesh_agent::ListenAddr::Unix(sock.clone()),
+        format!("127.0.0.1:{xds}"),
+        tmp.path().join("cache"),
+    );
+    let agent = wasmesh_agent::Agent::start(cfg).await.expect("agent");
+    let boot = bootstrap_to(&format!("{{pipe: {{path: \"{}\"}}}}", sock.display()));
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<wasmesh_proxy::xds::Started>();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        let opts = wasmesh_proxy::ProxyOptions {
+            concurrency: 1,
+            drain_timeout: Duration::from_secs(1),
+        };
+        rt.block_on(wasmesh_proxy::xds::run(boot, opts, started_tx, async {
+            let _ = stop_rx.await;
+        }))
+    });
+    let started = tokio::time::timeout(Duration::from_secs(60), started_rx).await;
+    assert!(
+        matches!(started, Ok(Ok(Ok(_)))),
+        "gateway did not start over the Unix socket"
+    );
+    let seen = Arc::new(Seen::default());
+    let done = Arc::new(AtomicBool::new(false));
+    let clients = load(
+        SocketAddr::from(([127, 0, 0, 1], gw)),
+        seen.clone(),
+        done.clone(),
+        1,
+    );
+    until(
+        "the plugin over the Unix socket",
+        Duration::from_secs(20),
+        || version(&seen).as_deref() == Some("uds"),
+    )
+    .await;
+    done.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.await;
+    }
+    assert_eq!(seen.failed.load(Ordering::Relaxed), 0);
+    Gateway::Ours { stop, thread }.stop().await;
+    agent.shutdown().await;
+    tokio::task::spawn_blocking(move || cp.stop())
+        .await
+        .expect("stop");
 }
