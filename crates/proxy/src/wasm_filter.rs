@@ -301,38 +301,14 @@ impl HttpFilter for WasmFilter {
         end_stream: bool,
     ) -> LocalBoxFuture<'a, HeadersStatus> {
         Box::pin(async move {
-            let ctx = match self.context(cx.stream_info()) {
-                Ok(ctx) => ctx,
-                Err(Unavailable::Skip) => return HeadersStatus::Continue,
-                Err(Unavailable::FailStream) => return HeadersStatus::LocalReply(fail_stream()),
-            };
             let map = convert::request_map(headers);
-            let res = self.vm.with_vm(|vm| {
-                vm.set_map(ctx, MapType::RequestHeaders, map)
-                    .and_then(|_| vm.on_request_headers(ctx, end_stream))
-            });
-            let action = match res {
-                Some(Ok(a)) => a,
-                _ => return Self::headers_status(self.on_fail()),
-            };
-            let outcome = self
-                .settle(
-                    cx,
-                    ctx,
-                    action != HeadersAction::Continue,
-                    StreamType::HttpRequest,
-                )
-                .await;
-            let modified = self.vm.with_vm(|vm| {
-                let m = vm.map_modified(ctx, MapType::RequestHeaders);
-                (m, vm.take_map(ctx, MapType::RequestHeaders))
-            });
-            if let Some((true, Some(map))) = modified {
+            let (status, modified) = self.headers(cx, map, end_stream, true).await;
+            if let Some(map) = modified {
                 convert::apply_request_map(&map, headers);
                 // Envoy clears the route cache when a plugin changes request headers.
                 cx.clear_route_cache();
             }
-            Self::headers_status(outcome)
+            status
         })
     }
 
@@ -360,37 +336,12 @@ impl HttpFilter for WasmFilter {
         end_stream: bool,
     ) -> LocalBoxFuture<'a, HeadersStatus> {
         Box::pin(async move {
-            let ctx = match self.context(cx.stream_info()) {
-                Ok(ctx) => ctx,
-                Err(Unavailable::Skip) => return HeadersStatus::Continue,
-                // Envoy skips response callbacks once the failure reply was sent.
-                Err(Unavailable::FailStream) => return HeadersStatus::Continue,
-            };
             let map = convert::response_map(headers);
-            let res = self.vm.with_vm(|vm| {
-                vm.set_map(ctx, MapType::ResponseHeaders, map)
-                    .and_then(|_| vm.on_response_headers(ctx, end_stream))
-            });
-            let action = match res {
-                Some(Ok(a)) => a,
-                _ => return Self::headers_status(self.on_fail()),
-            };
-            let outcome = self
-                .settle(
-                    cx,
-                    ctx,
-                    action != HeadersAction::Continue,
-                    StreamType::HttpResponse,
-                )
-                .await;
-            let modified = self.vm.with_vm(|vm| {
-                let m = vm.map_modified(ctx, MapType::ResponseHeaders);
-                (m, vm.take_map(ctx, MapType::ResponseHeaders))
-            });
-            if let Some((true, Some(map))) = modified {
+            let (status, modified) = self.headers(cx, map, end_stream, false).await;
+            if let Some(map) = modified {
                 convert::apply_response_map(&map, headers);
             }
-            Self::headers_status(outcome)
+            status
         })
     }
 
@@ -440,6 +391,57 @@ impl HttpFilter for WasmFilter {
 }
 
 impl WasmFilter {
+    /// Runs a headers callback on `map`; returns the status and the map if the plugin changed
+    /// it. A plugin that cannot run fails the request with 503 (response side: continues, as
+    /// Envoy skips response callbacks once the failure reply was sent).
+    async fn headers(
+        &mut self,
+        cx: &mut FilterCx,
+        map: wasm_host::HeaderMap,
+        end_stream: bool,
+        request: bool,
+    ) -> (HeadersStatus, Option<wasm_host::HeaderMap>) {
+        let ctx = match self.context(cx.stream_info()) {
+            Ok(ctx) => ctx,
+            Err(Unavailable::FailStream) if request => {
+                return (HeadersStatus::LocalReply(fail_stream()), None);
+            }
+            Err(_) => return (HeadersStatus::Continue, None),
+        };
+        let (mt, stream) = if request {
+            (MapType::RequestHeaders, StreamType::HttpRequest)
+        } else {
+            (MapType::ResponseHeaders, StreamType::HttpResponse)
+        };
+        let res = self.vm.with_vm(|vm| {
+            vm.set_map(ctx, mt, map)?;
+            if request {
+                vm.on_request_headers(ctx, end_stream)
+            } else {
+                vm.on_response_headers(ctx, end_stream)
+            }
+        });
+        let action = match res {
+            Some(Ok(a)) => a,
+            _ => return (Self::headers_status(self.on_fail()), None),
+        };
+        let outcome = self
+            .settle(cx, ctx, action != HeadersAction::Continue, stream)
+            .await;
+        (Self::headers_status(outcome), self.take_modified(ctx, mt))
+    }
+
+    /// The map back from the plugin, if it changed it.
+    fn take_modified(&self, ctx: u32, mt: MapType) -> Option<wasm_host::HeaderMap> {
+        self.vm
+            .with_vm(|vm| {
+                vm.map_modified(ctx, mt)
+                    .then(|| vm.take_map(ctx, mt))
+                    .flatten()
+            })
+            .flatten()
+    }
+
     async fn body(
         &mut self,
         cx: &mut FilterCx,
@@ -549,10 +551,7 @@ impl WasmFilter {
         let outcome = self
             .settle(cx, ctx, action == FilterAction::Stop, stream)
             .await;
-        if let Some((true, Some(map))) = self
-            .vm
-            .with_vm(|vm| (vm.map_modified(ctx, mt), vm.take_map(ctx, mt)))
-        {
+        if let Some(map) = self.take_modified(ctx, mt) {
             convert::apply_trailers_map(&map, trailers);
         }
         match outcome {
