@@ -3,7 +3,8 @@
 //! applies to and in which order, and turns that into per-proxy Envoy xDS snapshots served over
 //! ADS by `wasmesh-xds`. Config in, per-proxy resources out: the core is pure functions
 //! ([`validate::parse_file`], [`select::plugins_for`], [`generate::generate`]); [`source`] watches
-//! a directory and [`push`] keeps every connected proxy's snapshot current.
+//! a directory (or, with the `kubernetes` feature, the Kubernetes API) and [`push`] keeps every
+//! connected proxy's snapshot current.
 
 pub mod config;
 pub mod generate;
@@ -18,5 +19,5 @@ pub mod validate;
 
 pub use config::{Config, Plugin};
 pub use proxy::{Proxy, ProxyKind};
-pub use serve::{ControlPlane, Settings};
+pub use serve::{ControlPlane, Settings, SourceSettings};
 pub use validate::{ValidationError, parse_file};

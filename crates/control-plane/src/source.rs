@@ -1,6 +1,12 @@
-//! Directory config source: multi-document YAML files, watched with `notify`, debounced like
-//! istiod (100 ms quiet, 1 s max), applied atomically. A broken file is reported and the last
-//! valid version of its resources keeps serving; other files are not disturbed.
+//! Config sources. The directory source: multi-document YAML files, watched with `notify`,
+//! debounced like istiod (100 ms quiet, 1 s max), applied atomically. A broken file is reported
+//! and the last valid version of its resources keeps serving; other files are not disturbed.
+//! With the `kubernetes` feature, [`kubernetes::KubernetesSource`] does the same for objects
+//! watched through the Kubernetes API. Both publish `Arc<Config>` through a `watch` channel and
+//! answer [`ConfigSource`] for the status endpoint.
+
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -49,8 +55,27 @@ pub struct FileStatus {
 /// Status of the whole source, for the CLI and logs.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SourceStatus {
-    /// Per file.
+    /// Per file; for the Kubernetes source, per object (`k8s://<Kind>/<namespace>/<name>`) and
+    /// per watched resource type with a failing watch (`k8s://<plural>.<group>/<version>`).
     pub files: BTreeMap<PathBuf, FileStatus>,
+}
+
+/// What the control plane asks of a running config source (directory or Kubernetes).
+pub trait ConfigSource: Send + Sync + std::fmt::Debug {
+    /// The current status (per-file or per-object errors).
+    fn status(&self) -> SourceStatus;
+    /// The config currently served.
+    fn config(&self) -> Arc<Config>;
+}
+
+impl ConfigSource for DirectorySource {
+    fn status(&self) -> SourceStatus {
+        DirectorySource::status(self)
+    }
+
+    fn config(&self) -> Arc<Config> {
+        DirectorySource::config(self)
+    }
 }
 
 impl SourceStatus {

@@ -11,10 +11,11 @@ use tokio::net::TcpListener;
 use tracing::{debug, info};
 use wasmesh_xds::SnapshotCache;
 
-use crate::source::DirectorySource;
+use crate::source::ConfigSource;
 
-/// `/debug/config_status`: every file with its errors, warnings and served resource count.
-pub fn config_status(source: &DirectorySource) -> Value {
+/// `/debug/config_status`: every file (or Kubernetes object) with its errors, warnings and served
+/// resource count.
+pub fn config_status(source: &dyn ConfigSource) -> Value {
     let st = source.status();
     let files: Vec<Value> = st
         .files
@@ -60,7 +61,11 @@ pub fn syncz(cache: &SnapshotCache) -> Value {
 }
 
 /// Serves `/debug/config_status` and `/debug/syncz` on `listener` forever.
-pub async fn serve(listener: TcpListener, source: Arc<DirectorySource>, cache: Arc<SnapshotCache>) {
+pub async fn serve(
+    listener: TcpListener,
+    source: Arc<dyn ConfigSource>,
+    cache: Arc<SnapshotCache>,
+) {
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "debug status endpoint listening (/debug/config_status, /debug/syncz)");
     }
@@ -78,7 +83,7 @@ pub async fn serve(listener: TcpListener, source: Arc<DirectorySource>, cache: A
             let path = line.split_whitespace().nth(1).unwrap_or("/");
             debug!(%peer, %path, "status request");
             let (code, body) = match path.split('?').next().unwrap_or_default() {
-                "/debug/config_status" => ("200 OK", config_status(&source)),
+                "/debug/config_status" => ("200 OK", config_status(&*source)),
                 "/debug/syncz" => ("200 OK", syncz(&cache)),
                 _ => (
                     "404 Not Found",
