@@ -5,3 +5,5 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh --test
 cargo test --workspace --no-fail-fast
+# The control plane's Kubernetes source (optional feature; against a fake API server).
+cargo test -p wasmesh-control-plane --features kubernetes --no-fail-fast
