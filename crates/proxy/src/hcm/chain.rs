@@ -1,7 +1,7 @@
 //! Driving the filter chain: header, body and trailer hooks over a range of filters in one
 //! direction (request: filter order; response: reverse order), per-filter buffering for
-//! `StopIterationAndBuffer`, and the body pump that streams the rest of a body through the
-//! chain into a bounded channel (backpressure: the pump waits while the channel is full).
+//! `StopIterationAndBuffer`, and the filtered body that runs the rest of a body through the
+//! chain as the codec reads it.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -11,10 +11,10 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::Frame;
-use http_body_util::BodyExt;
-use tokio::sync::mpsc;
 
-use crate::filter::{DataStatus, FilterCx, HeadersStatus, HttpFilter, LocalReply, TrailersStatus};
+use crate::filter::{
+    DataStatus, FilterCx, HeadersStatus, HttpFilter, LocalBoxFuture, LocalReply, TrailersStatus,
+};
 use crate::upstream::{Body, BoxError};
 
 /// The per-stream filter state.
@@ -223,98 +223,104 @@ async fn trailers_at(
     }
 }
 
-/// How a body pump ended abnormally.
+/// How a filtered body ended abnormally.
 pub(crate) enum PumpStop {
     Reply(LocalReply),
     TooLarge,
 }
 
-/// Reads `src` to the end, runs each frame through positions `from..` of `pass`, and sends what
-/// comes out into `tx`. A local reply or overflow is reported through `on_stop`, then the
-/// channel gets an error (which resets whatever reads it).
-pub(crate) async fn pump<B>(
+type Hook = LocalBoxFuture<'static, (Pass, FrameFlow)>;
+
+/// A body run through the filter chain as it is read: frames queued before it started (read
+/// while a filter held the headers), then each frame of `src` through positions `from..` of
+/// `pass`. The hooks run inline when the codec polls the body (no task, no channel): a small
+/// body that arrived with the headers goes through the filters and out in the same write as
+/// the headers, and a slow reader slows the source down (backpressure). A local reply or
+/// overflow is reported through `on_stop`, then the body ends with an error (which resets
+/// whatever reads it).
+pub(crate) struct FilterBody<B> {
+    pending: VecDeque<Frame<Bytes>>,
+    src: Option<B>,
     stream: Rc<tokio::sync::Mutex<Stream>>,
-    mut pass: Pass,
+    pass: Option<Pass>,
     from: usize,
-    mut src: B,
-    tx: mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
     counter: Option<Rc<std::cell::Cell<u64>>>,
-    on_stop: impl FnOnce(PumpStop),
-) where
-    B: http_body::Body<Data = Bytes> + Unpin,
+    on_stop: Option<Box<dyn FnOnce(PumpStop)>>,
+    hook: Option<Hook>,
+    /// The source gave its last frame.
+    src_ended: bool,
+    /// Nothing more will come out of the hooks.
+    done: bool,
+}
+
+impl<B> FilterBody<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    let mut ended = false;
-    loop {
-        let next = src.frame().await;
-        let (fr, end) = match next {
-            Some(Ok(f)) => {
-                if let (Some(c), Some(d)) = (&counter, f.data_ref()) {
-                    c.set(c.get() + d.len() as u64);
-                }
-                let end = f.is_trailers() || src.is_end_stream();
-                (f, end)
-            }
-            Some(Err(e)) => {
-                let _ = tx.send(Err(e.into())).await;
-                return;
-            }
-            None if ended => return,
-            None => (Frame::data(Bytes::new()), true),
-        };
-        ended = end;
-        let flow = {
-            let mut st = stream.lock().await;
-            let to = pass.len();
-            frame(&mut st, &mut pass, from, to, fr, end).await
-        };
-        match flow {
-            FrameFlow::Out(frames) => {
-                for f in frames {
-                    if f.data_ref().is_some_and(Bytes::is_empty) && !end {
-                        continue;
-                    }
-                    if tx.send(Ok(f)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            FrameFlow::Reply(r) => {
-                on_stop(PumpStop::Reply(r));
-                let _ = tx.send(Err("stream ended by a filter".into())).await;
-                return;
-            }
-            FrameFlow::TooLarge => {
-                on_stop(PumpStop::TooLarge);
-                let _ = tx.send(Err("buffer limit exceeded".into())).await;
-                return;
-            }
-        }
-        if end {
-            return;
-        }
-    }
-}
-
-/// A body fed by a pump: frames queued before the pump started, then the channel.
-pub(crate) struct ChannelBody {
-    pending: VecDeque<Frame<Bytes>>,
-    rx: Option<mpsc::Receiver<Result<Frame<Bytes>, BoxError>>>,
-}
-
-impl ChannelBody {
+    /// The body; `src: None` for a body that is all in `pending`.
     pub(crate) fn boxed(
         pending: Vec<Frame<Bytes>>,
-        rx: Option<mpsc::Receiver<Result<Frame<Bytes>, BoxError>>>,
+        src: Option<B>,
+        stream: Rc<tokio::sync::Mutex<Stream>>,
+        pass: Pass,
+        from: usize,
+        counter: Option<Rc<std::cell::Cell<u64>>>,
+        on_stop: Option<Box<dyn FnOnce(PumpStop)>>,
     ) -> Body {
+        let done = src.is_none();
         Box::pin(Self {
-            pending: pending.into(),
-            rx,
+            pending: pending
+                .into_iter()
+                .filter(|f| f.data_ref().is_none_or(|d| !d.is_empty()))
+                .collect(),
+            src,
+            stream,
+            pass: Some(pass),
+            from,
+            counter,
+            on_stop,
+            hook: None,
+            src_ended: done,
+            done,
         })
+    }
+
+    fn run_hooks(&mut self, fr: Frame<Bytes>, end: bool) {
+        let Some(mut pass) = self.pass.take() else {
+            return;
+        };
+        let stream = Rc::clone(&self.stream);
+        let from = self.from;
+        self.hook = Some(Box::pin(async move {
+            let flow = {
+                let mut st = stream.lock().await;
+                let to = pass.len();
+                frame(&mut st, &mut pass, from, to, fr, end).await
+            };
+            (pass, flow)
+        }));
+    }
+
+    fn stop(&mut self, why: PumpStop) -> BoxError {
+        self.done = true;
+        self.src = None;
+        let msg = match why {
+            PumpStop::Reply(_) => "stream ended by a filter",
+            PumpStop::TooLarge => "buffer limit exceeded",
+        };
+        if let Some(f) = self.on_stop.take() {
+            f(why);
+        }
+        msg.into()
     }
 }
 
-impl http_body::Body for ChannelBody {
+impl<B> http_body::Body for FilterBody<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -322,30 +328,71 @@ impl http_body::Body for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        // Empty data frames (an end-of-stream marker from the hooks) are not sent: the end of
-        // the body is the channel closing.
-        while let Some(f) = self.pending.pop_front() {
-            if f.data_ref().is_none_or(|d| !d.is_empty()) {
+        let this = &mut *self;
+        loop {
+            // Empty data frames (an end-of-stream marker from the hooks) are not sent: the end
+            // of the body is the end of the stream.
+            if let Some(f) = this.pending.pop_front() {
                 return Poll::Ready(Some(Ok(f)));
             }
-        }
-        loop {
-            let Some(rx) = self.rx.as_mut() else {
-                return Poll::Ready(None);
-            };
-            match rx.poll_recv(cx) {
-                Poll::Ready(Some(Ok(f))) if f.data_ref().is_some_and(Bytes::is_empty) => continue,
-                Poll::Ready(None) => {
-                    self.rx = None;
-                    return Poll::Ready(None);
+            if let Some(hook) = this.hook.as_mut() {
+                let (pass, flow) = std::task::ready!(hook.as_mut().poll(cx));
+                this.hook = None;
+                this.pass = Some(pass);
+                match flow {
+                    FrameFlow::Out(frames) => this.pending.extend(
+                        frames
+                            .into_iter()
+                            .filter(|f| f.data_ref().is_none_or(|d| !d.is_empty())),
+                    ),
+                    FrameFlow::Reply(r) => {
+                        return Poll::Ready(Some(Err(this.stop(PumpStop::Reply(r)))));
+                    }
+                    FrameFlow::TooLarge => {
+                        return Poll::Ready(Some(Err(this.stop(PumpStop::TooLarge))));
+                    }
                 }
-                other => return other,
+                if this.src_ended {
+                    this.done = true;
+                }
+                continue;
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            let Some(src) = this.src.as_mut() else {
+                // The source ended without saying so on its last frame: the hooks still get
+                // their end of stream.
+                this.src_ended = true;
+                this.run_hooks(Frame::data(Bytes::new()), true);
+                continue;
+            };
+            match std::task::ready!(Pin::new(&mut *src).poll_frame(cx)) {
+                Some(Ok(f)) => {
+                    if let (Some(c), Some(d)) = (&this.counter, f.data_ref()) {
+                        c.set(c.get() + d.len() as u64);
+                    }
+                    let end = f.is_trailers() || src.is_end_stream();
+                    if end {
+                        this.src = None;
+                        this.src_ended = true;
+                    }
+                    this.run_hooks(f, end);
+                }
+                Some(Err(e)) => {
+                    this.done = true;
+                    this.src = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                None => {
+                    this.src = None;
+                }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.pending.is_empty() && self.rx.is_none()
+        self.done && self.pending.is_empty() && self.hook.is_none()
     }
 }
 

@@ -12,11 +12,8 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body::{Body as _, Frame};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::sync::mpsc;
 
-use super::chain::{
-    self, ChannelBody, Counted, Dir, Flow, FrameFlow, Hdrs, Pass, PumpStop, Stream,
-};
+use super::chain::{self, Counted, Dir, FilterBody, Flow, FrameFlow, Hdrs, Pass, PumpStop, Stream};
 use super::{Conn, FinalBody, Finisher, finalize_response_headers, full, local_reply_parts};
 use crate::error::{ErrorKind, ProxyError};
 use crate::filter::LocalReply;
@@ -298,28 +295,25 @@ pub(super) async fn run(
     let stop_slot: Rc<RefCell<Option<PumpStop>>> = Rc::default();
     let body_empty = src.is_none() && pending.is_empty();
     let upstream_body: Body = match src.take() {
-        None => ChannelBody::boxed(pending, None),
         Some(b) if pending.is_empty() && !hcm.filters_use_bodies => Box::pin(Counted {
             inner: b,
             counter: Rc::clone(&counter),
         }),
-        Some(b) => {
-            let (tx, rx) = mpsc::channel(2);
+        src => {
             let from = if hcm.filters_use_bodies { 0 } else { n };
             let slot = Rc::clone(&stop_slot);
             let pass = Pass::new(Dir::Request, (0..n).collect(), hcm.buffer_limit);
-            tokio::task::spawn_local(chain::pump(
+            FilterBody::boxed(
+                pending,
+                src,
                 Rc::clone(&stream),
                 pass,
                 from,
-                b,
-                tx,
                 Some(Rc::clone(&counter)),
-                move |s| {
+                Some(Box::new(move |s| {
                     *slot.borrow_mut() = Some(s);
-                },
-            ));
-            ChannelBody::boxed(pending, Some(rx))
+                })),
+            )
         }
     };
     routes.mutate_request(vhost, route, &mut parts.headers);
@@ -666,66 +660,14 @@ where
     };
     finalize_response_headers(&hcm, &mut parts, request_id.as_deref());
     let body: Body = match src {
-        None => ChannelBody::boxed(pending, None),
         Some(b) if pending.is_empty() && !(hcm.filters_use_bodies && seen > 0) => {
             crate::upstream::boxed(b)
         }
-        Some(b) => {
-            let (tx, rx) = mpsc::channel(2);
+        src => {
             let from = if hcm.filters_use_bodies { 0 } else { seen };
             let pass = Pass::new(Dir::Response, (0..seen).rev().collect(), hcm.buffer_limit);
-            tokio::task::spawn_local(chain::pump(
-                Rc::clone(stream),
-                pass,
-                from,
-                b,
-                tx,
-                None,
-                |_| {},
-            ));
-            let rx = take_ready_frames(rx, &mut pending).await;
-            ChannelBody::boxed(pending, rx)
+            FilterBody::boxed(pending, src, Rc::clone(stream), pass, from, None, None)
         }
     };
     Response::from_parts(parts, Box::pin(FinalBody::new(body, fin)) as Body)
-}
-
-/// Lets the body pump run a few turns and moves the frames it already produced (typically the
-/// whole body of a small response, which arrived with the headers) into `pending`, so the codec
-/// writes headers and body together in one syscall instead of two. A body that is not ready
-/// yet is not waited for (headers are never delayed by a slow body). Returns the receiver if the
-/// body goes on; an early error is handed on through a new channel.
-async fn take_ready_frames(
-    mut rx: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
-    pending: &mut Vec<Frame<Bytes>>,
-) -> Option<mpsc::Receiver<Result<Frame<Bytes>, BoxError>>> {
-    use tokio::sync::mpsc::error::TryRecvError;
-    for _ in 0..4 {
-        tokio::task::yield_now().await;
-        loop {
-            match rx.try_recv() {
-                Ok(Ok(f)) => pending.push(f),
-                Ok(Err(e)) => {
-                    let (tx2, rx2) = mpsc::channel(2);
-                    tokio::task::spawn_local(async move {
-                        if tx2.send(Err(e)).await.is_err() {
-                            return;
-                        }
-                        while let Some(item) = rx.recv().await {
-                            if tx2.send(item).await.is_err() {
-                                return;
-                            }
-                        }
-                    });
-                    return Some(rx2);
-                }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => return None,
-            }
-        }
-        if !pending.is_empty() {
-            break;
-        }
-    }
-    Some(rx)
 }
