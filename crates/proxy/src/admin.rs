@@ -23,7 +23,7 @@ use crate::stats::Store;
 pub(crate) struct AdminState {
     pub(crate) config: Arc<ArcSwap<ProxyConfig>>,
     pub(crate) store: Store,
-    pub(crate) listeners: Arc<Vec<(Arc<str>, std::net::SocketAddr)>>,
+    pub(crate) listeners: crate::server::BoundListeners,
     pub(crate) quit: Arc<tokio::sync::Notify>,
     pub(crate) ready: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -115,7 +115,7 @@ fn handle(st: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/clusters" => text(StatusCode::OK, PLAIN, clusters(&st.config.load())),
         "/listeners" => {
             let mut out = String::new();
-            for (name, addr) in st.listeners.iter() {
+            for (name, addr) in st.listeners.load().iter() {
                 let _ = writeln!(out, "{name}::{addr}");
             }
             text(StatusCode::OK, PLAIN, out)

@@ -1,5 +1,8 @@
 //! Starting and stopping the proxy: bind listeners (one `SO_REUSEPORT` socket per worker),
 //! run the workers and the main thread (admin server, DNS refresh), drain on request.
+//! [`RunningProxy::update`] swaps in a new config: listeners it adds are bound and handed to the
+//! workers, listeners it removes stop accepting (their open connections finish), and a listener
+//! whose address changed is rebound, as Envoy does for an LDS update.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -10,7 +13,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::config::{BuildOptions, ConfigError, ProxyConfig};
 use crate::filter::StreamInfo;
@@ -64,9 +67,23 @@ impl Default for ProxyOptions {
     }
 }
 
+/// Bound listener addresses by name, in config order (port 0 resolved).
+pub(crate) type BoundListeners = Arc<ArcSwap<Vec<(Arc<str>, SocketAddr)>>>;
+
+/// A change to a worker's listeners after start.
+enum ListenerCmd {
+    /// Start accepting on this worker's socket for the listener.
+    Add(Arc<str>, std::net::TcpListener),
+    /// Stop accepting for the listener (open connections finish).
+    Remove(Arc<str>),
+}
+
 /// A running proxy.
 pub struct RunningProxy {
-    listeners: Vec<(Arc<str>, SocketAddr)>,
+    listeners: BoundListeners,
+    /// Each listener's configured address (before port 0 is resolved), to tell a changed one.
+    configured: Vec<(Arc<str>, SocketAddr)>,
+    workers: Vec<mpsc::UnboundedSender<ListenerCmd>>,
     admin: Option<SocketAddr>,
     drain: watch::Sender<bool>,
     quit: Arc<Notify>,
@@ -80,6 +97,7 @@ impl RunningProxy {
     /// Bound address of the listener `name` (port 0 resolved).
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
         self.listeners
+            .load()
             .iter()
             .find(|(n, _)| &**n == name)
             .map(|(_, a)| *a)
@@ -88,6 +106,7 @@ impl RunningProxy {
     /// Bound addresses of every listener, in config order.
     pub fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
         self.listeners
+            .load()
             .iter()
             .map(|(n, a)| (n.to_string(), *a))
             .collect()
@@ -106,6 +125,74 @@ impl RunningProxy {
     /// The live config (the xDS client swaps it).
     pub fn config(&self) -> &Arc<ArcSwap<ProxyConfig>> {
         &self.config
+    }
+
+    /// Swaps in `config`: binds the listeners it adds (or whose address changed) and hands them
+    /// to the workers, stops accepting on the ones it removes. New streams use the new config,
+    /// in-flight streams finish on the old one. If a new listener cannot be bound nothing
+    /// changes and the error names it.
+    pub fn update(&mut self, config: ProxyConfig) -> Result<(), StartError> {
+        let unchanged = |name: &str, addr: SocketAddr| {
+            self.configured
+                .iter()
+                .any(|(n, a)| &**n == name && *a == addr)
+        };
+        let mut added = Vec::new();
+        for l in &config.listeners {
+            if !unchanged(&l.name, l.address) {
+                let (actual, socks) = bind_all(l, self.workers.len())?;
+                added.push((Arc::clone(&l.name), actual, socks));
+            }
+        }
+        let removed: Vec<Arc<str>> = self
+            .configured
+            .iter()
+            .filter(|(n, a)| {
+                !config
+                    .listeners
+                    .iter()
+                    .any(|l| l.name == *n && l.address == *a)
+            })
+            .map(|(n, _)| Arc::clone(n))
+            .collect();
+        let old_bound = self.listeners.load_full();
+        let bound: Vec<(Arc<str>, SocketAddr)> = config
+            .listeners
+            .iter()
+            .filter_map(|l| {
+                let fresh = added
+                    .iter()
+                    .find(|(n, _, _)| *n == l.name)
+                    .map(|(_, a, _)| *a);
+                let kept = || {
+                    old_bound
+                        .iter()
+                        .find(|(n, _)| *n == l.name)
+                        .map(|(_, a)| *a)
+                };
+                fresh.or_else(kept).map(|a| (Arc::clone(&l.name), a))
+            })
+            .collect();
+        self.configured = config
+            .listeners
+            .iter()
+            .map(|l| (Arc::clone(&l.name), l.address))
+            .collect();
+        self.config.store(Arc::new(config));
+        for name in &removed {
+            tracing::info!(listener = %name, "listener removed: no longer accepting");
+            for w in &self.workers {
+                let _ = w.send(ListenerCmd::Remove(Arc::clone(name)));
+            }
+        }
+        for (name, actual, socks) in added {
+            tracing::info!(listener = %name, address = %actual, "listener added");
+            for (w, s) in self.workers.iter().zip(socks) {
+                let _ = w.send(ListenerCmd::Add(Arc::clone(&name), s));
+            }
+        }
+        self.listeners.store(Arc::new(bound));
+        Ok(())
     }
 
     /// Resolves when `/quitquitquit` is called.
@@ -156,6 +243,30 @@ fn bind(addr: SocketAddr, what: &str) -> Result<std::net::TcpListener, StartErro
     Ok(s.into())
 }
 
+/// Binds listener `l` once per worker (the first socket resolves port 0, the others join it with
+/// `SO_REUSEPORT`).
+fn bind_all(
+    l: &ListenerConfig,
+    workers: usize,
+) -> Result<(SocketAddr, Vec<std::net::TcpListener>), StartError> {
+    let first = bind(l.address, &l.name)?;
+    let err = |addr, source| StartError::Bind {
+        what: l.name.to_string(),
+        addr,
+        source,
+    };
+    let actual = first.local_addr().map_err(|e| err(l.address, e))?;
+    let mut socks = Vec::with_capacity(workers);
+    for i in 0..workers.max(1) {
+        socks.push(if i == 0 {
+            first.try_clone().map_err(|e| err(actual, e))?
+        } else {
+            bind(actual, &l.name)?
+        });
+    }
+    Ok((actual, socks))
+}
+
 /// Builds the config from `bootstrap` and starts the proxy.
 pub fn start(bootstrap: &Bootstrap, opts: &ProxyOptions) -> Result<RunningProxy, StartError> {
     let build = BuildOptions {
@@ -174,30 +285,22 @@ pub fn start_with(
 ) -> Result<RunningProxy, StartError> {
     let concurrency = opts.concurrency.max(1);
     // Bind everything first so errors surface before any thread starts.
-    let mut sockets: Vec<Vec<std::net::TcpListener>> =
+    let mut sockets: Vec<Vec<(Arc<str>, std::net::TcpListener)>> =
         (0..concurrency).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
     for l in &config.listeners {
-        let first = bind(l.address, &l.name)?;
-        let actual = first.local_addr().map_err(|source| StartError::Bind {
-            what: l.name.to_string(),
-            addr: l.address,
-            source,
-        })?;
+        let (actual, socks) = bind_all(l, concurrency)?;
         bound.push((Arc::clone(&l.name), actual));
-        for (i, per_worker) in sockets.iter_mut().enumerate() {
-            let s = if i == 0 {
-                first.try_clone().map_err(|source| StartError::Bind {
-                    what: l.name.to_string(),
-                    addr: actual,
-                    source,
-                })?
-            } else {
-                bind(actual, &l.name)?
-            };
-            per_worker.push(s);
+        for (per_worker, s) in sockets.iter_mut().zip(socks) {
+            per_worker.push((Arc::clone(&l.name), s));
         }
     }
+    let configured = config
+        .listeners
+        .iter()
+        .map(|l| (Arc::clone(&l.name), l.address))
+        .collect();
+    let bound: BoundListeners = Arc::new(ArcSwap::from_pointee(bound));
     let admin_sock = match config.admin {
         Some(a) => {
             let s = std::net::TcpListener::bind(a).map_err(|source| StartError::Bind {
@@ -221,12 +324,15 @@ pub fn start_with(
     let ready = Arc::new(AtomicBool::new(false));
     let drain_timeout = opts.drain_timeout;
     let mut threads = Vec::new();
+    let mut workers = Vec::new();
     for (index, socks) in sockets.into_iter().enumerate() {
         let cfg = Arc::clone(&config);
         let drain = drain_rx.clone();
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        workers.push(cmd_tx);
         let t = std::thread::Builder::new()
             .name(format!("wrk:worker_{index}"))
-            .spawn(move || run_worker(index, cfg, socks, drain, drain_timeout))
+            .spawn(move || run_worker(index, cfg, socks, cmd_rx, drain, drain_timeout))
             .map_err(|source| StartError::Runtime {
                 what: format!("worker {index}"),
                 source,
@@ -238,7 +344,7 @@ pub fn start_with(
     let state = crate::admin::AdminState {
         config: Arc::clone(&config),
         store: store.clone(),
-        listeners: Arc::new(bound.clone()),
+        listeners: Arc::clone(&bound),
         quit: Arc::clone(&quit),
         ready: Arc::clone(&ready),
     };
@@ -288,6 +394,8 @@ pub fn start_with(
     let _ = init_rx.recv_timeout(Duration::from_secs(10));
     Ok(RunningProxy {
         listeners: bound,
+        configured,
+        workers,
         admin,
         drain: drain_tx,
         quit,
@@ -301,7 +409,8 @@ pub fn start_with(
 fn run_worker(
     index: usize,
     config: Arc<ArcSwap<ProxyConfig>>,
-    sockets: Vec<std::net::TcpListener>,
+    sockets: Vec<(Arc<str>, std::net::TcpListener)>,
+    mut cmds: mpsc::UnboundedReceiver<ListenerCmd>,
     drain: watch::Receiver<bool>,
     drain_timeout: Duration,
 ) {
@@ -320,26 +429,57 @@ fn run_worker(
         let worker = Worker::new(index, Arc::clone(&config));
         let active = Rc::new(std::cell::Cell::new(0usize));
         let idle = Rc::new(Notify::new());
-        let listeners: Vec<Arc<ListenerConfig>> = config.load().listeners.clone();
-        let mut accept_tasks = Vec::new();
-        for (sock, lcfg) in sockets.into_iter().zip(listeners) {
-            let Ok(l) = TcpListener::from_std(sock) else {
-                continue;
+        let mut accept_tasks: std::collections::HashMap<Arc<str>, tokio::task::JoinHandle<()>> =
+            std::collections::HashMap::new();
+        let start = |name: Arc<str>, sock: std::net::TcpListener| {
+            let lcfg = config
+                .load()
+                .listeners
+                .iter()
+                .find(|l| l.name == name)
+                .cloned()?;
+            let l = match TcpListener::from_std(sock) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(listener = %name, error = %e, "cannot register listener socket");
+                    return None;
+                }
             };
-            let worker = Rc::clone(&worker);
-            let drain = drain.clone();
-            let (active, idle) = (Rc::clone(&active), Rc::clone(&idle));
-            accept_tasks.push(tokio::task::spawn_local(accept_loop(
-                l, lcfg, worker, drain, active, idle,
-            )));
+            Some(tokio::task::spawn_local(accept_loop(
+                l,
+                lcfg,
+                Rc::clone(&worker),
+                drain.clone(),
+                Rc::clone(&active),
+                Rc::clone(&idle),
+            )))
+        };
+        for (name, sock) in sockets {
+            if let Some(t) = start(Arc::clone(&name), sock) {
+                accept_tasks.insert(name, t);
+            }
         }
         let mut d = drain.clone();
         while !*d.borrow() {
-            if d.changed().await.is_err() {
-                break;
+            tokio::select! {
+                changed = d.changed() => if changed.is_err() { break },
+                Some(cmd) = cmds.recv() => match cmd {
+                    ListenerCmd::Add(name, sock) => {
+                        if let Some(t) = start(Arc::clone(&name), sock)
+                            && let Some(old) = accept_tasks.insert(name, t)
+                        {
+                            old.abort();
+                        }
+                    }
+                    ListenerCmd::Remove(name) => {
+                        if let Some(t) = accept_tasks.remove(&name) {
+                            t.abort();
+                        }
+                    }
+                },
             }
         }
-        for t in &accept_tasks {
+        for t in accept_tasks.values() {
             t.abort();
         }
         let deadline = tokio::time::Instant::now() + drain_timeout;

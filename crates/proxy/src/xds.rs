@@ -7,13 +7,12 @@
 //! good config keeps serving. Listeners wait for their RDS and ECDS resources (warming) before
 //! the proxy starts serving.
 //!
-//! Limits: the set of listeners is fixed by the first complete LDS (a later listener add or
-//! address change is reported and needs a restart); ADS over TCP only (no Unix socket).
+//! Listeners added or removed by a later LDS update are bound or closed live, and a listener
+//! whose address changed is rebound (see [`RunningProxy::update`]); a bind failure NACKs the
+//! update. ADS runs over TCP or a Unix socket (`pipe`).
 
 mod assemble;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::{Node, address, grpc_service};
@@ -276,7 +275,7 @@ impl Driver {
         for c in config.clusters.values() {
             c.resolve().await;
         }
-        match &self.running {
+        match &mut self.running {
             None => {
                 let running = crate::server::start_with(config, self.store.clone(), &self.opts)
                     .map_err(|e| e.to_string())?;
@@ -285,28 +284,9 @@ impl Driver {
                 }
                 self.running = Some(running);
             }
-            Some(running) => {
-                let old = running.config().load();
-                let old_listeners: BTreeMap<&str, std::net::SocketAddr> = old
-                    .listeners
-                    .iter()
-                    .map(|l| (&*l.name, l.address))
-                    .collect();
-                let new_listeners: BTreeMap<&str, std::net::SocketAddr> = config
-                    .listeners
-                    .iter()
-                    .map(|l| (&*l.name, l.address))
-                    .collect();
-                if old_listeners != new_listeners {
-                    tracing::warn!(
-                        old = ?old_listeners.keys().collect::<Vec<_>>(),
-                        new = ?new_listeners.keys().collect::<Vec<_>>(),
-                        "the set of listeners changed: new listeners need a restart (filters, routes and clusters are updated)"
-                    );
-                }
-                drop(old);
-                running.config().store(Arc::new(config));
-            }
+            Some(running) => running
+                .update(config)
+                .map_err(|e| format!("Error adding/updating listener(s): {e}"))?,
         }
         Ok(true)
     }

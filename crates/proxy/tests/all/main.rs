@@ -7,6 +7,7 @@ mod conformance;
 mod differential;
 mod errors;
 mod filters;
+mod listeners;
 mod routing;
 mod support;
 mod tcp;
