@@ -27,6 +27,16 @@ fn write(dir: &Path, name: &str, text: &str) {
 }
 
 fn routing(gw: u16, upstream: u16) -> String {
+    routing_ports(&[gw], upstream)
+}
+
+/// The routing resources with one gateway server per port in `gws`.
+fn routing_ports(gws: &[u16], upstream: u16) -> String {
+    let servers: Vec<String> = gws
+        .iter()
+        .map(|p| format!("{{port: {{number: {p}, name: http-{p}, protocol: HTTP}}, hosts: ['*']}}"))
+        .collect();
+    let servers = servers.join(", ");
     format!(
         r#"apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -42,7 +52,7 @@ kind: Gateway
 metadata: {{name: gw, namespace: demo}}
 spec:
   selector: {{istio: ingressgateway}}
-  servers: [{{port: {{number: {gw}, name: http, protocol: HTTP}}, hosts: ['*']}}]
+  servers: [{servers}]
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -164,6 +174,43 @@ async fn until(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) {
     while !f() {
         assert!(start.elapsed() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One request on a new connection to the gateway port: the `x-version` header, or why not.
+async fn version_at(port: u16) -> Result<Option<String>, String> {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build_http();
+    let uri: hyper::Uri = format!("http://127.0.0.1:{port}/once")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.get(uri))
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| format!("{e}"))?;
+    let v = resp
+        .headers()
+        .get("x-version")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let _ = resp.into_body().collect().await;
+    Ok(v)
+}
+
+/// Polls until `version_at(port)` satisfies `ok`.
+async fn until_at(what: &str, port: u16, ok: impl Fn(&Result<Option<String>, String>) -> bool) {
+    let start = Instant::now();
+    loop {
+        let got = version_at(port).await;
+        if ok(&got) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}: last {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -518,6 +565,27 @@ async fn our_proxy_reaches_the_agent_over_a_unix_socket() {
         let _ = c.await;
     }
     assert_eq!(seen.failed.load(Ordering::Relaxed), 0);
+    // Gateway ports follow the config live (LDS adds and removes listeners; no restart).
+    let gw2 = free_port();
+    write(
+        &config_dir,
+        "routing.yaml",
+        &routing_ports(&[gw, gw2], upstream.addr.port()),
+    );
+    until_at(
+        "a listener for the added port",
+        gw2,
+        |r| matches!(r, Ok(Some(v)) if v == "uds"),
+    )
+    .await;
+    assert_eq!(version_at(gw).await, Ok(Some("uds".into())));
+    write(
+        &config_dir,
+        "routing.yaml",
+        &routing(gw2, upstream.addr.port()),
+    );
+    until_at("the removed port to close", gw, Result::is_err).await;
+    assert_eq!(version_at(gw2).await, Ok(Some("uds".into())));
     Gateway::Ours { stop, thread }.stop().await;
     agent.shutdown().await;
     tokio::task::spawn_blocking(move || cp.stop())
