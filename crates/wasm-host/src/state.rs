@@ -167,7 +167,7 @@ pub struct VmState {
     pub(crate) host: Box<dyn Host>,
     pub(crate) limiter: Limiter,
     pub(crate) memory: Option<Memory>,
-    pub(crate) allocator: Option<TypedFunc<i32, i32>>,
+    pub(crate) allocator: Option<std::sync::Arc<TypedFunc<i32, i32>>>,
     pub(crate) contexts: IdMap<Context>,
     pub(crate) next_context_id: u32,
     pub(crate) current: u32,
