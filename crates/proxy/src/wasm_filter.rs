@@ -372,18 +372,26 @@ impl HttpFilter for WasmFilter {
         }
         self.facts.borrow_mut().refresh(info);
         let _ = self.vm.with_vm(|vm| {
-            if let Some(req) = &info.request_headers {
+            // The maps the plugin saw in its header callbacks are reused when the stream's
+            // final headers are the same (the common case); otherwise rebuilt.
+            if let Some(req) = &info.request_headers
+                && !vm
+                    .map(ctx, MapType::RequestHeaders)
+                    .is_some_and(|m| convert::same_request(m, req))
+            {
                 let _ = vm.set_map(ctx, MapType::RequestHeaders, convert::request_map(req));
             }
             if let Some(resp) = &info.response_headers {
-                let mut m = wasm_host::HeaderMap::new();
-                if let Some(code) = info.response_code {
-                    m.add(b":status", code.to_string().as_bytes());
+                let code = info
+                    .response_code
+                    .and_then(|c| http::StatusCode::from_u16(c).ok());
+                if !vm
+                    .map(ctx, MapType::ResponseHeaders)
+                    .is_some_and(|m| convert::same_response(m, code, resp))
+                {
+                    let m = convert::response_with_code(code, resp);
+                    let _ = vm.set_map(ctx, MapType::ResponseHeaders, m);
                 }
-                for (k, v) in resp {
-                    m.add(k.as_str().as_bytes(), v.as_bytes());
-                }
-                let _ = vm.set_map(ctx, MapType::ResponseHeaders, m);
             }
             vm.complete(ctx)
         });

@@ -6,33 +6,64 @@ use http::header::{HOST, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
 use wasm_host::HeaderMap;
 
-/// Request head → plugin map.
-pub(crate) fn request_map(parts: &http::request::Parts) -> HeaderMap {
-    let mut m = HeaderMap::new();
-    let authority = parts
+/// The entries a plugin sees for a request head, borrowed (no allocation).
+fn request_entries(parts: &http::request::Parts) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let authority: &[u8] = parts
         .uri
         .authority()
-        .map(|a| a.as_str().as_bytes().to_vec())
-        .or_else(|| parts.headers.get(HOST).map(|h| h.as_bytes().to_vec()))
+        .map(|a| a.as_str().as_bytes())
+        .or_else(|| parts.headers.get(HOST).map(HeaderValue::as_bytes))
         .unwrap_or_default();
-    m.add(b":authority", &authority);
     let path = parts
         .uri
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    m.add(b":path", path.as_bytes());
-    m.add(b":method", parts.method.as_str().as_bytes());
-    m.add(
-        b":scheme",
-        parts.uri.scheme_str().unwrap_or("http").as_bytes(),
-    );
-    for (k, v) in &parts.headers {
-        if k != HOST {
-            m.add(k.as_str().as_bytes(), v.as_bytes());
-        }
-    }
-    m
+    let pseudo = [
+        (&b":authority"[..], authority),
+        (b":path", path.as_bytes()),
+        (b":method", parts.method.as_str().as_bytes()),
+        (
+            b":scheme",
+            parts.uri.scheme_str().unwrap_or("http").as_bytes(),
+        ),
+    ];
+    pseudo.into_iter().chain(
+        parts
+            .headers
+            .iter()
+            .filter(|(k, _)| *k != HOST)
+            .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes())),
+    )
+}
+
+/// The entries a plugin sees for response headers with status `code`, borrowed.
+fn response_entries<'a>(
+    code: Option<&'a StatusCode>,
+    h: &'a http::HeaderMap,
+) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+    code.map(|c| (&b":status"[..], c.as_str().as_bytes()))
+        .into_iter()
+        .chain(h.iter().map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes())))
+}
+
+/// Request head → plugin map.
+pub(crate) fn request_map(parts: &http::request::Parts) -> HeaderMap {
+    HeaderMap::from_entries(request_entries(parts))
+}
+
+/// Whether `map` already holds exactly the plugin view of `parts` (on_log can reuse it).
+pub(crate) fn same_request(map: &HeaderMap, parts: &http::request::Parts) -> bool {
+    map.iter().eq(request_entries(parts))
+}
+
+/// Whether `map` already holds exactly the plugin view of a response.
+pub(crate) fn same_response(
+    map: &HeaderMap,
+    code: Option<StatusCode>,
+    h: &http::HeaderMap,
+) -> bool {
+    map.iter().eq(response_entries(code.as_ref(), h))
 }
 
 /// Plugin map → request head. Invalid names or values are dropped with a log line, as a
@@ -67,12 +98,12 @@ pub(crate) fn apply_request_map(map: &HeaderMap, parts: &mut http::request::Part
 
 /// Response head → plugin map.
 pub(crate) fn response_map(parts: &http::response::Parts) -> HeaderMap {
-    let mut m = HeaderMap::new();
-    m.add(b":status", parts.status.as_str().as_bytes());
-    for (k, v) in &parts.headers {
-        m.add(k.as_str().as_bytes(), v.as_bytes());
-    }
-    m
+    response_with_code(Some(parts.status), &parts.headers)
+}
+
+/// Response headers with status `code` (`:status` only if known) → plugin map.
+pub(crate) fn response_with_code(code: Option<StatusCode>, h: &http::HeaderMap) -> HeaderMap {
+    HeaderMap::from_entries(response_entries(code.as_ref(), h))
 }
 
 /// Plugin map → response head.
@@ -142,11 +173,14 @@ mod tests {
             ]
         );
         assert_eq!(m.get_str(":authority"), Some("example.com"));
+        assert!(same_request(&m, &parts));
         let mut m2 = m.clone();
         m2.replace(b":path", b"/new");
         m2.replace(b":authority", b"other.com");
         m2.add(b"bad header", b"x");
+        assert!(!same_request(&m2, &parts));
         apply_request_map(&m2, &mut parts);
+        assert!(!same_request(&m2, &parts), "the invalid header was dropped");
         assert_eq!(parts.uri.to_string(), "/new");
         assert_eq!(
             parts.headers.get("host").and_then(|v| v.to_str().ok()),
@@ -166,6 +200,13 @@ mod tests {
             .into_parts();
         let mut m = response_map(&parts);
         assert_eq!(m.get_str(":status"), Some("200"));
+        assert!(same_response(&m, Some(parts.status), &parts.headers));
+        assert!(!same_response(
+            &m,
+            Some(StatusCode::CREATED),
+            &parts.headers
+        ));
+        assert!(!same_response(&m, None, &parts.headers));
         m.replace(b":status", b"418");
         m.remove(b"server");
         apply_response_map(&m, &mut parts);
