@@ -72,6 +72,8 @@ pub(crate) fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         }
     }
     tracing::info!(workers = opts.concurrency, "proxy started");
+    // The config is built: the Envoy API descriptors (~50 MiB) are not needed to serve.
+    wasmesh_xds::release_descriptor_pool();
     let quit = running.quit_requested();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -107,11 +107,12 @@ fn handle(st: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 None => text(StatusCode::OK, PLAIN, all),
             }
         }
-        "/config_dump" => text(
-            StatusCode::OK,
-            "application/json",
-            config_dump(&st.config.load()),
-        ),
+        "/config_dump" => {
+            let dump = config_dump(&st.config.load());
+            // The dump needed the Envoy API descriptors; serving does not.
+            wasmesh_xds::release_descriptor_pool();
+            text(StatusCode::OK, "application/json", dump)
+        }
         "/clusters" => text(StatusCode::OK, PLAIN, clusters(&st.config.load())),
         "/listeners" => {
             let mut out = String::new();

@@ -169,6 +169,9 @@ struct Subs {
     ecds: Subscription,
 }
 
+/// How long xDS must be quiet before the descriptor pool is released.
+const DESCRIPTORS_IDLE: Duration = Duration::from_secs(10);
+
 /// Runs the proxy from ADS until `stop` resolves. Returns once the ADS client ends.
 pub async fn run(
     base: Bootstrap,
@@ -203,9 +206,17 @@ pub async fn run(
     };
     let mut subs = subs;
     tokio::pin!(stop);
+    // The Envoy API descriptors (~50 MiB decoded) are kept while updates arrive and released
+    // once xDS has been quiet for a while.
+    let mut release_at: Option<tokio::time::Instant> = None;
     loop {
         let (kind, update) = tokio::select! {
             _ = &mut stop => break,
+            _ = tokio::time::sleep_until(release_at.unwrap_or_else(tokio::time::Instant::now)), if release_at.is_some() => {
+                release_at = None;
+                wasmesh_xds::release_descriptor_pool();
+                continue;
+            }
             u = subs.cds.next() => (type_url::CLUSTER, u),
             u = subs.lds.next() => (type_url::LISTENER, u),
             u = subs.rds.next() => (type_url::ROUTE, u),
@@ -214,6 +225,7 @@ pub async fn run(
         };
         let Some(update) = update else { break };
         driver.apply(kind, update, &subs).await;
+        release_at = Some(tokio::time::Instant::now() + DESCRIPTORS_IDLE);
     }
     if let Some(r) = driver.running.take() {
         r.shutdown();

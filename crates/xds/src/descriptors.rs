@@ -1,7 +1,7 @@
 //! The Envoy v3 descriptor pool: the proto3 JSON mapping (YAML/JSON bootstraps, `/config_dump`)
 //! for every message in `envoy_types::pb`.
 
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 use prost_reflect::{DescriptorPool, DynamicMessage};
 
@@ -32,18 +32,33 @@ pub enum DescriptorError {
     },
 }
 
-/// The process-wide descriptor pool for the Envoy v3 API, decoded once on first use.
+/// The decoded pool, while somebody keeps it (see [`release_descriptor_pool`]).
+static POOL: Mutex<Option<DescriptorPool>> = Mutex::new(None);
+
+/// The descriptor pool for the Envoy v3 API, decoded on first use and cached (a cheap clone of
+/// a shared pool).
 ///
 /// Shared by the proxy (bootstrap YAML/JSON → `envoy_types::pb` messages via `DynamicMessage`)
 /// and by the control plane (`/config_dump`-style JSON for golden tests).
-pub fn descriptor_pool() -> &'static DescriptorPool {
-    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        // The bytes are a compile-time constant produced by protoc for envoy-types; decoding can
-        // only fail if the file was corrupted in the repository, which the unit test below catches.
-        #[allow(clippy::expect_used)]
-        DescriptorPool::decode(ENVOY_DESCRIPTORS).expect("embedded Envoy descriptor set is valid")
-    })
+pub fn descriptor_pool() -> DescriptorPool {
+    let mut cached = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    cached
+        .get_or_insert_with(|| {
+            // The bytes are a compile-time constant produced by protoc for envoy-types; decoding
+            // can only fail if the file was corrupted in the repository, which the unit test
+            // below catches.
+            #[allow(clippy::expect_used)]
+            DescriptorPool::decode(ENVOY_DESCRIPTORS)
+                .expect("embedded Envoy descriptor set is valid")
+        })
+        .clone()
+}
+
+/// Drops the cached pool. Decoded, the whole Envoy API is ~50 MiB of heap, most of a running
+/// proxy's memory, and it is needed only while a config is parsed or built: the proxy releases it
+/// once it serves and when xDS goes quiet. The next use decodes it again (~70 ms, release build).
+pub fn release_descriptor_pool() {
+    *POOL.lock().unwrap_or_else(|e| e.into_inner()) = None;
 }
 
 /// Encodes protobuf `bytes` of message `type_name` (e.g. `envoy.config.listener.v3.Listener`) as

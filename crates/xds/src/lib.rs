@@ -3,7 +3,7 @@
 //! small ADS client. This crate knows the xDS protocol, not Istio.
 //!
 //! **For other crates:** [`descriptor_pool()`] returns the Envoy v3 `prost_reflect::DescriptorPool`
-//! (all of `envoy_types::pb`); [`descriptors::from_json`] / [`descriptors::to_json`] convert
+//! (all of `envoy_types::pb`; [`release_descriptor_pool`] frees it when idle); [`descriptors::from_json`] / [`descriptors::to_json`] convert
 //! between proto3 JSON and protobuf bytes (Envoy's YAML/JSON loader semantics, unknown fields rejected).
 //!
 //! Server: put a [`Snapshot`] per node id into a [`SnapshotCache`]; [`AdsServer`] streams it.
@@ -15,6 +15,6 @@ pub mod descriptors;
 pub mod server;
 pub mod snapshot;
 
-pub use descriptors::{DescriptorError, descriptor_pool};
+pub use descriptors::{DescriptorError, descriptor_pool, release_descriptor_pool};
 pub use server::{AdsServer, NodeEvent, NodeStatus, ServerError, SnapshotCache};
 pub use snapshot::{Resources, Snapshot, type_url};
