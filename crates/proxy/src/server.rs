@@ -1,7 +1,7 @@
 //! Starting and stopping the proxy: bind listeners (one `SO_REUSEPORT` socket per worker),
 //! run the workers and the main thread (admin server, DNS refresh), drain on request.
 //! [`RunningProxy::update`] swaps in a new config: listeners it adds are bound and handed to the
-//! workers, listeners it removes stop accepting (their open connections finish), and a listener
+//! workers, listeners it removes stop accepting and drain their connections, and a listener
 //! whose address changed is rebound, as Envoy does for an LDS update.
 
 use std::net::SocketAddr;
@@ -429,7 +429,7 @@ fn run_worker(
         let worker = Worker::new(index, Arc::clone(&config));
         let active = Rc::new(std::cell::Cell::new(0usize));
         let idle = Rc::new(Notify::new());
-        let mut accept_tasks: std::collections::HashMap<Arc<str>, tokio::task::JoinHandle<()>> =
+        let mut accepting: std::collections::HashMap<Arc<str>, Accepting> =
             std::collections::HashMap::new();
         let start = |name: Arc<str>, sock: std::net::TcpListener| {
             let lcfg = config
@@ -445,42 +445,47 @@ fn run_worker(
                     return None;
                 }
             };
-            Some(tokio::task::spawn_local(accept_loop(
+            let (drain_tx, drain_rx) = watch::channel(false);
+            let task = tokio::task::spawn_local(accept_loop(
                 l,
                 lcfg,
                 Rc::clone(&worker),
-                drain.clone(),
+                drain_rx,
                 Rc::clone(&active),
                 Rc::clone(&idle),
-            )))
+            ));
+            Some(Accepting {
+                task,
+                drain: drain_tx,
+            })
         };
         for (name, sock) in sockets {
-            if let Some(t) = start(Arc::clone(&name), sock) {
-                accept_tasks.insert(name, t);
+            if let Some(a) = start(Arc::clone(&name), sock) {
+                accepting.insert(name, a);
             }
         }
-        let mut d = drain.clone();
+        let mut d = drain;
         while !*d.borrow() {
             tokio::select! {
                 changed = d.changed() => if changed.is_err() { break },
                 Some(cmd) = cmds.recv() => match cmd {
                     ListenerCmd::Add(name, sock) => {
-                        if let Some(t) = start(Arc::clone(&name), sock)
-                            && let Some(old) = accept_tasks.insert(name, t)
+                        if let Some(a) = start(Arc::clone(&name), sock)
+                            && let Some(old) = accepting.insert(name, a)
                         {
-                            old.abort();
+                            old.stop();
                         }
                     }
                     ListenerCmd::Remove(name) => {
-                        if let Some(t) = accept_tasks.remove(&name) {
-                            t.abort();
+                        if let Some(a) = accepting.remove(&name) {
+                            a.stop();
                         }
                     }
                 },
             }
         }
-        for t in accept_tasks.values() {
-            t.abort();
+        for (_, a) in accepting.drain() {
+            a.stop();
         }
         let deadline = tokio::time::Instant::now() + drain_timeout;
         while active.get() > 0 {
@@ -492,6 +497,21 @@ fn run_worker(
             }
         }
     });
+}
+
+/// A listener a worker accepts on, and the drain signal of the connections it accepted.
+struct Accepting {
+    task: tokio::task::JoinHandle<()>,
+    drain: watch::Sender<bool>,
+}
+
+impl Accepting {
+    /// Stops accepting and drains the listener's connections (h1 `Connection: close` on the next
+    /// response, h2 GOAWAY), as Envoy drains a listener that LDS removed.
+    fn stop(self) {
+        self.task.abort();
+        let _ = self.drain.send(true);
+    }
 }
 
 async fn accept_loop(

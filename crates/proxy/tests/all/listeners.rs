@@ -87,8 +87,25 @@ async fn listeners_are_added_removed_and_rebound_without_a_restart() -> anyhow::
     let listed = admin_get(&p, "/listeners").await?.text();
     assert!(listed.contains(&format!("b::{b}")), "{listed}");
 
-    // Remove a: it stops accepting, b still serves.
+    // A keep-alive connection to a, open across the removal.
+    let stream = tokio::net::TcpStream::connect(a).await?;
+    let (mut kept, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let r = kept.send_request(get("x", "/")).await?;
+    assert_eq!(r.status(), 200);
+    drop(r);
+
+    // Remove a: it stops accepting and drains its connections, b still serves.
     update(&mut p, &[listener("b", 0, "from b")])?;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let closed = kept.is_closed();
+            async move { closed }
+        })
+        .await,
+        "the idle keep-alive connection of removed listener a was not drained"
+    );
     assert!(
         eventually(Duration::from_secs(5), || async {
             tokio::net::TcpStream::connect(a).await.is_err()
