@@ -58,7 +58,19 @@ pub fn descriptor_pool() -> DescriptorPool {
 /// proxy's memory, and it is needed only while a config is parsed or built: the proxy releases it
 /// once it serves and when xDS goes quiet. The next use decodes it again (~70 ms, release build).
 pub fn release_descriptor_pool() {
-    *POOL.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    let released = POOL.lock().unwrap_or_else(|e| e.into_inner()).take();
+    drop(released);
+    if let Some(hook) = RELEASE_HOOK.get() {
+        hook();
+    }
+}
+
+/// Called after the pool is released (the binary returns the freed pages to the OS there).
+static RELEASE_HOOK: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets the function [`release_descriptor_pool`] calls after dropping the pool; first call wins.
+pub fn on_descriptor_release(hook: fn()) {
+    let _ = RELEASE_HOOK.set(hook);
 }
 
 /// Encodes protobuf `bytes` of message `type_name` (e.g. `envoy.config.listener.v3.Listener`) as

@@ -15,6 +15,8 @@ pub mod descriptors;
 pub mod server;
 pub mod snapshot;
 
-pub use descriptors::{DescriptorError, descriptor_pool, release_descriptor_pool};
+pub use descriptors::{
+    DescriptorError, descriptor_pool, on_descriptor_release, release_descriptor_pool,
+};
 pub use server::{AdsServer, NodeEvent, NodeStatus, ServerError, SnapshotCache};
 pub use snapshot::{Resources, Snapshot, type_url};
