@@ -390,14 +390,15 @@ async fn scenario(envoy: bool) {
     loop {
         let c: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let uri: hyper::Uri = format!("http://{gw_addr}/").parse().expect("uri");
-        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(2), c.get(uri)).await
-            && r.status() == 200
-        {
-            break;
-        }
+        let last = match tokio::time::timeout(Duration::from_secs(2), c.get(uri)).await {
+            Ok(Ok(r)) if r.status() == 200 => break,
+            Ok(Ok(r)) => format!("status {}", r.status()),
+            Ok(Err(e)) => format!("error {e:?}"),
+            Err(_) => "timeout".to_string(),
+        };
         assert!(
             start.elapsed() < Duration::from_secs(30),
-            "gateway never answered 200"
+            "gateway {gw_addr} (envoy: {envoy}) never answered 200; last: {last}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
