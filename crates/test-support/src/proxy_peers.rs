@@ -194,6 +194,15 @@ pub fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// `n` distinct free TCP ports on 127.0.0.1: all are held until every one is chosen, so the
+/// same port cannot come back twice (it can from `n` calls to [`free_port`]).
+pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()?;
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
+
 /// Path of the `envoy` binary (`ENVOY_BIN`, else `PATH`). Errors loudly when missing.
 pub fn envoy_binary() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("ENVOY_BIN") {
@@ -255,11 +264,21 @@ pub fn start_envoy(yaml: &str, admin: SocketAddr) -> anyhow::Result<Envoy> {
         admin,
         _dir: dir,
     };
-    wait_ready(admin, Duration::from_secs(20)).context("envoy did not become ready")?;
-    if let Some(status) = envoy.child.try_wait()? {
-        bail!("envoy exited: {status}");
+    // Envoy compiling several Wasm plugins with V8 while other tests load both cores can take
+    // well over 20 s; an Envoy that exits (bad config, port taken) is reported at once.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(status) = envoy.child.try_wait()? {
+            bail!("envoy exited before it was ready: {status} (its log is above)");
+        }
+        match wait_ready(admin, Duration::from_secs(1)) {
+            Ok(()) => return Ok(envoy),
+            Err(e) if Instant::now() > deadline => {
+                return Err(e).context("envoy did not become ready");
+            }
+            Err(_) => {}
+        }
     }
-    Ok(envoy)
 }
 
 /// Polls `GET /ready` on an admin address until 200 or `timeout`.

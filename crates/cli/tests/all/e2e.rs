@@ -20,6 +20,12 @@ fn free_port() -> u16 {
         .expect("port")
 }
 
+/// `N` distinct free ports (held together while chosen, so none comes back twice).
+fn distinct_ports<const N: usize>() -> [u16; N] {
+    let ports = test_support::proxy_peers::free_ports(N).expect("ports");
+    std::array::from_fn(|i| ports[i])
+}
+
 fn write(dir: &Path, name: &str, text: &str) {
     let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, text).expect("write");
@@ -144,12 +150,7 @@ fn load(
                     let uri: hyper::Uri = format!("http://{addr}/load").parse().expect("uri");
                     match tokio::time::timeout(Duration::from_secs(5), client.get(uri)).await {
                         Ok(Ok(resp)) if resp.status() == 200 => {
-                            let v = resp
-                                .headers()
-                                .get("x-version")
-                                .and_then(|v| v.to_str().ok())
-                                .map(str::to_string);
-                            let _ = resp.into_body().collect().await;
+                            let v = version_header(resp).await;
                             *seen.last_version.lock().expect("lock") = v;
                             seen.ok.fetch_add(1, Ordering::Relaxed);
                         }
@@ -189,13 +190,18 @@ async fn version_at(port: u16) -> Result<Option<String>, String> {
         .await
         .map_err(|_| "timeout".to_string())?
         .map_err(|e| format!("{e}"))?;
+    Ok(version_header(resp).await)
+}
+
+/// The `x-version` header of a response (the body is read to the end).
+async fn version_header(resp: hyper::Response<hyper::body::Incoming>) -> Option<String> {
     let v = resp
         .headers()
         .get("x-version")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let _ = resp.into_body().collect().await;
-    Ok(v)
+    v
 }
 
 /// Polls until `version_at(port)` satisfies `ok`.
@@ -369,7 +375,7 @@ async fn scenario(envoy: bool) {
     let config_dir = tmp.path().join("config");
     std::fs::create_dir_all(&config_dir).expect("dir");
     let upstream = test_support::echo::start("echo").await.expect("echo");
-    let (gw, xds, agent_port) = (free_port(), free_port(), free_port());
+    let [gw, xds, agent_port] = distinct_ports::<3>();
     write(
         &config_dir,
         "routing.yaml",
@@ -511,7 +517,7 @@ async fn our_proxy_reaches_the_agent_over_a_unix_socket() {
     let config_dir = tmp.path().join("config");
     std::fs::create_dir_all(&config_dir).expect("dir");
     let upstream = test_support::echo::start("echo").await.expect("echo");
-    let (gw, xds) = (free_port(), free_port());
+    let [gw, xds] = distinct_ports::<2>();
     write(
         &config_dir,
         "routing.yaml",

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use test_support::proxy_peers::{free_port, start_envoy, start_upstream};
+use test_support::proxy_peers::{free_port, free_ports, start_envoy, start_upstream};
 
 use crate::support::*;
 
@@ -400,7 +400,8 @@ async fn routing_matches_envoy() -> anyhow::Result<()> {
     let ours = start_proxy(&ours_yaml)?;
     let ours_addr = ours.listener_addr("main").unwrap();
 
-    let (listen, listen2, admin) = (free_port()?, free_port()?, free_port()?);
+    let ports = free_ports(3)?;
+    let (listen, listen2, admin) = (ports[0], ports[1], ports[2]);
     let envoy_yaml = render(listen, listen2, admin, &envoy_log)
         .replace("              include_request_attempt_count: true\n", "");
     let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse()?;

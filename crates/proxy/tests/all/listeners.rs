@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use test_support::proxy_peers::free_port;
 use wasmesh_proxy::RunningProxy;
 use wasmesh_proxy::config::BuildOptions;
 
@@ -50,12 +51,6 @@ fn update(p: &mut RunningProxy, listeners: &[String]) -> anyhow::Result<()> {
     };
     let config = wasmesh_proxy::config::build(&b, &opts)?;
     Ok(p.update(config)?)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 async fn body(addr: SocketAddr) -> anyhow::Result<String> {

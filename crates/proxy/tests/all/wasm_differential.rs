@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use test_support::proxy_peers::{free_port, start_envoy, start_upstream};
+use test_support::proxy_peers::{free_ports, start_envoy, start_upstream};
 
 use crate::support::*;
 
@@ -288,8 +288,8 @@ async fn wasm_plugins_match_envoy() -> anyhow::Result<()> {
         .map(|n| ours.listener_addr(n).map(|a| a.port()).unwrap_or(0))
         .collect();
 
-    let envoy_ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
-    let admin = free_port()?;
+    let mut envoy_ports = free_ports(n + 1)?;
+    let admin = envoy_ports.pop().unwrap_or_default();
     let envoy_yaml = bootstrap(admin, &envoy_ports, up.addr.port());
     let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse()?;
     let _envoy =
