@@ -240,7 +240,8 @@ pub(crate) fn config_dump(cfg: &ProxyConfig) -> String {
     let routes: Vec<_> = cfg
         .listeners
         .iter()
-        .filter_map(|l| match &l.terminal {
+        .flat_map(|l| l.all_chains())
+        .filter_map(|c| match &c.terminal {
             crate::listener::Terminal::Http(h) => {
                 Some(json!({"route_config": {"name": h.routes.name}}))
             }

@@ -36,6 +36,8 @@ pub(crate) struct Conn {
     pub(crate) hcm: Arc<HcmConfig>,
     pub(crate) worker: Rc<Worker>,
     pub(crate) listener: Arc<str>,
+    /// The filter chain's [`crate::listener::FilterChain::index`].
+    pub(crate) chain: usize,
     pub(crate) local: SocketAddr,
     pub(crate) remote: SocketAddr,
     pub(crate) tls: bool,
@@ -200,7 +202,8 @@ fn current(conn: Rc<Conn>) -> Rc<Conn> {
         .listeners
         .iter()
         .find(|l| l.name == conn.listener)
-        .and_then(|l| match &l.terminal {
+        .and_then(|l| l.chain(conn.chain))
+        .and_then(|c| match &c.terminal {
             crate::listener::Terminal::Http(h) => Some(h),
             crate::listener::Terminal::Tcp(_) => None,
         });
@@ -209,6 +212,7 @@ fn current(conn: Rc<Conn>) -> Rc<Conn> {
             hcm: Arc::clone(h),
             worker: Rc::clone(&conn.worker),
             listener: Arc::clone(&conn.listener),
+            chain: conn.chain,
             local: conn.local,
             remote: conn.remote,
             tls: conn.tls,

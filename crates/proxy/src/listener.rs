@@ -1,5 +1,9 @@
-//! Listener configuration: address, TLS, network filters and the terminal filter (the HTTP
-//! connection manager or `tcp_proxy`), built from the `Listener` proto by a pure function.
+//! Listener configuration: address and filter chains (each with its match, TLS, network filters
+//! and terminal filter: the HTTP connection manager or `tcp_proxy`), built from the `Listener`
+//! proto by a pure function. A connection gets the chain Envoy would pick: criteria in Envoy's
+//! order (destination port, destination IP, server name, transport protocol, application
+//! protocols), at each step the most specific match, else the chains that leave it unset, else
+//! `default_filter_chain`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,14 +31,168 @@ pub struct ListenerConfig {
     pub name: Arc<str>,
     /// Where it listens.
     pub address: SocketAddr,
-    /// TLS server config, if the filter chain has a TLS transport socket.
+    /// `filter_chains`, in config order.
+    pub chains: Vec<Arc<FilterChain>>,
+    /// `default_filter_chain`: used when no chain matches.
+    pub default_chain: Option<Arc<FilterChain>>,
+    /// `listener.<addr>.downstream_cx_total`
+    pub cx_total: Counter,
+}
+
+/// One filter chain of a listener.
+pub struct FilterChain {
+    /// Position: the index in `filter_chains`, or [`DEFAULT_CHAIN`].
+    pub index: usize,
+    /// `name`.
+    pub name: String,
+    /// `filter_chain_match`.
+    pub matcher: ChainMatch,
+    /// TLS server config, if the chain has a TLS transport socket.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Network filters in front of the terminal filter.
     pub network_filters: Vec<NamedNetworkFilter>,
     /// The terminal filter.
     pub terminal: Terminal,
-    /// `listener.<addr>.downstream_cx_total`
-    pub cx_total: Counter,
+}
+
+/// [`FilterChain::index`] of `default_filter_chain`.
+pub const DEFAULT_CHAIN: usize = usize::MAX;
+
+/// `filter_chain_match`: the supported criteria (unset = any).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainMatch {
+    /// `destination_port`.
+    pub destination_port: Option<u16>,
+    /// `prefix_ranges` (destination IP), as (network, prefix length).
+    pub prefix_ranges: Vec<(std::net::IpAddr, u8)>,
+    /// `server_names` (SNI; `*.example.com` wildcards), lower-cased.
+    pub server_names: Vec<String>,
+    /// `transport_protocol`: `tls` or `raw_buffer`.
+    pub transport_protocol: Option<String>,
+    /// `application_protocols` (ALPN offered by the client).
+    pub application_protocols: Vec<String>,
+}
+
+/// What a connection shows before a chain is chosen.
+#[derive(Debug, Clone, Default)]
+pub struct ConnFacts {
+    /// Local (destination) address.
+    pub local: Option<SocketAddr>,
+    /// SNI, for TLS.
+    pub server_name: Option<String>,
+    /// `tls` or `raw_buffer`.
+    pub transport: &'static str,
+    /// ALPN protocols the client offered.
+    pub alpn: Vec<String>,
+}
+
+impl ListenerConfig {
+    /// Every chain, `default_filter_chain` last.
+    pub fn all_chains(&self) -> impl Iterator<Item = &Arc<FilterChain>> {
+        self.chains.iter().chain(self.default_chain.iter())
+    }
+
+    /// The chain at `index` ([`FilterChain::index`]).
+    pub fn chain(&self, index: usize) -> Option<&Arc<FilterChain>> {
+        if index == DEFAULT_CHAIN {
+            self.default_chain.as_ref()
+        } else {
+            self.chains.get(index)
+        }
+    }
+
+    /// Whether choosing a chain needs the TLS ClientHello (SNI, ALPN, TLS or not).
+    pub fn inspects_tls(&self) -> bool {
+        self.chains.iter().any(|c| {
+            !c.matcher.server_names.is_empty()
+                || c.matcher.transport_protocol.is_some()
+                || !c.matcher.application_protocols.is_empty()
+        })
+    }
+
+    /// The chain Envoy would choose for a connection with `facts`.
+    pub fn select(&self, facts: &ConnFacts) -> Option<&Arc<FilterChain>> {
+        let mut c: Vec<&Arc<FilterChain>> = self.chains.iter().collect();
+        let port = facts.local.map(|a| a.port());
+        narrow(&mut c, |m| {
+            m.destination_port.map(|p| (Some(p) == port).then_some(0))
+        });
+        let ip = facts.local.map(|a| a.ip());
+        narrow(&mut c, |m| {
+            (!m.prefix_ranges.is_empty()).then(|| {
+                m.prefix_ranges
+                    .iter()
+                    .filter(|(net, len)| ip.is_some_and(|ip| in_prefix(ip, *net, *len)))
+                    .map(|(_, len)| 255 - u32::from(*len))
+                    .min()
+            })
+        });
+        let sni = facts.server_name.as_deref().unwrap_or("");
+        narrow(&mut c, |m| {
+            (!m.server_names.is_empty()).then(|| {
+                m.server_names
+                    .iter()
+                    .filter_map(|n| server_name_rank(n, sni))
+                    .min()
+            })
+        });
+        narrow(&mut c, |m| {
+            m.transport_protocol
+                .as_ref()
+                .map(|t| (t == facts.transport).then_some(0))
+        });
+        narrow(&mut c, |m| {
+            (!m.application_protocols.is_empty()).then(|| {
+                m.application_protocols
+                    .iter()
+                    .any(|p| facts.alpn.contains(p))
+                    .then_some(0)
+            })
+        });
+        c.first().copied().or(self.default_chain.as_ref())
+    }
+}
+
+/// Keeps the chains that match a criterion best (lowest rank), else those that leave it unset.
+/// `rank` is `None` for unset, `Some(None)` for set but not matching, `Some(Some(r))` for a match.
+fn narrow(c: &mut Vec<&Arc<FilterChain>>, rank: impl Fn(&ChainMatch) -> Option<Option<u32>>) {
+    let best = c.iter().filter_map(|f| rank(&f.matcher).flatten()).min();
+    match best {
+        Some(b) => c.retain(|f| rank(&f.matcher) == Some(Some(b))),
+        None => c.retain(|f| rank(&f.matcher).is_none()),
+    }
+}
+
+/// An exact server name ranks first, then wildcards by longest suffix.
+fn server_name_rank(pattern: &str, sni: &str) -> Option<u32> {
+    if pattern == sni {
+        return Some(0);
+    }
+    let suffix = pattern.strip_prefix('*')?;
+    (sni.len() > suffix.len() && sni.ends_with(suffix)).then(|| 1000 - suffix.len().min(999) as u32)
+}
+
+fn in_prefix(ip: std::net::IpAddr, net: std::net::IpAddr, len: u8) -> bool {
+    use std::net::IpAddr;
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len.min(32)))
+            };
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(len.min(128)))
+            };
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
 }
 
 impl std::fmt::Debug for ListenerConfig {
@@ -180,30 +338,79 @@ pub(crate) fn build(
             ));
         }
     }
-    let chain = match l.filter_chains.as_slice() {
-        [c] => c,
-        [] => {
-            return Err(ConfigError::invalid(
-                format!("{path}.filter_chains"),
-                "one filter chain is required",
-            ));
-        }
-        _ => {
-            return Err(ConfigError::unsupported(
-                format!("{path}.filter_chains"),
-                "more than one filter chain",
-            ));
-        }
-    };
-    let cpath = format!("{path}.filter_chains[0]");
-    let tls = match &chain.transport_socket {
-        None => None,
-        Some(ts) => Some(downstream_tls(ts, &format!("{cpath}.transport_socket"))?),
-    };
     let buffer_limit = l
         .per_connection_buffer_limit_bytes
         .as_ref()
         .map_or(1024 * 1024, |v| v.value as usize);
+    if l.filter_chains.is_empty() && l.default_filter_chain.is_none() {
+        return Err(ConfigError::invalid(
+            format!("{path}.filter_chains"),
+            "one filter chain is required",
+        ));
+    }
+    let mut chains: Vec<Arc<FilterChain>> = Vec::with_capacity(l.filter_chains.len());
+    for (i, chain) in l.filter_chains.iter().enumerate() {
+        let cpath = format!("{path}.filter_chains[{i}]");
+        let built = build_chain(chain, i, &cpath, &name, buffer_limit, env)?;
+        if let Some(other) = chains.iter().find(|c| c.matcher == built.matcher) {
+            // Envoy's message for the same mistake.
+            return Err(ConfigError::invalid(
+                cpath,
+                format!(
+                    "filter chain '{}' has the same matching rules defined as '{}' (filter_chains[{}])",
+                    chain.name, other.name, other.index
+                ),
+            ));
+        }
+        chains.push(Arc::new(built));
+    }
+    let default_chain = match &l.default_filter_chain {
+        Some(chain) => Some(Arc::new(build_chain(
+            chain,
+            DEFAULT_CHAIN,
+            &format!("{path}.default_filter_chain"),
+            &name,
+            buffer_limit,
+            env,
+        )?)),
+        None => None,
+    };
+    let stat_addr = address.to_string().replace(':', "_");
+    let cx_total = env.store.counter(
+        &format!("listener.{stat_addr}.downstream_cx_total"),
+        "envoy_listener_downstream_cx_total",
+        &[("envoy_listener_address", &stat_addr)],
+    );
+    Ok(ListenerConfig {
+        name,
+        address,
+        chains,
+        default_chain,
+        cx_total,
+    })
+}
+
+/// Builds filter chain `chain` (at `cpath`) of listener `name`.
+fn build_chain(
+    chain: &pbl::FilterChain,
+    index: usize,
+    cpath: &str,
+    name: &Arc<str>,
+    buffer_limit: usize,
+    env: &BuildEnv<'_>,
+) -> Result<FilterChain, ConfigError> {
+    let matcher = chain_match(chain.filter_chain_match.as_ref(), cpath)?;
+    let tls = match &chain.transport_socket {
+        None => None,
+        Some(ts) => Some(downstream_tls(ts, &format!("{cpath}.transport_socket"))?),
+    };
+    if tls.is_none() && matcher.transport_protocol.as_deref() == Some("tls") {
+        return Err(ConfigError::unsupported(
+            format!("{cpath}.filter_chain_match.transport_protocol"),
+            "TLS passthrough (a `tls` chain without a TLS transport socket)",
+        ));
+    }
+    let name = Arc::clone(name);
     let mut network_filters = Vec::new();
     let mut terminal = None;
     for (i, f) in chain.filters.iter().enumerate() {
@@ -262,19 +469,63 @@ pub(crate) fn build(
             "the last filter must be http_connection_manager or tcp_proxy",
         )
     })?;
-    let stat_addr = address.to_string().replace(':', "_");
-    let cx_total = env.store.counter(
-        &format!("listener.{stat_addr}.downstream_cx_total"),
-        "envoy_listener_downstream_cx_total",
-        &[("envoy_listener_address", &stat_addr)],
-    );
-    Ok(ListenerConfig {
-        name,
-        address,
+    Ok(FilterChain {
+        index,
+        name: chain.name.clone(),
+        matcher,
         tls,
         network_filters,
         terminal,
-        cx_total,
+    })
+}
+
+/// `filter_chain_match` → [`ChainMatch`].
+fn chain_match(m: Option<&pbl::FilterChainMatch>, cpath: &str) -> Result<ChainMatch, ConfigError> {
+    let Some(m) = m else {
+        return Ok(ChainMatch::default());
+    };
+    let mpath = format!("{cpath}.filter_chain_match");
+    let destination_port = match &m.destination_port {
+        None => None,
+        Some(p) => Some(u16::try_from(p.value).map_err(|_| {
+            ConfigError::invalid(format!("{mpath}.destination_port"), "must be 1..65535")
+        })?),
+    };
+    let mut prefix_ranges = Vec::new();
+    for (i, r) in m.prefix_ranges.iter().enumerate() {
+        let ip: std::net::IpAddr = r.address_prefix.parse().map_err(|e| {
+            ConfigError::invalid(format!("{mpath}.prefix_ranges[{i}].address_prefix"), e)
+        })?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let len = r.prefix_len.as_ref().map_or(max, |v| v.value);
+        if len > max {
+            return Err(ConfigError::invalid(
+                format!("{mpath}.prefix_ranges[{i}].prefix_len"),
+                format!("at most {max}"),
+            ));
+        }
+        prefix_ranges.push((ip, len as u8));
+    }
+    let transport_protocol = match m.transport_protocol.as_str() {
+        "" => None,
+        t @ ("tls" | "raw_buffer") => Some(t.to_string()),
+        other => {
+            return Err(ConfigError::unsupported(
+                format!("{mpath}.transport_protocol"),
+                format!("{other:?} (tls and raw_buffer are)"),
+            ));
+        }
+    };
+    Ok(ChainMatch {
+        destination_port,
+        prefix_ranges,
+        server_names: m
+            .server_names
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect(),
+        transport_protocol,
+        application_protocols: m.application_protocols.clone(),
     })
 }
 

@@ -17,7 +17,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::config::{BuildOptions, ConfigError, ProxyConfig};
 use crate::filter::StreamInfo;
-use crate::listener::{ListenerConfig, Terminal};
+use crate::listener::{ConnFacts, FilterChain, ListenerConfig, Terminal};
 use crate::network_filter::NetworkCx;
 use crate::pb::bootstrap::Bootstrap;
 use crate::stats::Store;
@@ -555,6 +555,82 @@ async fn accept_loop(
     }
 }
 
+/// What a connection is served with: its filter chain, the stream (TLS terminated if the chain
+/// says so), whether ALPN chose h2, and the SNI.
+type Accepted = (
+    Arc<FilterChain>,
+    crate::hcm::ServerIo,
+    Option<bool>,
+    Option<String>,
+);
+
+/// Chooses the filter chain for a new connection and runs its TLS handshake. `None` closes the
+/// connection (no chain matches, a handshake fails or times out), as Envoy does.
+async fn accept_chain(
+    sock: tokio::net::TcpStream,
+    local: SocketAddr,
+    lcfg: &ListenerConfig,
+) -> Option<Accepted> {
+    const HANDSHAKE: Duration = Duration::from_secs(10);
+    let mut facts = ConnFacts {
+        local: Some(local),
+        transport: "raw_buffer",
+        ..ConnFacts::default()
+    };
+    if lcfg.inspects_tls() {
+        // tls_inspector: a TLS record starts with 0x16 (handshake).
+        let mut first = [0u8; 1];
+        let n = tokio::time::timeout(HANDSHAKE, sock.peek(&mut first))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 1 && first[0] == 0x16 {
+            let acceptor =
+                tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), sock);
+            let start = tokio::time::timeout(HANDSHAKE, acceptor).await.ok()?.ok()?;
+            let hello = start.client_hello();
+            facts.transport = "tls";
+            facts.server_name = hello.server_name().map(str::to_ascii_lowercase);
+            facts.alpn = hello
+                .alpn()
+                .map(|a| a.map(|p| String::from_utf8_lossy(p).into_owned()).collect())
+                .unwrap_or_default();
+            let Some(chain) = lcfg.select(&facts).cloned() else {
+                tracing::debug!(listener = %lcfg.name, sni = ?facts.server_name, "no filter chain matches; closing");
+                return None;
+            };
+            // A plaintext chain chosen for a TLS client (passthrough is rejected at build time).
+            let tls = chain.tls.clone()?;
+            let s = tokio::time::timeout(HANDSHAKE, start.into_stream(tls))
+                .await
+                .ok()?
+                .ok()?;
+            let conn = s.get_ref().1;
+            let h2 = conn.alpn_protocol().map(|p| p == b"h2");
+            let sni = conn.server_name().map(str::to_string);
+            return Some((chain, crate::hcm::ServerIo::Tls(Box::new(s)), h2, sni));
+        }
+    }
+    let Some(chain) = lcfg.select(&facts).cloned() else {
+        tracing::debug!(listener = %lcfg.name, "no filter chain matches; closing");
+        return None;
+    };
+    match chain.tls.clone() {
+        None => Some((chain, crate::hcm::ServerIo::Plain(sock), None, None)),
+        Some(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+            let s = tokio::time::timeout(HANDSHAKE, acceptor.accept(sock))
+                .await
+                .ok()?
+                .ok()?;
+            let conn = s.get_ref().1;
+            let h2 = conn.alpn_protocol().map(|p| p == b"h2");
+            let sni = conn.server_name().map(str::to_string);
+            Some((chain, crate::hcm::ServerIo::Tls(Box::new(s)), h2, sni))
+        }
+    }
+}
+
 async fn handle_connection(
     sock: tokio::net::TcpStream,
     local: SocketAddr,
@@ -571,31 +647,20 @@ async fn handle_connection(
         http::Version::HTTP_11,
         node,
     );
+    // Filter chain choice (peeking at the TLS ClientHello when a chain match needs it) and the
     // TLS handshake.
-    let (io, alpn_h2, sni): (crate::hcm::ServerIo, Option<bool>, Option<String>) = match &lcfg.tls {
-        None => (crate::hcm::ServerIo::Plain(sock), None, None),
-        Some(tls) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(tls));
-            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(sock)).await {
-                Ok(Ok(s)) => {
-                    let conn = s.get_ref().1;
-                    let h2 = conn.alpn_protocol().map(|p| p == b"h2");
-                    let sni = conn.server_name().map(str::to_string);
-                    (crate::hcm::ServerIo::Tls(Box::new(s)), h2, sni)
-                }
-                _ => return,
-            }
-        }
+    let Some((chain, io, alpn_h2, sni)) = accept_chain(sock, local, &lcfg).await else {
+        return;
     };
-    info.downstream_tls = lcfg.tls.is_some();
+    info.downstream_tls = chain.tls.is_some();
     info.requested_server_name = sni.clone();
-    let filters: Vec<_> = lcfg
+    let filters: Vec<_> = chain
         .network_filters
         .iter()
         .map(|f| f.config.create_filter(&worker.ctx))
         .collect();
     let mut cx = NetworkCx::new(info, worker.ctx.clone());
-    match &lcfg.terminal {
+    match &chain.terminal {
         Terminal::Tcp(tcp) => crate::tcp::serve(io, Arc::clone(tcp), filters, cx, worker).await,
         Terminal::Http(hcm) => {
             let mut filters = filters;
@@ -609,12 +674,13 @@ async fn handle_connection(
                 hcm: Arc::clone(hcm),
                 worker,
                 listener: Arc::clone(&lcfg.name),
+                chain: chain.index,
                 local,
                 remote,
-                tls: lcfg.tls.is_some(),
+                tls: chain.tls.is_some(),
                 sni,
             });
-            if lcfg
+            if chain
                 .network_filters
                 .iter()
                 .any(|f| !f.config.connection_only())

@@ -41,6 +41,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "traffic_direction",
             "listener_filters",
             "stat_prefix",
+            "default_filter_chain",
         ],
     ),
     (
@@ -49,7 +50,21 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.listener.v3.FilterChain",
-        &["filters", "transport_socket", "name"],
+        &["filters", "transport_socket", "name", "filter_chain_match"],
+    ),
+    (
+        "envoy.config.listener.v3.FilterChainMatch",
+        &[
+            "destination_port",
+            "prefix_ranges",
+            "server_names",
+            "transport_protocol",
+            "application_protocols",
+        ],
+    ),
+    (
+        "envoy.config.core.v3.CidrRange",
+        &["address_prefix", "prefix_len"],
     ),
     ("envoy.config.listener.v3.Filter", &["name", "typed_config"]),
     (

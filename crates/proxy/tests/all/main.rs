@@ -6,6 +6,7 @@ mod config_errors;
 mod conformance;
 mod differential;
 mod errors;
+mod filter_chains;
 mod filters;
 mod listeners;
 mod routing;

@@ -183,3 +183,36 @@ pub(crate) fn basic(port: u16) -> String {
         ],
     )
 }
+
+/// A self-signed EC certificate for `cn` with subjectAltName `sans` (openssl), written to `dir`:
+/// (certificate path, key path).
+pub(crate) fn self_signed_cert(
+    dir: &std::path::Path,
+    cn: &str,
+    sans: &str,
+) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", &format!("/CN={cn}")])
+        .args(["-addext", &format!("subjectAltName={sans}")])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((cert, key))
+}

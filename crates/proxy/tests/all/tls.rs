@@ -73,37 +73,8 @@ static_resources:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_both_ways_with_alpn() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let status = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-        ])
-        .args([
-            "-subj",
-            "/CN=backend.test",
-            "-addext",
-            "subjectAltName=DNS:backend.test,IP:127.0.0.1",
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()?;
-    assert!(
-        status.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&status.stderr)
-    );
+    let (cert, key) =
+        self_signed_cert(dir.path(), "backend.test", "DNS:backend.test,IP:127.0.0.1")?;
     let echo = start_upstream("echo").await?;
     let yaml = fill(
         TLS,
