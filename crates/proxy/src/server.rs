@@ -605,10 +605,7 @@ async fn accept_chain(
                 .await
                 .ok()?
                 .ok()?;
-            let conn = s.get_ref().1;
-            let h2 = conn.alpn_protocol().map(|p| p == b"h2");
-            let sni = conn.server_name().map(str::to_string);
-            return Some((chain, crate::hcm::ServerIo::Tls(Box::new(s)), h2, sni));
+            return Some(tls_accepted(chain, s));
         }
     }
     let Some(chain) = lcfg.select(&facts).cloned() else {
@@ -623,12 +620,20 @@ async fn accept_chain(
                 .await
                 .ok()?
                 .ok()?;
-            let conn = s.get_ref().1;
-            let h2 = conn.alpn_protocol().map(|p| p == b"h2");
-            let sni = conn.server_name().map(str::to_string);
-            Some((chain, crate::hcm::ServerIo::Tls(Box::new(s)), h2, sni))
+            Some(tls_accepted(chain, s))
         }
     }
+}
+
+/// A finished handshake: whether ALPN chose h2, and the SNI.
+fn tls_accepted(
+    chain: Arc<FilterChain>,
+    s: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+) -> Accepted {
+    let conn = s.get_ref().1;
+    let h2 = conn.alpn_protocol().map(|p| p == b"h2");
+    let sni = conn.server_name().map(str::to_string);
+    (chain, crate::hcm::ServerIo::Tls(Box::new(s)), h2, sni)
 }
 
 async fn handle_connection(
