@@ -81,8 +81,6 @@ enum ListenerCmd {
 /// A running proxy.
 pub struct RunningProxy {
     listeners: BoundListeners,
-    /// Each listener's configured address (before port 0 is resolved), to tell a changed one.
-    configured: Vec<(Arc<str>, SocketAddr)>,
     workers: Vec<mpsc::UnboundedSender<ListenerCmd>>,
     admin: Option<SocketAddr>,
     drain: watch::Sender<bool>,
@@ -132,10 +130,12 @@ impl RunningProxy {
     /// in-flight streams finish on the old one. If a new listener cannot be bound nothing
     /// changes and the error names it.
     pub fn update(&mut self, config: ProxyConfig) -> Result<(), StartError> {
+        // Listeners are told apart by name and configured address (before port 0 is resolved).
+        let old = self.config.load_full();
         let unchanged = |name: &str, addr: SocketAddr| {
-            self.configured
+            old.listeners
                 .iter()
-                .any(|(n, a)| &**n == name && *a == addr)
+                .any(|l| &*l.name == name && l.address == addr)
         };
         let mut added = Vec::new();
         for l in &config.listeners {
@@ -144,16 +144,16 @@ impl RunningProxy {
                 added.push((Arc::clone(&l.name), actual, socks));
             }
         }
-        let removed: Vec<Arc<str>> = self
-            .configured
+        let removed: Vec<Arc<str>> = old
+            .listeners
             .iter()
-            .filter(|(n, a)| {
+            .filter(|o| {
                 !config
                     .listeners
                     .iter()
-                    .any(|l| l.name == *n && l.address == *a)
+                    .any(|l| l.name == o.name && l.address == o.address)
             })
-            .map(|(n, _)| Arc::clone(n))
+            .map(|o| Arc::clone(&o.name))
             .collect();
         let old_bound = self.listeners.load_full();
         let bound: Vec<(Arc<str>, SocketAddr)> = config
@@ -172,11 +172,6 @@ impl RunningProxy {
                 };
                 fresh.or_else(kept).map(|a| (Arc::clone(&l.name), a))
             })
-            .collect();
-        self.configured = config
-            .listeners
-            .iter()
-            .map(|l| (Arc::clone(&l.name), l.address))
             .collect();
         self.config.store(Arc::new(config));
         for name in &removed {
@@ -295,11 +290,6 @@ pub fn start_with(
             per_worker.push((Arc::clone(&l.name), s));
         }
     }
-    let configured = config
-        .listeners
-        .iter()
-        .map(|l| (Arc::clone(&l.name), l.address))
-        .collect();
     let bound: BoundListeners = Arc::new(ArcSwap::from_pointee(bound));
     let admin_sock = match config.admin {
         Some(a) => {
@@ -394,7 +384,6 @@ pub fn start_with(
     let _ = init_rx.recv_timeout(Duration::from_secs(10));
     Ok(RunningProxy {
         listeners: bound,
-        configured,
         workers,
         admin,
         drain: drain_tx,
