@@ -4,6 +4,7 @@
 //! filters, then access logs, `on_log` and stats.
 
 mod chain;
+mod local_lock;
 mod router;
 
 use std::convert::Infallible;
@@ -275,7 +276,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Response<Body> {
         .iter()
         .map(|f| f.config.create_filter(&conn.worker.ctx))
         .collect();
-    let stream = Rc::new(tokio::sync::Mutex::new(Stream {
+    let stream = Rc::new(local_lock::LocalLock::new(Stream {
         cx: FilterCx::new(info, conn.worker.ctx.clone()),
         filters,
     }));
@@ -346,7 +347,7 @@ pub(crate) fn finalize_response_headers(
 /// End-of-stream bookkeeping: runs once, when the downstream response body ends or is dropped.
 pub(crate) struct Finisher {
     conn: Rc<Conn>,
-    stream: Rc<tokio::sync::Mutex<Stream>>,
+    stream: Rc<local_lock::LocalLock<Stream>>,
     start: Instant,
     pub(crate) summary: RequestSummary,
     pub(crate) bytes_received: Rc<std::cell::Cell<u64>>,
@@ -378,7 +379,7 @@ impl Drop for Finisher {
 }
 
 impl Finisher {
-    fn new(conn: Rc<Conn>, stream: Rc<tokio::sync::Mutex<Stream>>, start: Instant) -> Self {
+    fn new(conn: Rc<Conn>, stream: Rc<local_lock::LocalLock<Stream>>, start: Instant) -> Self {
         Self {
             conn,
             stream,
@@ -440,7 +441,7 @@ impl Finisher {
             }
         };
         let stream = Rc::clone(&self.stream);
-        if let Ok(mut guard) = stream.try_lock() {
+        if let Some(mut guard) = stream.try_lock() {
             run(&mut guard, &self);
             return;
         }

@@ -302,9 +302,12 @@ impl HttpFilter for WasmFilter {
     ) -> LocalBoxFuture<'a, HeadersStatus> {
         Box::pin(async move {
             let map = convert::request_map(headers);
-            let (status, modified) = self.headers(cx, map, end_stream, true).await;
-            if let Some(map) = modified {
-                convert::apply_request_map(&map, headers);
+            let (status, modified) = self
+                .headers(cx, map, end_stream, true, &mut |m| {
+                    convert::apply_request(m, headers)
+                })
+                .await;
+            if modified {
                 // Envoy clears the route cache when a plugin changes request headers.
                 cx.clear_route_cache();
             }
@@ -337,11 +340,8 @@ impl HttpFilter for WasmFilter {
     ) -> LocalBoxFuture<'a, HeadersStatus> {
         Box::pin(async move {
             let map = convert::response_map(headers);
-            let (status, modified) = self.headers(cx, map, end_stream, false).await;
-            if let Some(map) = modified {
-                convert::apply_response_map(&map, headers);
-            }
-            status
+            let apply = &mut |m: &wasm_host::HeaderMap| convert::apply_response(m, headers);
+            self.headers(cx, map, end_stream, false, apply).await.0
         })
     }
 
@@ -399,22 +399,24 @@ impl HttpFilter for WasmFilter {
 }
 
 impl WasmFilter {
-    /// Runs a headers callback on `map`; returns the status and the map if the plugin changed
-    /// it. A plugin that cannot run fails the request with 503 (response side: continues, as
-    /// Envoy skips response callbacks once the failure reply was sent).
+    /// Runs a headers callback on `map`, then `apply`s the plugin's edits if it made any;
+    /// returns the status and whether it did. A plugin that cannot run fails the request with
+    /// 503 (response side: continues, as Envoy skips response callbacks once the failure reply
+    /// was sent).
     async fn headers(
         &mut self,
         cx: &mut FilterCx,
         map: wasm_host::HeaderMap,
         end_stream: bool,
         request: bool,
-    ) -> (HeadersStatus, Option<wasm_host::HeaderMap>) {
+        apply: &mut dyn FnMut(&wasm_host::HeaderMap),
+    ) -> (HeadersStatus, bool) {
         let ctx = match self.context(cx.stream_info()) {
             Ok(ctx) => ctx,
             Err(Unavailable::FailStream) if request => {
-                return (HeadersStatus::LocalReply(fail_stream()), None);
+                return (HeadersStatus::LocalReply(fail_stream()), false);
             }
-            Err(_) => return (HeadersStatus::Continue, None),
+            Err(_) => return (HeadersStatus::Continue, false),
         };
         let (mt, stream) = if request {
             (MapType::RequestHeaders, StreamType::HttpRequest)
@@ -431,23 +433,37 @@ impl WasmFilter {
         });
         let action = match res {
             Some(Ok(a)) => a,
-            _ => return (Self::headers_status(self.on_fail()), None),
+            _ => return (Self::headers_status(self.on_fail()), false),
         };
         let outcome = self
             .settle(cx, ctx, action != HeadersAction::Continue, stream)
             .await;
-        (Self::headers_status(outcome), self.take_modified(ctx, mt))
+        (
+            Self::headers_status(outcome),
+            self.apply_modified(ctx, mt, apply),
+        )
     }
 
-    /// The map back from the plugin, if it changed it.
-    fn take_modified(&self, ctx: u32, mt: MapType) -> Option<wasm_host::HeaderMap> {
+    /// Applies the plugin's edits of a map, if it made any; the map stays in the context as
+    /// the plugin left it (later callbacks and `on_log` see it). Says whether it did.
+    fn apply_modified(
+        &self,
+        ctx: u32,
+        mt: MapType,
+        apply: &mut dyn FnMut(&wasm_host::HeaderMap),
+    ) -> bool {
         self.vm
             .with_vm(|vm| {
-                vm.map_modified(ctx, mt)
-                    .then(|| vm.take_map(ctx, mt))
-                    .flatten()
+                if !vm.map_modified(ctx, mt) {
+                    return false;
+                }
+                if let Some(m) = vm.map(ctx, mt) {
+                    apply(m);
+                }
+                vm.map_applied(ctx, mt);
+                true
             })
-            .flatten()
+            .unwrap_or(false)
     }
 
     async fn body(
@@ -506,7 +522,11 @@ impl WasmFilter {
         match outcome {
             Outcome::Reply(r) => DataStatus::LocalReply(r),
             Outcome::Continue => {
-                if let Some(Some(buf)) = self.vm.with_vm(|vm| vm.take_buffer(ctx, bt)) {
+                let edited = self.vm.with_vm(|vm| {
+                    let modified = vm.buffer_modified(ctx, bt);
+                    vm.take_buffer(ctx, bt).filter(|_| modified)
+                });
+                if let Some(Some(buf)) = edited {
                     *data = Bytes::from(buf);
                 }
                 DataStatus::Continue
@@ -559,9 +579,7 @@ impl WasmFilter {
         let outcome = self
             .settle(cx, ctx, action == FilterAction::Stop, stream)
             .await;
-        if let Some(map) = self.take_modified(ctx, mt) {
-            convert::apply_trailers_map(&map, trailers);
-        }
+        self.apply_modified(ctx, mt, &mut |m| convert::apply_trailers(m, trailers));
         match outcome {
             Outcome::Continue => TrailersStatus::Continue,
             Outcome::Reply(r) => TrailersStatus::LocalReply(r),

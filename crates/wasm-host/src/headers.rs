@@ -1,11 +1,61 @@
 //! The header map plugins see: ordered, duplicates kept, keys lower-cased (like Envoy).
+//!
+//! Built once per callback from the proxy's headers and read back after it, so it sits on the
+//! hot path: keys and values live back to back in one byte buffer (two allocations per map
+//! instead of two per entry), and the edits a plugin makes are logged so the proxy can apply
+//! just those to its own headers instead of rebuilding them.
+
+/// A byte range of the buffer.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    key: Span,
+    value: Span,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Add,
+    Replace,
+    Remove,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Logged {
+    op: Op,
+    key: Span,
+    value: Span,
+}
+
+/// One edit since the map was built (or since [`HeaderMap::forget_changes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change<'a> {
+    /// An entry appended (lower-cased key, value).
+    Add(&'a [u8], &'a [u8]),
+    /// Every entry for the key replaced by one with this value (at the first one's place).
+    Replace(&'a [u8], &'a [u8]),
+    /// Every entry for the key removed.
+    Remove(&'a [u8]),
+}
 
 /// An ordered multi-map of header (or trailer, metadata) entries. Pseudo-headers
 /// (`:method`, `:path`, `:authority`, `:scheme`, `:status`) are ordinary entries.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct HeaderMap {
-    entries: Vec<(Vec<u8>, Vec<u8>)>,
+    buf: Vec<u8>,
+    entries: Vec<Entry>,
+    changes: Vec<Logged>,
+    /// Replaced wholesale (or the log was dropped): the change log does not describe it.
+    rebuilt: bool,
 }
+
+/// Bytes of superseded values above which the buffer is compacted.
+const COMPACT_AT: usize = 16 * 1024;
 
 impl HeaderMap {
     /// An empty map.
@@ -13,15 +63,58 @@ impl HeaderMap {
         Self::default()
     }
 
-    /// A map from entries, lower-casing the keys.
+    /// A map from entries, lower-casing the keys. The entries are its base: no changes.
     pub fn from_entries<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         entries: impl IntoIterator<Item = (K, V)>,
     ) -> Self {
-        let mut m = Self::new();
-        for (k, v) in entries {
-            m.add(k.as_ref(), v.as_ref());
+        let it = entries.into_iter();
+        let mut m = Self {
+            buf: Vec::with_capacity(256),
+            entries: Vec::with_capacity(it.size_hint().0),
+            changes: Vec::new(),
+            rebuilt: false,
+        };
+        for (k, v) in it {
+            let e = Entry {
+                key: m.push_key(k.as_ref()),
+                value: m.push(v.as_ref()),
+            };
+            m.entries.push(e);
         }
         m
+    }
+
+    fn push(&mut self, bytes: &[u8]) -> Span {
+        let start = self.buf.len() as u32;
+        self.buf.extend_from_slice(bytes);
+        Span {
+            start,
+            len: bytes.len() as u32,
+        }
+    }
+
+    fn push_key(&mut self, key: &[u8]) -> Span {
+        let s = self.push(key);
+        self.bytes_mut(s).make_ascii_lowercase();
+        s
+    }
+
+    fn bytes(&self, s: Span) -> &[u8] {
+        &self.buf[s.start as usize..(s.start + s.len) as usize]
+    }
+
+    fn bytes_mut(&mut self, s: Span) -> &mut [u8] {
+        &mut self.buf[s.start as usize..(s.start + s.len) as usize]
+    }
+
+    fn key_is(&self, e: &Entry, key: &[u8]) -> bool {
+        self.bytes(e.key).eq_ignore_ascii_case(key)
+    }
+
+    fn log(&mut self, op: Op, key: Span, value: Span) {
+        if !self.rebuilt {
+            self.changes.push(Logged { op, key, value });
+        }
     }
 
     /// Number of entries.
@@ -38,15 +131,15 @@ impl HeaderMap {
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
         self.entries
             .iter()
-            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+            .map(|e| (self.bytes(e.key), self.bytes(e.value)))
     }
 
     /// The first value for `key` (case-insensitive), as Envoy's `get_header_map_value` answers.
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
         self.entries
             .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v.as_slice())
+            .find(|e| self.key_is(e, key))
+            .map(|e| self.bytes(e.value))
     }
 
     /// The first value for `key` as UTF-8, if it is.
@@ -58,14 +151,14 @@ impl HeaderMap {
     /// All values for `key` joined with `,` (CEL `request.headers.x` in newer Envoy).
     pub fn get_joined(&self, key: &[u8]) -> Option<Vec<u8>> {
         let mut out: Option<Vec<u8>> = None;
-        for (k, v) in &self.entries {
+        for (k, v) in self.iter() {
             if k.eq_ignore_ascii_case(key) {
                 match &mut out {
                     Some(o) => {
                         o.push(b',');
                         o.extend_from_slice(v);
                     }
-                    None => out = Some(v.clone()),
+                    None => out = Some(v.to_vec()),
                 }
             }
         }
@@ -74,41 +167,123 @@ impl HeaderMap {
 
     /// Appends an entry (keeps existing ones with the same key).
     pub fn add(&mut self, key: &[u8], value: &[u8]) {
-        self.entries
-            .push((key.to_ascii_lowercase(), value.to_vec()));
+        let e = Entry {
+            key: self.push_key(key),
+            value: self.push(value),
+        };
+        self.entries.push(e);
+        self.log(Op::Add, e.key, e.value);
+        self.maybe_compact();
     }
 
-    /// Removes every entry for `key`, then adds one.
+    /// Removes every entry for `key`, then adds one (at the first one's place, if any).
     pub fn replace(&mut self, key: &[u8], value: &[u8]) {
-        let mut found = false;
-        self.entries.retain_mut(|(k, v)| {
-            if k.eq_ignore_ascii_case(key) {
-                if found {
-                    return false;
-                }
-                found = true;
-                *v = value.to_vec();
-            }
-            true
-        });
-        if !found {
+        let Some(first) = self.entries.iter().position(|e| self.key_is(e, key)) else {
             self.add(key, value);
+            return;
+        };
+        let v = self.push(value);
+        let k = self.entries[first].key;
+        self.entries[first].value = v;
+        let mut i = first + 1;
+        while i < self.entries.len() {
+            if self.key_is(&self.entries[i], key) {
+                self.entries.remove(i);
+            } else {
+                i += 1;
+            }
         }
+        self.log(Op::Replace, k, v);
+        self.maybe_compact();
     }
 
     /// Removes every entry for `key`.
     pub fn remove(&mut self, key: &[u8]) {
-        self.entries.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
+        let before = self.entries.len();
+        let buf = &self.buf;
+        self.entries.retain(|e| {
+            !buf[e.key.start as usize..(e.key.start + e.key.len) as usize].eq_ignore_ascii_case(key)
+        });
+        if self.entries.len() != before && !self.rebuilt {
+            let k = self.push_key(key);
+            self.log(Op::Remove, k, Span { start: 0, len: 0 });
+        }
+    }
+
+    /// Replaces every entry (a plugin setting all pairs): the map no longer has a change log.
+    pub fn set_entries<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &mut self,
+        entries: impl IntoIterator<Item = (K, V)>,
+    ) {
+        *self = Self::from_entries(entries);
+        self.rebuilt = true;
+    }
+
+    /// The edits since the map was built, in order; `None` when it was replaced wholesale
+    /// (then apply the whole map).
+    pub fn changes(&self) -> Option<impl Iterator<Item = Change<'_>> + Clone> {
+        if self.rebuilt {
+            return None;
+        }
+        Some(self.changes.iter().map(|c| match c.op {
+            Op::Add => Change::Add(self.bytes(c.key), self.bytes(c.value)),
+            Op::Replace => Change::Replace(self.bytes(c.key), self.bytes(c.value)),
+            Op::Remove => Change::Remove(self.bytes(c.key)),
+        }))
+    }
+
+    /// Makes the current entries the base: no changes from here.
+    pub fn forget_changes(&mut self) {
+        self.changes.clear();
+        self.rebuilt = false;
+    }
+
+    /// Superseded bytes are dropped once they pile up (a plugin replacing a value in a loop);
+    /// the change log goes with them (the proxy then applies the whole map).
+    fn maybe_compact(&mut self) {
+        if self.buf.len() < COMPACT_AT {
+            return;
+        }
+        let live: usize = self.byte_size();
+        if self.buf.len() < 2 * live + COMPACT_AT {
+            return;
+        }
+        let rebuilt = Self::from_entries(self.iter());
+        *self = rebuilt;
+        self.rebuilt = true;
     }
 
     /// Sum of key and value bytes (Envoy's `byteSize()`).
     pub fn byte_size(&self) -> usize {
-        self.entries.iter().map(|(k, v)| k.len() + v.len()).sum()
+        self.entries
+            .iter()
+            .map(|e| (e.key.len + e.value.len) as usize)
+            .sum()
     }
 
-    /// Moves the entries out.
+    /// Copies the entries out.
     pub fn into_entries(self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        self.entries
+        self.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+    }
+}
+
+impl PartialEq for HeaderMap {
+    /// Same entries in the same order (the change log is not compared).
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for HeaderMap {}
+
+impl std::fmt::Debug for HeaderMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(
+                self.iter()
+                    .map(|(k, v)| (String::from_utf8_lossy(k), String::from_utf8_lossy(v))),
+            )
+            .finish()
     }
 }
 
@@ -130,5 +305,45 @@ mod tests {
         assert_eq!(m.get(b"b"), None);
         assert_eq!(m.len(), 2);
         assert_eq!(m.byte_size(), 3 + 1 + 3 + 1);
+    }
+
+    #[test]
+    fn edits_are_logged_in_order_until_forgotten() {
+        let mut m = HeaderMap::from_entries([(":path", "/"), ("x-a", "1")]);
+        assert_eq!(m.changes().map(|c| c.count()), Some(0));
+        m.add(b"X-New", b"v");
+        m.replace(b":path", b"/b");
+        m.remove(b"x-a");
+        m.remove(b"absent");
+        let log: Vec<Change<'_>> = m.changes().expect("log").collect();
+        assert_eq!(
+            log,
+            vec![
+                Change::Add(b"x-new", b"v"),
+                Change::Replace(b":path", b"/b"),
+                Change::Remove(b"x-a"),
+            ]
+        );
+        assert_eq!(
+            m.iter().collect::<Vec<_>>(),
+            vec![(&b":path"[..], &b"/b"[..]), (b"x-new", b"v")]
+        );
+        m.forget_changes();
+        assert_eq!(m.changes().map(|c| c.count()), Some(0));
+        m.set_entries([("a", "b")]);
+        assert!(m.changes().is_none(), "a wholesale replacement has no log");
+        assert_eq!(m, HeaderMap::from_entries([("A", "b")]));
+    }
+
+    #[test]
+    fn a_replace_loop_stays_bounded() {
+        let mut m = HeaderMap::from_entries([("x", "0")]);
+        let big = vec![b'v'; 1024];
+        for _ in 0..10_000 {
+            m.replace(b"x", &big);
+        }
+        assert!(m.buf.len() < 2 * COMPACT_AT + 4096, "{}", m.buf.len());
+        assert_eq!(m.get(b"x"), Some(&big[..]));
+        assert!(m.changes().is_none(), "compaction drops the log");
     }
 }

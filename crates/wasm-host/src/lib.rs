@@ -34,7 +34,7 @@ pub use abi::{
     PeerType, Status, StreamType,
 };
 pub use error::{Error, TrapKind};
-pub use headers::HeaderMap;
+pub use headers::{Change, HeaderMap};
 pub use host::{GrpcCall, Host, HttpCall, HttpCallResponse, NullHost};
 pub use metrics::{HISTOGRAM_BUCKETS, Metric, MetricValue, Metrics};
 pub use plugin::{Backoff, FailurePolicy, Limits, Plugin, PluginConfig, PluginStats};

@@ -92,6 +92,8 @@ pub(crate) struct Context {
     pub(crate) maps_modified: [bool; 4],
     /// Request body, response body, downstream data, upstream data.
     pub(crate) buffers: [Option<Vec<u8>>; 4],
+    /// Whether the plugin changed each buffer since it was set.
+    pub(crate) buffers_modified: [bool; 4],
     pub(crate) props: Box<dyn StreamProperties>,
     /// Values set with `proxy_set_property` (Envoy: filter state `wasm.<path>`).
     pub(crate) filter_state: Vec<(Vec<u8>, Vec<u8>)>,
@@ -105,6 +107,7 @@ impl Context {
             maps: Default::default(),
             maps_modified: [false; 4],
             buffers: Default::default(),
+            buffers_modified: [false; 4],
             props,
             filter_state: Vec::new(),
         }

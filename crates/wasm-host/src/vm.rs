@@ -423,6 +423,20 @@ impl PluginVm {
             .is_some_and(|c| c.maps_modified[slot])
     }
 
+    /// The proxy applied the plugin's edits of a map: its current entries become the base
+    /// (no change log, not modified), and it stays for later callbacks of the stream.
+    pub fn map_applied(&mut self, ctx: u32, map_type: MapType) {
+        let Some(slot) = map_type.stream_slot() else {
+            return;
+        };
+        if let Some(c) = self.store.data_mut().contexts.get_mut(&ctx) {
+            if let Some(m) = &mut c.maps[slot] {
+                m.forget_changes();
+            }
+            c.maps_modified[slot] = false;
+        }
+    }
+
     /// Takes a map back out of a stream context (after the plugin is done with it).
     pub fn take_map(&mut self, ctx: u32, map_type: MapType) -> Option<HeaderMap> {
         let slot = map_type.stream_slot()?;
@@ -443,8 +457,22 @@ impl PluginVm {
             self.store.data_mut().contexts.get_mut(&ctx),
         ) {
             c.buffers[slot] = Some(data);
+            c.buffers_modified[slot] = false;
         }
         Ok(())
+    }
+
+    /// Whether the plugin changed a buffer since [`Self::set_buffer`] or
+    /// [`Self::append_buffer`] (lets the proxy keep the data it has when not).
+    pub fn buffer_modified(&self, ctx: u32, buffer: BufferType) -> bool {
+        let Some(slot) = buffer.stream_slot() else {
+            return false;
+        };
+        self.store
+            .data()
+            .contexts
+            .get(&ctx)
+            .is_some_and(|c| c.buffers_modified[slot])
     }
 
     /// Appends to a body/data buffer (what Envoy does while a plugin buffers).
@@ -462,6 +490,7 @@ impl PluginVm {
             c.buffers[slot]
                 .get_or_insert_with(Vec::new)
                 .extend_from_slice(data);
+            c.buffers_modified[slot] = false;
         }
         Ok(())
     }

@@ -241,7 +241,7 @@ type Hook = LocalBoxFuture<'static, (Pass, FrameFlow)>;
 pub(crate) struct FilterBody<B> {
     pending: VecDeque<Frame<Bytes>>,
     src: Option<B>,
-    stream: Rc<tokio::sync::Mutex<Stream>>,
+    stream: Rc<super::local_lock::LocalLock<Stream>>,
     pass: Option<Pass>,
     from: usize,
     counter: Option<Rc<std::cell::Cell<u64>>>,
@@ -262,7 +262,7 @@ where
     pub(crate) fn boxed(
         pending: Vec<Frame<Bytes>>,
         src: Option<B>,
-        stream: Rc<tokio::sync::Mutex<Stream>>,
+        stream: Rc<super::local_lock::LocalLock<Stream>>,
         pass: Pass,
         from: usize,
         counter: Option<Rc<std::cell::Cell<u64>>>,

@@ -21,7 +21,7 @@ use crate::response_flags::ResponseFlags;
 use crate::route::{Action, RouteAction, rewrite_prefix};
 use crate::upstream::{Body, BoxError};
 
-type Shared = Rc<tokio::sync::Mutex<Stream>>;
+type Shared = Rc<super::local_lock::LocalLock<Stream>>;
 
 /// Frames read ahead while a filter held the headers, and the rest of the body.
 enum Phase {
@@ -191,16 +191,11 @@ pub(super) async fn run(
             .headers
             .get(HOST)
             .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()))
             .unwrap_or_default();
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         routes
-            .select(&authority, &path, &parts.headers)
+            .select(authority, path, &parts.headers)
             .map(|s| (s.virtual_host, s.route))
     };
     let mut selected = select(&parts);
@@ -330,8 +325,9 @@ pub(super) async fn run(
     )
     .await;
     if n > 0 {
+        // The request as it went upstream, for on_log (the last use of it: moved, not copied).
         let mut st = stream.lock().await;
-        st.cx.stream_info_mut().request_headers = Some(clone_parts(&parts));
+        st.cx.stream_info_mut().request_headers = Some(parts);
     }
     let stop = stop_slot.borrow_mut().take();
     match (result, stop) {

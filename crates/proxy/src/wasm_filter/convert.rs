@@ -4,7 +4,7 @@
 
 use http::header::{HOST, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
-use wasm_host::HeaderMap;
+use wasm_host::{Change, HeaderMap};
 
 /// The entries a plugin sees for a request head, borrowed (no allocation).
 fn request_entries(parts: &http::request::Parts) -> impl Iterator<Item = (&[u8], &[u8])> {
@@ -66,9 +66,86 @@ pub(crate) fn same_response(
     map.iter().eq(response_entries(code.as_ref(), h))
 }
 
+/// The plugin's edits of a request map → request head: only the edits when they can be
+/// applied in place, else the whole map.
+pub(crate) fn apply_request(map: &HeaderMap, parts: &mut http::request::Parts) {
+    match apply_edits(map, &mut parts.headers) {
+        Some(false) => {}
+        Some(true) => apply_request_pseudo(map, parts),
+        None => apply_request_map(map, parts),
+    }
+}
+
+/// The plugin's edits of a response map → response head.
+pub(crate) fn apply_response(map: &HeaderMap, parts: &mut http::response::Parts) {
+    match apply_edits(map, &mut parts.headers) {
+        Some(false) => {}
+        Some(true) => apply_status(map, parts),
+        None => apply_response_map(map, parts),
+    }
+}
+
+/// The plugin's edits of a trailers map → trailers.
+pub(crate) fn apply_trailers(map: &HeaderMap, h: &mut http::HeaderMap) {
+    if apply_edits(map, h).is_none() {
+        apply_trailers_map(map, h);
+    }
+}
+
+/// Applies the logged edits of regular headers to `out` in order; says whether a
+/// pseudo-header was edited too. `None` (nothing done) when they cannot be applied in place:
+/// no log (the plugin set all pairs), or a removal of a present header or a pseudo-header
+/// (`http::HeaderMap` does not keep the order of the others on removal; Envoy does).
+fn apply_edits(map: &HeaderMap, out: &mut http::HeaderMap) -> Option<bool> {
+    let changes = map.changes()?;
+    let mut pseudo = false;
+    for c in changes.clone() {
+        match c {
+            Change::Remove(k) if k.first() == Some(&b':') => return None,
+            Change::Remove(k) => {
+                if HeaderName::from_bytes(k).is_ok_and(|n| out.contains_key(n)) {
+                    return None;
+                }
+            }
+            Change::Add(k, _) | Change::Replace(k, _) => pseudo |= k.first() == Some(&b':'),
+        }
+    }
+    for c in changes {
+        let (k, v, replace) = match c {
+            Change::Add(k, v) => (k, v, false),
+            Change::Replace(k, v) => (k, v, true),
+            Change::Remove(_) => continue,
+        };
+        if k.first() == Some(&b':') {
+            continue;
+        }
+        match (HeaderName::from_bytes(k), HeaderValue::from_bytes(v)) {
+            (Ok(k), Ok(v)) if replace => {
+                out.insert(k, v);
+            }
+            (Ok(k), Ok(v)) => {
+                out.append(k, v);
+            }
+            _ => invalid_header(k),
+        }
+    }
+    Some(pseudo)
+}
+
+fn invalid_header(k: &[u8]) {
+    tracing::warn!(header = %String::from_utf8_lossy(k), "plugin set an invalid header; dropped");
+}
+
 /// Plugin map → request head. Invalid names or values are dropped with a log line, as a
 /// codec would refuse them.
 pub(crate) fn apply_request_map(map: &HeaderMap, parts: &mut http::request::Parts) {
+    parts.headers.clear();
+    apply_request_pseudo(map, parts);
+    append_regular(map, &mut parts.headers);
+}
+
+/// The request pseudo-headers of a plugin map → method, URI and `Host`.
+fn apply_request_pseudo(map: &HeaderMap, parts: &mut http::request::Parts) {
     if let Some(m) = map.get(b":method").and_then(|m| Method::from_bytes(m).ok()) {
         parts.method = m;
     }
@@ -87,13 +164,11 @@ pub(crate) fn apply_request_map(map: &HeaderMap, parts: &mut http::request::Part
             tracing::warn!(uri = %uri, error = %e, "plugin set an invalid :path/:authority; keeping the old one")
         }
     }
-    parts.headers.clear();
-    if !authority.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&authority)
-    {
+    if authority.is_empty() {
+        parts.headers.remove(HOST);
+    } else if let Ok(v) = HeaderValue::from_str(&authority) {
         parts.headers.insert(HOST, v);
     }
-    append_regular(map, &mut parts.headers);
 }
 
 /// Response head → plugin map.
@@ -108,14 +183,18 @@ pub(crate) fn response_with_code(code: Option<StatusCode>, h: &http::HeaderMap) 
 
 /// Plugin map → response head.
 pub(crate) fn apply_response_map(map: &HeaderMap, parts: &mut http::response::Parts) {
+    apply_status(map, parts);
+    parts.headers.clear();
+    append_regular(map, &mut parts.headers);
+}
+
+fn apply_status(map: &HeaderMap, parts: &mut http::response::Parts) {
     if let Some(s) = map
         .get(b":status")
         .and_then(|s| StatusCode::from_bytes(s).ok())
     {
         parts.status = s;
     }
-    parts.headers.clear();
-    append_regular(map, &mut parts.headers);
 }
 
 /// Trailers both ways (no pseudo-headers).
@@ -137,9 +216,7 @@ fn append_regular(map: &HeaderMap, out: &mut http::HeaderMap) {
             (Ok(k), Ok(v)) => {
                 out.append(k, v);
             }
-            _ => {
-                tracing::warn!(header = %String::from_utf8_lossy(k), "plugin set an invalid header; dropped")
-            }
+            _ => invalid_header(k),
         }
     }
 }
@@ -188,6 +265,78 @@ mod tests {
         );
         assert_eq!(parts.headers.get_all("x-a").iter().count(), 2);
         assert_eq!(parts.method, Method::POST);
+    }
+
+    fn request(headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = http::Request::builder().method("GET").uri("/a");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).expect("request").into_parts().0
+    }
+
+    fn names(h: &http::HeaderMap) -> Vec<&str> {
+        h.iter().map(|(k, _)| k.as_str()).collect()
+    }
+
+    #[test]
+    fn edits_apply_in_place_and_match_a_full_rebuild() {
+        let base = [("host", "a.com"), ("x-1", "1"), ("x-2", "2"), ("x-3", "3")];
+        type Edit = Box<dyn Fn(&mut HeaderMap)>;
+        let cases: Vec<Edit> = vec![
+            Box::new(|m| m.add(b"x-new", b"v")),
+            Box::new(|m| m.add(b"x-1", b"again")),
+            Box::new(|m| m.replace(b"x-2", b"two")),
+            Box::new(|m| m.replace(b":path", b"/b?q=1")),
+            Box::new(|m| m.replace(b":authority", b"b.com")),
+            Box::new(|m| m.remove(b"x-absent")),
+            // Removing a present header falls back to the rebuild (keeps the others' order).
+            Box::new(|m| m.remove(b"x-1")),
+            Box::new(|m| {
+                m.remove(b"x-2");
+                m.add(b"x-2", b"last");
+            }),
+            Box::new(|m| m.set_entries([(":path", "/all"), ("x-only", "1")])),
+            Box::new(|m| m.add(b"bad header", b"x")),
+        ];
+        for (i, edit) in cases.iter().enumerate() {
+            let mut in_place = request(&base);
+            let mut rebuilt = request(&base);
+            let mut m = request_map(&in_place);
+            edit(&mut m);
+            apply_request(&m, &mut in_place);
+            apply_request_map(&m, &mut rebuilt);
+            assert_eq!(in_place.uri, rebuilt.uri, "case {i}");
+            assert_eq!(
+                names(&in_place.headers),
+                names(&rebuilt.headers),
+                "case {i}"
+            );
+            assert_eq!(in_place.headers, rebuilt.headers, "case {i}");
+            // Same headers as the plugin left (http::HeaderMap groups a name's values).
+            let sorted = |m: &HeaderMap| {
+                let mut v: Vec<(Vec<u8>, Vec<u8>)> = m.clone().into_entries();
+                v.retain(|(k, _)| k.first() != Some(&b':'));
+                v.sort();
+                v
+            };
+            let fresh = request_map(&in_place);
+            assert_eq!(sorted(&fresh), sorted(&m.clone().tap_valid()), "case {i}");
+        }
+    }
+
+    trait TapValid {
+        fn tap_valid(self) -> Self;
+    }
+
+    impl TapValid for HeaderMap {
+        /// The map without entries a codec refuses (what the proxy keeps of it).
+        fn tap_valid(self) -> Self {
+            HeaderMap::from_entries(self.iter().filter(|(k, v)| {
+                k.first() == Some(&b':')
+                    || (HeaderName::from_bytes(k).is_ok() && HeaderValue::from_bytes(v).is_ok())
+            }))
+        }
     }
 
     #[test]

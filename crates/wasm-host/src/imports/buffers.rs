@@ -59,12 +59,13 @@ fn set_bytes(c: &mut C<'_>, bt: i32, start: i32, size: i32, dp: i32, dl: i32) ->
     let Some(slot) = bt.stream_slot() else {
         return st(Status::BadArgument);
     };
-    let Some(buf) = state
-        .context_mut()
-        .and_then(|ctx| ctx.buffers[slot].as_mut())
-    else {
+    let Some(ctx) = state.context_mut() else {
         return st(Status::NotFound);
     };
+    let Some(buf) = ctx.buffers[slot].as_mut() else {
+        return st(Status::NotFound);
+    };
+    ctx.buffers_modified[slot] = true;
     let (start, size) = (start as u32 as usize, size as u32 as usize);
     if start == 0 {
         // prepend (size 0), replace the first `size` bytes, or replace all

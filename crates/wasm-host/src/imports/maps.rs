@@ -75,7 +75,7 @@ fn set_pairs(c: &mut C<'_>, mt: i32, p: i32, l: i32) -> R {
     let (mem, state) = split(c)?;
     let entries = pairs::decode(try_st!(slice(mem, p, l))).unwrap_or_default();
     let map = try_st!(map_mut(state, mt));
-    *map = HeaderMap::from_entries(entries);
+    map.set_entries(entries);
     st(Status::Ok)
 }
 
