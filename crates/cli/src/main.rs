@@ -15,13 +15,14 @@ fn no_transparent_huge_pages() {
     }
 }
 
-/// Returns the allocator's free pages to the OS now (after a large structure, such as the
-/// Envoy descriptor pool, was dropped) instead of when each thread next allocates.
+/// Returns the calling thread's free allocator pages to the OS now (after a large structure,
+/// such as the Envoy descriptor pool, was dropped, or when a proxy worker has no connection
+/// left) instead of when that thread next allocates.
 #[allow(
     unsafe_code,
     reason = "an FFI call into the allocator with no arguments to uphold"
 )]
-fn return_free_memory() {
+pub(crate) fn return_free_memory() {
     // SAFETY: mi_collect only walks the allocator's own structures.
     unsafe { libmimalloc_sys::mi_collect(true) }
 }

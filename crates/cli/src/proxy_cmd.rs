@@ -51,6 +51,7 @@ pub(crate) fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let bootstrap = wasmesh_proxy::config::bootstrap::load_file(&args.config_path)?;
     let mut opts = wasmesh_proxy::ProxyOptions {
         drain_timeout: Duration::from_secs(args.drain_time_s),
+        on_idle: Some(crate::return_free_memory),
         ..Default::default()
     };
     if let Some(n) = args.concurrency {

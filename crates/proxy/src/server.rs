@@ -56,6 +56,9 @@ pub struct ProxyOptions {
     pub concurrency: usize,
     /// How long a drain waits for connections to finish.
     pub drain_timeout: Duration,
+    /// Run on a worker's thread when its last connection closes, at most every 100 ms (the
+    /// binary returns the allocator's free pages to the OS with it).
+    pub on_idle: Option<fn()>,
 }
 
 impl Default for ProxyOptions {
@@ -63,6 +66,7 @@ impl Default for ProxyOptions {
         Self {
             concurrency: std::thread::available_parallelism().map_or(1, usize::from),
             drain_timeout: Duration::from_secs(5),
+            on_idle: None,
         }
     }
 }
@@ -312,7 +316,7 @@ pub fn start_with(
     let (drain_tx, drain_rx) = watch::channel(false);
     let quit = Arc::new(Notify::new());
     let ready = Arc::new(AtomicBool::new(false));
-    let drain_timeout = opts.drain_timeout;
+    let (drain_timeout, on_idle) = (opts.drain_timeout, opts.on_idle);
     let mut threads = Vec::new();
     let mut workers = Vec::new();
     for (index, socks) in sockets.into_iter().enumerate() {
@@ -322,7 +326,7 @@ pub fn start_with(
         workers.push(cmd_tx);
         let t = std::thread::Builder::new()
             .name(format!("wrk:worker_{index}"))
-            .spawn(move || run_worker(index, cfg, socks, cmd_rx, drain, drain_timeout))
+            .spawn(move || run_worker(index, cfg, socks, cmd_rx, drain, (drain_timeout, on_idle)))
             .map_err(|source| StartError::Runtime {
                 what: format!("worker {index}"),
                 source,
@@ -401,7 +405,7 @@ fn run_worker(
     sockets: Vec<(Arc<str>, std::net::TcpListener)>,
     mut cmds: mpsc::UnboundedReceiver<ListenerCmd>,
     drain: watch::Receiver<bool>,
-    drain_timeout: Duration,
+    (drain_timeout, on_idle): (Duration, Option<fn()>),
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -416,7 +420,7 @@ fn run_worker(
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let worker = Worker::new(index, Arc::clone(&config));
-        let active = Rc::new(std::cell::Cell::new(0usize));
+        let active = Rc::new(crate::idle::Active::new(on_idle));
         let idle = Rc::new(Notify::new());
         let mut accepting: std::collections::HashMap<Arc<str>, Accepting> =
             std::collections::HashMap::new();
@@ -477,7 +481,7 @@ fn run_worker(
             a.stop();
         }
         let deadline = tokio::time::Instant::now() + drain_timeout;
-        while active.get() > 0 {
+        while active.count() > 0 {
             if tokio::time::timeout_at(deadline, idle.notified())
                 .await
                 .is_err()
@@ -508,7 +512,7 @@ async fn accept_loop(
     lcfg: Arc<ListenerConfig>,
     worker: Rc<Worker>,
     drain: watch::Receiver<bool>,
-    active: Rc<std::cell::Cell<usize>>,
+    active: Rc<crate::idle::Active>,
     idle: Rc<Notify>,
 ) {
     loop {
@@ -533,11 +537,10 @@ async fn accept_loop(
         lcfg.cx_total.inc();
         let (worker, drain) = (Rc::clone(&worker), drain.clone());
         let (active, idle) = (Rc::clone(&active), Rc::clone(&idle));
-        active.set(active.get() + 1);
+        active.opened();
         tokio::task::spawn_local(async move {
             handle_connection(sock, local, remote, lcfg, worker, drain).await;
-            active.set(active.get().saturating_sub(1));
-            if active.get() == 0 {
+            if active.closed() {
                 idle.notify_waiters();
             }
         });

@@ -324,6 +324,7 @@ async fn start_ours(agent_port: u16) -> Gateway {
         let opts = wasmesh_proxy::ProxyOptions {
             concurrency: 2,
             drain_timeout: Duration::from_secs(2),
+            ..Default::default()
         };
         rt.block_on(wasmesh_proxy::xds::run(boot, opts, started_tx, async {
             let _ = stop_rx.await;
@@ -543,6 +544,7 @@ async fn our_proxy_reaches_the_agent_over_a_unix_socket() {
         let opts = wasmesh_proxy::ProxyOptions {
             concurrency: 1,
             drain_timeout: Duration::from_secs(1),
+            ..Default::default()
         };
         rt.block_on(wasmesh_proxy::xds::run(boot, opts, started_tx, async {
             let _ = stop_rx.await;

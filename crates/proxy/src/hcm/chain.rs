@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::Frame;
+use smallvec::{SmallVec, smallvec};
 
 use crate::filter::{
     DataStatus, FilterCx, HeadersStatus, HttpFilter, LocalBoxFuture, LocalReply, TrailersStatus,
@@ -46,10 +47,14 @@ pub(crate) enum Flow {
     Reply(LocalReply, usize),
 }
 
+/// Frames in flight through the hooks: almost always one (a chunk) or two (held data and
+/// trailers), kept inline (this runs for every body chunk).
+pub(crate) type Frames = SmallVec<[Frame<Bytes>; 2]>;
+
 /// Result of running a frame through hooks.
 pub(crate) enum FrameFlow {
     /// Frames that came out past the end of the range.
-    Out(Vec<Frame<Bytes>>),
+    Out(Frames),
     /// A filter asked for a local reply.
     Reply(LocalReply),
     /// A filter buffer went over the limit.
@@ -118,13 +123,13 @@ pub(crate) async fn frame(
     frame: Frame<Bytes>,
     end: bool,
 ) -> FrameFlow {
-    let mut items: VecDeque<(Frame<Bytes>, bool)> = VecDeque::from([(frame, end)]);
+    let mut items: SmallVec<[(Frame<Bytes>, bool); 2]> = smallvec![(frame, end)];
     for pos in from..to.min(pass.len()) {
-        let mut next = VecDeque::new();
-        while let Some((fr, end)) = items.pop_front() {
+        let mut next = SmallVec::new();
+        for (fr, end) in items {
             match fr.into_data() {
                 Ok(data) => match data_at(st, pass, pos, data, end).await {
-                    Step::Out(d) => next.push_back((Frame::data(d), end)),
+                    Step::Out(d) => next.push((Frame::data(d), end)),
                     Step::Held => {}
                     Step::Reply(r) => return FrameFlow::Reply(r),
                     Step::TooLarge => return FrameFlow::TooLarge,
@@ -137,11 +142,11 @@ pub(crate) async fn frame(
                     if let Some(buf) = pass.bufs.get_mut(pos).and_then(Option::take)
                         && !buf.is_empty()
                     {
-                        next.push_back((Frame::data(buf.freeze()), false));
+                        next.push((Frame::data(buf.freeze()), false));
                     }
                     match trailers_at(st, pass, pos, &mut trailers).await {
                         Some(r) => return FrameFlow::Reply(r),
-                        None => next.push_back((Frame::trailers(trailers), true)),
+                        None => next.push((Frame::trailers(trailers), true)),
                     }
                 }
             }

@@ -251,6 +251,7 @@ async fn filter_api_reroute_callout_buffering_local_reply_and_log() -> anyhow::R
         &ProxyOptions {
             concurrency: 1,
             drain_timeout: Duration::from_secs(1),
+            ..Default::default()
         },
     )?;
     let addr = p.listener_addr("main").unwrap();
@@ -314,6 +315,7 @@ async fn filter_api_reroute_callout_buffering_local_reply_and_log() -> anyhow::R
         &ProxyOptions {
             concurrency: 1,
             drain_timeout: Duration::from_secs(1),
+            ..Default::default()
         },
     )?;
     let req = http::Request::builder()

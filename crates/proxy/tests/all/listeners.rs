@@ -156,3 +156,55 @@ async fn a_listener_that_cannot_bind_rejects_the_update_and_keeps_the_last_confi
     p.shutdown();
     Ok(())
 }
+
+static IDLE_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn count_idle_run() {
+    IDLE_RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn idle_runs() -> usize {
+    IDLE_RUNS.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn a_worker_runs_its_idle_hook_when_its_last_connection_closes() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let bootstrap = wasmesh_proxy::config::bootstrap::parse(&bootstrap(&[listener("i", 0, "ok")]))?;
+    let opts = wasmesh_proxy::ProxyOptions {
+        concurrency: 1,
+        drain_timeout: Duration::from_secs(1),
+        on_idle: Some(count_idle_run),
+    };
+    let p = wasmesh_proxy::start(&bootstrap, &opts)?;
+    let addr = p.listener_addr("i").expect("bound");
+    let mut c1 = tokio::net::TcpStream::connect(addr).await?;
+    let mut c2 = tokio::net::TcpStream::connect(addr).await?;
+    let mut buf = [0u8; 512];
+    for c in [&mut c1, &mut c2] {
+        c.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await?;
+        let n = c.read(&mut buf).await?;
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "answered");
+    }
+    let before = idle_runs();
+    drop(c1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(idle_runs(), before, "one connection is still open");
+    drop(c2);
+    assert!(
+        eventually(Duration::from_secs(2), || async { idle_runs() > before }).await,
+        "the hook runs once the last connection is gone"
+    );
+    // Closing again within the gap defers the run instead of dropping it.
+    let after_first = idle_runs();
+    let c3 = tokio::net::TcpStream::connect(addr).await?;
+    drop(c3);
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            idle_runs() > after_first
+        })
+        .await,
+        "a second idle moment runs the hook too"
+    );
+    Ok(())
+}

@@ -28,6 +28,7 @@ pub(crate) fn start_proxy_with(yaml: &str, concurrency: usize) -> anyhow::Result
     let opts = ProxyOptions {
         concurrency,
         drain_timeout: Duration::from_secs(2),
+        ..Default::default()
     };
     Ok(wasmesh_proxy::start(&bootstrap, &opts)?)
 }

@@ -115,6 +115,7 @@ async fn tcp_proxy_with_network_filter_buffering_and_close() -> anyhow::Result<(
         &ProxyOptions {
             concurrency: 1,
             drain_timeout: Duration::from_secs(1),
+            ..Default::default()
         },
     )?;
     let addr = p.listener_addr("tcp").unwrap();
@@ -189,6 +190,7 @@ async fn network_filter_in_front_of_http_sees_raw_bytes() -> anyhow::Result<()> 
         &ProxyOptions {
             concurrency: 1,
             drain_timeout: Duration::from_secs(1),
+            ..Default::default()
         },
     )?;
     let addr = p.listener_addr("main").unwrap();
