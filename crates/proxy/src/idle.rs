@@ -66,7 +66,9 @@ impl Active {
     }
 
     fn run(&self, hook: fn()) {
-        self.last_run.set(Some(Instant::now()));
+        let start = Instant::now();
+        self.last_run.set(Some(start));
         hook();
+        tracing::debug!(took = ?start.elapsed(), "worker idle: ran the idle hook");
     }
 }
