@@ -174,9 +174,9 @@ pub struct StreamInfo {
     pub node: Arc<NodeInfo>,
     /// Request headers as they went upstream (or as they were when the stream ended); filled
     /// only when the chain has filters, for `on_log`.
-    pub request_headers: Option<http::request::Parts>,
+    pub request_headers: Option<Arc<http::request::Parts>>,
     /// Response headers as sent downstream; filled only when the chain has filters, for `on_log`.
-    pub response_headers: Option<HeaderMap>,
+    pub response_headers: Option<Arc<HeaderMap>>,
 }
 
 impl StreamInfo {

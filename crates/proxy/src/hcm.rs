@@ -432,8 +432,11 @@ impl Finisher {
             if !hcm.access_logs.is_empty() {
                 let cx = crate::access_log::format::LogContext {
                     info,
-                    request: this.log_request.as_ref().or(info.request_headers.as_ref()),
-                    response: info.response_headers.as_ref(),
+                    request: this
+                        .log_request
+                        .as_ref()
+                        .or(info.request_headers.as_deref()),
+                    response: info.response_headers.as_deref(),
                 };
                 for log in &hcm.access_logs {
                     log.log(&cx, &this.summary);

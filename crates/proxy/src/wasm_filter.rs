@@ -372,26 +372,13 @@ impl HttpFilter for WasmFilter {
         }
         self.facts.borrow_mut().refresh(info);
         let _ = self.vm.with_vm(|vm| {
-            // The maps the plugin saw in its header callbacks are reused when the stream's
-            // final headers are the same (the common case); otherwise rebuilt.
-            if let Some(req) = &info.request_headers
-                && !vm
-                    .map(ctx, MapType::RequestHeaders)
-                    .is_some_and(|m| convert::same_request(m, req))
-            {
-                let _ = vm.set_map(ctx, MapType::RequestHeaders, convert::request_map(req));
+            // The stream's final headers, built only if the plugin reads them (most plugins
+            // do nothing in on_log).
+            if info.request_headers.is_some() {
+                let _ = vm.set_map_lazy(ctx, MapType::RequestHeaders);
             }
-            if let Some(resp) = &info.response_headers {
-                let code = info
-                    .response_code
-                    .and_then(|c| http::StatusCode::from_u16(c).ok());
-                if !vm
-                    .map(ctx, MapType::ResponseHeaders)
-                    .is_some_and(|m| convert::same_response(m, code, resp))
-                {
-                    let m = convert::response_with_code(code, resp);
-                    let _ = vm.set_map(ctx, MapType::ResponseHeaders, m);
-                }
+            if info.response_headers.is_some() {
+                let _ = vm.set_map_lazy(ctx, MapType::ResponseHeaders);
             }
             vm.complete(ctx)
         });

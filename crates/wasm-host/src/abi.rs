@@ -99,6 +99,16 @@ impl MapType {
             _ => None,
         }
     }
+
+    /// The map type of a stream slot.
+    pub(crate) fn of_stream_slot(slot: usize) -> Self {
+        match slot {
+            0 => Self::RequestHeaders,
+            1 => Self::RequestTrailers,
+            2 => Self::ResponseHeaders,
+            _ => Self::ResponseTrailers,
+        }
+    }
 }
 
 /// `proxy_buffer_type_t`.

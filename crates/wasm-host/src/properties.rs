@@ -116,6 +116,13 @@ impl NodeInfo {
 pub trait StreamProperties {
     /// The value at `path` (segments already split on NUL), or `None` if absent.
     fn get(&self, path: &[&[u8]]) -> Option<PropertyValue>;
+
+    /// A header map the proxy asked the VM to build only if the plugin reads it
+    /// ([`crate::PluginVm::set_map_lazy`]: the final headers for `on_log`, which most plugins
+    /// never look at).
+    fn headers(&self, _map: crate::MapType) -> Option<crate::HeaderMap> {
+        None
+    }
 }
 
 /// A stream with no proxy-provided properties (tests, root contexts).

@@ -90,6 +90,8 @@ pub(crate) struct Context {
     pub(crate) maps: [Option<HeaderMap>; 4],
     /// Whether the plugin changed each map since it was set.
     pub(crate) maps_modified: [bool; 4],
+    /// Maps to ask `props` for when the plugin first reads them.
+    pub(crate) maps_lazy: [bool; 4],
     /// Request body, response body, downstream data, upstream data.
     pub(crate) buffers: [Option<Vec<u8>>; 4],
     /// Whether the plugin changed each buffer since it was set.
@@ -106,6 +108,7 @@ impl Context {
             root,
             maps: Default::default(),
             maps_modified: [false; 4],
+            maps_lazy: [false; 4],
             buffers: Default::default(),
             buffers_modified: [false; 4],
             props,
@@ -237,6 +240,18 @@ impl VmState {
     pub(crate) fn context_mut(&mut self) -> Option<&mut Context> {
         let id = self.context_id();
         self.contexts.get_mut(&id)
+    }
+
+    /// Builds the current context's lazy maps (before a host call reads or edits a map).
+    pub(crate) fn materialize_maps(&mut self) {
+        let Some(ctx) = self.context_mut() else {
+            return;
+        };
+        for slot in 0..4 {
+            if std::mem::take(&mut ctx.maps_lazy[slot]) {
+                ctx.maps[slot] = ctx.props.headers(crate::MapType::of_stream_slot(slot));
+            }
+        }
     }
 
     pub(crate) fn root_of_current(&self) -> u32 {

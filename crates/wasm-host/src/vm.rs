@@ -405,6 +405,22 @@ impl PluginVm {
             self.store.data_mut().contexts.get_mut(&ctx),
         ) {
             c.maps[slot] = Some(map);
+            c.maps_lazy[slot] = false;
+            c.maps_modified[slot] = false;
+        }
+        Ok(())
+    }
+
+    /// Lets the plugin see a map without building it unless it reads it: the map comes from
+    /// the stream's [`crate::StreamProperties::headers`] on first use.
+    pub fn set_map_lazy(&mut self, ctx: u32, map_type: MapType) -> Result<(), Error> {
+        self.check_context(ctx)?;
+        if let (Some(slot), Some(c)) = (
+            map_type.stream_slot(),
+            self.store.data_mut().contexts.get_mut(&ctx),
+        ) {
+            c.maps[slot] = None;
+            c.maps_lazy[slot] = true;
             c.maps_modified[slot] = false;
         }
         Ok(())

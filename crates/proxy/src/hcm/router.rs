@@ -327,7 +327,7 @@ pub(super) async fn run(
     if n > 0 {
         // The request as it went upstream, for on_log (the last use of it: moved, not copied).
         let mut st = stream.lock().await;
-        st.cx.stream_info_mut().request_headers = Some(parts);
+        st.cx.stream_info_mut().request_headers = Some(Arc::new(parts));
     }
     let stop = stop_slot.borrow_mut().take();
     match (result, stop) {
@@ -650,7 +650,7 @@ where
         let info = st.cx.stream_info_mut();
         info.response_code = Some(parts.status.as_u16());
         if seen > 0 || hcm.log_needs_headers {
-            info.response_headers = Some(parts.headers.clone());
+            info.response_headers = Some(Arc::new(parts.headers.clone()));
         }
         info.request_id.clone()
     };

@@ -3,9 +3,10 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
-use wasm_host::{PropertyValue, StreamProperties};
+use wasm_host::{HeaderMap, MapType, PropertyValue, StreamProperties};
 
 use crate::filter::StreamInfo;
 
@@ -29,6 +30,9 @@ pub(crate) struct Facts {
     pub(crate) bytes_sent: u64,
     pub(crate) duration_ns: Option<i64>,
     pub(crate) listener_name: String,
+    /// The final request and response headers, for `on_log` maps built on demand.
+    pub(crate) request: Option<Arc<http::request::Parts>>,
+    pub(crate) response: Option<Arc<http::HeaderMap>>,
 }
 
 impl Facts {
@@ -68,6 +72,8 @@ impl Facts {
         if self.listener_name.as_str() != &*info.listener_name {
             self.listener_name = info.listener_name.to_string();
         }
+        self.request.clone_from(&info.request_headers);
+        self.response.clone_from(&info.response_headers);
     }
 }
 
@@ -112,6 +118,20 @@ impl StreamProperties for StreamProps {
             [b"xds", b"route_name"] | [b"route_name"] => s(&f.route_name),
             [b"xds", b"virtual_host_name"] => s(&f.virtual_host_name),
             [b"xds", b"listener_name"] => Some(PropertyValue::string(f.listener_name.clone())),
+            _ => None,
+        }
+    }
+
+    fn headers(&self, map: MapType) -> Option<HeaderMap> {
+        let f = self.0.borrow();
+        match map {
+            MapType::RequestHeaders => f.request.as_deref().map(super::convert::request_map),
+            MapType::ResponseHeaders => f.response.as_deref().map(|h| {
+                let code = f
+                    .response_code
+                    .and_then(|c| http::StatusCode::from_u16(c).ok());
+                super::convert::response_with_code(code, h)
+            }),
             _ => None,
         }
     }

@@ -57,6 +57,7 @@ fn map_mut(state: &mut VmState, mt: MapType) -> Result<&mut HeaderMap, Status> {
 
 fn get_pairs(c: &mut C<'_>, mt: i32, pp: i32, lp: i32) -> R {
     running(c)?;
+    c.data_mut().materialize_maps();
     let Some(mt) = MapType::from_i32(mt) else {
         return st(Status::BadArgument);
     };
@@ -69,6 +70,7 @@ fn get_pairs(c: &mut C<'_>, mt: i32, pp: i32, lp: i32) -> R {
 
 fn set_pairs(c: &mut C<'_>, mt: i32, p: i32, l: i32) -> R {
     running(c)?;
+    c.data_mut().materialize_maps();
     let Some(mt) = MapType::from_i32(mt) else {
         return st(Status::BadArgument);
     };
@@ -81,6 +83,7 @@ fn set_pairs(c: &mut C<'_>, mt: i32, p: i32, l: i32) -> R {
 
 fn get_value(c: &mut C<'_>, mt: i32, kp: i32, kl: i32, vpp: i32, vlp: i32) -> R {
     running(c)?;
+    c.data_mut().materialize_maps();
     let Some(mt) = MapType::from_i32(mt) else {
         return st(Status::BadArgument);
     };
@@ -123,6 +126,7 @@ enum Edit {
 
 fn edit_value(c: &mut C<'_>, edit: Edit, mt: i32, a: [i32; 4]) -> R {
     running(c)?;
+    c.data_mut().materialize_maps();
     let Some(mt) = MapType::from_i32(mt) else {
         return st(Status::BadArgument);
     };
@@ -139,6 +143,7 @@ fn edit_value(c: &mut C<'_>, edit: Edit, mt: i32, a: [i32; 4]) -> R {
 
 fn remove_value(c: &mut C<'_>, mt: i32, kp: i32, kl: i32) -> R {
     running(c)?;
+    c.data_mut().materialize_maps();
     let Some(mt) = MapType::from_i32(mt) else {
         return st(Status::BadArgument);
     };
@@ -197,6 +202,7 @@ pub(super) fn define(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "proxy_get_header_map_size",
         |mut c: C<'_>, mt: i32, sp: i32| -> R {
             running(&c)?;
+            c.data_mut().materialize_maps();
             let Some(mt) = MapType::from_i32(mt) else {
                 return st(Status::BadArgument);
             };

@@ -104,6 +104,7 @@ pub(crate) fn resolve(state: &VmState, raw_path: &[u8]) -> Option<PropertyValue>
 
 fn get_property(c: &mut C<'_>, pp: i32, pl: i32, vpp: i32, vlp: i32) -> R {
     running(c)?;
+    c.data_mut().materialize_maps();
     let (mem, state) = split(c)?;
     let path = match slice(mem, pp, pl) {
         Ok(p) => p,

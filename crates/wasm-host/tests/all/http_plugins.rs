@@ -2,7 +2,8 @@
 
 use wasm_host::{
     BufferType, DataAction, Effect, Error, FilterAction, HeaderMap, HeadersAction,
-    HttpCallResponse, LogLevel, MapType, MetricValue, PeerType, StreamType,
+    HttpCallResponse, LogLevel, MapType, MetricValue, PeerType, PropertyValue, StreamProperties,
+    StreamType,
 };
 
 use crate::harness::*;
@@ -548,4 +549,59 @@ fn trial_reports_what_the_plugin_did() {
     );
     assert_eq!(denied.local_reply.as_ref().map(|r| r.status), Some(403));
     assert!(denied.response.is_none());
+}
+
+/// Properties whose final request headers are handed over only when the VM asks.
+struct LazyHeaders {
+    asked: std::rc::Rc<std::cell::Cell<u32>>,
+}
+
+impl StreamProperties for LazyHeaders {
+    fn get(&self, _path: &[&[u8]]) -> Option<PropertyValue> {
+        None
+    }
+
+    fn headers(&self, map: MapType) -> Option<HeaderMap> {
+        self.asked.set(self.asked.get() + 1);
+        (map == MapType::RequestHeaders)
+            .then(|| request_headers("/final", &[("x-bench-in", "from-the-proxy")]))
+    }
+}
+
+#[test]
+fn a_lazy_map_is_built_only_when_the_plugin_reads_it() {
+    let (mut vm, _host) = start(test_plugins::BENCH_RW, "");
+    let asked = std::rc::Rc::new(std::cell::Cell::new(0));
+    let ctx = vm
+        .new_http_context(Box::new(LazyHeaders {
+            asked: asked.clone(),
+        }))
+        .expect("context");
+    vm.set_map_lazy(ctx, MapType::RequestHeaders).expect("lazy");
+    vm.set_map_lazy(ctx, MapType::ResponseHeaders)
+        .expect("lazy");
+    assert_eq!(asked.get(), 0, "nothing built before the plugin runs");
+    vm.on_request_headers(ctx, true).expect("runs");
+    // bench_rw reads x-bench-in and adds x-bench-out: both on the map built on demand.
+    let map = vm
+        .map(ctx, MapType::RequestHeaders)
+        .expect("built on first read");
+    assert_eq!(
+        header(Some(map), "x-bench-out").as_deref(),
+        Some("from-the-proxy")
+    );
+    assert_eq!(header(Some(map), ":path").as_deref(), Some("/final"));
+    assert_eq!(
+        asked.get(),
+        2,
+        "each lazy map of the context built once, on first use"
+    );
+    assert!(vm.map(ctx, MapType::ResponseHeaders).is_none());
+    // A map set eagerly afterwards replaces the lazy one.
+    vm.set_map(ctx, MapType::RequestHeaders, request_headers("/x", &[]))
+        .expect("set");
+    vm.on_request_headers(ctx, true).expect("runs");
+    assert_eq!(asked.get(), 2, "no lazy map left to build");
+    let map = vm.map(ctx, MapType::RequestHeaders).expect("set");
+    assert_eq!(header(Some(map), "x-bench-out").as_deref(), Some("none"));
 }
