@@ -177,6 +177,9 @@ pub struct StreamInfo {
     pub request_headers: Option<Arc<http::request::Parts>>,
     /// Response headers as sent downstream; filled only when the chain has filters, for `on_log`.
     pub response_headers: Option<Arc<HeaderMap>>,
+    /// Bumped each time the info is handed out for writing ([`FilterCx::stream_info_mut`]):
+    /// a filter that copies facts out of it copies again only when it may have changed.
+    pub(crate) version: u64,
 }
 
 impl StreamInfo {
@@ -213,6 +216,7 @@ impl StreamInfo {
             upstream_service_time: None,
             node,
             request_headers: None,
+            version: 0,
             response_headers: None,
         }
     }
@@ -248,6 +252,7 @@ impl FilterCx {
 
     /// Mutable stream info (the connection manager fills it; filters may set details).
     pub fn stream_info_mut(&mut self) -> &mut StreamInfo {
+        self.info.version += 1;
         &mut self.info
     }
 

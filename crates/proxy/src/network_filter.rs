@@ -54,6 +54,7 @@ impl NetworkCx {
 
     /// Mutable connection info.
     pub fn stream_info_mut(&mut self) -> &mut StreamInfo {
+        self.info.version += 1;
         &mut self.info
     }
 

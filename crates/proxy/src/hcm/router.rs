@@ -233,11 +233,17 @@ pub(super) async fn run(
         }
         let mut st = stream.lock().await;
         if st.cx.take_route_cache_cleared() {
-            selected = select(&parts);
+            let again = select(&parts);
+            let same = |a: &Option<(&crate::route::VirtualHost, &crate::route::Route)>| {
+                a.map(|(v, r)| (v as *const _, r as *const _))
+            };
+            if same(&again) != same(&selected) {
+                let info = st.cx.stream_info_mut();
+                info.route_name = again.as_ref().map(|(_, r)| r.name.clone());
+                info.virtual_host_name = again.as_ref().map(|(v, _)| v.name.clone());
+            }
+            selected = again;
         }
-        let info = st.cx.stream_info_mut();
-        info.route_name = selected.as_ref().map(|(_, r)| r.name.clone());
-        info.virtual_host_name = selected.as_ref().map(|(v, _)| v.name.clone());
     }
     let Some((vhost, route)) = selected else {
         hcm.stats.no_route.inc();

@@ -13,6 +13,8 @@ use crate::filter::StreamInfo;
 /// What the plugin may ask about its stream; cheap to refresh.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Facts {
+    /// The [`StreamInfo::version`] copied last (`None`: never).
+    version: Option<u64>,
     pub(crate) local: Option<std::net::SocketAddr>,
     pub(crate) remote: Option<std::net::SocketAddr>,
     pub(crate) protocol: Option<http::Version>,
@@ -36,7 +38,13 @@ pub(crate) struct Facts {
 }
 
 impl Facts {
+    /// Copies what changed since the last refresh (nothing, and no string compared, when the
+    /// stream info was not written to since).
     pub(crate) fn refresh(&mut self, info: &StreamInfo) {
+        if self.version == Some(info.version) {
+            return;
+        }
+        self.version = Some(info.version);
         self.local = Some(info.downstream_local_addr);
         self.remote = Some(info.downstream_remote_addr);
         self.protocol = Some(info.protocol);
