@@ -89,12 +89,14 @@ fn build_http(
     };
     let plugin = plugin_config::build_plugin(&pc, cx)?;
     let backoff = plugin_config::reload_backoff(&pc);
+    let stop_iteration = pc.allow_on_headers_stop_iteration.is_some_and(|b| b.value);
     stats::register(&cx.stats, &plugin);
     tracing::info!(plugin = %plugin.config().name, sha256 = %plugin.module().sha256(), abi = %plugin.module().abi(), "wasm plugin loaded");
     let config = Arc::new(WasmFilterConfig {
         plugin,
         clusters: cx.cluster_names.clone(),
         backoff,
+        stop_iteration,
         id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         alive: Arc::new(()),
     });
@@ -110,6 +112,10 @@ pub struct WasmFilterConfig {
     plugin: Arc<Plugin>,
     clusters: Arc<[String]>,
     backoff: wasm_host::Backoff,
+    /// `allow_on_headers_stop_iteration`: a Pause from a headers callback is Envoy's
+    /// `StopIteration` (the body still reaches the plugin) instead of the default
+    /// `StopAllIterationAndWatermark` (the stream waits until the plugin resumes it).
+    stop_iteration: bool,
     /// Unique per config (keys the per-worker VM slot; a pointer could be reused).
     id: usize,
     /// Dropped with the config; tells each worker to release its VM.
@@ -136,6 +142,7 @@ impl HttpFilterConfig for WasmFilterConfig {
             vm: self.worker_vm(worker),
             ctx: None,
             skip: false,
+            stop_iteration: self.stop_iteration,
             facts: Rc::new(RefCell::new(Facts::default())),
         })
     }
@@ -148,6 +155,8 @@ struct WasmFilter {
     ctx: Option<(u32, u64)>,
     /// FAIL_OPEN after a failure: the plugin is skipped for the rest of the stream.
     skip: bool,
+    /// See [`WasmFilterConfig::stop_iteration`].
+    stop_iteration: bool,
     facts: Rc<RefCell<Facts>>,
 }
 
@@ -155,6 +164,10 @@ struct WasmFilter {
 enum Outcome {
     Continue,
     Reply(LocalReply),
+    /// The plugin paused the headers under `allow_on_headers_stop_iteration`, with a body to
+    /// come and no call dispatched: they stay held while the body flows through the plugin
+    /// (Envoy's `StopIteration`); a body or trailers callback returning Continue releases them.
+    Held,
 }
 
 fn fail_stream() -> LocalReply {
@@ -232,6 +245,7 @@ impl WasmFilter {
         ctx: u32,
         stopped: bool,
         stream: StreamType,
+        hold: bool,
     ) -> Outcome {
         let mut effects = self.vm.with_vm(|vm| vm.take_effects()).unwrap_or_default();
         let mine: Vec<Effect> = effects
@@ -267,6 +281,9 @@ impl WasmFilter {
             if resumed {
                 return Outcome::Continue;
             }
+            if hold {
+                return Outcome::Held;
+            }
             match self.vm.wait(ctx).await {
                 Some(more) => pending = more,
                 None => return self.on_fail(),
@@ -278,6 +295,7 @@ impl WasmFilter {
         match o {
             Outcome::Continue => HeadersStatus::Continue,
             Outcome::Reply(r) => HeadersStatus::LocalReply(r),
+            Outcome::Held => HeadersStatus::StopIteration,
         }
     }
 }
@@ -412,23 +430,51 @@ impl WasmFilter {
         };
         let res = self.vm.with_vm(|vm| {
             vm.set_map(ctx, mt, map)?;
-            if request {
+            let calls = vm.pending_calls();
+            let action = if request {
                 vm.on_request_headers(ctx, end_stream)
             } else {
                 vm.on_response_headers(ctx, end_stream)
-            }
+            }?;
+            Ok::<_, wasm_host::Error>((action, vm.pending_calls() > calls))
         });
-        let action = match res {
+        let (action, dispatched) = match res {
             Some(Ok(a)) => a,
             _ => return (Self::headers_status(self.on_fail()), false),
         };
+        // By default a Pause stops the whole stream until the plugin resumes it (Envoy turns
+        // StopIteration into StopAllIterationAndWatermark). With allow_on_headers_stop_iteration
+        // and a body to come, the headers are held while the body flows through the plugin;
+        // with a call under way the stream still waits for its answer (Envoy would run the body
+        // callbacks meanwhile, and a Continue from them would let the request go before the
+        // answer: a documented difference).
+        let hold = self.stop_iteration && !end_stream && !dispatched;
         let outcome = self
-            .settle(cx, ctx, action != HeadersAction::Continue, stream)
+            .settle(cx, ctx, action != HeadersAction::Continue, stream, hold)
             .await;
         (
             Self::headers_status(outcome),
             self.apply_modified(ctx, mt, apply),
         )
+    }
+
+    /// Applies header edits a plugin made from a body or trailers callback while the headers
+    /// are still held (a filter stopped iteration on them), as Envoy does: the edit reaches the
+    /// upstream (or the client), and a request edit clears the route cache. Once the headers
+    /// went on, such edits change only what later callbacks and `on_log` read (Envoy likewise).
+    fn apply_held_headers(&self, cx: &mut FilterCx, ctx: u32, request: bool) {
+        if request {
+            let Some(parts) = cx.request_headers_mut() else {
+                return;
+            };
+            let apply = &mut |m: &wasm_host::HeaderMap| convert::apply_request(m, parts);
+            if self.apply_modified(ctx, MapType::RequestHeaders, apply) {
+                cx.clear_route_cache();
+            }
+        } else if let Some(parts) = cx.response_headers_mut() {
+            let apply = &mut |m: &wasm_host::HeaderMap| convert::apply_response(m, parts);
+            self.apply_modified(ctx, MapType::ResponseHeaders, apply);
+        }
     }
 
     /// Applies the plugin's edits of a map, if it made any; the map stays in the context as
@@ -483,7 +529,7 @@ impl WasmFilter {
             Some(Ok(a)) => a,
             _ => {
                 return match self.on_fail() {
-                    Outcome::Continue => DataStatus::Continue,
+                    Outcome::Continue | Outcome::Held => DataStatus::Continue,
                     Outcome::Reply(r) => DataStatus::LocalReply(r),
                 };
             }
@@ -494,21 +540,25 @@ impl WasmFilter {
             StreamType::HttpResponse
         };
         let outcome = match action {
-            DataAction::Continue => self.settle(cx, ctx, false, stream).await,
-            DataAction::StopAndBuffer => match self.settle(cx, ctx, false, stream).await {
+            DataAction::Continue => self.settle(cx, ctx, false, stream, false).await,
+            DataAction::StopAndBuffer => match self.settle(cx, ctx, false, stream, false).await {
                 Outcome::Continue => {
                     let _ = self.vm.with_vm(|vm| vm.take_buffer(ctx, bt));
+                    self.apply_held_headers(cx, ctx, request);
                     return DataStatus::StopIterationAndBuffer;
                 }
                 reply => reply,
             },
             DataAction::StopWatermark | DataAction::StopNoBuffer => {
-                self.settle(cx, ctx, true, stream).await
+                self.settle(cx, ctx, true, stream, false).await
             }
         };
+        if matches!(outcome, Outcome::Continue) {
+            self.apply_held_headers(cx, ctx, request);
+        }
         match outcome {
             Outcome::Reply(r) => DataStatus::LocalReply(r),
-            Outcome::Continue => {
+            Outcome::Continue | Outcome::Held => {
                 let edited = self.vm.with_vm(|vm| {
                     let modified = vm.buffer_modified(ctx, bt);
                     vm.take_buffer(ctx, bt).filter(|_| modified)
@@ -553,7 +603,7 @@ impl WasmFilter {
             Some(Ok(a)) => a,
             _ => {
                 return match self.on_fail() {
-                    Outcome::Continue => TrailersStatus::Continue,
+                    Outcome::Continue | Outcome::Held => TrailersStatus::Continue,
                     Outcome::Reply(r) => TrailersStatus::LocalReply(r),
                 };
             }
@@ -564,11 +614,14 @@ impl WasmFilter {
             StreamType::HttpResponse
         };
         let outcome = self
-            .settle(cx, ctx, action == FilterAction::Stop, stream)
+            .settle(cx, ctx, action == FilterAction::Stop, stream, false)
             .await;
         self.apply_modified(ctx, mt, &mut |m| convert::apply_trailers(m, trailers));
+        if matches!(outcome, Outcome::Continue) {
+            self.apply_held_headers(cx, ctx, request);
+        }
         match outcome {
-            Outcome::Continue => TrailersStatus::Continue,
+            Outcome::Continue | Outcome::Held => TrailersStatus::Continue,
             Outcome::Reply(r) => TrailersStatus::LocalReply(r),
         }
     }

@@ -26,23 +26,28 @@ struct Rewrite {
 struct Config {
     request: Option<Rewrite>,
     response: Option<Rewrite>,
+    /// When set, the headers of a side with a rewrite and a body are held (Pause) until the
+    /// body is complete, then this header is added with the number of replacements.
+    count_header: Option<String>,
 }
 
 /// Replaces every non-overlapping occurrence of `from`, left to right (like `str::replace`,
-/// but on bytes so a body that is not UTF-8 is still handled).
-fn replace_all(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+/// but on bytes so a body that is not UTF-8 is still handled); also says how many it replaced.
+fn replace_all(haystack: &[u8], from: &[u8], to: &[u8]) -> (Vec<u8>, usize) {
     let mut out = Vec::with_capacity(haystack.len());
     let mut i = 0;
+    let mut n = 0;
     while i < haystack.len() {
         if haystack[i..].starts_with(from) {
             out.extend_from_slice(to);
             i += from.len();
+            n += 1;
         } else {
             out.push(haystack[i]);
             i += 1;
         }
     }
-    out
+    (out, n)
 }
 
 struct BodyRewriteRoot {
@@ -90,9 +95,12 @@ struct BodyRewrite {
 impl Context for BodyRewrite {}
 
 impl HttpContext for BodyRewrite {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         if self.config.request.is_some() {
             self.set_http_request_header("content-length", None);
+            if self.config.count_header.is_some() && !end_of_stream {
+                return Action::Pause;
+            }
         }
         Action::Continue
     }
@@ -105,14 +113,20 @@ impl HttpContext for BodyRewrite {
             return Action::Pause;
         }
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
-        let new = replace_all(&body, rewrite.from.as_bytes(), rewrite.to.as_bytes());
+        let (new, n) = replace_all(&body, rewrite.from.as_bytes(), rewrite.to.as_bytes());
         self.set_http_request_body(0, body_size, &new);
+        if let Some(name) = &self.config.count_header {
+            self.add_http_request_header(name, &n.to_string());
+        }
         Action::Continue
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         if self.config.response.is_some() {
             self.set_http_response_header("content-length", None);
+            if self.config.count_header.is_some() && !end_of_stream {
+                return Action::Pause;
+            }
         }
         Action::Continue
     }
@@ -127,8 +141,11 @@ impl HttpContext for BodyRewrite {
         let body = self
             .get_http_response_body(0, body_size)
             .unwrap_or_default();
-        let new = replace_all(&body, rewrite.from.as_bytes(), rewrite.to.as_bytes());
+        let (new, n) = replace_all(&body, rewrite.from.as_bytes(), rewrite.to.as_bytes());
         self.set_http_response_body(0, body_size, &new);
+        if let Some(name) = &self.config.count_header {
+            self.add_http_response_header(name, &n.to_string());
+        }
         Action::Continue
     }
 }

@@ -59,7 +59,14 @@ fn any_string(s: &str) -> Any {
 }
 
 fn wasm_any(plugin: &str, config: &str, policy: FailurePolicy) -> Any {
+    wasm_any_with(plugin, config, policy, false)
+}
+
+/// With `allow_on_headers_stop_iteration` set as given.
+fn wasm_any_with(plugin: &str, config: &str, policy: FailurePolicy, stop_iteration: bool) -> Any {
     let pc = PluginConfig {
+        allow_on_headers_stop_iteration: stop_iteration
+            .then_some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
         name: format!("test.{plugin}"),
         root_id: plugin.into(),
         configuration: (!config.is_empty()).then(|| any_string(config)),
@@ -115,6 +122,11 @@ fn build_cx() -> BuildContext {
 fn config(plugin: &str, cfg: &str, policy: FailurePolicy) -> Arc<dyn HttpFilterConfig> {
     build_http(&wasm_any(plugin, cfg, policy), &build_cx())
         .unwrap_or_else(|e| panic!("build {plugin}: {e}"))
+}
+
+fn stop_iteration_config(plugin: &str, cfg: &str) -> Arc<dyn HttpFilterConfig> {
+    let any = wasm_any_with(plugin, cfg, FailurePolicy::Unspecified, true);
+    build_http(&any, &build_cx()).unwrap_or_else(|e| panic!("build {plugin}: {e}"))
 }
 
 fn run<F: Future>(f: F) -> F::Output {
@@ -315,6 +327,90 @@ fn body_rewrite_buffers_through_the_chain() {
             DataStatus::Continue
         ));
         assert_eq!(&all[..], b"dog dog dog");
+    });
+}
+
+#[test]
+fn header_edits_from_a_body_callback_reach_held_headers() {
+    let cfg = stop_iteration_config(
+        test_plugins::BODY_REWRITE,
+        r#"{"request":{"from":"cat","to":"dog"},"count_header":"x-rewrites"}"#,
+    );
+    run(async {
+        let w = worker();
+        let mut f = cfg.create_filter(&w);
+        let mut cx = stream(&w);
+        let mut req = request("/", &[("content-length", "11")]);
+        assert!(matches!(
+            f.on_request_headers(&mut cx, &mut req, false).await,
+            HeadersStatus::StopIteration
+        ));
+        assert!(cx.take_route_cache_cleared(), "content-length removed");
+        // The connection manager parks the held headers where body hooks can change them.
+        cx.hold_request_headers(req);
+        let mut all = Bytes::from_static(b"cat cat cat");
+        assert!(matches!(
+            f.on_request_body(&mut cx, &mut all, true).await,
+            DataStatus::Continue
+        ));
+        assert_eq!(&all[..], b"dog dog dog");
+        assert!(
+            cx.take_route_cache_cleared(),
+            "a request header edit clears the route cache"
+        );
+        let back = cx.release_request_headers().expect("held headers");
+        assert_eq!(
+            back.headers.get("x-rewrites").map(|v| v.as_bytes()),
+            Some(&b"3"[..])
+        );
+        assert!(back.headers.get("content-length").is_none());
+    });
+}
+
+#[test]
+fn by_default_a_pause_from_headers_stops_the_whole_stream() {
+    // Envoy turns a headers Pause into StopAllIterationAndWatermark unless
+    // allow_on_headers_stop_iteration is set: nothing reaches the plugin until it resumes.
+    let cfg = config(
+        test_plugins::BODY_REWRITE,
+        r#"{"request":{"from":"cat","to":"dog"},"count_header":"x-rewrites"}"#,
+        FailurePolicy::Unspecified,
+    );
+    run(async {
+        let w = worker();
+        let mut f = cfg.create_filter(&w);
+        let mut cx = stream(&w);
+        let mut req = request("/", &[]);
+        let waited = tokio::time::timeout(
+            Duration::from_millis(200),
+            f.on_request_headers(&mut cx, &mut req, false),
+        )
+        .await;
+        assert!(waited.is_err(), "the headers hook must wait for a resume");
+    });
+}
+
+#[test]
+fn header_edits_from_a_body_callback_after_the_headers_went_on_change_nothing() {
+    let cfg = stop_iteration_config(
+        test_plugins::BODY_REWRITE,
+        r#"{"request":{"from":"cat","to":"dog"},"count_header":"x-rewrites"}"#,
+    );
+    run(async {
+        let w = worker();
+        let mut f = cfg.create_filter(&w);
+        let mut cx = stream(&w);
+        let mut req = request("/", &[]);
+        let _ = f.on_request_headers(&mut cx, &mut req, false).await;
+        let _ = cx.take_route_cache_cleared();
+        // Nothing held (another filter let the headers go on): the edit has nowhere to go.
+        let mut all = Bytes::from_static(b"cat");
+        assert!(matches!(
+            f.on_request_body(&mut cx, &mut all, true).await,
+            DataStatus::Continue
+        ));
+        assert!(!cx.take_route_cache_cleared());
+        assert!(cx.release_request_headers().is_none());
     });
 }
 

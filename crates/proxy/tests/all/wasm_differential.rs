@@ -15,7 +15,7 @@ use crate::support::*;
 
 /// One listener per plugin setup: (listener name, http_filters YAML).
 fn listeners() -> Vec<(&'static str, String)> {
-    let wasm = |name: &str, plugin: &str, config: &str, policy: &str| {
+    let wasm_with = |name: &str, plugin: &str, config: &str, policy: &str, extra: &str| {
         let cfg = if config.is_empty() {
             String::new()
         } else {
@@ -31,13 +31,16 @@ fn listeners() -> Vec<(&'static str, String)> {
               config:
                 name: {name}
                 root_id: {name}{cfg}
-                failure_policy: {policy}
+                failure_policy: {policy}{extra}
                 vm_config:
                   vm_id: {name}
                   runtime: envoy.wasm.runtime.v8
                   code: {{local: {{filename: "{path}"}}}}"#,
             path = test_plugins::path(plugin).display()
         )
+    };
+    let wasm = |name: &str, plugin: &str, config: &str, policy: &str| {
+        wasm_with(name, plugin, config, policy, "")
     };
     vec![
         (
@@ -65,6 +68,16 @@ fn listeners() -> Vec<(&'static str, String)> {
                 test_plugins::BODY_REWRITE,
                 r#"{"request":{"from":"cat","to":"tiger"},"response":{"from":"POST","to":"PUTT"}}"#,
                 "FAIL_CLOSED",
+            ),
+        ),
+        (
+            "body_count",
+            wasm_with(
+                "body_count",
+                test_plugins::BODY_REWRITE,
+                r#"{"request":{"from":"cat","to":"tiger"},"response":{"from":"POST","to":"PUTT"},"count_header":"x-rewrites"}"#,
+                "FAIL_CLOSED",
+                "\n                allow_on_headers_stop_iteration: true",
             ),
         ),
         (
@@ -252,6 +265,21 @@ fn cases() -> Vec<Case> {
         ("body rewrite, no body", "body", || {
             req("GET", "/nobody", &[], "")
         }),
+        (
+            "headers held while the body is buffered get edits from body callbacks",
+            "body_count",
+            || {
+                req(
+                    "POST",
+                    "/b",
+                    &[("content-type", "text/plain")],
+                    "a cat, another cat, a third cat",
+                )
+            },
+        ),
+        ("held headers, no body", "body_count", || {
+            req("GET", "/nobody", &[], "")
+        }),
         ("properties", "props", || req("GET", "/p?q=1", &[], "")),
         ("trap fail closed", "trap_closed", || {
             req("GET", "/", &[("x-trap", "1")], "")
@@ -302,7 +330,12 @@ async fn wasm_plugins_match_envoy() -> anyhow::Result<()> {
         let i = names.iter().position(|n| *n == listener).unwrap_or(0);
         let e_addr: SocketAddr = format!("127.0.0.1:{}", envoy_ports[i]).parse()?;
         let o_addr: SocketAddr = format!("127.0.0.1:{}", ours_ports[i]).parse()?;
-        let (e, o) = (send(e_addr, make()).await?, send(o_addr, make()).await?);
+        let e = send(e_addr, make())
+            .await
+            .map_err(|e| anyhow::anyhow!("{name}: envoy: {e}"))?;
+        let o = send(o_addr, make())
+            .await
+            .map_err(|e| anyhow::anyhow!("{name}: wasmesh: {e}"))?;
         let (e, o) = (normalize(e, &all_ports), normalize(o, &all_ports));
         if e != o {
             failures.push(format!("{name}:\n  envoy:   {e:?}\n  wasmesh: {o:?}"));
