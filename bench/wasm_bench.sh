@@ -7,5 +7,5 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 for cfg in basic native_rbac wasm_headers wasm_body wasm_chain3; do
-  "$here/proxy_bench.sh" "$here/proxy/$cfg.yaml" | tail -9
+  "$here/proxy_bench.sh" "$here/proxy/$cfg.yaml" | tail -10
 done

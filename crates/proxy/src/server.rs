@@ -420,7 +420,11 @@ fn run_worker(
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let worker = Worker::new(index, Arc::clone(&config));
-        let active = Rc::new(crate::idle::Active::new(on_idle));
+        let pools = worker.pools.clone();
+        let active = Rc::new(crate::idle::Active::new(crate::idle::QuietActions {
+            trim: Box::new(move || pools.trim_idle(crate::idle::KEPT_WHEN_QUIET)),
+            hook: on_idle,
+        }));
         let idle = Rc::new(Notify::new());
         let mut accepting: std::collections::HashMap<Arc<str>, Accepting> =
             std::collections::HashMap::new();

@@ -210,6 +210,23 @@ fn classify(e: &hyper::Error) -> ProxyError {
 }
 
 impl Pools {
+    /// Closes idle HTTP/1.1 connections beyond `keep` per host (the most recently used stay).
+    pub fn trim_idle(&self, keep: usize) {
+        let mut inner = self.inner.borrow_mut();
+        let mut closed = 0;
+        for list in inner.idle_h1.values_mut() {
+            if list.len() > keep {
+                // Pushed at the end when returned: the front is the longest idle.
+                closed += list.len() - keep;
+                list.drain(..list.len() - keep);
+            }
+        }
+        inner.idle_h1.retain(|_, l| !l.is_empty());
+        if closed > 0 {
+            tracing::debug!(closed, "closed idle upstream connections");
+        }
+    }
+
     /// Sends `req` to `host` of `cluster`, reusing a pooled connection when one is free.
     pub async fn send(
         &self,

@@ -149,3 +149,54 @@ async fn client_reset_while_upstream_pending_is_accounted() -> anyhow::Result<()
     );
     Ok(())
 }
+
+fn stat(stats: &str, name: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(": ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(u64::MAX)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_worker_keeps_only_a_few_idle_upstream_connections() -> anyhow::Result<()> {
+    let up = start_upstream("u").await?;
+    let p = start_proxy(&basic(up.addr.port()))?;
+    let addr = p.listener_addr("main").unwrap();
+    // A client that stays connected: the worker is not quiet while it is there.
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut keeper, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    assert_eq!(keeper.send_request(get("x", "/")).await?.status(), 200);
+    // 20 requests at once: 20 upstream connections, pooled once their responses are read.
+    let all = (0..20).map(|_| send(addr, get("x", "/delay/300")));
+    for r in futures::future::join_all(all).await {
+        assert_eq!(r?.status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = admin_get(&p, "/stats").await?.text();
+    let active = "cluster.backend.upstream_cx_active";
+    assert!(stat(&stats, active) >= 20, "{}", stat(&stats, active));
+    let total = stat(&stats, "cluster.backend.upstream_cx_total");
+    // The last client leaves: the quiet worker closes all but 8 idle upstream connections.
+    drop(keeper);
+    let mut now = u64::MAX;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        now = stat(&admin_get(&p, "/stats").await?.text(), active);
+        if now <= 8 {
+            break;
+        }
+    }
+    assert_eq!(now, 8, "idle upstream connections kept by a quiet worker");
+    // The ones kept are reused: no new upstream connection for the next request.
+    assert_eq!(send(addr, get("x", "/")).await?.status, 200);
+    let stats = admin_get(&p, "/stats").await?.text();
+    assert_eq!(stat(&stats, "cluster.backend.upstream_cx_total"), total);
+    Ok(())
+}
