@@ -124,11 +124,6 @@ fn config(plugin: &str, cfg: &str, policy: FailurePolicy) -> Arc<dyn HttpFilterC
         .unwrap_or_else(|e| panic!("build {plugin}: {e}"))
 }
 
-fn stop_iteration_config(plugin: &str, cfg: &str) -> Arc<dyn HttpFilterConfig> {
-    let any = wasm_any_with(plugin, cfg, FailurePolicy::Unspecified, true);
-    build_http(&any, &build_cx()).unwrap_or_else(|e| panic!("build {plugin}: {e}"))
-}
-
 fn run<F: Future>(f: F) -> F::Output {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -330,16 +325,25 @@ fn body_rewrite_buffers_through_the_chain() {
     });
 }
 
+/// A stream through `body_rewrite` with `count_header`, with or without
+/// `allow_on_headers_stop_iteration`.
+fn count_header_stream(w: &WorkerContext, stop_iteration: bool) -> (Box<dyn HttpFilter>, FilterCx) {
+    let cfg = r#"{"request":{"from":"cat","to":"dog"},"count_header":"x-rewrites"}"#;
+    let any = wasm_any_with(
+        test_plugins::BODY_REWRITE,
+        cfg,
+        FailurePolicy::Unspecified,
+        stop_iteration,
+    );
+    let config = build_http(&any, &build_cx()).unwrap_or_else(|e| panic!("build: {e}"));
+    (config.create_filter(w), stream(w))
+}
+
 #[test]
 fn header_edits_from_a_body_callback_reach_held_headers() {
-    let cfg = stop_iteration_config(
-        test_plugins::BODY_REWRITE,
-        r#"{"request":{"from":"cat","to":"dog"},"count_header":"x-rewrites"}"#,
-    );
     run(async {
         let w = worker();
-        let mut f = cfg.create_filter(&w);
-        let mut cx = stream(&w);
+        let (mut f, mut cx) = count_header_stream(&w, true);
         let mut req = request("/", &[("content-length", "11")]);
         assert!(matches!(
             f.on_request_headers(&mut cx, &mut req, false).await,
@@ -371,15 +375,9 @@ fn header_edits_from_a_body_callback_reach_held_headers() {
 fn by_default_a_pause_from_headers_stops_the_whole_stream() {
     // Envoy turns a headers Pause into StopAllIterationAndWatermark unless
     // allow_on_headers_stop_iteration is set: nothing reaches the plugin until it resumes.
-    let cfg = config(
-        test_plugins::BODY_REWRITE,
-        r#"{"request":{"from":"cat","to":"dog"},"count_header":"x-rewrites"}"#,
-        FailurePolicy::Unspecified,
-    );
     run(async {
         let w = worker();
-        let mut f = cfg.create_filter(&w);
-        let mut cx = stream(&w);
+        let (mut f, mut cx) = count_header_stream(&w, false);
         let mut req = request("/", &[]);
         let waited = tokio::time::timeout(
             Duration::from_millis(200),
@@ -392,14 +390,9 @@ fn by_default_a_pause_from_headers_stops_the_whole_stream() {
 
 #[test]
 fn header_edits_from_a_body_callback_after_the_headers_went_on_change_nothing() {
-    let cfg = stop_iteration_config(
-        test_plugins::BODY_REWRITE,
-        r#"{"request":{"from":"cat","to":"dog"},"count_header":"x-rewrites"}"#,
-    );
     run(async {
         let w = worker();
-        let mut f = cfg.create_filter(&w);
-        let mut cx = stream(&w);
+        let (mut f, mut cx) = count_header_stream(&w, true);
         let mut req = request("/", &[]);
         let _ = f.on_request_headers(&mut cx, &mut req, false).await;
         let _ = cx.take_route_cache_cleared();
