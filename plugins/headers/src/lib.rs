@@ -24,7 +24,12 @@ struct Config {
     response_add: BTreeMap<String, String>,
     response_remove: Vec<String>,
     response_replace: BTreeMap<String, String>,
+    /// Report what `on_log` saw: see plugins/README.md.
+    log_view: bool,
 }
+
+/// Shared-data key of the `log_view` report.
+const LAST_LOG: &str = "headers.last_log";
 
 struct HeadersRoot {
     config: Rc<Config>,
@@ -82,6 +87,11 @@ impl HttpContext for Headers {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let c = &self.config;
+        if c.log_view {
+            if let (Some(last), _) = self.get_shared_data(LAST_LOG) {
+                self.add_http_response_header("x-last-log", &String::from_utf8_lossy(&last));
+            }
+        }
         for name in &c.response_remove {
             self.set_http_response_header(name, None);
         }
@@ -92,5 +102,25 @@ impl HttpContext for Headers {
             self.add_http_response_header(name, value);
         }
         Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        if !self.config.log_view {
+            return;
+        }
+        let names = |pairs: Vec<(String, String)>| {
+            let mut n: Vec<String> = pairs.into_iter().map(|(k, _)| k).collect();
+            n.sort();
+            n.join(",")
+        };
+        let status = self.get_http_response_header(":status").unwrap_or_default();
+        let report = format!(
+            "status={status};request={};response={}",
+            names(self.get_http_request_headers()),
+            names(self.get_http_response_headers())
+        );
+        if let Err(e) = self.set_shared_data(LAST_LOG, Some(report.as_bytes()), None) {
+            error!("headers: set_shared_data failed: {e:?}");
+        }
     }
 }

@@ -651,16 +651,16 @@ where
             }
         }
     }
-    let request_id = {
+    {
         let mut st = stream.lock().await;
         let info = st.cx.stream_info_mut();
         info.response_code = Some(parts.status.as_u16());
+        finalize_response_headers(&hcm, &mut parts, info.request_id.as_deref());
+        // on_log and the access log see the headers as sent (`server` included), as in Envoy.
         if seen > 0 || hcm.log_needs_headers {
             info.response_headers = Some(Arc::new(parts.headers.clone()));
         }
-        info.request_id.clone()
-    };
-    finalize_response_headers(&hcm, &mut parts, request_id.as_deref());
+    }
     let body: Body = match src {
         Some(b) if pending.is_empty() && !(hcm.filters_use_bodies && seen > 0) => {
             crate::upstream::boxed(b)

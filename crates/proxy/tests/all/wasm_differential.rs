@@ -81,6 +81,15 @@ fn listeners() -> Vec<(&'static str, String)> {
             ),
         ),
         (
+            "log_view",
+            wasm(
+                "log_view",
+                test_plugins::HEADERS,
+                r#"{"log_view":true}"#,
+                "FAIL_CLOSED",
+            ),
+        ),
+        (
             "props",
             wasm("props", test_plugins::PROPERTIES, "", "FAIL_CLOSED"),
         ),
@@ -279,6 +288,12 @@ fn cases() -> Vec<Case> {
         ),
         ("held headers, no body", "body_count", || {
             req("GET", "/nobody", &[], "")
+        }),
+        ("on_log view, first request", "log_view", || {
+            req("GET", "/l1", &[("x-client", "1")], "")
+        }),
+        ("on_log view: the headers on_log saw", "log_view", || {
+            req("POST", "/l2", &[("content-type", "text/plain")], "body")
         }),
         ("properties", "props", || req("GET", "/p?q=1", &[], "")),
         ("trap fail closed", "trap_closed", || {
