@@ -320,6 +320,28 @@ pub(crate) fn local_reply_parts(reply: &LocalReply) -> http::response::Parts {
     parts
 }
 
+/// The current time as an HTTP date, formatted at most once a second per thread.
+fn date_now() -> HeaderValue {
+    thread_local! {
+        static CACHE: std::cell::RefCell<(u64, HeaderValue)> =
+            const { std::cell::RefCell::new((0, HeaderValue::from_static(""))) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs || c.1.is_empty() {
+            let text = httpdate::fmt_http_date(now);
+            if let Ok(v) = HeaderValue::from_str(&text) {
+                *c = (secs, v);
+            }
+        }
+        c.1.clone()
+    })
+}
+
 /// Final touches on the response headers after the filters (Envoy's HCM `encodeHeaders`).
 pub(crate) fn finalize_response_headers(
     hcm: &HcmConfig,
@@ -327,6 +349,11 @@ pub(crate) fn finalize_response_headers(
     request_id: Option<&str>,
 ) {
     parts.headers.insert(SERVER, hcm.server_name.clone());
+    // Envoy keeps an upstream's date and adds one when absent (local replies), in the map
+    // filters and the access log see.
+    if !parts.headers.contains_key(http::header::DATE) {
+        parts.headers.insert(http::header::DATE, date_now());
+    }
     for h in [
         "connection",
         "keep-alive",

@@ -90,6 +90,20 @@ fn listeners() -> Vec<(&'static str, String)> {
             ),
         ),
         (
+            "log_reply",
+            wasm(
+                "log_reply",
+                test_plugins::HEADERS,
+                r#"{"log_view":true}"#,
+                "FAIL_CLOSED",
+            ) + &wasm(
+                "log_reply_auth",
+                test_plugins::AUTH,
+                r#"{"header":"x-api-key","value":"secret"}"#,
+                "FAIL_CLOSED",
+            ),
+        ),
+        (
             "props",
             wasm("props", test_plugins::PROPERTIES, "", "FAIL_CLOSED"),
         ),
@@ -295,6 +309,16 @@ fn cases() -> Vec<Case> {
         ("on_log view: the headers on_log saw", "log_view", || {
             req("POST", "/l2", &[("content-type", "text/plain")], "body")
         }),
+        (
+            "on_log view of a local reply: the reply",
+            "log_reply",
+            || req("GET", "/denied", &[], ""),
+        ),
+        (
+            "on_log view of a local reply: what on_log saw",
+            "log_reply",
+            || req("GET", "/allowed", &[("x-api-key", "secret")], ""),
+        ),
         ("properties", "props", || req("GET", "/p?q=1", &[], "")),
         ("trap fail closed", "trap_closed", || {
             req("GET", "/", &[("x-trap", "1")], "")
