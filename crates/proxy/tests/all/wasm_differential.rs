@@ -170,7 +170,7 @@ fn bootstrap(admin: u16, ports: &[u16], up: u16) -> String {
           stat_prefix: {name}
           route_config:
             virtual_hosts:
-            - {{name: all, domains: ["*"], routes: [{{match: {{prefix: "/"}}, route: {{cluster: up}}}}]}}
+            - {{name: all, domains: ["*"], routes: [{{match: {{prefix: "/dead"}}, route: {{cluster: dead}}}}, {{match: {{prefix: "/"}}, route: {{cluster: up}}}}]}}
           http_filters:{filters}
           - name: envoy.filters.http.router
             typed_config:
@@ -185,6 +185,11 @@ fn bootstrap(admin: u16, ports: &[u16], up: u16) -> String {
     load_assignment:
       cluster_name: up
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}}}]}}]
+  - name: dead
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: dead
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}}}}}]}}]
 "#
     ));
     s
@@ -309,6 +314,16 @@ fn cases() -> Vec<Case> {
         ("on_log view: the headers on_log saw", "log_view", || {
             req("POST", "/l2", &[("content-type", "text/plain")], "body")
         }),
+        (
+            "on_log view of an upstream failure: the reply",
+            "log_view",
+            || req("GET", "/dead", &[], ""),
+        ),
+        (
+            "on_log view of an upstream failure: what on_log saw",
+            "log_view",
+            || req("GET", "/l3", &[], ""),
+        ),
         (
             "on_log view of a local reply: the reply",
             "log_reply",
