@@ -331,9 +331,12 @@ pub(super) async fn run(
     )
     .await;
     if n > 0 {
-        // The request as it went upstream, for on_log (the last use of it: moved, not copied).
+        // The request as far as it got, for on_log, when `forward` stopped before storing it.
         let mut st = stream.lock().await;
-        st.cx.stream_info_mut().request_headers = Some(Arc::new(parts));
+        let info = st.cx.stream_info_mut();
+        if info.request_headers.is_none() {
+            info.request_headers = Some(Arc::new(parts));
+        }
     }
     let stop = stop_slot.borrow_mut().take();
     match (result, stop) {
@@ -458,6 +461,12 @@ async fn forward(
         parts.headers.insert("x-envoy-expected-rq-timeout-ms", v);
     }
     fin.capture(parts);
+    if keep_headers {
+        // Filters' on_log sees the request as it goes upstream (Envoy's router edits the same
+        // map), also when the client goes away before the response.
+        let mut st = stream.lock().await;
+        st.cx.stream_info_mut().request_headers = Some(Arc::new(clone_parts(parts)));
+    }
     let deadline = action.timeout.map(|t| Instant::now() + t);
     let retries = match &action.retry {
         Some(r) if body_empty => r.num_retries,
@@ -491,8 +500,8 @@ async fn forward(
             .uri(parts.uri.clone())
             .version(parts.version);
         if let Some(h) = b.headers_mut() {
-            // Without retries and without filters to log them, the headers are not needed again.
-            *h = if retries == 0 && !keep_headers {
+            // Without retries the headers are not needed again (on_log has its copy).
+            *h = if retries == 0 {
                 std::mem::take(&mut parts.headers)
             } else {
                 parts.headers.clone()

@@ -325,6 +325,16 @@ fn cases() -> Vec<Case> {
             || req("GET", "/l3", &[], ""),
         ),
         (
+            "on_log view of a client reset: the reset",
+            "log_view",
+            || req("GET", "/delay/1000", &[(CLIENT_RESET, "1")], ""),
+        ),
+        (
+            "on_log view of a client reset: what on_log saw",
+            "log_view",
+            || req("GET", "/l4", &[], ""),
+        ),
+        (
             "on_log view of a local reply: the reply",
             "log_reply",
             || req("GET", "/denied", &[], ""),
@@ -358,6 +368,34 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// Header marking a case whose client goes away before the response (see [`send_case`]).
+const CLIENT_RESET: &str = "x-test-client-reset";
+
+/// Sends a case's request; one marked [`CLIENT_RESET`] is written raw and the connection
+/// closed 100 ms later, before the upstream answers (status 0, nothing back), then 300 ms are
+/// left for the proxy to finish the stream.
+async fn send_case(addr: SocketAddr, req: http::Request<Full<Bytes>>) -> anyhow::Result<Resp> {
+    if !req.headers().contains_key(CLIENT_RESET) {
+        return send(addr, req).await;
+    }
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let head = format!(
+        "{} {} HTTP/1.1\r\nhost: wasm.example.com\r\n{CLIENT_RESET}: 1\r\n\r\n",
+        req.method(),
+        req.uri()
+    );
+    s.write_all(head.as_bytes()).await?;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    drop(s);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    Ok(Resp {
+        status: 0,
+        headers: http::HeaderMap::new(),
+        body: Bytes::new(),
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wasm_plugins_match_envoy() -> anyhow::Result<()> {
     let up = start_upstream("up").await?;
@@ -384,10 +422,10 @@ async fn wasm_plugins_match_envoy() -> anyhow::Result<()> {
         let i = names.iter().position(|n| *n == listener).unwrap_or(0);
         let e_addr: SocketAddr = format!("127.0.0.1:{}", envoy_ports[i]).parse()?;
         let o_addr: SocketAddr = format!("127.0.0.1:{}", ours_ports[i]).parse()?;
-        let e = send(e_addr, make())
+        let e = send_case(e_addr, make())
             .await
             .map_err(|e| anyhow::anyhow!("{name}: envoy: {e}"))?;
-        let o = send(o_addr, make())
+        let o = send_case(o_addr, make())
             .await
             .map_err(|e| anyhow::anyhow!("{name}: wasmesh: {e}"))?;
         let (e, o) = (normalize(e, &all_ports), normalize(o, &all_ports));
