@@ -332,7 +332,7 @@ fn date_now() -> HeaderValue {
         .map_or(0, |d| d.as_secs());
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
-        if c.0 != secs || c.1.is_empty() {
+        if c.0 != secs {
             let text = httpdate::fmt_http_date(now);
             if let Ok(v) = HeaderValue::from_str(&text) {
                 *c = (secs, v);
@@ -354,13 +354,7 @@ pub(crate) fn finalize_response_headers(
     if !parts.headers.contains_key(http::header::DATE) {
         parts.headers.insert(http::header::DATE, date_now());
     }
-    for h in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-    ] {
+    for h in router::HOP_BY_HOP {
         parts.headers.remove(h);
     }
     if hcm.always_set_request_id_in_response

@@ -388,7 +388,8 @@ pub(super) fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
     }
 }
 
-const HOP_BY_HOP: [&str; 5] = [
+/// Hop-by-hop headers, removed from requests sent upstream and from responses sent downstream.
+pub(super) const HOP_BY_HOP: [&str; 5] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -408,7 +409,7 @@ async fn forward(
     parts: &mut http::request::Parts,
     body: Body,
     body_empty: bool,
-    keep_headers: bool,
+    log_request: bool,
     fin: &mut Finisher,
 ) -> Result<(Response<Incoming>, Duration), ProxyError> {
     let config = conn.worker.config.load();
@@ -461,7 +462,7 @@ async fn forward(
         parts.headers.insert("x-envoy-expected-rq-timeout-ms", v);
     }
     fin.capture(parts);
-    if keep_headers {
+    if log_request {
         // Filters' on_log sees the request as it goes upstream (Envoy's router edits the same
         // map), also when the client goes away before the response.
         let mut st = stream.lock().await;
