@@ -74,6 +74,32 @@ enum Command {
     /// Show the control plane's view: connected proxies, what each acked or rejected (NACK
     /// with its error), config files with errors.
     Status(status_cmd::StatusArgs),
+    /// Internal: compile a Wasm module read on stdin, write the precompiled artifact to stdout
+    /// (the proxy runs this in a child process).
+    #[command(hide = true)]
+    CompileWasm(CompileWasmArgs),
+}
+
+#[derive(clap::Args)]
+struct CompileWasmArgs {
+    /// The engine's Wasm stack limit (must match the proxy's).
+    #[arg(long)]
+    max_stack_bytes: usize,
+}
+
+/// The proxy's compiler: a child process of this executable (`wasmesh compile-wasm`), so
+/// Cranelift's code and heap never stay resident in the proxy and a module that crashes or
+/// hangs the compiler does not take the proxy down. In process if our path is unknown.
+pub(crate) fn use_compiler_process() {
+    match std::env::current_exe() {
+        Ok(program) => wasmesh_proxy::wasm_filter::set_compiler(wasm_host::Compiler::Command {
+            program,
+            args: vec!["compile-wasm".into()],
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot find our own executable; compiling Wasm modules in process")
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -90,6 +116,12 @@ fn main() -> anyhow::Result<()> {
         Command::Up(args) => up_cmd::up(args)?,
         Command::Proxy(args) => proxy_cmd::proxy(args)?,
         Command::Status(args) => status_cmd::status(args)?,
+        Command::CompileWasm(args) => std::process::exit(wasm_host::compile_worker(
+            args.max_stack_bytes,
+            std::io::stdin().lock(),
+            std::io::stdout().lock(),
+            std::io::stderr().lock(),
+        )),
     }
     Ok(())
 }

@@ -48,6 +48,7 @@ pub(crate) fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let _ = (&args.base_id, &args.log_level, &args.log_format);
     wasmesh_proxy::wasm_filter::set_default_fail_reload(args.wasm_default_fail_reload);
+    crate::use_compiler_process();
     let bootstrap = wasmesh_proxy::config::bootstrap::load_file(&args.config_path)?;
     let mut opts = wasmesh_proxy::ProxyOptions {
         drain_timeout: Duration::from_secs(args.drain_time_s),

@@ -205,6 +205,7 @@ pub(crate) fn up(a: UpArgs) -> anyhow::Result<()> {
             .await
             .context("starting the agent")?;
         let bootstrap = gateway_bootstrap(&a)?;
+        crate::use_compiler_process();
         let opts = wasmesh_proxy::ProxyOptions {
             concurrency: a.concurrency.max(1),
             drain_timeout: Duration::from_secs(2),

@@ -35,7 +35,7 @@ use crate::filter::{
     WorkerContext,
 };
 
-pub use plugin_config::{runtime, set_default_fail_reload};
+pub use plugin_config::{runtime, set_compiler, set_default_fail_reload};
 use props::{Facts, StreamProps};
 use worker::{Unavailable, WorkerVm};
 

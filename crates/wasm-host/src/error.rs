@@ -32,6 +32,8 @@ pub enum Error {
     VmFailed { plugin: String },
     #[error("plugin {plugin}: unknown context id {context_id}")]
     UnknownContext { plugin: String, context_id: u32 },
+    #[error("module could not be compiled: {0}")]
+    Compiler(String),
     #[error("wasm engine: {0}")]
     Engine(String),
     #[error("module cache {path}: {source}")]

@@ -15,6 +15,7 @@
 //! and the caller applies the plugin's [`FailurePolicy`].
 
 mod abi;
+mod compiler;
 mod error;
 mod headers;
 mod host;
@@ -33,13 +34,14 @@ pub use abi::{
     AbiVersion, BufferType, DataAction, FilterAction, HeadersAction, LogLevel, MapType, MetricType,
     PeerType, Status, StreamType,
 };
+pub use compiler::{Compiler, compile_worker};
 pub use error::{Error, TrapKind};
 pub use headers::{Change, HeaderMap};
 pub use host::{GrpcCall, Host, HttpCall, HttpCallResponse, NullHost};
 pub use metrics::{HISTOGRAM_BUCKETS, Metric, MetricValue, Metrics};
 pub use plugin::{Backoff, FailurePolicy, Limits, Plugin, PluginConfig, PluginStats};
 pub use properties::{NoProperties, NodeInfo, PropertyValue, StreamProperties};
-pub use runtime::{CompiledModule, Runtime, RuntimeConfig};
+pub use runtime::{CompiledModule, Origin, Runtime, RuntimeConfig};
 pub use shared::{QueueNotifier, Shared, SharedLimits};
 pub use state::{Effect, LocalReply, VmState};
 pub use vm::PluginVm;

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, OptLevel};
 
 use crate::abi::AbiVersion;
+use crate::compiler::{self, Compiler, Outcome};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::shared::{Shared, SharedLimits};
@@ -32,6 +33,10 @@ pub struct RuntimeConfig {
     pub epoch_tick: Duration,
     /// Limits on shared data and queues.
     pub shared: SharedLimits,
+    /// Where modules are compiled.
+    pub compiler: Compiler,
+    /// Longest a compiler process may take on one module.
+    pub compile_timeout: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -43,6 +48,29 @@ impl Default for RuntimeConfig {
             max_stack_bytes: 512 << 10,
             epoch_tick: Duration::from_millis(5),
             shared: SharedLimits::default(),
+            compiler: Compiler::InProcess,
+            compile_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Where a module's machine code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Compiled in this process.
+    InProcess,
+    /// Compiled by a compiler process ([`Compiler::Command`]).
+    CompilerProcess,
+    /// Loaded from the precompiled-module cache directory.
+    DiskCache,
+}
+
+impl Origin {
+    fn as_str(self) -> &'static str {
+        match self {
+            Origin::InProcess => "in process",
+            Origin::CompilerProcess => "compiler process",
+            Origin::DiskCache => "disk cache",
         }
     }
 }
@@ -55,6 +83,7 @@ pub struct CompiledModule {
     sha256: Arc<str>,
     abi: AbiVersion,
     size: usize,
+    origin: Origin,
 }
 
 impl CompiledModule {
@@ -71,6 +100,11 @@ impl CompiledModule {
     /// Size of the module bytes.
     pub fn size(&self) -> usize {
         self.size
+    }
+
+    /// Where its machine code came from.
+    pub fn origin(&self) -> Origin {
+        self.origin
     }
 
     /// Export names.
@@ -98,6 +132,9 @@ pub(crate) struct RuntimeInner {
     pub(crate) metrics: Arc<Metrics>,
     cache_dir: Option<PathBuf>,
     engine_hash: String,
+    compiler: Compiler,
+    compile_timeout: Duration,
+    max_stack_bytes: usize,
     pub(crate) epoch_tick: Duration,
     stop: Arc<AtomicBool>,
 }
@@ -114,7 +151,7 @@ pub struct Runtime {
     pub(crate) inner: Arc<RuntimeInner>,
 }
 
-fn engine_config(cfg: &RuntimeConfig, pooling: bool) -> Config {
+pub(crate) fn engine_config(cfg: &RuntimeConfig, pooling: bool) -> Config {
     let mut c = Config::new();
     c.epoch_interruption(true)
         .max_wasm_stack(cfg.max_stack_bytes)
@@ -183,6 +220,9 @@ impl Runtime {
                 metrics: Metrics::new(),
                 cache_dir: cfg.cache_dir,
                 engine_hash,
+                compiler: cfg.compiler,
+                compile_timeout: cfg.compile_timeout,
+                max_stack_bytes: cfg.max_stack_bytes,
                 epoch_tick: cfg.epoch_tick,
                 stop,
             }),
@@ -211,7 +251,15 @@ impl Runtime {
                 "missing the \\0asm magic number".into(),
             ));
         }
-        let module = self.load_or_compile(&sha, bytes)?;
+        let started = std::time::Instant::now();
+        let (module, origin) = self.load_or_compile(&sha, bytes)?;
+        tracing::info!(
+            module = %format_args!("sha256:{sha}"),
+            size = bytes.len(),
+            by = origin.as_str(),
+            ms = started.elapsed().as_millis() as u64,
+            "compiled Wasm module"
+        );
         let names: Vec<&str> = module.exports().map(|e| e.name()).collect();
         let abi = AbiVersion::detect(names.iter().copied())?;
         if module.get_export("memory").is_none() {
@@ -236,6 +284,7 @@ impl Runtime {
             sha256: sha.clone().into(),
             abi,
             size: bytes.len(),
+            origin,
         };
         self.lock_modules().insert(sha, compiled.clone());
         Ok(compiled)
@@ -250,23 +299,26 @@ impl Runtime {
         self.inner.modules.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn load_or_compile(&self, sha: &str, bytes: &[u8]) -> Result<Module, Error> {
+    fn load_or_compile(&self, sha: &str, bytes: &[u8]) -> Result<(Module, Origin), Error> {
         let engine = &self.inner.engine;
         let Some(dir) = &self.inner.cache_dir else {
-            return Module::new(engine, bytes).map_err(|e| Error::InvalidModule(format!("{e:#}")));
+            return self.compile_module(bytes).map(|(m, _, o)| (m, o));
         };
         let path = dir.join(format!("{sha}-{}.cwasm", self.inner.engine_hash));
         if path.exists() {
             match deserialize_own_artifact(engine, &path) {
-                Ok(m) => return Ok(m),
+                Ok(m) => return Ok((m, Origin::DiskCache)),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "discarding bad precompiled module")
                 }
             }
         }
-        let module =
-            Module::new(engine, bytes).map_err(|e| Error::InvalidModule(format!("{e:#}")))?;
-        match module.serialize() {
+        let (module, artifact, origin) = self.compile_module(bytes)?;
+        let artifact = match artifact {
+            Some(a) => Ok(a),
+            None => module.serialize(),
+        };
+        match artifact {
             Ok(art) => {
                 let tmp = dir.join(format!(".{sha}.{}.tmp", std::process::id()));
                 let res = std::fs::write(&tmp, &art).and_then(|_| std::fs::rename(&tmp, &path));
@@ -277,7 +329,39 @@ impl Runtime {
             }
             Err(e) => tracing::warn!(error = %e, "cannot serialize module"),
         }
-        Ok(module)
+        Ok((module, origin))
+    }
+
+    /// Compiles with the configured [`Compiler`]; gives the artifact too when a compiler
+    /// process made it. A compiler process that cannot be started, or whose artifact this
+    /// engine refuses, falls back to compiling here (with a warning); one that crashes or runs
+    /// out of time on the module fails the module.
+    fn compile_module(&self, bytes: &[u8]) -> Result<(Module, Option<Vec<u8>>, Origin), Error> {
+        let engine = &self.inner.engine;
+        let in_process = || {
+            Module::new(engine, bytes)
+                .map(|m| (m, None, Origin::InProcess))
+                .map_err(|e| Error::InvalidModule(format!("{e:#}")))
+        };
+        let Compiler::Command { program, args } = &self.inner.compiler else {
+            return in_process();
+        };
+        let timeout = self.inner.compile_timeout;
+        match compiler::run(program, args, self.inner.max_stack_bytes, bytes, timeout) {
+            Outcome::Artifact(art) => match compiler::deserialize(engine, &art) {
+                Ok(m) => Ok((m, Some(art), Origin::CompilerProcess)),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "compiler process gave an unusable artifact; compiling in process");
+                    in_process()
+                }
+            },
+            Outcome::Invalid(e) => Err(e),
+            Outcome::Unavailable(reason) => {
+                tracing::warn!(%reason, "compiler process unavailable; compiling in process");
+                in_process()
+            }
+            Outcome::Failed(reason) => Err(Error::Compiler(reason)),
+        }
     }
 }
 

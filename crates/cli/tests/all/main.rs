@@ -1,5 +1,6 @@
 //! End-to-end tests of the whole system in one process: control plane → agent → our proxy, with
 //! live WasmPlugin changes under load.
 
+mod compile;
 mod e2e;
 mod plugin_oci;

@@ -29,17 +29,29 @@ pub fn set_default_fail_reload(on: bool) {
     DEFAULT_FAIL_RELOAD.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Where the process-wide runtime compiles modules; read once, when it is first built.
+static COMPILER: std::sync::Mutex<wasm_host::Compiler> =
+    std::sync::Mutex::new(wasm_host::Compiler::InProcess);
+
+/// Makes the runtime compile modules with `compiler` (the `wasmesh` binary passes a child
+/// process of itself, keeping Cranelift out of the proxy). Call before the first plugin loads.
+pub fn set_compiler(compiler: wasm_host::Compiler) {
+    *COMPILER.lock().unwrap_or_else(|e| e.into_inner()) = compiler;
+}
+
 const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
 const BYTES_VALUE: &str = "type.googleapis.com/google.protobuf.BytesValue";
 
 /// The process-wide Wasm runtime (one engine, one module cache). The precompiled-module cache
-/// directory comes from `WASMESH_WASM_CACHE_DIR` when set.
+/// directory comes from `WASMESH_WASM_CACHE_DIR` when set; the compiler from [`set_compiler`].
 pub fn runtime() -> Result<&'static Runtime, ConfigError> {
     static RT: OnceLock<Result<Runtime, String>> = OnceLock::new();
     RT.get_or_init(|| {
         let cache_dir = std::env::var_os("WASMESH_WASM_CACHE_DIR").map(std::path::PathBuf::from);
+        let compiler = COMPILER.lock().unwrap_or_else(|e| e.into_inner()).clone();
         Runtime::new(RuntimeConfig {
             cache_dir,
+            compiler,
             ..Default::default()
         })
         .map_err(|e| e.to_string())

@@ -1,0 +1,172 @@
+//! Wasm modules compiled in a child process of the binary (`wasmesh compile-wasm`), as
+//! `wasmesh proxy` and `wasmesh up` do.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn compile_wasm(module: &[u8]) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wasmesh"))
+        .args(["compile-wasm", "--max-stack-bytes", "524288"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wasmesh runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(module).expect("write module");
+    drop(stdin);
+    child.wait_with_output().expect("wait")
+}
+
+#[test]
+fn compile_wasm_writes_an_artifact_or_exits_2_with_the_reason() {
+    let ok = compile_wasm(&test_plugins::bytes(test_plugins::HEADERS));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(ok.stdout.starts_with(b"\x7fELF"), "a wasmtime artifact");
+    let bad = compile_wasm(b"\0asm\x01\0\0\0\x63junk");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(bad.stdout.is_empty());
+    let reason = String::from_utf8_lossy(&bad.stderr);
+    assert!(!reason.trim().is_empty());
+}
+
+#[test]
+fn a_runtime_using_the_binary_as_compiler_runs_plugins_compiled_there() {
+    let rt = wasm_host::Runtime::new(wasm_host::RuntimeConfig {
+        pooling: false,
+        compiler: wasm_host::Compiler::Command {
+            program: env!("CARGO_BIN_EXE_wasmesh").into(),
+            args: vec!["compile-wasm".into()],
+        },
+        ..Default::default()
+    })
+    .expect("runtime");
+    let m = rt
+        .compile(&test_plugins::bytes(test_plugins::HEADERS))
+        .expect("compiled by the child");
+    assert_eq!(m.origin(), wasm_host::Origin::CompilerProcess);
+    assert_eq!(m.abi(), wasm_host::AbiVersion::V0_2_1);
+    let err = rt
+        .compile(b"\0asm\x01\0\0\0\x63junk")
+        .err()
+        .expect("invalid");
+    assert!(matches!(err, wasm_host::Error::InvalidModule(_)), "{err:?}");
+}
+
+fn bootstrap(listen: u16, admin: u16, upstream: SocketAddr, module: &std::path::Path) -> String {
+    format!(
+        r#"
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+static_resources:
+  listeners:
+  - name: main
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: main
+          route_config:
+            virtual_hosts: [{{name: all, domains: ["*"], routes: [{{match: {{prefix: "/"}}, route: {{cluster: echo}}}}]}}]
+          http_filters:
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: headers
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{{"response_add":{{"x-compiled":"child"}}}}'
+                vm_config:
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: "{module}"}}}}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: echo
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: echo
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]
+"#,
+        module = module.display(),
+        port = upstream.port(),
+    )
+}
+
+fn get(addr: SocketAddr) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasmesh_proxy_compiles_plugins_in_a_child_process() {
+    let echo = test_support::echo::start("echo").await.expect("echo");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ports = test_support::proxy_peers::free_ports(2).expect("ports");
+    let cfg = dir.path().join("bootstrap.yaml");
+    let module = test_plugins::path(test_plugins::HEADERS);
+    std::fs::write(&cfg, bootstrap(ports[0], ports[1], echo.addr, &module)).expect("write");
+    let log = dir.path().join("proxy.log");
+    let mut proxy = Command::new(env!("CARGO_BIN_EXE_wasmesh"))
+        .args(["proxy", "--concurrency", "1", "-c"])
+        .arg(&cfg)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("proxy runs");
+    let admin: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+    let ready = tokio::task::spawn_blocking(move || {
+        test_support::proxy_peers::wait_ready(admin, Duration::from_secs(30))
+    })
+    .await
+    .expect("join");
+    let listen: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+    let resp = tokio::task::spawn_blocking(move || get(listen))
+        .await
+        .expect("join");
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    ready.unwrap_or_else(|e| panic!("proxy not ready: {e}\n{log}"));
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}\n{log}");
+    assert!(
+        resp.to_ascii_lowercase().contains("x-compiled: child"),
+        "{resp}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("compiled Wasm module") && l.contains("compiler process")),
+        "{log}"
+    );
+
+    // a corrupt module: the proxy does not start, and says which filter and why
+    let bad = dir.path().join("bad.wasm");
+    std::fs::write(&bad, b"\0asm\x01\0\0\0\x63junk").expect("write");
+    std::fs::write(&cfg, bootstrap(ports[0], ports[1], echo.addr, &bad)).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_wasmesh"))
+        .args(["proxy", "--concurrency", "1", "-c"])
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .output()
+        .expect("proxy runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("not valid WebAssembly"), "{err}");
+    assert!(err.contains("http_filters"), "{err}");
+}
