@@ -375,17 +375,14 @@ pub(super) async fn run(
 }
 
 pub(super) fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
-    let mut b = http::Request::builder()
-        .method(p.method.clone())
-        .uri(p.uri.clone())
-        .version(p.version);
-    if let Some(h) = b.headers_mut() {
-        *h = p.headers.clone();
-    }
-    match b.body(()) {
-        Ok(r) => r.into_parts().0,
-        Err(_) => http::Request::new(()).into_parts().0,
-    }
+    // Field by field: `http::request::Builder` moves the whole head through a `Result` at each
+    // step (memcpy showed up under it in perf).
+    let (mut out, ()) = http::Request::new(()).into_parts();
+    out.method = p.method.clone();
+    out.uri = p.uri.clone();
+    out.version = p.version;
+    out.headers = p.headers.clone();
+    out
 }
 
 /// Hop-by-hop headers, removed from requests sent upstream and from responses sent downstream.
