@@ -139,17 +139,17 @@ pub struct StreamInfo {
     /// HTTP version of the downstream request.
     pub protocol: http::Version,
     /// `x-request-id` of the stream.
-    pub request_id: Option<String>,
+    pub request_id: Option<Arc<str>>,
     /// Wall clock time the stream started.
     pub start_time: SystemTime,
     /// Monotonic start, for durations.
     pub start_instant: Instant,
     /// Name of the selected route (`route.name`), if any route matched.
-    pub route_name: Option<String>,
+    pub route_name: Option<Arc<str>>,
     /// Name of the selected virtual host.
-    pub virtual_host_name: Option<String>,
+    pub virtual_host_name: Option<Arc<str>>,
     /// Cluster the router chose.
-    pub cluster_name: Option<String>,
+    pub cluster_name: Option<Arc<str>>,
     /// Upstream host address the router connected to (last attempt).
     pub upstream_host: Option<SocketAddr>,
     /// Local address of the upstream connection (last attempt).
@@ -157,7 +157,7 @@ pub struct StreamInfo {
     /// Status sent downstream, once known.
     pub response_code: Option<u16>,
     /// Envoy's `%RESPONSE_CODE_DETAILS%` (`via_upstream`, `route_not_found`, ...).
-    pub response_code_details: Option<String>,
+    pub response_code_details: Option<Arc<str>>,
     /// Envoy response flags (`UH`, `UF`, `NR`, ...).
     pub response_flags: ResponseFlags,
     /// Request body bytes received from downstream.

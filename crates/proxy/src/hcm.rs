@@ -165,11 +165,11 @@ pub(crate) async fn serve<IO>(
 }
 
 /// Adds or keeps `x-request-id` like Envoy's HCM.
-fn request_id(hcm: &HcmConfig, headers: &mut http::HeaderMap) -> Option<String> {
+fn request_id(hcm: &HcmConfig, headers: &mut http::HeaderMap) -> Option<Arc<str>> {
     let existing = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+        .map(Arc::from);
     // Envoy treats requests as internal unless use_remote_address says the peer is external,
     // and keeps an internal request's id.
     let keep = existing.is_some() && (!hcm.use_remote_address || hcm.preserve_external_request_id);
@@ -185,13 +185,15 @@ fn request_id(hcm: &HcmConfig, headers: &mut http::HeaderMap) -> Option<String> 
     for chunk in bytes.chunks_mut(4) {
         chunk.copy_from_slice(&crate::worker::rand_u32().to_le_bytes());
     }
-    let id = uuid::Builder::from_random_bytes(bytes)
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id: &str = uuid::Builder::from_random_bytes(bytes)
         .into_uuid()
-        .to_string();
-    if let Ok(v) = HeaderValue::from_str(&id) {
+        .hyphenated()
+        .encode_lower(&mut buf);
+    if let Ok(v) = HeaderValue::from_str(id) {
         headers.insert("x-request-id", v);
     }
-    Some(id)
+    Some(Arc::from(id))
 }
 
 /// The connection with the listener's current HTTP connection manager config: a config swapped

@@ -702,7 +702,7 @@ fn build_tcp_proxy(
                     format!("unknown cluster {c:?}"),
                 ));
             }
-            ClusterChoice::Single(c.clone())
+            ClusterChoice::Single(Arc::from(c.as_str()))
         }
         _ => {
             return Err(ConfigError::invalid(

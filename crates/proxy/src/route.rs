@@ -2,6 +2,7 @@
 //! built from `RouteConfiguration` by a pure function and matched on the request path.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, StatusCode};
@@ -130,7 +131,7 @@ impl HeaderMutations {
 #[derive(Debug)]
 pub struct VirtualHost {
     /// `name`.
-    pub name: String,
+    pub name: Arc<str>,
     /// Its routes, in order.
     pub routes: Vec<Route>,
     request_headers: HeaderMutations,
@@ -141,7 +142,7 @@ pub struct VirtualHost {
 #[derive(Debug)]
 pub struct Route {
     /// `name` (may be empty).
-    pub name: String,
+    pub name: Arc<str>,
     matcher: RouteMatch,
     /// What to do with a matching request.
     pub action: Action,
@@ -322,14 +323,14 @@ pub struct RouteAction {
 #[derive(Debug)]
 pub enum ClusterChoice {
     /// `cluster`.
-    Single(String),
+    Single(Arc<str>),
     /// `weighted_clusters`: (name, weight) and the total weight.
-    Weighted(Vec<(String, u32)>, u32),
+    Weighted(Vec<(Arc<str>, u32)>, u32),
 }
 
 impl ClusterChoice {
     /// Picks a cluster; `rand` is uniform in `0..u32::MAX`.
-    pub fn pick(&self, rand: u32) -> &str {
+    pub fn pick(&self, rand: u32) -> &Arc<str> {
         match self {
             ClusterChoice::Single(c) => c,
             ClusterChoice::Weighted(list, total) => {
@@ -340,7 +341,9 @@ impl ClusterChoice {
                     }
                     point -= w;
                 }
-                list.last().map(|(n, _)| n.as_str()).unwrap_or_default()
+                static NONE: std::sync::LazyLock<Arc<str>> =
+                    std::sync::LazyLock::new(|| Arc::from(""));
+                list.last().map_or(&*NONE, |(n, _)| n)
             }
         }
     }
@@ -348,8 +351,8 @@ impl ClusterChoice {
     /// Every cluster name it may pick.
     pub fn names(&self) -> Vec<&str> {
         match self {
-            ClusterChoice::Single(c) => vec![c.as_str()],
-            ClusterChoice::Weighted(list, _) => list.iter().map(|(n, _)| n.as_str()).collect(),
+            ClusterChoice::Single(c) => vec![&**c],
+            ClusterChoice::Weighted(list, _) => list.iter().map(|(n, _)| &**n).collect(),
         }
     }
 }
@@ -507,7 +510,7 @@ impl RouteTable {
                 routes.push(build_route(r, &format!("{vpath}.routes[{ri}]"), clusters)?);
             }
             table.virtual_hosts.push(VirtualHost {
-                name: vh.name.clone(),
+                name: Arc::from(vh.name.as_str()),
                 routes,
                 request_headers: HeaderMutations::build(
                     &vh.request_headers_to_add,
@@ -715,7 +718,7 @@ fn build_route(r: &pbr::Route, path: &str, clusters: &[String]) -> Result<Route,
         }
     };
     Ok(Route {
-        name: r.name.clone(),
+        name: Arc::from(r.name.as_str()),
         matcher,
         action,
         request_headers: HeaderMutations::build(
@@ -750,7 +753,7 @@ fn build_action(
     let choice = match &ra.cluster_specifier {
         Some(CS::Cluster(c)) => {
             check(c, format!("{path}.cluster"))?;
-            ClusterChoice::Single(c.clone())
+            ClusterChoice::Single(Arc::from(c.as_str()))
         }
         Some(CS::WeightedClusters(w)) => {
             let mut list = Vec::new();
@@ -759,7 +762,10 @@ fn build_action(
                     &c.name,
                     format!("{path}.weighted_clusters.clusters[{i}].name"),
                 )?;
-                list.push((c.name.clone(), c.weight.as_ref().map_or(0, |w| w.value)));
+                list.push((
+                    Arc::from(c.name.as_str()),
+                    c.weight.as_ref().map_or(0, |w| w.value),
+                ));
             }
             let total = list.iter().map(|(_, w)| *w).sum();
             if total == 0 {
@@ -977,11 +983,11 @@ virtual_hosts:
         );
         let h = HeaderMap::new();
         let s = t.select("api.example.com", "/v1/x?q=1", &h).unwrap();
-        assert_eq!(s.virtual_host.name, "exact");
+        assert_eq!(&*s.virtual_host.name, "exact");
         let Action::Route(ra) = &s.route.action else {
             panic!()
         };
-        assert_eq!(ra.clusters.pick(0), "a");
+        assert_eq!(&**ra.clusters.pick(0), "a");
         assert_eq!(rewrite_prefix(s.route, "/", "/v1/x?q=1"), "/x?q=1");
         let mut canary = HeaderMap::new();
         canary.insert("x-canary", "1".parse().unwrap());
@@ -989,7 +995,7 @@ virtual_hosts:
         let Action::Route(ra) = &s.route.action else {
             panic!()
         };
-        assert_eq!(ra.clusters.pick(0), "b");
+        assert_eq!(&**ra.clusters.pick(0), "b");
         assert!(t.select("www.example.com", "/item/12", &h).is_some());
         assert!(t.select("www.example.com", "/item/12x", &h).is_none());
         assert!(t.select("other", "/exact", &h).is_some());

@@ -80,9 +80,9 @@ async fn proxy<D>(
         }
     }
     let config = worker.config.load_full();
-    let cluster_name = cfg.cluster.pick(crate::worker::rand_u32()).to_string();
-    cx.stream_info_mut().cluster_name = Some(cluster_name.clone());
-    let Some(cluster) = config.clusters.get(&cluster_name).cloned() else {
+    let cluster_name = Arc::clone(cfg.cluster.pick(crate::worker::rand_u32()));
+    cx.stream_info_mut().cluster_name = Some(Arc::clone(&cluster_name));
+    let Some(cluster) = config.clusters.get(&*cluster_name).cloned() else {
         cfg.no_route.inc();
         return;
     };

@@ -67,6 +67,22 @@ impl HeaderMap {
     pub fn from_entries<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         entries: impl IntoIterator<Item = (K, V)>,
     ) -> Self {
+        Self::build(entries, true)
+    }
+
+    /// A map from entries whose keys are already lower case (`http::HeaderName`s, pseudo-header
+    /// literals): no per-byte pass over them. Keys that are not lower case are a caller bug
+    /// (caught in debug builds): lookups would miss them.
+    pub fn from_lowercase_entries<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        entries: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Self::build(entries, false)
+    }
+
+    fn build<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        entries: impl IntoIterator<Item = (K, V)>,
+        lowercase: bool,
+    ) -> Self {
         let it = entries.into_iter();
         let mut m = Self {
             buf: Vec::with_capacity(256),
@@ -75,8 +91,15 @@ impl HeaderMap {
             rebuilt: false,
         };
         for (k, v) in it {
+            let k = k.as_ref();
+            let key = if lowercase {
+                m.push_key(k)
+            } else {
+                debug_assert!(!k.iter().any(u8::is_ascii_uppercase), "{k:?}");
+                m.push(k)
+            };
             let e = Entry {
-                key: m.push_key(k.as_ref()),
+                key,
                 value: m.push(v.as_ref()),
             };
             m.entries.push(e);
@@ -290,6 +313,21 @@ impl std::fmt::Debug for HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lowercase_entries_build_the_same_map_without_the_case_pass() {
+        let e = [
+            (":path", "/a"),
+            ("x-a", "1"),
+            ("x-a", "2"),
+            ("content-type", "t"),
+        ];
+        let a = HeaderMap::from_entries(e);
+        let b = HeaderMap::from_lowercase_entries(e);
+        assert_eq!(a.iter().collect::<Vec<_>>(), b.iter().collect::<Vec<_>>());
+        assert_eq!(b.get(b"X-A"), Some(&b"1"[..]));
+        assert_eq!(b.changes().map(|c| c.count()), Some(0));
+    }
 
     #[test]
     fn add_replace_remove_are_case_insensitive() {

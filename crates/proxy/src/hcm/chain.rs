@@ -61,27 +61,51 @@ pub(crate) enum FrameFlow {
     TooLarge,
 }
 
-/// A chain direction: the filter order and the per-position buffers.
+/// A chain direction over the first `len` filters (request: filter order; response: reverse
+/// order) and the per-position buffers, allocated only once a filter buffers (this is made
+/// several times per request).
 pub(crate) struct Pass {
     pub(crate) dir: Dir,
-    pub(crate) order: Vec<usize>,
+    len: usize,
     bufs: Vec<Option<BytesMut>>,
     limit: usize,
 }
 
 impl Pass {
-    pub(crate) fn new(dir: Dir, order: Vec<usize>, limit: usize) -> Self {
-        let bufs = order.iter().map(|_| None).collect();
+    pub(crate) fn new(dir: Dir, len: usize, limit: usize) -> Self {
         Self {
             dir,
-            order,
-            bufs,
+            len,
+            bufs: Vec::new(),
             limit,
         }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.order.len()
+        self.len
+    }
+
+    /// The index of the filter at position `pos`.
+    fn filter_at(&self, pos: usize) -> Option<usize> {
+        (pos < self.len).then(|| match self.dir {
+            Dir::Request => pos,
+            Dir::Response => self.len - 1 - pos,
+        })
+    }
+
+    /// Takes what the filter at `pos` was holding.
+    fn take_held(&mut self, pos: usize) -> Option<BytesMut> {
+        self.bufs.get_mut(pos).and_then(Option::take)
+    }
+
+    /// Holds `buf` for the filter at `pos`.
+    fn hold(&mut self, pos: usize, buf: BytesMut) {
+        if self.bufs.len() < self.len {
+            self.bufs.resize_with(self.len, || None);
+        }
+        if let Some(slot) = self.bufs.get_mut(pos) {
+            *slot = Some(buf);
+        }
     }
 }
 
@@ -95,7 +119,7 @@ pub(crate) async fn headers(
 ) -> Flow {
     let Stream { cx, filters } = st;
     for pos in from..pass.len() {
-        let Some(f) = pass.order.get(pos).and_then(|i| filters.get_mut(*i)) else {
+        let Some(f) = pass.filter_at(pos).and_then(|i| filters.get_mut(i)) else {
             continue;
         };
         let status = match h {
@@ -139,7 +163,7 @@ pub(crate) async fn frame(
                         continue;
                     };
                     // Data a filter was holding goes on before the trailers.
-                    if let Some(buf) = pass.bufs.get_mut(pos).and_then(Option::take)
+                    if let Some(buf) = pass.take_held(pos)
                         && !buf.is_empty()
                     {
                         next.push((Frame::data(buf.freeze()), false));
@@ -164,10 +188,10 @@ enum Step {
 }
 
 async fn data_at(st: &mut Stream, pass: &mut Pass, pos: usize, data: Bytes, end: bool) -> Step {
-    let Some(&idx) = pass.order.get(pos) else {
+    let Some(idx) = pass.filter_at(pos) else {
         return Step::Out(data);
     };
-    let mut data = match pass.bufs.get_mut(pos).and_then(Option::take) {
+    let mut data = match pass.take_held(pos) {
         Some(mut buf) => {
             buf.extend_from_slice(&data);
             buf.freeze()
@@ -196,9 +220,7 @@ async fn data_at(st: &mut Stream, pass: &mut Pass, pos: usize, data: Bytes, end:
             if data.len() > pass.limit {
                 return Step::TooLarge;
             }
-            if let Some(slot) = pass.bufs.get_mut(pos) {
-                *slot = Some(BytesMut::from(data));
-            }
+            pass.hold(pos, BytesMut::from(data));
             Step::Held
         }
         DataStatus::StopIterationNoBuffer => Step::Held,
@@ -212,7 +234,7 @@ async fn trailers_at(
     pos: usize,
     trailers: &mut HeaderMap,
 ) -> Option<LocalReply> {
-    let idx = *pass.order.get(pos)?;
+    let idx = pass.filter_at(pos)?;
     let Stream { cx, filters } = st;
     let f = filters.get_mut(idx)?;
     let status = match pass.dir {

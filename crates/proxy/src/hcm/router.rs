@@ -207,7 +207,7 @@ pub(super) async fn run(
     }
     let mut pending = Vec::new();
     if n > 0 {
-        let mut pass = Pass::new(Dir::Request, (0..n).collect(), hcm.buffer_limit);
+        let mut pass = Pass::new(Dir::Request, n, hcm.buffer_limit);
         match headers_phase(
             &stream,
             &mut pass,
@@ -296,6 +296,12 @@ pub(super) async fn run(
     let stop_slot: Rc<RefCell<Option<PumpStop>>> = Rc::default();
     let body_empty = src.is_none() && pending.is_empty();
     let upstream_body: Body = match src.take() {
+        // No body (a GET): nothing for the body hooks (Envoy calls no decodeData after headers
+        // with end of stream), and a zero-sized body costs no allocation.
+        None if pending.is_empty() => Box::pin(
+            http_body_util::Empty::<Bytes>::new()
+                .map_err(|e: std::convert::Infallible| -> BoxError { match e {} }),
+        ),
         Some(b) if pending.is_empty() && !hcm.filters_use_bodies => Box::pin(Counted {
             inner: b,
             counter: Rc::clone(&counter),
@@ -303,7 +309,7 @@ pub(super) async fn run(
         src => {
             let from = if hcm.filters_use_bodies { 0 } else { n };
             let slot = Rc::clone(&stop_slot);
-            let pass = Pass::new(Dir::Request, (0..n).collect(), hcm.buffer_limit);
+            let pass = Pass::new(Dir::Request, n, hcm.buffer_limit);
             FilterBody::boxed(
                 pending,
                 src,
@@ -358,7 +364,7 @@ pub(super) async fn run(
                 let mut st = stream.lock().await;
                 let info = st.cx.stream_info_mut();
                 info.upstream_service_time = Some(service_time);
-                info.response_code_details = Some("via_upstream".to_string());
+                info.response_code_details = Some(Arc::clone(&VIA_UPSTREAM));
             }
             let end = rbody.is_end_stream();
             let rsrc = if end { None } else { Some(rbody) };
@@ -385,6 +391,10 @@ pub(super) fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
     out
 }
 
+/// `%RESPONSE_CODE_DETAILS%` of a proxied response, shared by every stream.
+static VIA_UPSTREAM: std::sync::LazyLock<Arc<str>> =
+    std::sync::LazyLock::new(|| Arc::from("via_upstream"));
+
 /// Hop-by-hop headers, removed from requests sent upstream and from responses sent downstream.
 pub(super) const HOP_BY_HOP: [&str; 5] = [
     "connection",
@@ -410,16 +420,16 @@ async fn forward(
     fin: &mut Finisher,
 ) -> Result<(Response<Incoming>, Duration), ProxyError> {
     let config = conn.worker.config.load();
-    let cluster_name = action.clusters.pick(crate::worker::rand_u32()).to_string();
+    let cluster_name = Arc::clone(action.clusters.pick(crate::worker::rand_u32()));
     {
         let mut st = stream.lock().await;
-        st.cx.stream_info_mut().cluster_name = Some(cluster_name.clone());
+        st.cx.stream_info_mut().cluster_name = Some(Arc::clone(&cluster_name));
     }
     let cluster = config
         .clusters
-        .get(&cluster_name)
+        .get(&*cluster_name)
         .cloned()
-        .ok_or_else(|| ProxyError::new(ErrorKind::NoCluster(cluster_name.clone())))?;
+        .ok_or_else(|| ProxyError::new(ErrorKind::NoCluster(cluster_name.to_string())))?;
     // Rewrites.
     if let Some(rw) = &action.prefix_rewrite {
         let pq = parts
@@ -470,7 +480,7 @@ async fn forward(
         Some(r) if body_empty => r.num_retries,
         _ => 0,
     };
-    let cname: Arc<str> = Arc::from(cluster_name.as_str());
+    let cname: Arc<str> = cluster_name;
     let mut body = Some(body);
     let started = Instant::now();
     let mut attempt = 0;
@@ -598,7 +608,7 @@ async fn respond_local(
     {
         let mut st = stream.lock().await;
         let info = st.cx.stream_info_mut();
-        info.response_code_details = Some(reply.details.clone());
+        info.response_code_details = Some(Arc::from(reply.details.as_str()));
         info.response_flags.insert(flags);
     }
     let parts = local_reply_parts(&reply);
@@ -628,7 +638,7 @@ where
     let mut src = src;
     let mut pending = Vec::new();
     if seen > 0 {
-        let mut pass = Pass::new(Dir::Response, (0..seen).rev().collect(), hcm.buffer_limit);
+        let mut pass = Pass::new(Dir::Response, seen, hcm.buffer_limit);
         match headers_phase(
             stream,
             &mut pass,
@@ -645,7 +655,7 @@ where
                 pending = vec![Frame::data(r.body.clone())];
                 src = None;
                 let mut st = stream.lock().await;
-                st.cx.stream_info_mut().response_code_details = Some(r.details.clone());
+                st.cx.stream_info_mut().response_code_details = Some(Arc::from(r.details.as_str()));
             }
             Phase::TooLarge => {
                 let e = ProxyError::new(ErrorKind::ResponseTooLarge);
@@ -654,7 +664,7 @@ where
                 pending = vec![Frame::data(r.body.clone())];
                 src = None;
                 let mut st = stream.lock().await;
-                st.cx.stream_info_mut().response_code_details = Some(r.details.clone());
+                st.cx.stream_info_mut().response_code_details = Some(Arc::from(r.details.as_str()));
             }
         }
     }
@@ -674,7 +684,7 @@ where
         }
         src => {
             let from = if hcm.filters_use_bodies { 0 } else { seen };
-            let pass = Pass::new(Dir::Response, (0..seen).rev().collect(), hcm.buffer_limit);
+            let pass = Pass::new(Dir::Response, seen, hcm.buffer_limit);
             FilterBody::boxed(pending, src, Rc::clone(stream), pass, from, None, None)
         }
     };

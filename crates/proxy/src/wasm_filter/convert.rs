@@ -49,7 +49,7 @@ fn response_entries<'a>(
 
 /// Request head → plugin map.
 pub(crate) fn request_map(parts: &http::request::Parts) -> HeaderMap {
-    HeaderMap::from_entries(request_entries(parts))
+    HeaderMap::from_lowercase_entries(request_entries(parts))
 }
 
 /// The plugin's edits of a request map → request head: only the edits when they can be
@@ -164,7 +164,7 @@ pub(crate) fn response_map(parts: &http::response::Parts) -> HeaderMap {
 
 /// Response headers with status `code` (`:status` only if known) → plugin map.
 pub(crate) fn response_with_code(code: Option<StatusCode>, h: &http::HeaderMap) -> HeaderMap {
-    HeaderMap::from_entries(response_entries(code.as_ref(), h))
+    HeaderMap::from_lowercase_entries(response_entries(code.as_ref(), h))
 }
 
 /// Plugin map → response head.
@@ -185,7 +185,7 @@ fn apply_status(map: &HeaderMap, parts: &mut http::response::Parts) {
 
 /// Trailers both ways (no pseudo-headers).
 pub(crate) fn trailers_map(h: &http::HeaderMap) -> HeaderMap {
-    HeaderMap::from_entries(h.iter().map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes())))
+    HeaderMap::from_lowercase_entries(h.iter().map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes())))
 }
 
 pub(crate) fn apply_trailers_map(map: &HeaderMap, h: &mut http::HeaderMap) {

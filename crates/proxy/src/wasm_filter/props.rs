@@ -20,26 +20,26 @@ pub(crate) struct Facts {
     pub(crate) protocol: Option<http::Version>,
     pub(crate) tls: bool,
     pub(crate) sni: Option<String>,
-    pub(crate) request_id: Option<String>,
+    pub(crate) request_id: Option<Arc<str>>,
     pub(crate) start_ns: i64,
-    pub(crate) route_name: Option<String>,
-    pub(crate) virtual_host_name: Option<String>,
-    pub(crate) cluster_name: Option<String>,
+    pub(crate) route_name: Option<Arc<str>>,
+    pub(crate) virtual_host_name: Option<Arc<str>>,
+    pub(crate) cluster_name: Option<Arc<str>>,
     pub(crate) upstream: Option<std::net::SocketAddr>,
     pub(crate) response_code: Option<u16>,
-    pub(crate) details: Option<String>,
+    pub(crate) details: Option<Arc<str>>,
     pub(crate) bytes_received: u64,
     pub(crate) bytes_sent: u64,
     pub(crate) duration_ns: Option<i64>,
-    pub(crate) listener_name: String,
+    pub(crate) listener_name: Arc<str>,
     /// The final request and response headers, for `on_log` maps built on demand.
     pub(crate) request: Option<Arc<http::request::Parts>>,
     pub(crate) response: Option<Arc<http::HeaderMap>>,
 }
 
 impl Facts {
-    /// Copies what changed since the last refresh (nothing, and no string compared, when the
-    /// stream info was not written to since).
+    /// Copies what changed since the last refresh (nothing when the stream info was not
+    /// written to since; names are shared, so a copy is a reference count).
     pub(crate) fn refresh(&mut self, info: &StreamInfo) {
         if self.version == Some(info.version) {
             return;
@@ -52,34 +52,22 @@ impl Facts {
         if self.sni != info.requested_server_name {
             self.sni.clone_from(&info.requested_server_name);
         }
-        if self.request_id != info.request_id {
-            self.request_id.clone_from(&info.request_id);
-        }
+        self.request_id.clone_from(&info.request_id);
         self.start_ns = info
             .start_time
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as i64)
             .unwrap_or(0);
-        if self.route_name != info.route_name {
-            self.route_name.clone_from(&info.route_name);
-        }
-        if self.virtual_host_name != info.virtual_host_name {
-            self.virtual_host_name.clone_from(&info.virtual_host_name);
-        }
-        if self.cluster_name != info.cluster_name {
-            self.cluster_name.clone_from(&info.cluster_name);
-        }
+        self.route_name.clone_from(&info.route_name);
+        self.virtual_host_name.clone_from(&info.virtual_host_name);
+        self.cluster_name.clone_from(&info.cluster_name);
         self.upstream = info.upstream_host;
         self.response_code = info.response_code;
-        if self.details != info.response_code_details {
-            self.details.clone_from(&info.response_code_details);
-        }
+        self.details.clone_from(&info.response_code_details);
         self.bytes_received = info.bytes_received;
         self.bytes_sent = info.bytes_sent;
         self.duration_ns = info.duration.map(|d| d.as_nanos() as i64);
-        if self.listener_name.as_str() != &*info.listener_name {
-            self.listener_name = info.listener_name.to_string();
-        }
+        self.listener_name = Arc::clone(&info.listener_name);
         self.request.clone_from(&info.request_headers);
         self.response.clone_from(&info.response_headers);
     }
@@ -88,8 +76,8 @@ impl Facts {
 /// The [`StreamProperties`] handed to the Wasm host for one stream.
 pub(crate) struct StreamProps(pub(crate) Rc<RefCell<Facts>>);
 
-fn s(v: &Option<String>) -> Option<PropertyValue> {
-    v.as_ref().map(|v| PropertyValue::string(v.clone()))
+fn s(v: &Option<Arc<str>>) -> Option<PropertyValue> {
+    v.as_deref().map(PropertyValue::string)
 }
 
 fn protocol(v: http::Version) -> &'static str {
@@ -119,13 +107,15 @@ impl StreamProperties for StreamProps {
             [b"response", b"code_details"] => s(&f.details),
             [b"response", b"size"] => Some(PropertyValue::Int(f.bytes_sent as i64)),
             [b"connection", b"mtls"] => Some(PropertyValue::Bool(false)),
-            [b"connection", b"requested_server_name"] => s(&f.sni),
+            [b"connection", b"requested_server_name"] => {
+                f.sni.as_deref().map(PropertyValue::string)
+            }
             [b"upstream", b"address"] => f.upstream.map(|a| PropertyValue::string(a.to_string())),
             [b"upstream", b"port"] => f.upstream.map(|a| PropertyValue::Int(a.port() as i64)),
             [b"xds", b"cluster_name"] | [b"cluster_name"] => s(&f.cluster_name),
             [b"xds", b"route_name"] | [b"route_name"] => s(&f.route_name),
             [b"xds", b"virtual_host_name"] => s(&f.virtual_host_name),
-            [b"xds", b"listener_name"] => Some(PropertyValue::string(f.listener_name.clone())),
+            [b"xds", b"listener_name"] => Some(PropertyValue::string(&*f.listener_name)),
             _ => None,
         }
     }
