@@ -6,6 +6,7 @@
 mod chain;
 mod local_lock;
 mod router;
+mod trailers;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -483,14 +484,20 @@ pub(crate) struct FinalBody {
     inner: Body,
     sent: u64,
     fin: Option<Finisher>,
+    /// The client is on HTTP/1.1: trailers are not sent ([`trailers`]).
+    drop_trailers: bool,
+    /// Ended where the trailers were.
+    ended: bool,
 }
 
 impl FinalBody {
-    pub(crate) fn new(inner: Body, fin: Finisher) -> Self {
+    pub(crate) fn new(inner: Body, fin: Finisher, drop_trailers: bool) -> Self {
         Self {
             inner,
             sent: 0,
             fin: Some(fin),
+            drop_trailers,
+            ended: false,
         }
     }
 }
@@ -504,7 +511,14 @@ impl http_body::Body for FinalBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        let mut r = Pin::new(&mut this.inner).poll_frame(cx);
+        if this.drop_trailers && matches!(&r, Poll::Ready(Some(Ok(f))) if f.is_trailers()) {
+            this.ended = true;
+            r = Poll::Ready(None);
+        }
         match &r {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
@@ -532,7 +546,7 @@ impl http_body::Body for FinalBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.ended || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
@@ -543,7 +557,7 @@ impl http_body::Body for FinalBody {
 impl Drop for FinalBody {
     fn drop(&mut self) {
         if let Some(fin) = self.fin.take() {
-            let complete = self.inner.is_end_stream();
+            let complete = self.ended || self.inner.is_end_stream();
             fin.finish(self.sent, complete);
         }
     }

@@ -14,6 +14,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::chain::{self, Counted, Dir, FilterBody, Flow, FrameFlow, Hdrs, Pass, PumpStop, Stream};
+use super::trailers::NoTrailers;
 use super::{Conn, FinalBody, Finisher, finalize_response_headers, full, local_reply_parts};
 use crate::error::{ErrorKind, ProxyError};
 use crate::filter::LocalReply;
@@ -179,10 +180,12 @@ pub(super) async fn run(
     let hcm = Arc::clone(&conn.hcm);
     let n = hcm.filters.len();
     let counter = Rc::clone(&fin.bytes_received);
+    // An HTTP/1.1 client's trailers are dropped here, before the filters (Envoy's codec).
+    let downstream_h1 = super::trailers::dropped_on(parts.version);
     let mut src = if body.is_end_stream() {
         None
     } else {
-        Some(body)
+        Some(NoTrailers::new(body, downstream_h1))
     };
     // Route as the filters first see it (proxy-wasm reads `route_name` in request headers).
     let routes = Arc::clone(&hcm.routes);
@@ -356,6 +359,8 @@ pub(super) async fn run(
         }
         (Ok((resp, service_time)), None) => {
             let (mut rparts, rbody) = resp.into_parts();
+            // An HTTP/1.1 upstream's trailers are dropped before the filters.
+            let upstream_h1 = super::trailers::dropped_on(rparts.version);
             routes.mutate_response(vhost, route, &mut rparts.headers);
             if let Ok(v) = HeaderValue::from_str(&service_time.as_millis().to_string()) {
                 rparts.headers.insert("x-envoy-upstream-service-time", v);
@@ -367,7 +372,11 @@ pub(super) async fn run(
                 info.response_code_details = Some(Arc::clone(&VIA_UPSTREAM));
             }
             let end = rbody.is_end_stream();
-            let rsrc = if end { None } else { Some(rbody) };
+            let rsrc = if end {
+                None
+            } else {
+                Some(NoTrailers::new(rbody, upstream_h1))
+            };
             respond(&conn, &stream, fin, rparts, rsrc, n).await
         }
         (Err(e), None) => {
@@ -430,6 +439,16 @@ async fn forward(
         .get(&*cluster_name)
         .cloned()
         .ok_or_else(|| ProxyError::new(ErrorKind::NoCluster(cluster_name.to_string())))?;
+    // Trailers from an h2 client are not sent to an HTTP/1.1 upstream (Envoy's codec drops
+    // them); an HTTP/1.1 client's were dropped on the way in.
+    let body = if !body_empty
+        && cluster.protocol == crate::cluster::UpstreamProtocol::Http1
+        && !super::trailers::dropped_on(parts.version)
+    {
+        crate::upstream::boxed(NoTrailers::new(body, true))
+    } else {
+        body
+    };
     // Rewrites.
     if let Some(rw) = &action.prefix_rewrite {
         let pq = parts
@@ -668,10 +687,12 @@ where
             }
         }
     }
+    let drop_trailers;
     {
         let mut st = stream.lock().await;
         let info = st.cx.stream_info_mut();
         info.response_code = Some(parts.status.as_u16());
+        drop_trailers = super::trailers::dropped_on(info.protocol);
         finalize_response_headers(&hcm, &mut parts, info.request_id.as_deref());
         // on_log and the access log see the headers as sent (`server` included), as in Envoy.
         if seen > 0 || hcm.log_needs_headers {
@@ -688,5 +709,8 @@ where
             FilterBody::boxed(pending, src, Rc::clone(stream), pass, from, None, None)
         }
     };
-    Response::from_parts(parts, Box::pin(FinalBody::new(body, fin)) as Body)
+    Response::from_parts(
+        parts,
+        Box::pin(FinalBody::new(body, fin, drop_trailers)) as Body,
+    )
 }

@@ -1,0 +1,158 @@
+//! HTTP/1.1 trailers against real Envoy 1.40: with `enable_trailers` off (Envoy's default),
+//! Envoy's HTTP/1 codec drops a chunked request's trailers on the way in and an upstream
+//! response's trailers on the way out of the upstream connection. Both proxies get the same raw
+//! bytes from a raw client and a raw upstream; what each peer received must agree.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use test_support::proxy_peers::{free_ports, start_envoy};
+
+use crate::support::*;
+
+const BOOTSTRAP: &str = r#"
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: {ADMIN}}}
+static_resources:
+  listeners:
+  - name: main
+    address: {socket_address: {address: 127.0.0.1, port_value: {LISTEN}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: main
+          route_config:
+            virtual_hosts: [{name: all, domains: ["*"], routes: [{match: {prefix: "/"}, route: {cluster: up}}]}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: up
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: up
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: {UP}}}}}]}]
+"#;
+
+/// Reads one HTTP/1.1 message (head plus a chunked body, trailers included) off `s`.
+fn read_message(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(head_end) = text.find("\r\n\r\n") {
+            let chunked = text[..head_end]
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: chunked");
+            let rest = &text[head_end + 4..];
+            // the last chunk, then trailer lines, then an empty line
+            if !chunked
+                || rest.starts_with("0\r\n") && rest.ends_with("\r\n\r\n")
+                || rest.contains("\r\n0\r\n") && rest.ends_with("\r\n\r\n")
+            {
+                return text;
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return String::from_utf8_lossy(&buf).to_string(),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// A raw upstream: records each request it reads and answers with a chunked body and a
+/// declared trailer.
+fn raw_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let record = Arc::clone(&record);
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                loop {
+                    let req = read_message(&mut s);
+                    if req.is_empty() {
+                        return;
+                    }
+                    record.lock().unwrap_or_else(|e| e.into_inner()).push(req);
+                    let resp = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\
+                                transfer-encoding: chunked\r\ntrailer: x-up-trailer\r\n\r\n\
+                                5\r\nworld\r\n0\r\nx-up-trailer: yes\r\n\r\n";
+                    if s.write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Sends a chunked POST with a trailer (and `te: trailers`) and returns the raw response.
+fn post_with_trailer(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    s.write_all(
+        b"POST /t HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nte: trailers\r\n\
+          trailer: x-client-trailer\r\n\r\n5\r\nhello\r\n0\r\nx-client-trailer: abc\r\n\r\n",
+    )
+    .expect("write");
+    read_message(&mut s)
+}
+
+/// What one proxy did with the trailers: (upstream got the client's, client got the upstream's,
+/// status line, body data).
+fn outcome(addr: SocketAddr, seen: &Mutex<Vec<String>>) -> (bool, bool, String, bool) {
+    let before = seen.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let resp = post_with_trailer(addr);
+    let reqs = seen.lock().unwrap_or_else(|e| e.into_inner());
+    let req = reqs.get(before).cloned().unwrap_or_default();
+    (
+        req.contains("x-client-trailer: abc"),
+        resp.contains("x-up-trailer: yes"),
+        resp.lines().next().unwrap_or_default().to_string(),
+        resp.contains("world") && req.contains("hello"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_trailers_are_dropped_both_ways_like_envoy() -> anyhow::Result<()> {
+    let (up, seen) = raw_upstream();
+    let render = |listen: u16, admin: u16| {
+        fill(
+            BOOTSTRAP,
+            &[
+                ("LISTEN", listen.to_string()),
+                ("ADMIN", admin.to_string()),
+                ("UP", up.port().to_string()),
+            ],
+        )
+    };
+    let ours = start_proxy(&render(0, 0))?;
+    let ours_addr = ours.listener_addr("main").expect("listener");
+    let ports = free_ports(2)?;
+    let envoy_yaml = render(ports[0], ports[1]);
+    let admin: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+    let _envoy = tokio::task::spawn_blocking(move || start_envoy(&envoy_yaml, admin)).await??;
+    let envoy_addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+
+    let seen2 = Arc::clone(&seen);
+    let e = tokio::task::spawn_blocking(move || outcome(envoy_addr, &seen2)).await?;
+    let seen2 = Arc::clone(&seen);
+    let o = tokio::task::spawn_blocking(move || outcome(ours_addr, &seen2)).await?;
+    assert_eq!(e.2, "HTTP/1.1 200 OK", "envoy: {e:?}");
+    assert!(e.3, "envoy passed the bodies: {e:?}");
+    // Envoy's default: neither trailer crosses an HTTP/1.1 codec.
+    assert_eq!((e.0, e.1), (false, false), "envoy: {e:?}");
+    assert_eq!(o, e, "wasmesh vs envoy");
+    Ok(())
+}
