@@ -237,6 +237,15 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Response<Body> {
         hcm.stats.rq_http1_total.inc();
     }
     let (mut parts, body) = req.into_parts();
+    // Envoy answers `Expect: 100-continue` itself (hyper sends the 100 when the body is read)
+    // and removes the header before the filters and the upstream see the request.
+    if parts
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    {
+        parts.headers.remove(http::header::EXPECT);
+    }
     let node = Arc::clone(&conn.worker.config.load().node);
     let mut info = StreamInfo::new(
         Arc::clone(&conn.listener),

@@ -180,6 +180,21 @@ pub(super) async fn run(
     let hcm = Arc::clone(&conn.hcm);
     let n = hcm.filters.len();
     let counter = Rc::clone(&fin.bytes_received);
+    // HTTP/1.0 (and 0.9): Envoy's codec answers 426 before any filter runs (`accept_http_10`
+    // is off by default; setting it is rejected as unsupported).
+    if parts.version < http::Version::HTTP_11 {
+        fin.capture(&parts);
+        let reply = LocalReply::new(
+            http::StatusCode::UPGRADE_REQUIRED,
+            "Upgrade Required",
+            "low_version",
+        );
+        let flags = ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR;
+        let mut resp = respond_local(&conn, &stream, fin, reply, 0, flags).await;
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
     // An HTTP/1.1 client's trailers are dropped here, before the filters (Envoy's codec).
     let downstream_h1 = super::trailers::dropped_on(parts.version);
     let mut src = if body.is_end_stream() {

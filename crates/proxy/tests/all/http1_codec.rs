@@ -1,7 +1,9 @@
-//! HTTP/1.1 trailers against real Envoy 1.40: with `enable_trailers` off (Envoy's default),
-//! Envoy's HTTP/1 codec drops a chunked request's trailers on the way in and an upstream
-//! response's trailers on the way out of the upstream connection. Both proxies get the same raw
-//! bytes from a raw client and a raw upstream; what each peer received must agree.
+//! Envoy's HTTP/1 codec defaults, against real Envoy 1.40: both proxies get the same raw bytes
+//! from a raw client and a raw upstream, and what each peer received must agree.
+//! - Trailers (`enable_trailers` off): a chunked request's trailers are dropped on the way in,
+//!   an upstream response's on the way out of the upstream connection.
+//! - HTTP/1.0 (`accept_http_10` off): 426 `Upgrade Required`, nothing sent upstream.
+//! - `Expect: 100-continue`: the proxy answers 100 itself and strips the header.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -46,12 +48,16 @@ fn read_message(s: &mut TcpStream) -> String {
     loop {
         let text = String::from_utf8_lossy(&buf).to_string();
         if let Some(head_end) = text.find("\r\n\r\n") {
-            let chunked = text[..head_end]
-                .to_ascii_lowercase()
-                .contains("transfer-encoding: chunked");
+            let head = text[..head_end].to_ascii_lowercase();
+            let chunked = head.contains("transfer-encoding: chunked");
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
             let rest = &text[head_end + 4..];
-            // the last chunk, then trailer lines, then an empty line
-            if !chunked
+            // a fixed length body, or the last chunk, then trailer lines, then an empty line
+            if !chunked && rest.len() >= length
                 || rest.starts_with("0\r\n") && rest.ends_with("\r\n\r\n")
                 || rest.contains("\r\n0\r\n") && rest.ends_with("\r\n\r\n")
             {
@@ -97,16 +103,25 @@ fn raw_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     (addr, seen)
 }
 
-/// Sends a chunked POST with a trailer (and `te: trailers`) and returns the raw response.
-fn post_with_trailer(addr: SocketAddr) -> String {
+/// Sends `raw` and returns the raw response (after any `100 Continue`, which is kept).
+fn exchange(addr: SocketAddr, raw: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).expect("connect");
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    s.write_all(
+    s.write_all(raw).expect("write");
+    let mut out = read_message(&mut s);
+    if out.starts_with("HTTP/1.1 100") {
+        out.push_str(&read_message(&mut s));
+    }
+    out
+}
+
+/// Sends a chunked POST with a trailer (and `te: trailers`) and returns the raw response.
+fn post_with_trailer(addr: SocketAddr) -> String {
+    exchange(
+        addr,
         b"POST /t HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nte: trailers\r\n\
           trailer: x-client-trailer\r\n\r\n5\r\nhello\r\n0\r\nx-client-trailer: abc\r\n\r\n",
     )
-    .expect("write");
-    read_message(&mut s)
 }
 
 /// What one proxy did with the trailers: (upstream got the client's, client got the upstream's,
@@ -124,8 +139,10 @@ fn outcome(addr: SocketAddr, seen: &Mutex<Vec<String>>) -> (bool, bool, String, 
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http1_trailers_are_dropped_both_ways_like_envoy() -> anyhow::Result<()> {
+/// Envoy and wasmesh on the same raw upstream; `f` runs against each address.
+async fn both<T: Send + 'static>(
+    f: fn(SocketAddr, &Mutex<Vec<String>>) -> T,
+) -> anyhow::Result<(T, T)> {
     let (up, seen) = raw_upstream();
     let render = |listen: u16, admin: u16| {
         fill(
@@ -144,15 +161,86 @@ async fn http1_trailers_are_dropped_both_ways_like_envoy() -> anyhow::Result<()>
     let admin: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
     let _envoy = tokio::task::spawn_blocking(move || start_envoy(&envoy_yaml, admin)).await??;
     let envoy_addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+    let seen2 = Arc::clone(&seen);
+    let e = tokio::task::spawn_blocking(move || f(envoy_addr, &seen2)).await?;
+    let seen2 = Arc::clone(&seen);
+    let o = tokio::task::spawn_blocking(move || f(ours_addr, &seen2)).await?;
+    Ok((e, o))
+}
 
-    let seen2 = Arc::clone(&seen);
-    let e = tokio::task::spawn_blocking(move || outcome(envoy_addr, &seen2)).await?;
-    let seen2 = Arc::clone(&seen);
-    let o = tokio::task::spawn_blocking(move || outcome(ours_addr, &seen2)).await?;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_trailers_are_dropped_both_ways_like_envoy() -> anyhow::Result<()> {
+    let (e, o) = both(outcome).await?;
     assert_eq!(e.2, "HTTP/1.1 200 OK", "envoy: {e:?}");
     assert!(e.3, "envoy passed the bodies: {e:?}");
     // Envoy's default: neither trailer crosses an HTTP/1.1 codec.
     assert_eq!((e.0, e.1), (false, false), "envoy: {e:?}");
+    assert_eq!(o, e, "wasmesh vs envoy");
+    Ok(())
+}
+
+/// Status code, body and whether anything reached the upstream, for an HTTP/1.0 request.
+fn http10(addr: SocketAddr, seen: &Mutex<Vec<String>>) -> (String, String, String, bool) {
+    let before = seen.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let resp = exchange(addr, b"GET /old HTTP/1.0\r\nhost: x\r\n\r\n");
+    let after = seen.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let code = resp.split(' ').nth(1).unwrap_or_default().to_string();
+    let body = resp
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    let content_type = resp
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    (code, body, content_type, after > before)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_requests_get_426_like_envoy() -> anyhow::Result<()> {
+    let (e, o) = both(http10).await?;
+    assert_eq!(e.0, "426", "envoy: {e:?}");
+    assert!(!e.3, "envoy sent nothing upstream: {e:?}");
+    assert_eq!(o, e, "wasmesh vs envoy");
+    Ok(())
+}
+
+/// (got 100 Continue, final status, upstream saw `expect`, upstream got the body).
+fn expect_continue(addr: SocketAddr, seen: &Mutex<Vec<String>>) -> (bool, String, bool, bool) {
+    let before = seen.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let resp = exchange(
+        addr,
+        b"POST /e HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 3\r\n\r\nabc",
+    );
+    let reqs = seen.lock().unwrap_or_else(|e| e.into_inner());
+    let req = reqs.get(before).cloned().unwrap_or_default();
+    let last_status = resp
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("HTTP/1.1 "))
+        .unwrap_or_default()
+        .to_string();
+    (
+        resp.starts_with("HTTP/1.1 100 Continue"),
+        last_status,
+        req.to_ascii_lowercase().contains("expect:"),
+        req.ends_with("abc"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_is_answered_and_stripped_like_envoy() -> anyhow::Result<()> {
+    let (e, o) = both(expect_continue).await?;
+    assert_eq!(
+        e,
+        (true, "HTTP/1.1 200 OK".to_string(), false, true),
+        "envoy"
+    );
     assert_eq!(o, e, "wasmesh vs envoy");
     Ok(())
 }
