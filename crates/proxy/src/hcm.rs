@@ -128,7 +128,9 @@ pub(crate) async fn serve<IO>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .max_buf_size(64 * 1024)
+        // Room above Envoy's 60 KiB header limit, which the router checks (431 with Envoy's
+        // body); hyper's own 431 (no body) only past this.
+        .max_buf_size(256 * 1024)
         .preserve_header_case(false);
     builder
         .http2()
@@ -256,8 +258,9 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Response<Body> {
     );
     info.downstream_tls = conn.tls;
     info.requested_server_name = conn.sni.clone();
-    if !parts.headers.contains_key(HOST)
-        && let Some(a) = parts.uri.authority()
+    // The authority of an absolute-form HTTP/1.1 target (or h2's `:authority`) is the host,
+    // over any `Host` header (RFC 9112 §3.2.2; Envoy's codecs do the same).
+    if let Some(a) = parts.uri.authority()
         && let Ok(v) = HeaderValue::from_str(a.as_str())
     {
         parts.headers.insert(HOST, v);

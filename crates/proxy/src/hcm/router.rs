@@ -180,15 +180,23 @@ pub(super) async fn run(
     let hcm = Arc::clone(&conn.hcm);
     let n = hcm.filters.len();
     let counter = Rc::clone(&fin.bytes_received);
-    // HTTP/1.0 (and 0.9): Envoy's codec answers 426 before any filter runs (`accept_http_10`
-    // is off by default; setting it is rejected as unsupported).
-    if parts.version < http::Version::HTTP_11 {
+    // Envoy's HTTP/1 codec answers these before any filter runs: HTTP/1.0 (and 0.9) with 426
+    // (`accept_http_10` is off by default; setting it is rejected as unsupported), and headers
+    // over `max_request_headers_kb` (60) with 431, its body and details.
+    let codec_error = if parts.version < http::Version::HTTP_11 {
+        Some((http::StatusCode::UPGRADE_REQUIRED, "low_version"))
+    } else if parts.version == http::Version::HTTP_11 && header_bytes(&parts) > MAX_HEADER_BYTES {
+        Some((
+            http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "http1.headers_too_large",
+        ))
+    } else {
+        None
+    };
+    if let Some((status, details)) = codec_error {
         fin.capture(&parts);
-        let reply = LocalReply::new(
-            http::StatusCode::UPGRADE_REQUIRED,
-            "Upgrade Required",
-            "low_version",
-        );
+        let reason = status.canonical_reason().unwrap_or_default();
+        let reply = LocalReply::new(status, reason, details);
         let flags = ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR;
         let mut resp = respond_local(&conn, &stream, fin, reply, 0, flags).await;
         resp.headers_mut()
@@ -413,6 +421,21 @@ pub(super) fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
     out.version = p.version;
     out.headers = p.headers.clone();
     out
+}
+
+/// Envoy's default `max_request_headers_kb`, in bytes.
+const MAX_HEADER_BYTES: usize = 60 * 1024;
+
+/// The size Envoy checks against `max_request_headers_kb`: names and values, the request
+/// target included.
+fn header_bytes(parts: &http::request::Parts) -> usize {
+    let target = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    parts
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum::<usize>()
+        + target
 }
 
 /// `%RESPONSE_CODE_DETAILS%` of a proxied response, shared by every stream.

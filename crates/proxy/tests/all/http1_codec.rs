@@ -4,6 +4,7 @@
 //!   an upstream response's on the way out of the upstream connection.
 //! - HTTP/1.0 (`accept_http_10` off): 426 `Upgrade Required`, nothing sent upstream.
 //! - `Expect: 100-continue`: the proxy answers 100 itself and strips the header.
+//! - An absolute-form target: its authority becomes `Host`; the upstream gets origin form.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -241,6 +242,74 @@ async fn expect_100_continue_is_answered_and_stripped_like_envoy() -> anyhow::Re
         (true, "HTTP/1.1 200 OK".to_string(), false, true),
         "envoy"
     );
+    assert_eq!(o, e, "wasmesh vs envoy");
+    Ok(())
+}
+
+/// The request line and `host` the upstream got for an absolute-form target.
+fn absolute_form(addr: SocketAddr, seen: &Mutex<Vec<String>>) -> (String, String) {
+    let before = seen.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let _ = exchange(
+        addr,
+        b"GET http://abs.example/a?q=1 HTTP/1.1\r\nhost: other\r\nconnection: close\r\n\r\n",
+    );
+    let reqs = seen.lock().unwrap_or_else(|e| e.into_inner());
+    let req = reqs.get(before).cloned().unwrap_or_default();
+    let line = req.lines().next().unwrap_or_default().to_string();
+    let host = req
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("host: ")
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    (line, host)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_form_target_sets_the_host_like_envoy() -> anyhow::Result<()> {
+    let (e, o) = both(absolute_form).await?;
+    assert_eq!(
+        e,
+        ("GET /a?q=1 HTTP/1.1".to_string(), "abs.example".to_string()),
+        "envoy"
+    );
+    assert_eq!(o, e, "wasmesh vs envoy");
+    Ok(())
+}
+
+/// Status, body and content type for a request whose headers pass 60 KiB, and whether it
+/// reached the upstream.
+fn big_headers(addr: SocketAddr, seen: &Mutex<Vec<String>>) -> (String, String, String, bool) {
+    let before = seen.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let mut raw = b"GET /big HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-big: ".to_vec();
+    raw.extend(std::iter::repeat_n(b'a', 70_000));
+    raw.extend_from_slice(b"\r\n\r\n");
+    let resp = exchange(addr, &raw);
+    let after = seen.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let code = resp.split(' ').nth(1).unwrap_or_default().to_string();
+    let body = resp
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    let content_type = resp
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    (code, body, content_type, after > before)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_over_60_kib_get_envoys_431() -> anyhow::Result<()> {
+    let (e, o) = both(big_headers).await?;
+    assert_eq!(e.0, "431", "envoy: {e:?}");
+    assert!(!e.3, "envoy sent nothing upstream");
     assert_eq!(o, e, "wasmesh vs envoy");
     Ok(())
 }
