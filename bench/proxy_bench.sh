@@ -27,27 +27,8 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-up_port="$(port)"
-
-# Upstream: nginx answering a small body from memory.
-cat > "$work/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$up_port;
-    location / { return 200 "hello from upstream\n"; }
-  }
-}
-NGINX
-nginx -c "$work/nginx.conf" -p "$work" &
-pids+=($!)
+source "$here/lib.sh"
+start_upstream "$work"
 
 plugin_dir="${PLUGIN_DIR:-${CARGO_TARGET_DIR:-$root/target}/wasm-plugins/bin}"
 render() { sed -e "s/{LISTEN_PORT}/$2/g" -e "s/{ADMIN_PORT}/$3/g" -e "s/{UPSTREAM_PORT}/$up_port/g" -e "s#{PLUGIN_DIR}#$plugin_dir#g" "$1"; }

@@ -116,22 +116,23 @@ fn exchange(addr: SocketAddr, raw: &[u8]) -> String {
     out
 }
 
-/// Sends a chunked POST with a trailer (and `te: trailers`) and returns the raw response.
-fn post_with_trailer(addr: SocketAddr) -> String {
-    exchange(
-        addr,
-        b"POST /t HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nte: trailers\r\n\
-          trailer: x-client-trailer\r\n\r\n5\r\nhello\r\n0\r\nx-client-trailer: abc\r\n\r\n",
-    )
+/// Sends `raw` through the proxy at `addr`: (the client's raw response, the raw request the
+/// upstream got, empty if none).
+fn through(addr: SocketAddr, seen: &Mutex<Vec<String>>, raw: &[u8]) -> (String, String) {
+    let before = seen.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let resp = exchange(addr, raw);
+    let reqs = seen.lock().unwrap_or_else(|e| e.into_inner());
+    (resp, reqs.get(before).cloned().unwrap_or_default())
 }
+
+/// A chunked POST with a trailer (and `te: trailers`).
+const POST_WITH_TRAILER: &[u8] = b"POST /t HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\
+    te: trailers\r\ntrailer: x-client-trailer\r\n\r\n5\r\nhello\r\n0\r\nx-client-trailer: abc\r\n\r\n";
 
 /// What one proxy did with the trailers: (upstream got the client's, client got the upstream's,
 /// status line, body data).
 fn outcome(addr: SocketAddr, seen: &Mutex<Vec<String>>) -> (bool, bool, String, bool) {
-    let before = seen.lock().unwrap_or_else(|e| e.into_inner()).len();
-    let resp = post_with_trailer(addr);
-    let reqs = seen.lock().unwrap_or_else(|e| e.into_inner());
-    let req = reqs.get(before).cloned().unwrap_or_default();
+    let (resp, req) = through(addr, seen, POST_WITH_TRAILER);
     (
         req.contains("x-client-trailer: abc"),
         resp.contains("x-up-trailer: yes"),
@@ -180,11 +181,14 @@ async fn http1_trailers_are_dropped_both_ways_like_envoy() -> anyhow::Result<()>
     Ok(())
 }
 
-/// Status code, body and whether anything reached the upstream, for an HTTP/1.0 request.
-fn http10(addr: SocketAddr, seen: &Mutex<Vec<String>>) -> (String, String, String, bool) {
-    let before = seen.lock().unwrap_or_else(|e| e.into_inner()).len();
-    let resp = exchange(addr, b"GET /old HTTP/1.0\r\nhost: x\r\n\r\n");
-    let after = seen.lock().unwrap_or_else(|e| e.into_inner()).len();
+/// A local reply the proxy answered itself: (status code, body, content type, whether
+/// anything reached the upstream).
+fn codec_reply(
+    addr: SocketAddr,
+    seen: &Mutex<Vec<String>>,
+    raw: &[u8],
+) -> (String, String, String, bool) {
+    let (resp, req) = through(addr, seen, raw);
     let code = resp.split(' ').nth(1).unwrap_or_default().to_string();
     let body = resp
         .split("\r\n\r\n")
@@ -199,7 +203,12 @@ fn http10(addr: SocketAddr, seen: &Mutex<Vec<String>>) -> (String, String, Strin
                 .map(str::to_string)
         })
         .unwrap_or_default();
-    (code, body, content_type, after > before)
+    (code, body, content_type, !req.is_empty())
+}
+
+/// An HTTP/1.0 request.
+fn http10(addr: SocketAddr, seen: &Mutex<Vec<String>>) -> (String, String, String, bool) {
+    codec_reply(addr, seen, b"GET /old HTTP/1.0\r\nhost: x\r\n\r\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,13 +222,11 @@ async fn http10_requests_get_426_like_envoy() -> anyhow::Result<()> {
 
 /// (got 100 Continue, final status, upstream saw `expect`, upstream got the body).
 fn expect_continue(addr: SocketAddr, seen: &Mutex<Vec<String>>) -> (bool, String, bool, bool) {
-    let before = seen.lock().unwrap_or_else(|e| e.into_inner()).len();
-    let resp = exchange(
+    let (resp, req) = through(
         addr,
+        seen,
         b"POST /e HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 3\r\n\r\nabc",
     );
-    let reqs = seen.lock().unwrap_or_else(|e| e.into_inner());
-    let req = reqs.get(before).cloned().unwrap_or_default();
     let last_status = resp
         .lines()
         .rev()
@@ -248,13 +255,11 @@ async fn expect_100_continue_is_answered_and_stripped_like_envoy() -> anyhow::Re
 
 /// The request line and `host` the upstream got for an absolute-form target.
 fn absolute_form(addr: SocketAddr, seen: &Mutex<Vec<String>>) -> (String, String) {
-    let before = seen.lock().unwrap_or_else(|e| e.into_inner()).len();
-    let _ = exchange(
+    let (_, req) = through(
         addr,
+        seen,
         b"GET http://abs.example/a?q=1 HTTP/1.1\r\nhost: other\r\nconnection: close\r\n\r\n",
     );
-    let reqs = seen.lock().unwrap_or_else(|e| e.into_inner());
-    let req = reqs.get(before).cloned().unwrap_or_default();
     let line = req.lines().next().unwrap_or_default().to_string();
     let host = req
         .lines()
@@ -279,30 +284,12 @@ async fn an_absolute_form_target_sets_the_host_like_envoy() -> anyhow::Result<()
     Ok(())
 }
 
-/// Status, body and content type for a request whose headers pass 60 KiB, and whether it
-/// reached the upstream.
+/// A request whose headers pass 60 KiB.
 fn big_headers(addr: SocketAddr, seen: &Mutex<Vec<String>>) -> (String, String, String, bool) {
-    let before = seen.lock().unwrap_or_else(|e| e.into_inner()).len();
     let mut raw = b"GET /big HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-big: ".to_vec();
     raw.extend(std::iter::repeat_n(b'a', 70_000));
     raw.extend_from_slice(b"\r\n\r\n");
-    let resp = exchange(addr, &raw);
-    let after = seen.lock().unwrap_or_else(|e| e.into_inner()).len();
-    let code = resp.split(' ').nth(1).unwrap_or_default().to_string();
-    let body = resp
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
-    let content_type = resp
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type: ")
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
-    (code, body, content_type, after > before)
+    codec_reply(addr, seen, &raw)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
