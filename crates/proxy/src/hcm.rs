@@ -248,6 +248,9 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Response<Body> {
     {
         parts.headers.remove(http::header::EXPECT);
     }
+    // Whether a request is internal is the proxy's call, never the client's (Envoy removes it
+    // from every request; it sets it only for internal peers under use_remote_address).
+    parts.headers.remove("x-envoy-internal");
     let node = Arc::clone(&conn.worker.config.load().node);
     let mut info = StreamInfo::new(
         Arc::clone(&conn.listener),

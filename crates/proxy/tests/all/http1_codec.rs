@@ -5,6 +5,7 @@
 //! - HTTP/1.0 (`accept_http_10` off): 426 `Upgrade Required`, nothing sent upstream.
 //! - `Expect: 100-continue`: the proxy answers 100 itself and strips the header.
 //! - An absolute-form target: its authority becomes `Host`; the upstream gets origin form.
+//! - A client's `x-envoy-internal` is removed; other `x-envoy-*` headers pass.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -297,6 +298,31 @@ async fn headers_over_60_kib_get_envoys_431() -> anyhow::Result<()> {
     let (e, o) = both(big_headers).await?;
     assert_eq!(e.0, "431", "envoy: {e:?}");
     assert!(!e.3, "envoy sent nothing upstream");
+    assert_eq!(o, e, "wasmesh vs envoy");
+    Ok(())
+}
+
+/// Which of the client's `x-envoy-*` headers reached the upstream.
+fn envoy_headers(addr: SocketAddr, seen: &Mutex<Vec<String>>) -> Vec<String> {
+    let (_, req) = through(
+        addr,
+        seen,
+        b"GET /x HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-envoy-internal: true\r\n\
+          x-envoy-foo: bar\r\n\r\n",
+    );
+    let mut names: Vec<String> = req
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(k, _)| k.to_ascii_lowercase()))
+        .filter(|k| k == "x-envoy-internal" || k == "x-envoy-foo")
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_x_envoy_internal_is_removed_like_envoy() -> anyhow::Result<()> {
+    let (e, o) = both(envoy_headers).await?;
+    assert_eq!(e, vec!["x-envoy-foo".to_string()], "envoy");
     assert_eq!(o, e, "wasmesh vs envoy");
     Ok(())
 }
