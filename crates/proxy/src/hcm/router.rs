@@ -180,27 +180,35 @@ pub(super) async fn run(
     let hcm = Arc::clone(&conn.hcm);
     let n = hcm.filters.len();
     let counter = Rc::clone(&fin.bytes_received);
-    // Envoy's HTTP/1 codec answers these before any filter runs: HTTP/1.0 (and 0.9) with 426
-    // (`accept_http_10` is off by default; setting it is rejected as unsupported), and headers
-    // over `max_request_headers_kb` (60) with 431, its body and details.
+    // Envoy answers these before any filter runs: HTTP/1.0 (and 0.9) with 426
+    // (`accept_http_10` is off by default; setting it is rejected as unsupported), headers over
+    // `max_request_headers_kb` (60) with 431 (both from its HTTP/1 codec, which closes the
+    // connection), and an HTTP/1.1 request with no `Host` with an empty 400 (its HCM).
+    let h11 = parts.version == http::Version::HTTP_11;
     let codec_error = if parts.version < http::Version::HTTP_11 {
-        Some((http::StatusCode::UPGRADE_REQUIRED, "low_version"))
-    } else if parts.version == http::Version::HTTP_11 && header_bytes(&parts) > MAX_HEADER_BYTES {
-        Some((
-            http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "http1.headers_too_large",
-        ))
+        Some((http::StatusCode::UPGRADE_REQUIRED, "low_version", true))
+    } else if h11 && header_bytes(&parts) > MAX_HEADER_BYTES {
+        let too_large = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+        Some((too_large, "http1.headers_too_large", true))
+    } else if h11 && !parts.headers.contains_key(HOST) {
+        Some((http::StatusCode::BAD_REQUEST, "missing_host_header", false))
     } else {
         None
     };
-    if let Some((status, details)) = codec_error {
+    if let Some((status, details, codec)) = codec_error {
         fin.capture(&parts);
-        let reason = status.canonical_reason().unwrap_or_default();
-        let reply = LocalReply::new(status, reason, details);
+        let body = if codec {
+            status.canonical_reason().unwrap_or_default()
+        } else {
+            ""
+        };
+        let reply = LocalReply::new(status, body, details);
         let flags = ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR;
         let mut resp = respond_local(&conn, &stream, fin, reply, 0, flags).await;
-        resp.headers_mut()
-            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        if codec {
+            resp.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         return resp;
     }
     // An HTTP/1.1 client's trailers are dropped here, before the filters (Envoy's codec).

@@ -6,6 +6,7 @@
 //! - `Expect: 100-continue`: the proxy answers 100 itself and strips the header.
 //! - An absolute-form target: its authority becomes `Host`; the upstream gets origin form.
 //! - A client's `x-envoy-internal` is removed; other `x-envoy-*` headers pass.
+//! - An HTTP/1.1 request with no `Host`: an empty 400, nothing sent upstream.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -323,6 +324,25 @@ fn envoy_headers(addr: SocketAddr, seen: &Mutex<Vec<String>>) -> Vec<String> {
 async fn a_clients_x_envoy_internal_is_removed_like_envoy() -> anyhow::Result<()> {
     let (e, o) = both(envoy_headers).await?;
     assert_eq!(e, vec!["x-envoy-foo".to_string()], "envoy");
+    assert_eq!(o, e, "wasmesh vs envoy");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_host_gets_envoys_400() -> anyhow::Result<()> {
+    fn no_host(addr: SocketAddr, seen: &Mutex<Vec<String>>) -> (String, String, String, bool) {
+        codec_reply(
+            addr,
+            seen,
+            b"GET /nohost HTTP/1.1\r\nconnection: close\r\n\r\n",
+        )
+    }
+    let (e, o) = both(no_host).await?;
+    assert_eq!(
+        e,
+        ("400".to_string(), String::new(), String::new(), false),
+        "envoy"
+    );
     assert_eq!(o, e, "wasmesh vs envoy");
     Ok(())
 }
