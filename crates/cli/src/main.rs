@@ -85,6 +85,32 @@ struct CompileWasmArgs {
     /// The engine's Wasm stack limit (must match the proxy's).
     #[arg(long)]
     max_stack_bytes: usize,
+    /// Most heap the compiler may use (RLIMIT_DATA); a module that needs more fails.
+    #[arg(long)]
+    max_memory_bytes: Option<u64>,
+}
+
+/// Memory a compiler process may use: far above what real plugins need (tens of MiB for a
+/// multi-megabyte Go module), low enough that a hostile module fails its compile instead of
+/// pushing the machine into the OOM killer.
+const COMPILE_MEMORY_LIMIT: u64 = 2 << 30;
+
+/// Caps this process's heap (`RLIMIT_DATA`: private writable mappings, which is where the
+/// allocator and the compiler's code buffers live). Allocation past it fails, and the process
+/// aborts.
+#[allow(unsafe_code, reason = "one setrlimit(2) call with a stack value")]
+fn limit_heap(bytes: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        let lim = libc::rlimit {
+            rlim_cur: bytes,
+            rlim_max: bytes,
+        };
+        // SAFETY: setrlimit reads the struct we pass and nothing else.
+        unsafe {
+            libc::setrlimit(libc::RLIMIT_DATA, &lim);
+        }
+    }
 }
 
 /// The proxy's compiler: a child process of this executable (`wasmesh compile-wasm`), so
@@ -94,7 +120,11 @@ pub(crate) fn use_compiler_process() {
     match std::env::current_exe() {
         Ok(program) => wasmesh_proxy::wasm_filter::set_compiler(wasm_host::Compiler::Command {
             program,
-            args: vec!["compile-wasm".into()],
+            args: vec![
+                "compile-wasm".into(),
+                "--max-memory-bytes".into(),
+                COMPILE_MEMORY_LIMIT.to_string(),
+            ],
         }),
         Err(e) => {
             tracing::warn!(error = %e, "cannot find our own executable; compiling Wasm modules in process")
@@ -116,12 +146,17 @@ fn main() -> anyhow::Result<()> {
         Command::Up(args) => up_cmd::up(args)?,
         Command::Proxy(args) => proxy_cmd::proxy(args)?,
         Command::Status(args) => status_cmd::status(args)?,
-        Command::CompileWasm(args) => std::process::exit(wasm_host::compile_worker(
-            args.max_stack_bytes,
-            std::io::stdin().lock(),
-            std::io::stdout().lock(),
-            std::io::stderr().lock(),
-        )),
+        Command::CompileWasm(args) => std::process::exit({
+            if let Some(n) = args.max_memory_bytes {
+                limit_heap(n);
+            }
+            wasm_host::compile_worker(
+                args.max_stack_bytes,
+                std::io::stdin().lock(),
+                std::io::stdout().lock(),
+                std::io::stderr().lock(),
+            )
+        }),
     }
     Ok(())
 }

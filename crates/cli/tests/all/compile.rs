@@ -7,8 +7,13 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn compile_wasm(module: &[u8]) -> std::process::Output {
+    compile_wasm_with(module, &[])
+}
+
+fn compile_wasm_with(module: &[u8], extra: &[&str]) -> std::process::Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wasmesh"))
         .args(["compile-wasm", "--max-stack-bytes", "524288"])
+        .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -34,6 +39,37 @@ fn compile_wasm_writes_an_artifact_or_exits_2_with_the_reason() {
     assert!(bad.stdout.is_empty());
     let reason = String::from_utf8_lossy(&bad.stderr);
     assert!(!reason.trim().is_empty());
+}
+
+#[test]
+fn the_compilers_heap_is_capped() {
+    let module = test_plugins::bytes(test_plugins::HEADERS);
+    let roomy = compile_wasm_with(&module, &["--max-memory-bytes", "2147483648"]);
+    assert!(
+        roomy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&roomy.stderr)
+    );
+    // 8 MiB of heap is not enough to compile the plugin: the process fails, with no artifact.
+    let tight = compile_wasm_with(&module, &["--max-memory-bytes", "8388608"]);
+    assert!(!tight.status.success());
+    assert!(tight.stdout.is_empty());
+    // and a runtime using such a compiler fails the module instead of falling back
+    let rt = wasm_host::Runtime::new(wasm_host::RuntimeConfig {
+        pooling: false,
+        compiler: wasm_host::Compiler::Command {
+            program: env!("CARGO_BIN_EXE_wasmesh").into(),
+            args: vec![
+                "compile-wasm".into(),
+                "--max-memory-bytes".into(),
+                "8388608".into(),
+            ],
+        },
+        ..Default::default()
+    })
+    .expect("runtime");
+    let err = rt.compile(&module).err().expect("over the cap");
+    assert!(matches!(err, wasm_host::Error::Compiler(_)), "{err:?}");
 }
 
 #[test]
