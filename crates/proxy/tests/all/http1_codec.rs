@@ -17,33 +17,6 @@ use test_support::proxy_peers::{free_ports, start_envoy};
 
 use crate::support::*;
 
-const BOOTSTRAP: &str = r#"
-admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: {ADMIN}}}
-static_resources:
-  listeners:
-  - name: main
-    address: {socket_address: {address: 127.0.0.1, port_value: {LISTEN}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: main
-          route_config:
-            virtual_hosts: [{name: all, domains: ["*"], routes: [{match: {prefix: "/"}, route: {cluster: up}}]}]
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: up
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: up
-      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: {UP}}}}}]}]
-"#;
-
 /// Reads one HTTP/1.1 message (head plus a chunked body, trailers included) off `s`.
 fn read_message(s: &mut TcpStream) -> String {
     let mut buf = Vec::new();
@@ -148,15 +121,12 @@ async fn both<T: Send + 'static>(
     f: fn(SocketAddr, &Mutex<Vec<String>>) -> T,
 ) -> anyhow::Result<(T, T)> {
     let (up, seen) = raw_upstream();
+    // The common bootstrap (admin first, then the listener, both on port 0); Envoy gets
+    // fixed ports.
     let render = |listen: u16, admin: u16| {
-        fill(
-            BOOTSTRAP,
-            &[
-                ("LISTEN", listen.to_string()),
-                ("ADMIN", admin.to_string()),
-                ("UP", up.port().to_string()),
-            ],
-        )
+        basic(up.port())
+            .replacen("port_value: 0", &format!("port_value: {admin}"), 1)
+            .replacen("port_value: 0", &format!("port_value: {listen}"), 1)
     };
     let ours = start_proxy(&render(0, 0))?;
     let ours_addr = ours.listener_addr("main").expect("listener");
