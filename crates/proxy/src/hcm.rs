@@ -250,11 +250,13 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Response<Body> {
         .get(http::header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
     {
-        parts.headers.remove(http::header::EXPECT);
+        crate::header_order::remove(&mut parts.headers, &["expect"]);
     }
     // Whether a request is internal is the proxy's call, never the client's (Envoy removes it
     // from every request; it sets it only for internal peers under use_remote_address).
-    parts.headers.remove(X_ENVOY_INTERNAL);
+    if parts.headers.contains_key(X_ENVOY_INTERNAL) {
+        crate::header_order::remove(&mut parts.headers, &[X_ENVOY_INTERNAL.as_str()]);
+    }
     let node = Arc::clone(&conn.worker.config.load().node);
     let mut info = StreamInfo::new(
         Arc::clone(&conn.listener),
@@ -272,7 +274,6 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Response<Body> {
     {
         parts.headers.insert(HOST, v);
     }
-    info.request_id = request_id(&hcm, &mut parts.headers);
     if hcm.use_remote_address {
         let ip = conn.remote.ip().to_string();
         let xff = match parts
@@ -293,6 +294,8 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Response<Body> {
             HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
         );
     }
+    // After `x-forwarded-proto`: Envoy's order, which plugins listing the headers see.
+    info.request_id = request_id(&hcm, &mut parts.headers);
     let filters: Vec<Box<dyn HttpFilter>> = hcm
         .filters
         .iter()
@@ -376,9 +379,7 @@ pub(crate) fn finalize_response_headers(
     if !parts.headers.contains_key(http::header::DATE) {
         parts.headers.insert(http::header::DATE, date_now());
     }
-    for h in router::HOP_BY_HOP {
-        parts.headers.remove(h);
-    }
+    crate::header_order::remove(&mut parts.headers, &router::HOP_BY_HOP);
     if hcm.always_set_request_id_in_response
         && let Some(id) = request_id
         && let Ok(v) = HeaderValue::from_str(id)

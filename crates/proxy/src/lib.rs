@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod filter;
 mod hcm;
+mod header_order;
 mod idle;
 pub mod listener;
 pub mod network_filter;

@@ -44,8 +44,9 @@ impl HeaderMutations {
     /// Envoy's header parser order: removals first; then every condition is evaluated against
     /// the headers as they were; overwrites are applied before appends.
     pub fn apply(&self, headers: &mut HeaderMap) {
-        for name in &self.remove {
-            headers.remove(name);
+        if !self.remove.is_empty() {
+            let names: Vec<&str> = self.remove.iter().map(|n| n.as_str()).collect();
+            crate::header_order::remove(headers, &names);
         }
         let mut overwrite = Vec::new();
         let mut append = Vec::new();

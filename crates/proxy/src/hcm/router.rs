@@ -518,15 +518,13 @@ async fn forward(
         }
         parts.headers.insert(HOST, h.clone());
     }
-    for h in HOP_BY_HOP {
-        parts.headers.remove(h);
-    }
+    crate::header_order::remove(&mut parts.headers, &HOP_BY_HOP);
     if parts
         .headers
         .get("te")
         .is_some_and(|v| v.as_bytes() != b"trailers")
     {
-        parts.headers.remove("te");
+        crate::header_order::remove(&mut parts.headers, &["te"]);
     }
     if let Some(t) = action.timeout
         && let Ok(v) = HeaderValue::from_str(&t.as_millis().to_string())

@@ -151,7 +151,7 @@ fn apply_request_pseudo(map: &HeaderMap, parts: &mut http::request::Parts) {
         }
     }
     if authority.is_empty() {
-        parts.headers.remove(HOST);
+        crate::header_order::remove(&mut parts.headers, &["host"]);
     } else if let Ok(v) = HeaderValue::from_str(&authority) {
         parts.headers.insert(HOST, v);
     }

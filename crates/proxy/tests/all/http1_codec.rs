@@ -316,3 +316,34 @@ async fn a_request_without_host_gets_envoys_400() -> anyhow::Result<()> {
     assert_eq!(o, e, "wasmesh vs envoy");
     Ok(())
 }
+
+/// The names of the headers the upstream got, in the order it got them.
+fn upstream_header_order(addr: SocketAddr, seen: &Mutex<Vec<String>>) -> Vec<String> {
+    let (_, req) = through(
+        addr,
+        seen,
+        b"POST /order HTTP/1.1\r\nhost: x\r\nuser-agent: t\r\nx-b: 1\r\naccept: */*\r\n\
+          x-a: 2\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi",
+    );
+    req.split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':').map(|(k, _)| k.to_ascii_lowercase()))
+        .collect()
+}
+
+/// Plugins that list or hash the headers, and upstreams that log them, see Envoy's order: the
+/// client's headers as sent, then `x-forwarded-proto`, `x-request-id` and the router's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_gets_headers_in_envoys_order() -> anyhow::Result<()> {
+    let (e, o) = both(upstream_header_order).await?;
+    assert!(
+        e.iter().position(|h| h == "x-forwarded-proto")
+            < e.iter().position(|h| h == "x-request-id"),
+        "envoy: {e:?}"
+    );
+    assert_eq!(o, e, "wasmesh vs envoy");
+    Ok(())
+}
