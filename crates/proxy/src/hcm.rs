@@ -508,16 +508,25 @@ pub(crate) struct FinalBody {
     drop_trailers: bool,
     /// Ended where the trailers were.
     ended: bool,
+    /// The response's `content-length`: hyper stops reading the body at its last byte.
+    length: Option<u64>,
 }
 
 impl FinalBody {
-    pub(crate) fn new(inner: Body, fin: Finisher, drop_trailers: bool) -> Self {
+    pub(crate) fn new(
+        inner: Body,
+        fin: Finisher,
+        drop_trailers: bool,
+        headers: &http::HeaderMap,
+    ) -> Self {
+        let length = trailers::content_length(headers);
         Self {
             inner,
             sent: 0,
             fin: Some(fin),
             drop_trailers,
             ended: false,
+            length,
         }
     }
 }
@@ -578,6 +587,14 @@ impl Drop for FinalBody {
     fn drop(&mut self) {
         if let Some(fin) = self.fin.take() {
             let complete = self.ended || self.inner.is_end_stream();
+            if !complete && self.length == Some(self.sent) {
+                // The client has the whole `content-length` body and hyper stopped reading:
+                // the rest of the stream still goes through the filters, and completes.
+                let rest = std::mem::replace(&mut self.inner, full(Bytes::new()));
+                let sent = self.sent;
+                trailers::drain_rest(rest, move |ok| fin.finish(sent, ok));
+                return;
+            }
             fin.finish(self.sent, complete);
         }
     }

@@ -29,6 +29,8 @@ pub const LOOP: &str = "loop";
 pub const MEMORY_HOG: &str = "memory_hog";
 /// `plugins/bench_rw`: reads `x-bench-in`, adds `x-bench-out` (benchmarks).
 pub const BENCH_RW: &str = "bench_rw";
+/// `plugins/trace`: records every HTTP callback with its arguments (header, trailer, metric).
+pub const TRACE: &str = "trace";
 /// `plugins/abi010`: built with proxy-wasm 0.1.4, exports `proxy_abi_version_0_1_0`.
 pub const ABI010: &str = "abi010";
 /// `plugins/assemblyscript/add_header`: AssemblyScript SDK, ABI 0.2.0.
@@ -92,6 +94,7 @@ pub const ALL: &[Plugin] = &[
     rust(LOOP, "hostile/loop", "busy_loop"),
     rust(MEMORY_HOG, "hostile/memory_hog", "memory_hog"),
     rust(BENCH_RW, "bench_rw", "bench_rw"),
+    rust(TRACE, "trace", "trace"),
     Plugin {
         name: ABI010,
         dir: "abi010",

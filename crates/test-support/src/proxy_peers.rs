@@ -3,9 +3,11 @@
 //! launcher for real Envoy (found on `PATH`; fails loudly when missing).
 //!
 //! Echo paths: `/status/NNN` answers NNN; `/delay/MS` waits MS milliseconds; `/reset` drops the
-//! connection without answering; `/bytes/N` answers N bytes of `x`; anything else answers 200.
-//! The body is JSON `{"method","path","headers":{name: value},"body_len","upstream"}` (headers
-//! lowercased, multiple values joined with `,`), unless `/bytes/N`.
+//! connection without answering; `/bytes/N` answers N bytes of `x`; `/trailers` answers 200
+//! with response trailer `x-up-trailer: yes` (h2, or chunked HTTP/1.1); anything else answers
+//! 200. The body is JSON `{"method","path","headers":{name: value},"body_len","upstream"}`
+//! (headers lowercased, multiple values joined with `,`), unless `/bytes/N`; a request that
+//! had trailers adds `"trailers":{name: value}` before `"upstream"`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -48,35 +50,49 @@ impl std::fmt::Display for Reset {
 }
 impl std::error::Error for Reset {}
 
-async fn respond(name: String, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Reset> {
-    let path = req.uri().path().to_string();
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map_or("/".to_string(), |p| p.to_string());
-    let method = req.method().to_string();
-    let mut headers: BTreeMap<String, String> = BTreeMap::new();
-    for (k, v) in req.headers() {
+type EchoBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+fn joined(h: &http::HeaderMap) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in h {
         let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
-        headers
-            .entry(k.as_str().to_string())
+        out.entry(k.as_str().to_string())
             .and_modify(|e| {
                 e.push(',');
                 e.push_str(&v)
             })
             .or_insert(v);
     }
+    out
+}
+
+fn json_object(m: &BTreeMap<String, String>) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{}:{}", quote(k), quote(v)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+async fn respond(name: String, req: Request<Incoming>) -> Result<Response<EchoBody>, Reset> {
+    let path = req.uri().path().to_string();
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map_or("/".to_string(), |p| p.to_string());
+    let method = req.method().to_string();
+    let mut headers = joined(req.headers());
     if req.version() == http::Version::HTTP_2
         && let Some(a) = req.uri().authority()
     {
         headers.insert(":authority".into(), a.to_string());
     }
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let (body, trailers) = match req.into_body().collect().await {
+        Ok(c) => {
+            let trailers = c.trailers().map(joined);
+            (c.to_bytes(), trailers)
+        }
+        Err(_) => (Bytes::new(), None),
+    };
     if path == "/reset" {
         return Err(Reset);
     }
@@ -91,26 +107,32 @@ async fn respond(name: String, req: Request<Incoming>) -> Result<Response<Full<B
     }
     if let Some(rest) = path.strip_prefix("/bytes/") {
         let n: usize = rest.parse().unwrap_or(0);
-        let mut r = Response::new(Full::new(Bytes::from(vec![b'x'; n])));
+        let mut r = Response::new(Full::new(Bytes::from(vec![b'x'; n])).boxed());
         r.headers_mut().insert(
             "content-type",
             http::HeaderValue::from_static("application/octet-stream"),
         );
         return Ok(r);
     }
+    let trailers = trailers
+        .map(|t| format!("\"trailers\":{{{}}},", json_object(&t)))
+        .unwrap_or_default();
     let json = format!(
-        "{{\"method\":{},\"path\":{},\"headers\":{{{}}},\"body_len\":{},\"upstream\":{}}}",
+        "{{\"method\":{},\"path\":{},\"headers\":{{{}}},\"body_len\":{},{trailers}\"upstream\":{}}}",
         quote(&method),
         quote(&pq),
-        headers
-            .iter()
-            .map(|(k, v)| format!("{}:{}", quote(k), quote(v)))
-            .collect::<Vec<_>>()
-            .join(","),
+        json_object(&headers),
         body.len(),
         quote(&name),
     );
-    let mut r = Response::new(Full::new(Bytes::from(json)));
+    let body = Full::new(Bytes::from(json));
+    let mut r = Response::new(if path == "/trailers" {
+        let mut t = http::HeaderMap::new();
+        t.insert("x-up-trailer", http::HeaderValue::from_static("yes"));
+        body.with_trailers(std::future::ready(Some(Ok(t)))).boxed()
+    } else {
+        body.boxed()
+    });
     *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
     r.headers_mut().insert(
         "content-type",

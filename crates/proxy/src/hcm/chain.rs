@@ -276,6 +276,12 @@ pub(crate) struct FilterBody<B> {
     hook: Option<Hook>,
     /// The source gave its last frame.
     src_ended: bool,
+    /// A frame read right after the one in the hooks (at most one).
+    ahead: Option<Result<Frame<Bytes>, BoxError>>,
+    /// The source ended right after the frame in the hooks: its end of stream goes through
+    /// the hooks before that frame goes out (a codec that wrote a `content-length` body
+    /// stops reading it at its last byte).
+    end_due: bool,
     /// Nothing more will come out of the hooks.
     done: bool,
 }
@@ -309,6 +315,8 @@ where
             on_stop,
             hook: None,
             src_ended: done,
+            ahead: None,
+            end_due: false,
             done,
         })
     }
@@ -357,9 +365,16 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
-            // Empty data frames (an end-of-stream marker from the hooks) are not sent: the end
-            // of the body is the end of the stream.
-            if let Some(f) = this.pending.pop_front() {
+            if this.hook.is_none() && this.end_due {
+                this.end_due = false;
+                this.src_ended = true;
+                this.run_hooks(Frame::data(Bytes::new()), true);
+            }
+            if this.hook.is_none()
+                && let Some(f) = this.pending.pop_front()
+            {
+                // Empty data frames (an end-of-stream marker from the hooks) are not sent:
+                // the end of the body is the end of the stream.
                 return Poll::Ready(Some(Ok(f)));
             }
             if let Some(hook) = this.hook.as_mut() {
@@ -379,7 +394,7 @@ where
                         return Poll::Ready(Some(Err(this.stop(PumpStop::TooLarge))));
                     }
                 }
-                if this.src_ended {
+                if this.src_ended && !this.end_due {
                     this.done = true;
                 }
                 continue;
@@ -394,7 +409,12 @@ where
                 this.run_hooks(Frame::data(Bytes::new()), true);
                 continue;
             };
-            match std::task::ready!(Pin::new(&mut *src).poll_frame(cx)) {
+            let next = match this.ahead.take() {
+                Some(r) => Some(r),
+                None => std::task::ready!(Pin::new(&mut *src).poll_frame(cx))
+                    .map(|r| r.map_err(Into::into)),
+            };
+            match next {
                 Some(Ok(f)) => {
                     if let (Some(c), Some(d)) = (&this.counter, f.data_ref()) {
                         c.set(c.get() + d.len() as u64);
@@ -403,13 +423,24 @@ where
                     if end {
                         this.src = None;
                         this.src_ended = true;
+                    } else {
+                        // One frame of look-ahead: an end that is already there runs through
+                        // the hooks before this frame is handed on.
+                        match Pin::new(&mut *src).poll_frame(cx) {
+                            Poll::Ready(None) => {
+                                this.src = None;
+                                this.end_due = true;
+                            }
+                            Poll::Ready(Some(r)) => this.ahead = Some(r.map_err(Into::into)),
+                            Poll::Pending => {}
+                        }
                     }
                     this.run_hooks(f, end);
                 }
                 Some(Err(e)) => {
                     this.done = true;
                     this.src = None;
-                    return Poll::Ready(Some(Err(e.into())));
+                    return Poll::Ready(Some(Err(e)));
                 }
                 None => {
                     this.src = None;

@@ -212,11 +212,10 @@ pub(super) async fn run(
         return resp;
     }
     // An HTTP/1.1 client's trailers are dropped here, before the filters (Envoy's codec).
-    let downstream_h1 = super::trailers::dropped_on(parts.version);
     let mut src = if body.is_end_stream() {
         None
     } else {
-        Some(NoTrailers::new(body, downstream_h1))
+        Some(NoTrailers::decoded(body, parts.version))
     };
     // Route as the filters first see it (proxy-wasm reads `route_name` in request headers).
     let routes = Arc::clone(&hcm.routes);
@@ -391,7 +390,7 @@ pub(super) async fn run(
         (Ok((resp, service_time)), None) => {
             let (mut rparts, rbody) = resp.into_parts();
             // An HTTP/1.1 upstream's trailers are dropped before the filters.
-            let upstream_h1 = super::trailers::dropped_on(rparts.version);
+            let version = rparts.version;
             routes.mutate_response(vhost, route, &mut rparts.headers);
             if let Ok(v) = HeaderValue::from_str(&service_time.as_millis().to_string()) {
                 rparts.headers.insert("x-envoy-upstream-service-time", v);
@@ -406,7 +405,7 @@ pub(super) async fn run(
             let rsrc = if end {
                 None
             } else {
-                Some(NoTrailers::new(rbody, upstream_h1))
+                Some(NoTrailers::decoded(rbody, version))
             };
             respond(&conn, &stream, fin, rparts, rsrc, n).await
         }
@@ -491,7 +490,11 @@ async fn forward(
         && cluster.protocol == crate::cluster::UpstreamProtocol::Http1
         && !super::trailers::dropped_on(parts.version)
     {
-        crate::upstream::boxed(NoTrailers::new(body, true))
+        let length = super::trailers::content_length(&parts.headers);
+        crate::upstream::boxed(super::trailers::ToLength::new(
+            NoTrailers::new(body, true),
+            length,
+        ))
     } else {
         body
     };
@@ -753,8 +756,6 @@ where
             FilterBody::boxed(pending, src, Rc::clone(stream), pass, from, None, None)
         }
     };
-    Response::from_parts(
-        parts,
-        Box::pin(FinalBody::new(body, fin, drop_trailers)) as Body,
-    )
+    let body = Box::pin(FinalBody::new(body, fin, drop_trailers, &parts.headers)) as Body;
+    Response::from_parts(parts, body)
 }

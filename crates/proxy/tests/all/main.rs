@@ -14,4 +14,5 @@ mod routing;
 mod support;
 mod tcp;
 mod tls;
+mod trailers;
 mod wasm_differential;
