@@ -487,6 +487,10 @@ pub enum CalloutError {
     Reset(String),
 }
 
+/// The trailers of a callout's response, in its extensions.
+#[derive(Debug, Clone)]
+pub struct CalloutTrailers(pub http::HeaderMap);
+
 /// Makes HTTP callouts for a worker (the proxy's cluster manager; tests may fake it).
 pub trait HttpCallDispatcher {
     /// Sends `request` to a host of `cluster` and collects the whole response.

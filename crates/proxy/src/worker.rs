@@ -67,7 +67,18 @@ impl HttpCallDispatcher for Callouts {
             {
                 parts.headers.insert(http::header::HOST, v);
             }
+            // What Envoy's async client and router add: the request is internal, and the
+            // upstream is told the timeout.
+            parts
+                .headers
+                .insert("x-envoy-internal", http::HeaderValue::from_static("true"));
+            if let Some(t) = timeout
+                && let Ok(v) = http::HeaderValue::from_str(&t.as_millis().to_string())
+            {
+                parts.headers.insert("x-envoy-expected-rq-timeout-ms", v);
+            }
             let req = http::Request::from_parts(parts, crate::hcm::full(body));
+            let start = std::time::Instant::now();
             let name: Arc<str> = Arc::from(cluster.as_str());
             c.stats.rq_total.inc();
             let fut = async {
@@ -81,14 +92,22 @@ impl HttpCallDispatcher for Callouts {
                             }
                             other => CalloutError::Reset(format!("{other:?}")),
                         })?;
-                let (parts, body) = resp.into_parts();
-                let bytes = body
+                let (mut parts, body) = resp.into_parts();
+                if let Ok(v) = http::HeaderValue::from_str(&start.elapsed().as_millis().to_string())
+                {
+                    parts.headers.insert("x-envoy-upstream-service-time", v);
+                }
+                let collected = body
                     .collect()
                     .await
-                    .map_err(|e| CalloutError::Reset(e.to_string()))?
-                    .to_bytes();
+                    .map_err(|e| CalloutError::Reset(e.to_string()))?;
+                if let Some(t) = collected.trailers() {
+                    parts
+                        .extensions
+                        .insert(crate::filter::CalloutTrailers(t.clone()));
+                }
                 c.stats.record_status(parts.status.as_u16());
-                Ok(http::Response::from_parts(parts, bytes))
+                Ok(http::Response::from_parts(parts, collected.to_bytes()))
             };
             match timeout {
                 Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| {

@@ -70,13 +70,15 @@ fn to_http_request(call: &HttpCall) -> Option<http::Request<Bytes>> {
     let mut b = http::Request::builder()
         .method(call.headers.get_str(":method")?)
         .uri(call.headers.get_str(":path")?);
+    call.headers.get(b":authority")?;
+    // `:authority` becomes `host` where it stands (Envoy's header map keeps the order).
     for (k, v) in call.headers.iter() {
-        if k.first() == Some(&b':') {
-            continue;
+        match k {
+            b":authority" => b = b.header(http::header::HOST, v),
+            _ if k.first() == Some(&b':') => {}
+            _ => b = b.header(k, v),
         }
-        b = b.header(k, v);
     }
-    b = b.header(http::header::HOST, call.headers.get(b":authority")?);
     b.body(Bytes::from(call.body.clone())).ok()
 }
 
@@ -87,10 +89,16 @@ fn to_call_response(resp: http::Response<Bytes>) -> HttpCallResponse {
     for (k, v) in &parts.headers {
         headers.add(k.as_str().as_bytes(), v.as_bytes());
     }
+    let mut trailers = HeaderMap::new();
+    if let Some(crate::filter::CalloutTrailers(t)) = parts.extensions.get() {
+        for (k, v) in t {
+            trailers.add(k.as_str().as_bytes(), v.as_bytes());
+        }
+    }
     HttpCallResponse {
         headers,
         body: body.to_vec(),
-        trailers: HeaderMap::new(),
+        trailers,
     }
 }
 

@@ -18,7 +18,7 @@ use test_support::proxy_peers::{free_ports, start_envoy};
 use crate::support::*;
 
 /// Reads one HTTP/1.1 message (head plus a chunked body, trailers included) off `s`.
-fn read_message(s: &mut TcpStream) -> String {
+pub(crate) fn read_message(s: &mut TcpStream) -> String {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {

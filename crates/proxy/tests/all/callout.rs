@@ -1,0 +1,102 @@
+//! What an HTTP callout sends and what the plugin gets back, against real Envoy 1.40: the
+//! `callout` plugin calls a raw recording upstream; the request it receives (header names and
+//! values, in order) must be the one Envoy's async client sends.
+
+use std::net::SocketAddr;
+
+use test_support::proxy_peers::{free_ports, start_envoy, start_upstream};
+
+use crate::http1_codec::raw_upstream;
+use crate::support::*;
+
+fn bootstrap(admin: u16, listen: u16, up: u16, side: u16) -> String {
+    format!(
+        r#"
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: main
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: main
+          route_config:
+            virtual_hosts:
+            - {{name: all, domains: ["*"], routes: [{{match: {{prefix: "/"}}, route: {{cluster: up}}}}]}}
+          http_filters:
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: callout
+                root_id: callout
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{{"cluster":"side","path":"/check?x=1","authority":"auth.local","timeout_ms":1500}}'
+                vm_config:
+                  vm_id: callout
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: "{path}"}}}}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: up
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: up
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}}}]}}]
+  - name: side
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: side
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {side}}}}}}}}}]}}]
+"#,
+        path = test_plugins::path(test_plugins::CALLOUT).display()
+    )
+}
+
+/// The head of the request the callout upstream got: request line and `name: value` lines,
+/// in order.
+fn callout_head(raw: &str) -> Vec<String> {
+    raw.split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callout_requests_match_envoy() -> anyhow::Result<()> {
+    let up = start_upstream("up").await?;
+    let (side, seen) = raw_upstream();
+    let ours = start_proxy(&bootstrap(0, 0, up.addr.port(), side.port()))?;
+    let ours_addr = ours.listener_addr("main").expect("listener");
+    let ports = free_ports(2)?;
+    let envoy_yaml = bootstrap(ports[1], ports[0], up.addr.port(), side.port());
+    let admin: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+    let _envoy = tokio::task::spawn_blocking(move || start_envoy(&envoy_yaml, admin)).await??;
+    let envoy_addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+
+    let mut heads = Vec::new();
+    for addr in [envoy_addr, ours_addr] {
+        let before = seen.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let r = send(addr, get("callout.example", "/orig?q=2")).await?;
+        assert_eq!(r.status, 200, "the callout allowed the request: {r:?}");
+        let reqs = seen.lock().unwrap_or_else(|e| e.into_inner());
+        let raw = reqs.get(before).cloned().unwrap_or_default();
+        heads.push(callout_head(&raw));
+    }
+    let (e, o) = (&heads[0], &heads[1]);
+    assert!(
+        e.iter().any(|l| l == "x-envoy-internal: true"),
+        "envoy marks its callouts internal: {e:?}"
+    );
+    assert_eq!(o, e, "callout request: wasmesh vs envoy");
+    Ok(())
+}
