@@ -4,6 +4,7 @@
 //! filters, then access logs, `on_log` and stats.
 
 mod chain;
+mod linger;
 mod local_lock;
 mod router;
 mod trailers;
@@ -142,7 +143,7 @@ pub(crate) async fn serve<IO>(
         (Codec::Http2, _) | (Codec::Auto, Some(true)) => builder.http2_only(),
         (Codec::Auto, None) => builder,
     };
-    let fut = builder.serve_connection(TokioIo::new(io), svc);
+    let fut = builder.serve_connection(TokioIo::new(linger::Linger::new(io)), svc);
     tokio::pin!(fut);
     let mut draining = *drain.borrow();
     if draining {
@@ -395,6 +396,8 @@ pub(crate) struct Finisher {
     start: Instant,
     pub(crate) summary: RequestSummary,
     pub(crate) bytes_received: Rc<std::cell::Cell<u64>>,
+    /// The whole request has been read from the client (Envoy's "remote decode complete").
+    pub(crate) request_done: Rc<std::cell::Cell<bool>>,
     pub(crate) upstream: Option<(Arc<crate::cluster::Cluster>, Arc<crate::cluster::Host>)>,
     /// The request as it went upstream, for access log formats that print any header.
     log_request: Option<http::request::Parts>,
@@ -412,6 +415,7 @@ impl Drop for Finisher {
                 start: self.start,
                 summary: std::mem::take(&mut self.summary),
                 bytes_received: Rc::clone(&self.bytes_received),
+                request_done: Rc::clone(&self.request_done),
                 upstream: self.upstream.take(),
                 log_request: self.log_request.take(),
                 done: false,
@@ -430,6 +434,7 @@ impl Finisher {
             start,
             summary: RequestSummary::default(),
             bytes_received: Rc::default(),
+            request_done: Rc::default(),
             upstream: None,
             log_request: None,
             done: false,

@@ -213,9 +213,10 @@ pub(super) async fn run(
     }
     // An HTTP/1.1 client's trailers are dropped here, before the filters (Envoy's codec).
     let mut src = if body.is_end_stream() {
+        fin.request_done.set(true);
         None
     } else {
-        Some(NoTrailers::decoded(body, parts.version))
+        Some(NoTrailers::decoded(body, parts.version).notify(Rc::clone(&fin.request_done)))
     };
     // Route as the filters first see it (proxy-wasm reads `route_name` in request headers).
     let routes = Arc::clone(&hcm.routes);
@@ -741,6 +742,13 @@ where
         info.response_code = Some(parts.status.as_u16());
         drop_trailers = super::trailers::dropped_on(info.protocol);
         finalize_response_headers(&hcm, &mut parts, info.request_id.as_deref());
+        // A response that starts before the whole request was read closes an HTTP/1.1
+        // connection (Envoy's HCM: the rest of the request is not waited for).
+        if info.protocol < http::Version::HTTP_2 && !fin.request_done.get() {
+            parts
+                .headers
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         // on_log and the access log see the headers as sent (`server` included), as in Envoy.
         if seen > 0 || hcm.log_needs_headers {
             info.response_headers = Some(Arc::new(parts.headers.clone()));

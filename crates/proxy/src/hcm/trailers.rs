@@ -24,6 +24,8 @@ pub(crate) struct NoTrailers<B> {
     /// data but as a separate end (`None`) after it.
     defer_end: bool,
     ended: bool,
+    /// Set once the whole message has been read.
+    read_all: Option<std::rc::Rc<std::cell::Cell<bool>>>,
 }
 
 impl<B> NoTrailers<B> {
@@ -33,7 +35,14 @@ impl<B> NoTrailers<B> {
             drop,
             defer_end: false,
             ended: false,
+            read_all: None,
         }
+    }
+
+    /// Sets `flag` once the whole message has been read.
+    pub(crate) fn notify(mut self, flag: std::rc::Rc<std::cell::Cell<bool>>) -> Self {
+        self.read_all = Some(flag);
+        self
     }
 
     /// A body as read from a connection of `version`: on HTTP/1.1 its trailers are dropped
@@ -45,6 +54,7 @@ impl<B> NoTrailers<B> {
             drop: h1,
             defer_end: h1,
             ended: false,
+            read_all: None,
         }
     }
 }
@@ -165,15 +175,28 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         if self.ended || self.defer_end && self.inner.is_end_stream() {
             self.ended = true;
+            if let Some(flag) = &self.read_all {
+                flag.set(true);
+            }
             return Poll::Ready(None);
         }
-        match Pin::new(&mut self.inner).poll_frame(cx) {
+        let r = match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) if self.drop && f.is_trailers() => {
                 self.ended = true;
                 Poll::Ready(None)
             }
             other => other,
+        };
+        if let Some(flag) = &self.read_all
+            && match &r {
+                Poll::Ready(Some(Ok(f))) => f.is_trailers() || self.inner.is_end_stream(),
+                Poll::Ready(None) => true,
+                _ => false,
+            }
+        {
+            flag.set(true);
         }
+        r
     }
 
     fn is_end_stream(&self) -> bool {

@@ -49,7 +49,7 @@ pub(crate) fn read_message(s: &mut TcpStream) -> String {
 
 /// A raw upstream: records each request it reads and answers with a chunked body and a
 /// declared trailer.
-fn raw_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+pub(crate) fn raw_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = l.local_addr().expect("addr");
     let seen = Arc::new(Mutex::new(Vec::new()));

@@ -6,6 +6,7 @@ mod callout;
 mod config_errors;
 mod conformance;
 mod differential;
+mod early_reply;
 mod errors;
 mod filter_chains;
 mod filters;

@@ -1,0 +1,147 @@
+//! A response that starts before the whole request was read, against real Envoy 1.40: the
+//! `auth` plugin rejects a request in its headers callback while the client is still sending
+//! the body. Envoy adds `connection: close` and closes after the response (delayed close),
+//! so the client gets the reply and can still write the rest of its body. Documented
+//! difference: Envoy then closes with the client's unread bytes in its socket, which resets
+//! the connection; wasmesh reads and discards them (up to 1 s), so the connection ends with
+//! a clean close.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use test_support::proxy_peers::{free_ports, start_envoy, start_upstream};
+
+use crate::http1_codec::read_message;
+use crate::support::*;
+
+fn bootstrap(admin: u16, listen: u16, up: u16) -> String {
+    format!(
+        r#"
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: main
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: main
+          route_config:
+            virtual_hosts:
+            - {{name: all, domains: ["*"], routes: [{{match: {{prefix: "/"}}, route: {{cluster: up}}}}]}}
+          http_filters:
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: auth
+                root_id: auth
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{{"header":"x-api-key","value":"secret"}}'
+                vm_config:
+                  vm_id: auth
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: "{path}"}}}}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: up
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: up
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}}}]}}]
+"#,
+        path = test_plugins::path(test_plugins::AUTH).display()
+    )
+}
+
+/// What the client saw: (status code, `connection: close` in the reply, the rest of the
+/// body could be written, the connection then ended cleanly rather than by a reset).
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    status: String,
+    close_header: bool,
+    wrote_rest: bool,
+    clean_end: bool,
+}
+
+fn exchange(addr: SocketAddr, first: &[u8], rest: &[u8]) -> Outcome {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    s.write_all(first).expect("write");
+    let reply = read_message(&mut s);
+    std::thread::sleep(Duration::from_millis(100));
+    let wrote_rest = rest.is_empty() || s.write_all(rest).is_ok();
+    let mut tail = [0u8; 64];
+    let clean_end = match s.read(&mut tail) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(e.kind(), ErrorKind::ConnectionReset),
+    };
+    let head = reply.to_ascii_lowercase();
+    Outcome {
+        status: reply.split(' ').nth(1).unwrap_or_default().to_string(),
+        close_header: head.contains("\r\nconnection: close\r\n"),
+        wrote_rest,
+        clean_end,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_before_the_body_is_read_closes_like_envoy() -> anyhow::Result<()> {
+    let up = start_upstream("up").await?;
+    let ours = start_proxy(&bootstrap(0, 0, up.addr.port()))?;
+    let ours_addr = ours.listener_addr("main").expect("listener");
+    let ports = free_ports(2)?;
+    let envoy_yaml = bootstrap(ports[1], ports[0], up.addr.port());
+    let admin: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+    let _envoy = tokio::task::spawn_blocking(move || start_envoy(&envoy_yaml, admin)).await??;
+    let envoy_addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+
+    // (name, first write, what the client writes after the reply)
+    let big = vec![b'a'; 256 * 1024];
+    let mut cases: Vec<(&str, Vec<u8>, Vec<u8>)> = vec![
+        (
+            "body sent with the headers",
+            b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello".to_vec(),
+            Vec::new(),
+        ),
+        (
+            "chunked body still being sent",
+            b"POST /b HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"
+                .to_vec(),
+            b"5\r\nworld\r\n0\r\n\r\n".to_vec(),
+        ),
+        (
+            "no body",
+            b"GET /c HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".to_vec(),
+            Vec::new(),
+        ),
+    ];
+    let large = b"POST /d HTTP/1.1\r\nhost: x\r\ncontent-length: 262149\r\n\r\nhello".to_vec();
+    cases.push(("large body still being sent", large, big));
+    let mut failures = Vec::new();
+    for (name, first, rest) in &cases {
+        let (f, r) = (first.clone(), rest.clone());
+        let e = tokio::task::spawn_blocking(move || exchange(envoy_addr, &f, &r)).await?;
+        let (f, r) = (first.clone(), rest.clone());
+        let o = tokio::task::spawn_blocking(move || exchange(ours_addr, &f, &r)).await?;
+        assert_eq!(e.status, "401", "{name}: envoy: {e:?}");
+        assert!(
+            o.clean_end,
+            "{name}: wasmesh ends the connection cleanly: {o:?}"
+        );
+        let same = |x: &Outcome| (x.status.clone(), x.close_header, x.wrote_rest);
+        if same(&e) != same(&o) || (rest.is_empty() && e.clean_end != o.clean_end) {
+            failures.push(format!("{name}:\n  envoy:   {e:?}\n  wasmesh: {o:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
