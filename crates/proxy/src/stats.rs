@@ -153,7 +153,7 @@ impl Store {
         for s in self.hooks.sources() {
             s.append_text(&mut out);
         }
-        out
+        sorted_like_envoy(&out)
     }
 
     /// Envoy's `/stats/prometheus`: metrics grouped by name with a `# TYPE` line each.
@@ -375,9 +375,35 @@ impl ClusterStats {
     }
 }
 
+/// Envoy's `/stats` order: counters and gauges (plugins' included) sorted by name, then the
+/// histograms sorted by name.
+fn sorted_like_envoy(text: &str) -> String {
+    let name = |l: &&str| l.split(": ").next().unwrap_or_default().to_string();
+    let (mut hist, mut rest): (Vec<&str>, Vec<&str>) = text
+        .lines()
+        .partition(|l| l.contains(": P0(") || l.ends_with(": No recorded values"));
+    rest.sort_by_key(name);
+    hist.sort_by_key(name);
+    let mut out = String::with_capacity(text.len());
+    for l in rest.into_iter().chain(hist) {
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_are_sorted_histograms_last() {
+        let text = "b.x: 1\nwasmcustom.h: P0(nan,0) count=1 sum=2\na.y: 2\nwasmcustom.a: 3\n";
+        assert_eq!(
+            sorted_like_envoy(text),
+            "a.y: 2\nb.x: 1\nwasmcustom.a: 3\nwasmcustom.h: P0(nan,0) count=1 sum=2\n"
+        );
+    }
 
     #[test]
     fn renders_envoy_names() {

@@ -264,13 +264,10 @@ pub(super) fn define(l: &mut Linker<VmState>, m: &str) -> wasmtime::Result<()> {
         m,
         "proc_exit",
         |mut c: C<'_>, code: i32| -> wasmtime::Result<()> {
-            let name = c.data().plugin_name().to_string();
+            // Not a plugin log line (Envoy prints none): the trap that follows is reported
+            // with the callback that made it.
+            tracing::debug!(plugin = %c.data().plugin_name(), code, "plugin called proc_exit");
             c.data_mut().exited = Some(code);
-            c.data_mut().host.log(
-                &name,
-                LogLevel::Error,
-                &format!("plugin called proc_exit({code})"),
-            );
             Err(wasmtime::Error::new(ProcExit(code)))
         },
     )?;
