@@ -401,6 +401,13 @@ pub trait HttpFilterConfig: Send + Sync {
     /// A filter instance for one new stream on `worker`.
     fn create_filter(&self, worker: &WorkerContext) -> Box<dyn HttpFilter>;
 
+    /// Prepares `worker`'s per-worker state when the config is installed, before any stream
+    /// (Envoy starts a Wasm VM on every worker, and on the main thread, at config load: its
+    /// timers tick without traffic). Default: nothing.
+    fn warm(&self, worker: &WorkerContext) {
+        let _ = worker;
+    }
+
     /// Whether the filter hooks anything besides request headers; lets the connection manager
     /// keep its zero-copy body fast path for header-only filters (RBAC). Default: true.
     fn uses_bodies(&self) -> bool {

@@ -132,6 +132,12 @@ pub trait NetworkFilterConfig: Send + Sync {
     /// A filter instance for one new connection on `worker`.
     fn create_filter(&self, worker: &WorkerContext) -> Box<dyn NetworkFilter>;
 
+    /// Prepares `worker`'s per-worker state when the config is installed
+    /// ([`crate::filter::HttpFilterConfig::warm`]). Default: nothing.
+    fn warm(&self, worker: &WorkerContext) {
+        let _ = worker;
+    }
+
     /// True if the filter only looks at new connections (RBAC): in front of the HTTP connection
     /// manager, the proxy then skips the byte relay that data-level filters need.
     fn connection_only(&self) -> bool {

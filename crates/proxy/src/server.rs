@@ -80,12 +80,34 @@ enum ListenerCmd {
     Add(Arc<str>, std::net::TcpListener),
     /// Stop accepting for the listener (open connections finish).
     Remove(Arc<str>),
+    /// A new config is live: start the per-worker state of its filters (Wasm VMs).
+    Warm,
+}
+
+/// Starts the per-worker state of every filter in the current config on `worker` (Envoy
+/// creates each worker's Wasm VMs when the config is loaded, not on the first request).
+fn warm(worker: &Worker) {
+    let config = worker.config.load_full();
+    for l in &config.listeners {
+        for chain in l.all_chains() {
+            for f in &chain.network_filters {
+                f.config.warm(&worker.ctx);
+            }
+            if let crate::listener::Terminal::Http(h) = &chain.terminal {
+                for f in &h.filters {
+                    f.config.warm(&worker.ctx);
+                }
+            }
+        }
+    }
 }
 
 /// A running proxy.
 pub struct RunningProxy {
     listeners: BoundListeners,
     workers: Vec<mpsc::UnboundedSender<ListenerCmd>>,
+    /// The main thread's: only [`ListenerCmd::Warm`].
+    main_cmds: Option<mpsc::UnboundedSender<ListenerCmd>>,
     admin: Option<SocketAddr>,
     drain: watch::Sender<bool>,
     quit: Arc<Notify>,
@@ -178,6 +200,9 @@ impl RunningProxy {
             })
             .collect();
         self.config.store(Arc::new(config));
+        for w in self.workers.iter().chain(&self.main_cmds) {
+            let _ = w.send(ListenerCmd::Warm);
+        }
         for name in &removed {
             tracing::info!(listener = %name, "listener removed: no longer accepting");
             for w in &self.workers {
@@ -344,6 +369,8 @@ pub fn start_with(
     };
     let main_cfg = Arc::clone(&config);
     let (init_tx, init_rx) = std::sync::mpsc::channel::<()>();
+    let (main_tx, mut main_rx) = mpsc::unbounded_channel::<ListenerCmd>();
+    let main_index = concurrency;
     std::thread::Builder::new()
         .name("wasmesh-main".into())
         .spawn(move || {
@@ -353,7 +380,19 @@ pub fn start_with(
             else {
                 return;
             };
-            rt.block_on(async move {
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, async move {
+                // Filters' main-thread state (Envoy's main-thread Wasm VMs: their root contexts
+                // tick, call out and read queues like the workers').
+                let main_worker = Worker::new(main_index, Arc::clone(&main_cfg));
+                warm(&main_worker);
+                tokio::task::spawn_local(async move {
+                    while let Some(cmd) = main_rx.recv().await {
+                        if let ListenerCmd::Warm = cmd {
+                            warm(&main_worker);
+                        }
+                    }
+                });
                 let cfg = main_cfg.load_full();
                 for c in cfg.clusters.values() {
                     c.resolve().await;
@@ -393,6 +432,7 @@ pub fn start_with(
         drain: drain_tx,
         quit,
         threads,
+        main_cmds: Some(main_tx),
         main_stop: Some(stop_tx),
         config,
         store,
@@ -461,6 +501,7 @@ fn run_worker(
                 accepting.insert(name, a);
             }
         }
+        warm(&worker);
         let mut d = drain;
         while !*d.borrow() {
             tokio::select! {
@@ -478,6 +519,7 @@ fn run_worker(
                             a.stop();
                         }
                     }
+                    ListenerCmd::Warm => warm(&worker),
                 },
             }
         }

@@ -137,6 +137,10 @@ impl WasmFilterConfig {
 }
 
 impl HttpFilterConfig for WasmFilterConfig {
+    fn warm(&self, worker: &WorkerContext) {
+        let _ = self.worker_vm(worker);
+    }
+
     fn create_filter(&self, worker: &WorkerContext) -> Box<dyn HttpFilter> {
         Box::new(WasmFilter {
             vm: self.worker_vm(worker),

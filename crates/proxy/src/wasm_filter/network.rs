@@ -52,8 +52,8 @@ struct NetConfig {
     alive: Arc<()>,
 }
 
-impl NetworkFilterConfig for NetConfig {
-    fn create_filter(&self, worker: &WorkerContext) -> Box<dyn NetworkFilter> {
+impl NetConfig {
+    fn worker_vm(&self, worker: &WorkerContext) -> Rc<WorkerVm> {
         let key = self.id;
         let alive = Arc::downgrade(&self.alive);
         let (plugin, clusters, w, backoff) = (
@@ -65,8 +65,18 @@ impl NetworkFilterConfig for NetConfig {
         let vm: Rc<Rc<WorkerVm>> = worker.slot(key, move || {
             WorkerVm::new(plugin, w, clusters, backoff, alive, key)
         });
+        (*vm).clone()
+    }
+}
+
+impl NetworkFilterConfig for NetConfig {
+    fn warm(&self, worker: &WorkerContext) {
+        let _ = self.worker_vm(worker);
+    }
+
+    fn create_filter(&self, worker: &WorkerContext) -> Box<dyn NetworkFilter> {
         Box::new(NetFilter {
-            vm: (*vm).clone(),
+            vm: self.worker_vm(worker),
             ctx: None,
             skip: false,
             facts: Rc::new(RefCell::new(Facts::default())),

@@ -1,4 +1,4 @@
-//! One plugin VM per worker (like Envoy): created on first use, fed HTTP callout answers,
+//! One plugin VM per worker (like Envoy): created when the config is installed (and one more on the main thread, as Envoy has), fed HTTP callout answers,
 //! timer ticks and queue notifications from tasks on the same worker, and replaced after a
 //! failure when the policy says so. Streams waiting on the plugin (a paused request) park a
 //! oneshot here and are woken by the effect that resumes, closes or answers them.

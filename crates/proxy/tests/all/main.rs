@@ -15,6 +15,7 @@ mod listeners;
 mod routing;
 mod support;
 mod tcp;
+mod ticks;
 mod tls;
 mod trailers;
 mod wasm_differential;

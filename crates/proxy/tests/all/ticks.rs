@@ -1,0 +1,88 @@
+//! Plugin VMs start with the config, not with the first request, against real Envoy 1.40:
+//! Envoy starts a VM per worker and one on the main thread when it loads a Wasm filter, and
+//! their root contexts' timers tick with no traffic at all. The `tick_shared` plugin counts
+//! its ticks in shared data and reports the count on the first response.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use test_support::proxy_peers::{free_ports, start_envoy, start_upstream};
+
+use crate::support::*;
+
+fn bootstrap(admin: u16, listen: u16, up: u16) -> String {
+    format!(
+        r#"
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: main
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: main
+          route_config:
+            virtual_hosts:
+            - {{name: all, domains: ["*"], routes: [{{match: {{prefix: "/"}}, route: {{cluster: up}}}}]}}
+          http_filters:
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: ticks
+                root_id: ticks
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{{"tick_ms": 50}}'
+                vm_config:
+                  vm_id: ticks
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: "{path}"}}}}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: up
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: up
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}}}]}}]
+"#,
+        path = test_plugins::path(test_plugins::TICK_SHARED).display()
+    )
+}
+
+/// The tick count the first response reports.
+async fn first_count(addr: SocketAddr) -> anyhow::Result<u64> {
+    let r = send(addr, get("ticks.example", "/")).await?;
+    let v = r
+        .headers
+        .get("x-tick-count")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_tick_before_the_first_request_like_envoy() -> anyhow::Result<()> {
+    let up = start_upstream("up").await?;
+    let ports = free_ports(2)?;
+    let envoy_yaml = bootstrap(ports[1], ports[0], up.addr.port());
+    let admin: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+    let _envoy = tokio::task::spawn_blocking(move || start_envoy(&envoy_yaml, admin)).await??;
+    let ours = start_proxy(&bootstrap(0, 0, up.addr.port()))?;
+    let ours_addr = ours.listener_addr("main").expect("listener");
+    let envoy_addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+    // 50 ms ticks; no request for a second.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let e = first_count(envoy_addr).await?;
+    let o = first_count(ours_addr).await?;
+    assert!(e >= 4, "envoy ticked before any request: {e}");
+    assert!(o >= 4, "wasmesh ticked before any request: {o} (envoy {e})");
+    Ok(())
+}
