@@ -166,6 +166,10 @@ pub struct StreamInfo {
     pub bytes_sent: u64,
     /// Number of upstream attempts (retries + 1).
     pub attempt_count: u32,
+    /// The filter chain's `name` (`xds.filter_chain_name`).
+    pub filter_chain_name: Option<Arc<str>>,
+    /// The listener's `traffic_direction` (`xds.listener_direction`).
+    pub listener_direction: i64,
     /// Time to last byte of the response, set at the end of the stream.
     pub duration: Option<Duration>,
     /// Time until the upstream response headers arrived.
@@ -212,6 +216,8 @@ impl StreamInfo {
             bytes_received: 0,
             bytes_sent: 0,
             attempt_count: 0,
+            filter_chain_name: None,
+            listener_direction: 0,
             duration: None,
             upstream_service_time: None,
             node,

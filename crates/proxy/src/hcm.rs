@@ -41,6 +41,9 @@ pub(crate) struct Conn {
     pub(crate) listener: Arc<str>,
     /// The filter chain's [`crate::listener::FilterChain::index`].
     pub(crate) chain: usize,
+    /// Its name, and the listener's `traffic_direction` (plugins read both).
+    pub(crate) chain_name: Arc<str>,
+    pub(crate) direction: i64,
     pub(crate) local: SocketAddr,
     pub(crate) remote: SocketAddr,
     pub(crate) tls: bool,
@@ -224,6 +227,8 @@ fn current(conn: Rc<Conn>) -> Rc<Conn> {
             worker: Rc::clone(&conn.worker),
             listener: Arc::clone(&conn.listener),
             chain: conn.chain,
+            chain_name: Arc::clone(&conn.chain_name),
+            direction: conn.direction,
             local: conn.local,
             remote: conn.remote,
             tls: conn.tls,
@@ -267,6 +272,8 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Response<Body> {
         node,
     );
     info.downstream_tls = conn.tls;
+    info.filter_chain_name = Some(Arc::clone(&conn.chain_name));
+    info.listener_direction = conn.direction;
     info.requested_server_name = conn.sni.clone();
     // The authority of an absolute-form HTTP/1.1 target (or h2's `:authority`) is the host,
     // over any `Host` header (RFC 9112 §3.2.2; Envoy's codecs do the same).

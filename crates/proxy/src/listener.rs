@@ -37,6 +37,8 @@ pub struct ListenerConfig {
     pub default_chain: Option<Arc<FilterChain>>,
     /// `listener.<addr>.downstream_cx_total`
     pub cx_total: Counter,
+    /// `traffic_direction` (0 unspecified, 1 inbound, 2 outbound): `xds.listener_direction`.
+    pub direction: i64,
 }
 
 /// One filter chain of a listener.
@@ -387,6 +389,7 @@ pub(crate) fn build(
         chains,
         default_chain,
         cx_total,
+        direction: i64::from(l.traffic_direction),
     })
 }
 

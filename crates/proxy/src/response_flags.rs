@@ -49,6 +49,33 @@ impl ResponseFlags {
         self.0 & other.0 == other.0
     }
 
+    /// The flags as Envoy's legacy bit mask (`StreamInfo::legacyResponseFlags`, what the
+    /// `response.flags` attribute holds): each flag at its `CoreResponseFlag` position.
+    pub fn envoy_bits(self) -> u64 {
+        const POSITIONS: [(ResponseFlags, u32); 16] = [
+            (ResponseFlags::FAILED_LOCAL_HEALTH_CHECK, 0),
+            (ResponseFlags::NO_HEALTHY_UPSTREAM, 1),
+            (ResponseFlags::UPSTREAM_REQUEST_TIMEOUT, 2),
+            (ResponseFlags::LOCAL_RESET, 3),
+            (ResponseFlags::UPSTREAM_REMOTE_RESET, 4),
+            (ResponseFlags::UPSTREAM_CONNECTION_FAILURE, 5),
+            (ResponseFlags::UPSTREAM_CONNECTION_TERMINATION, 6),
+            (ResponseFlags::UPSTREAM_OVERFLOW, 7),
+            (ResponseFlags::NO_ROUTE_FOUND, 8),
+            (ResponseFlags::RATE_LIMITED, 11),
+            (ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION, 14),
+            (ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED, 15),
+            (ResponseFlags::STREAM_IDLE_TIMEOUT, 16),
+            (ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR, 18),
+            (ResponseFlags::UPSTREAM_PROTOCOL_ERROR, 23),
+            (ResponseFlags::NO_CLUSTER_FOUND, 24),
+        ];
+        POSITIONS
+            .iter()
+            .filter(|(f, _)| self.contains(*f))
+            .fold(0, |acc, (_, bit)| acc | 1 << bit)
+    }
+
     /// Whether no flag is set.
     pub fn is_empty(self) -> bool {
         self.0 == 0

@@ -330,6 +330,14 @@ pub enum ClusterChoice {
 }
 
 impl ClusterChoice {
+    /// Whether `name` is one of the choices.
+    pub fn contains(&self, name: &str) -> bool {
+        match self {
+            ClusterChoice::Single(c) => &**c == name,
+            ClusterChoice::Weighted(list, _) => list.iter().any(|(c, _)| &**c == name),
+        }
+    }
+
     /// Picks a cluster; `rand` is uniform in `0..u32::MAX`.
     pub fn pick(&self, rand: u32) -> &Arc<str> {
         match self {

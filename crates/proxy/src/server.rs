@@ -718,6 +718,8 @@ async fn handle_connection(
                 worker,
                 listener: Arc::clone(&lcfg.name),
                 chain: chain.index,
+                chain_name: Arc::from(chain.name.as_str()),
+                direction: lcfg.direction,
                 local,
                 remote,
                 tls: chain.tls.is_some(),

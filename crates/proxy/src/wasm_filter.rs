@@ -453,13 +453,15 @@ impl WasmFilter {
         // callbacks meanwhile, and a Continue from them would let the request go before the
         // answer: a documented difference).
         let hold = self.stop_iteration && !end_stream && !dispatched;
-        let outcome = self
-            .settle(cx, ctx, action != HeadersAction::Continue, stream, hold)
-            .await;
-        (
-            Self::headers_status(outcome),
-            self.apply_modified(ctx, mt, apply),
-        )
+        let paused = action != HeadersAction::Continue;
+        let outcome = self.settle(cx, ctx, paused, stream, hold).await;
+        let applied = self.apply_modified(ctx, mt, apply);
+        if !paused {
+            // Envoy forgets a headers map whose callback continued: later callbacks get
+            // BadArgument for it (one the plugin paused in stays readable).
+            self.vm.with_vm(|vm| vm.release_map(ctx, mt));
+        }
+        (Self::headers_status(outcome), applied)
     }
 
     /// Applies header edits a plugin made from a body or trailers callback while the headers

@@ -31,6 +31,8 @@ pub const MEMORY_HOG: &str = "memory_hog";
 pub const BENCH_RW: &str = "bench_rw";
 /// `plugins/trace`: records every HTTP callback with its arguments (header, trailer, metric).
 pub const TRACE: &str = "trace";
+/// `plugins/props_probe`: reads configured property paths in three phases and shows the answers.
+pub const PROPS_PROBE: &str = "props_probe";
 /// `plugins/abi010`: built with proxy-wasm 0.1.4, exports `proxy_abi_version_0_1_0`.
 pub const ABI010: &str = "abi010";
 /// `plugins/assemblyscript/add_header`: AssemblyScript SDK, ABI 0.2.0.
@@ -95,6 +97,7 @@ pub const ALL: &[Plugin] = &[
     rust(MEMORY_HOG, "hostile/memory_hog", "memory_hog"),
     rust(BENCH_RW, "bench_rw", "bench_rw"),
     rust(TRACE, "trace", "trace"),
+    rust(PROPS_PROBE, "props_probe", "props_probe"),
     Plugin {
         name: ABI010,
         dir: "abi010",

@@ -25,6 +25,9 @@ pub enum PropertyValue {
     List(Vec<PropertyValue>),
     /// Already-serialized bytes (e.g. a protobuf message).
     Raw(Vec<u8>),
+    /// A value the host has but cannot serialize: the call answers SerializationFailure
+    /// (Envoy does for `xds.upstream_host_metadata` of a host without metadata).
+    Unserializable,
 }
 
 impl PropertyValue {
@@ -37,6 +40,7 @@ impl PropertyValue {
     pub fn encode(&self) -> Vec<u8> {
         match self {
             PropertyValue::Bytes(b) | PropertyValue::Raw(b) => b.clone(),
+            PropertyValue::Unserializable => Vec::new(),
             PropertyValue::Int(v) | PropertyValue::Timestamp(v) | PropertyValue::Duration(v) => {
                 v.to_le_bytes().to_vec()
             }

@@ -92,6 +92,12 @@ pub(crate) struct Context {
     pub(crate) maps_modified: [bool; 4],
     /// Maps to ask `props` for when the plugin first reads them.
     pub(crate) maps_lazy: [bool; 4],
+    /// Maps the proxy took back after their callback continued: no longer readable or
+    /// writable (Envoy forgets a headers map once its callback returns Continue).
+    pub(crate) maps_released: [bool; 4],
+    /// In `on_log` (and the callbacks after it): a map that is not there is reported as
+    /// NotFound instead of BadArgument (Envoy's access-log phase).
+    pub(crate) logging: bool,
     /// Request body, response body, downstream data, upstream data.
     pub(crate) buffers: [Option<Vec<u8>>; 4],
     /// Whether the plugin changed each buffer since it was set.
@@ -109,6 +115,8 @@ impl Context {
             maps: Default::default(),
             maps_modified: [false; 4],
             maps_lazy: [false; 4],
+            maps_released: [false; 4],
+            logging: false,
             buffers: Default::default(),
             buffers_modified: [false; 4],
             props,

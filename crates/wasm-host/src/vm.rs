@@ -407,8 +407,21 @@ impl PluginVm {
             c.maps[slot] = Some(map);
             c.maps_lazy[slot] = false;
             c.maps_modified[slot] = false;
+            c.maps_released[slot] = false;
         }
         Ok(())
+    }
+
+    /// The map's callback continued: the plugin can no longer read or change it (Envoy
+    /// forgets a headers or trailers map once its callback returns Continue; one the plugin
+    /// paused in stays readable for the rest of the stream). The proxy can still look at it.
+    pub fn release_map(&mut self, ctx: u32, map_type: MapType) {
+        if let (Some(slot), Some(c)) = (
+            map_type.stream_slot(),
+            self.store.data_mut().contexts.get_mut(&ctx),
+        ) {
+            c.maps_released[slot] = true;
+        }
     }
 
     /// Lets the plugin see a map without building it unless it reads it: the map comes from
@@ -422,6 +435,7 @@ impl PluginVm {
             c.maps[slot] = None;
             c.maps_lazy[slot] = true;
             c.maps_modified[slot] = false;
+            c.maps_released[slot] = false;
         }
         Ok(())
     }
@@ -777,6 +791,9 @@ impl PluginVm {
 
     /// Everything at the end of a stream, in Envoy's order: log, done, delete.
     pub fn complete(&mut self, ctx: u32) -> Result<(), Error> {
+        if let Some(c) = self.store.data_mut().contexts.get_mut(&ctx) {
+            c.logging = true;
+        }
         let logged = if self.failed.is_none() {
             self.on_log(ctx)
         } else {

@@ -238,6 +238,7 @@ pub(super) async fn run(
         let info = st.cx.stream_info_mut();
         info.route_name = selected.as_ref().map(|(_, r)| r.name.clone());
         info.virtual_host_name = selected.as_ref().map(|(v, _)| v.name.clone());
+        info.cluster_name = selected.as_ref().and_then(|(_, r)| picked_cluster(r));
     }
     let mut pending = Vec::new();
     if n > 0 {
@@ -254,12 +255,14 @@ pub(super) async fn run(
             Phase::Done(p) => pending = p,
             Phase::Reply(r, pos) => {
                 fin.capture(&parts);
+                keep_request(&stream, &parts, n).await;
                 return respond_local(&conn, &stream, fin, r, pos + 1, ResponseFlags::default())
                     .await;
             }
             Phase::TooLarge => {
                 hcm.stats.rq_too_large.inc();
                 fin.capture(&parts);
+                keep_request(&stream, &parts, n).await;
                 let e = ProxyError::new(ErrorKind::RequestTooLarge);
                 return respond_local(&conn, &stream, fin, error_reply(&e), n, e.response_flags())
                     .await;
@@ -275,6 +278,7 @@ pub(super) async fn run(
                 let info = st.cx.stream_info_mut();
                 info.route_name = again.as_ref().map(|(_, r)| r.name.clone());
                 info.virtual_host_name = again.as_ref().map(|(v, _)| v.name.clone());
+                info.cluster_name = again.as_ref().and_then(|(_, r)| picked_cluster(r));
             }
             selected = again;
         }
@@ -282,6 +286,7 @@ pub(super) async fn run(
     let Some((vhost, route)) = selected else {
         hcm.stats.no_route.inc();
         fin.capture(&parts);
+        keep_request(&stream, &parts, n).await;
         let e = ProxyError::new(ErrorKind::NoRoute);
         return respond_local(&conn, &stream, fin, error_reply(&e), n, e.response_flags()).await;
     };
@@ -289,6 +294,7 @@ pub(super) async fn run(
         Action::DirectResponse { status, body } => {
             hcm.stats.rq_direct_response.inc();
             fin.capture(&parts);
+            keep_request(&stream, &parts, n).await;
             let mut reply =
                 LocalReply::new(*status, body.clone().unwrap_or_default(), "direct_response");
             routes.mutate_response(vhost, route, &mut reply.headers);
@@ -299,6 +305,7 @@ pub(super) async fn run(
             // internal redirects, which we do not do).
             hcm.stats.rq_direct_response.inc();
             fin.capture(&parts);
+            keep_request(&stream, &parts, n).await;
             let authority = parts
                 .headers
                 .get(HOST)
@@ -400,6 +407,8 @@ pub(super) async fn run(
                 let mut st = stream.lock().await;
                 let info = st.cx.stream_info_mut();
                 info.upstream_service_time = Some(service_time);
+                // (what was read of the request so far: `request.size` without a length)
+                info.bytes_received = counter.get();
                 info.response_code_details = Some(Arc::clone(&VIA_UPSTREAM));
             }
             let end = rbody.is_end_stream();
@@ -450,6 +459,28 @@ fn header_bytes(parts: &http::request::Parts) -> usize {
 static VIA_UPSTREAM: std::sync::LazyLock<Arc<str>> =
     std::sync::LazyLock::new(|| Arc::from("via_upstream"));
 
+/// Keeps the request for `on_log` when the filters get a local reply (Envoy's access-log
+/// request headers are the request as it came, also when nothing went upstream).
+async fn keep_request(stream: &Shared, parts: &http::request::Parts, n: usize) {
+    if n == 0 {
+        return;
+    }
+    let mut st = stream.lock().await;
+    let info = st.cx.stream_info_mut();
+    if info.request_headers.is_none() {
+        info.request_headers = Some(Arc::new(clone_parts(parts)));
+    }
+}
+
+/// The cluster a route sends to, picked when the route is chosen (Envoy's route entry knows
+/// its cluster, weighted ones included, before the filters run: `xds.cluster_name`).
+fn picked_cluster(route: &crate::route::Route) -> Option<Arc<str>> {
+    match &route.action {
+        Action::Route(a) => Some(Arc::clone(a.clusters.pick(crate::worker::rand_u32()))),
+        _ => None,
+    }
+}
+
 /// Hop-by-hop headers, removed from requests sent upstream and from responses sent downstream.
 pub(super) const HOP_BY_HOP: [&str; 5] = [
     "connection",
@@ -475,11 +506,18 @@ async fn forward(
     fin: &mut Finisher,
 ) -> Result<(Response<Incoming>, Duration), ProxyError> {
     let config = conn.worker.config.load();
-    let cluster_name = Arc::clone(action.clusters.pick(crate::worker::rand_u32()));
-    {
+    // The cluster picked when the route was chosen (filters may have read it), if it is one
+    // of this route's.
+    let cluster_name = {
         let mut st = stream.lock().await;
-        st.cx.stream_info_mut().cluster_name = Some(Arc::clone(&cluster_name));
-    }
+        let info = st.cx.stream_info_mut();
+        let name = match &info.cluster_name {
+            Some(c) if action.clusters.contains(c) => Arc::clone(c),
+            _ => Arc::clone(action.clusters.pick(crate::worker::rand_u32())),
+        };
+        info.cluster_name = Some(Arc::clone(&name));
+        name
+    };
     let cluster = config
         .clusters
         .get(&*cluster_name)

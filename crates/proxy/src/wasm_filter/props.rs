@@ -32,6 +32,11 @@ pub(crate) struct Facts {
     pub(crate) bytes_sent: u64,
     pub(crate) duration_ns: Option<i64>,
     pub(crate) listener_name: Arc<str>,
+    /// Envoy's legacy response flag bits.
+    pub(crate) response_flags: u64,
+    pub(crate) attempt_count: u32,
+    pub(crate) filter_chain_name: Option<Arc<str>>,
+    pub(crate) listener_direction: i64,
     /// The final request and response headers, for `on_log` maps built on demand.
     pub(crate) request: Option<Arc<http::request::Parts>>,
     pub(crate) response: Option<Arc<http::HeaderMap>>,
@@ -68,6 +73,10 @@ impl Facts {
         self.bytes_sent = info.bytes_sent;
         self.duration_ns = info.duration.map(|d| d.as_nanos() as i64);
         self.listener_name = Arc::clone(&info.listener_name);
+        self.response_flags = info.response_flags.envoy_bits();
+        self.attempt_count = info.attempt_count;
+        self.filter_chain_name.clone_from(&info.filter_chain_name);
+        self.listener_direction = info.listener_direction;
         self.request.clone_from(&info.request_headers);
         self.response.clone_from(&info.response_headers);
     }
@@ -112,8 +121,21 @@ impl StreamProperties for StreamProps {
             }
             [b"upstream", b"address"] => f.upstream.map(|a| PropertyValue::string(a.to_string())),
             [b"upstream", b"port"] => f.upstream.map(|a| PropertyValue::Int(a.port() as i64)),
-            [b"xds", b"cluster_name"] | [b"cluster_name"] => s(&f.cluster_name),
-            [b"xds", b"route_name"] | [b"route_name"] => s(&f.route_name),
+            // Envoy 1.40 answers only the `xds.` spellings (the legacy top-level `cluster_name`,
+            // `route_name`... are NotFound).
+            [b"xds", b"cluster_name"] => s(&f.cluster_name),
+            [b"xds", b"route_name"] => s(&f.route_name),
+            [b"xds", b"filter_chain_name"] => s(&f.filter_chain_name),
+            [b"xds", b"listener_direction"] => Some(PropertyValue::Int(f.listener_direction)),
+            // Envoy: SerializationFailure once there is an upstream host (ours carry no
+            // metadata), NotFound before.
+            [b"xds", b"upstream_host_metadata"] => {
+                f.upstream.map(|_| PropertyValue::Unserializable)
+            }
+            [b"response", b"flags"] => Some(PropertyValue::Int(f.response_flags as i64)),
+            [b"upstream", b"request_attempt_count"] => {
+                Some(PropertyValue::Int(i64::from(f.attempt_count)))
+            }
             [b"xds", b"virtual_host_name"] => s(&f.virtual_host_name),
             [b"xds", b"listener_name"] => Some(PropertyValue::string(&*f.listener_name)),
             _ => None,

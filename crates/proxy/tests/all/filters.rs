@@ -344,7 +344,9 @@ async fn filter_api_reroute_callout_buffering_local_reply_and_log() -> anyhow::R
     );
     let l = log.lock().map(|l| l.clone()).unwrap_or_default();
     assert!(l[0].starts_with("200 route_b b rx=0 tx="), "{l:?}");
-    assert!(l[1].starts_with("403 route_a - rx=0 tx=16"), "{l:?}");
+    // The route's cluster is known from the moment the route is (Envoy sets the upstream
+    // cluster info when it resolves the route), also for a local reply before the router.
+    assert!(l[1].starts_with("403 route_a a rx=0 tx=16"), "{l:?}");
     assert!(l[3].starts_with("200 route_a a rx=300000"), "{l:?}");
     assert!(l[4].starts_with("200 route_a a rx=0 tx=10"), "{l:?}");
     Ok(())

@@ -12,6 +12,7 @@ mod filter_chains;
 mod filters;
 mod http1_codec;
 mod listeners;
+mod properties;
 mod routing;
 mod support;
 mod tcp;

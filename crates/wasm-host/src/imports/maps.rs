@@ -23,7 +23,10 @@ macro_rules! try_st {
 /// The map readable now, if any.
 pub(super) fn map_ref(state: &VmState, mt: MapType) -> Option<&HeaderMap> {
     match mt.stream_slot() {
-        Some(slot) => state.context().and_then(|c| c.maps[slot].as_ref()),
+        Some(slot) => state
+            .context()
+            .filter(|c| !c.maps_released[slot])
+            .and_then(|c| c.maps[slot].as_ref()),
         None => match mt {
             MapType::HttpCallResponseHeaders => {
                 state.call.http_response.as_ref().map(|r| &r.headers)
@@ -36,12 +39,29 @@ pub(super) fn map_ref(state: &VmState, mt: MapType) -> Option<&HeaderMap> {
     }
 }
 
+/// Whether a stream map can be asked about now: it is there, or the stream is logging (in
+/// `on_log` a missing map is only absent: NotFound). Envoy answers BadArgument for a map that
+/// is not available in the current callback (request headers after their callback continued,
+/// response headers during the request...).
+fn available(state: &VmState, mt: MapType) -> bool {
+    match mt.stream_slot() {
+        Some(slot) => state.context().is_some_and(|c| {
+            c.logging || (!c.maps_released[slot] && (c.maps[slot].is_some() || c.maps_lazy[slot]))
+        }),
+        // Call responses and gRPC metadata: a missing one is only absent (NotFound).
+        None => true,
+    }
+}
+
 /// The map writable now. Call-response and gRPC maps are read-only (BadArgument, as Envoy);
 /// trailers are created on first write (Envoy adds them from a body callback with eos).
 fn map_mut(state: &mut VmState, mt: MapType) -> Result<&mut HeaderMap, Status> {
     let slot = mt.stream_slot().ok_or(Status::BadArgument)?;
     let ctx = state.context_mut().ok_or(Status::BadArgument)?;
     if ctx.kind != ContextKind::Http {
+        return Err(Status::BadArgument);
+    }
+    if ctx.maps_released[slot] {
         return Err(Status::BadArgument);
     }
     let is_trailers = matches!(mt, MapType::RequestTrailers | MapType::ResponseTrailers);
@@ -114,6 +134,7 @@ fn get_value(c: &mut C<'_>, mt: i32, kp: i32, kl: i32, vpp: i32, vlp: i32) -> R 
         }
         // 0.1.0: Envoy answers Ok with an empty value.
         None if state.abi == AbiVersion::V0_1_0 => copy_out(c, &[], vpp, vlp).map(|s| s as i32),
+        None if !available(state, mt) => st(Status::BadArgument),
         None => st(Status::NotFound),
     }
 }

@@ -39,6 +39,11 @@ fn from_request(headers: &HeaderMap, path: &[&[u8]]) -> Option<PropertyValue> {
         [b"referer"] => h(b"referer"),
         [b"useragent"] => h(b"user-agent"),
         [b"id"] => h(b"x-request-id"),
+        // The body size: the content-length when there is one, else the bytes received.
+        [b"size"] => headers
+            .get(b"content-length")
+            .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<i64>().ok())
+            .map(PropertyValue::Int),
         [b"headers"] => Some(headers_map(headers)),
         [b"headers", name] => headers.get_joined(name).map(PropertyValue::Bytes),
         _ => None,
@@ -55,19 +60,71 @@ fn headers_map(headers: &HeaderMap) -> PropertyValue {
     )
 }
 
+/// Whether `request.<first>` comes from the request headers (Envoy: NotFound once they are
+/// no longer available, even where the stream info would know).
+fn header_derived(first: &[u8]) -> bool {
+    matches!(
+        first,
+        b"path"
+            | b"url_path"
+            | b"query"
+            | b"host"
+            | b"scheme"
+            | b"method"
+            | b"referer"
+            | b"useragent"
+            | b"id"
+            | b"headers"
+    )
+}
+
+/// A stream map the plugin may read now.
+fn readable(ctx: &Context, slot: usize) -> Option<&HeaderMap> {
+    ctx.maps[slot].as_ref().filter(|_| !ctx.maps_released[slot])
+}
+
+/// Envoy's `Grpc::Utility::httpToGrpcStatus`.
+fn http_to_grpc_status(code: i64) -> i64 {
+    match code {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502..=504 => 14,
+        _ => 2,
+    }
+}
+
 fn from_response(ctx: &Context, path: &[&[u8]]) -> Option<PropertyValue> {
-    let headers = ctx.maps[2].as_ref();
+    let headers = readable(ctx, 2);
     match path {
+        // `grpc-status` from the trailers, then the headers, else from the HTTP status.
+        [b"grpc_status"] => {
+            let grpc = |m: Option<&HeaderMap>| {
+                m?.get(b"grpc-status")
+                    .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<i64>().ok())
+            };
+            grpc(readable(ctx, 3))
+                .or_else(|| grpc(headers))
+                .or_else(|| {
+                    let code = match from_response(ctx, &[b"code"]) {
+                        Some(PropertyValue::Int(c)) => Some(c),
+                        _ => match ctx.props.get(&[b"response", b"code"]) {
+                            Some(PropertyValue::Int(c)) => Some(c),
+                            _ => None,
+                        },
+                    };
+                    code.map(http_to_grpc_status)
+                })
+                .map(PropertyValue::Int)
+        }
         [b"code"] => headers?
             .get(b":status")
             .and_then(|s| std::str::from_utf8(s).ok()?.parse::<i64>().ok())
             .map(PropertyValue::Int),
         [b"headers"] => headers.map(headers_map),
         [b"headers", name] => headers?.get_joined(name).map(PropertyValue::Bytes),
-        [b"trailers", name] => ctx.maps[3]
-            .as_ref()?
-            .get_joined(name)
-            .map(PropertyValue::Bytes),
+        [b"trailers", name] => readable(ctx, 3)?.get_joined(name).map(PropertyValue::Bytes),
         _ => None,
     }
 }
@@ -80,7 +137,8 @@ pub(crate) fn resolve(state: &VmState, raw_path: &[u8]) -> Option<PropertyValue>
         [b"plugin_name"] => return Some(PropertyValue::string(cfg.name.clone())),
         [b"plugin_root_id"] => return Some(PropertyValue::string(cfg.root_id.clone())),
         [b"plugin_vm_id"] => return Some(PropertyValue::string(cfg.vm_id.clone())),
-        [b"xds", b"node", rest @ ..] | [b"node", rest @ ..] => return cfg.node.lookup(rest),
+        // (Envoy 1.40 no longer answers the legacy top-level `node`.)
+        [b"xds", b"node", rest @ ..] => return cfg.node.lookup(rest),
         _ => {}
     }
     let ctx = state.context()?;
@@ -95,7 +153,10 @@ pub(crate) fn resolve(state: &VmState, raw_path: &[u8]) -> Option<PropertyValue>
         return Some(PropertyValue::Bytes(v.clone()));
     }
     let derived = match path.as_slice() {
-        [b"request", rest @ ..] => ctx.maps[0].as_ref().and_then(|h| from_request(h, rest)),
+        [b"request", first, ..] if header_derived(first) && readable(ctx, 0).is_none() => {
+            return None;
+        }
+        [b"request", rest @ ..] => readable(ctx, 0).and_then(|h| from_request(h, rest)),
         [b"response", rest @ ..] => from_response(ctx, rest),
         _ => None,
     };
@@ -111,6 +172,7 @@ fn get_property(c: &mut C<'_>, pp: i32, pl: i32, vpp: i32, vlp: i32) -> R {
         Err(s) => return st(s),
     };
     match resolve(state, path) {
+        Some(PropertyValue::Unserializable) => st(Status::SerializationFailure),
         Some(v) => copy_out(c, &v.encode(), vpp, vlp).map(|s| s as i32),
         None => st(Status::NotFound),
     }

@@ -1,0 +1,240 @@
+//! Property paths as plugins read them, against real Envoy 1.40: the `props_probe` plugin
+//! reads each path at request headers, at response headers and in on_log; every answer must be
+//! the same in both proxies (values that differ by nature, like ports and times, are not
+//! probed).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use test_support::proxy_peers::{free_ports, start_envoy, start_upstream};
+
+use crate::support::*;
+
+/// The probed paths: legacy top-level names, `xds.*`, `request.*`, `response.*`,
+/// `connection.*`, `upstream.*` and `node`.
+const PATHS: &[&str] = &[
+    "cluster_name",
+    "cluster_metadata",
+    "route_name",
+    "route_metadata",
+    "plugin_name",
+    "plugin_root_id",
+    "plugin_vm_id",
+    "listener_direction",
+    "listener_metadata",
+    "node.id",
+    "node.cluster",
+    "upstream_host_metadata",
+    "metadata",
+    "xds.cluster_name",
+    "xds.cluster_metadata",
+    "xds.route_name",
+    "xds.route_metadata",
+    "xds.upstream_host_metadata",
+    "xds.listener_direction",
+    "xds.listener_metadata",
+    "xds.filter_chain_name",
+    "xds.node.id",
+    "xds.node.cluster",
+    "xds.node.metadata.NAMESPACE",
+    "xds.virtual_host_name",
+    "xds.virtual_host_metadata",
+    "request.path",
+    "request.url_path",
+    "request.host",
+    "request.scheme",
+    "request.method",
+    "request.protocol",
+    "request.query",
+    "request.headers.x-probe-h",
+    "request.referer",
+    "request.useragent",
+    "request.size",
+    "response.code",
+    "response.code_details",
+    "response.flags",
+    "response.grpc_status",
+    "response.headers.content-type",
+    "response.size",
+    "connection.mtls",
+    "connection.requested_server_name",
+    "connection.tls_version",
+    "connection.termination_details",
+    "upstream.port",
+    "upstream.transport_failure_reason",
+    "upstream.request_attempt_count",
+    "source.port_missing_check",
+];
+
+fn bootstrap(admin: u16, listen: u16, up: u16) -> String {
+    let paths: Vec<String> = PATHS.iter().map(|p| format!("\"{p}\"")).collect();
+    format!(
+        r#"
+node:
+  id: probe-node
+  cluster: probe-cluster
+  metadata: {{NAMESPACE: probe-ns}}
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: main
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - name: chain-a
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: main
+          route_config:
+            name: rc
+            virtual_hosts:
+            - name: vh
+              domains: ["*"]
+              routes:
+              - name: r-local
+                match: {{prefix: "/local"}}
+                direct_response: {{status: 200, body: {{inline_string: "local"}}}}
+              - name: r-up
+                match: {{prefix: "/"}}
+                route: {{cluster: up}}
+          http_filters:
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: probe
+                root_id: probe-root
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{{"paths": [{paths}]}}'
+                vm_config:
+                  vm_id: probe-vm
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: "{path}"}}}}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: up
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: up
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}}}]}}]
+"#,
+        paths = paths.join(", "),
+        path = test_plugins::path(test_plugins::PROPS_PROBE).display()
+    )
+}
+
+/// path → "answer at request headers | answer at response headers".
+fn answers(r: &Resp) -> BTreeMap<String, String> {
+    let h = |k: String| {
+        r.headers
+            .get(&k)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("<no header>")
+            .to_string()
+    };
+    PATHS
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.to_string(), h(format!("x-probe-{i}"))))
+        .collect()
+}
+
+/// The on_log answers, from the `probe.log.<i>.<hex>` counters: path → answers seen.
+async fn log_answers(admin: SocketAddr) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    let r = send(admin, get("admin", "/stats?filter=probe")).await?;
+    let text = String::from_utf8_lossy(&r.body).to_string();
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("wasmcustom.probe.log.") else {
+            continue;
+        };
+        let name = rest.split(": ").next().unwrap_or_default();
+        let Some((i, hex)) = name.split_once('.') else {
+            continue;
+        };
+        let Some(path) = i.parse::<usize>().ok().and_then(|i| PATHS.get(i)) else {
+            continue;
+        };
+        let bytes: Vec<u8> = (0..hex.len() / 2)
+            .filter_map(|k| u8::from_str_radix(&hex[2 * k..2 * k + 2], 16).ok())
+            .collect();
+        out.entry(path.to_string())
+            .or_default()
+            .push(String::from_utf8_lossy(&bytes).into_owned());
+    }
+    for v in out.values_mut() {
+        v.sort();
+    }
+    Ok(out)
+}
+
+fn request(path: &str) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let body = if path == "/post" { "posted" } else { "" };
+    http::Request::builder()
+        .method(if body.is_empty() { "GET" } else { "POST" })
+        .uri(path)
+        .header("host", "probe.example")
+        .header("x-probe-h", "hv")
+        .header("referer", "http://ref.example/")
+        .header("user-agent", "probe-agent")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn property_answers_match_envoy() -> anyhow::Result<()> {
+    let up = start_upstream("up").await?;
+    let ours = start_proxy(&bootstrap(0, 0, up.addr.port()))?;
+    let ours_addr = ours.listener_addr("main").expect("listener");
+    let ours_admin = ours.admin_addr().expect("admin");
+    let ports = free_ports(2)?;
+    let envoy_yaml = bootstrap(ports[1], ports[0], up.addr.port());
+    let admin: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+    let _envoy = tokio::task::spawn_blocking(move || start_envoy(&envoy_yaml, admin)).await??;
+    let envoy_addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+
+    let mut failures = Vec::new();
+    for target in ["/p?a=1&b=2", "/local/x", "/post"] {
+        let (er, or) = (
+            send(envoy_addr, request(target)).await?,
+            send(ours_addr, request(target)).await?,
+        );
+        for h in ["x-probe-header-at-body", "x-probe-header-at-response"] {
+            let (ev, ov) = (er.headers.get(h), or.headers.get(h));
+            if ev != ov {
+                failures.push(format!("{target} {h}: envoy {ev:?} wasmesh {ov:?}"));
+            }
+        }
+        let (e, o) = (answers(&er), answers(&or));
+        for (path, ev) in &e {
+            let ov = &o[path];
+            if ev != ov {
+                failures.push(format!("{target} {path}: envoy {ev:?} wasmesh {ov:?}"));
+            }
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (el, ol) = (log_answers(admin).await?, log_answers(ours_admin).await?);
+    for (path, ev) in &el {
+        let ov = ol.get(path).cloned().unwrap_or_default();
+        if *ev != ov {
+            failures.push(format!("on_log {path}: envoy {ev:?} wasmesh {ov:?}"));
+        }
+    }
+    assert!(
+        !el.is_empty() && el.values().all(|v| v.len() <= 3),
+        "envoy's on_log answers: {el:?}"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} differences:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    Ok(())
+}

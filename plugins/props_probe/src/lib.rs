@@ -1,0 +1,154 @@
+//! `props_probe`: reads the property paths of its configuration in three phases (request
+//! headers, response headers, on_log) and shows what the host answered, so a test can compare
+//! hosts path by path (spec: plugins/README.md).
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use serde::Deserialize;
+use std::rc::Rc;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(ProbeRoot::default()) });
+}}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    paths: Vec<String>,
+}
+
+#[derive(Default)]
+struct ProbeRoot {
+    paths: Rc<Vec<String>>,
+}
+
+impl Context for ProbeRoot {}
+
+impl RootContext for ProbeRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let raw = self.get_plugin_configuration().unwrap_or_default();
+        match serde_json::from_slice::<Config>(&raw) {
+            Ok(c) => {
+                self.paths = Rc::new(c.paths);
+                true
+            }
+            Err(e) => {
+                log::error!("props_probe: invalid plugin configuration: {e}");
+                false
+            }
+        }
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Probe {
+            paths: Rc::clone(&self.paths),
+            request: Vec::new(),
+            header_at_body: None,
+        }))
+    }
+}
+
+struct Probe {
+    paths: Rc<Vec<String>>,
+    request: Vec<String>,
+    /// Request header `x-probe-h` as read from the request body callback.
+    header_at_body: Option<String>,
+}
+
+/// Request header `x-probe-h` read with `proxy_get_header_map_value` now: the value,
+/// `<missing>`, or `<error:Status>` (the raw import: the SDK panics on some statuses).
+fn request_header() -> String {
+    extern "C" {
+        fn proxy_get_header_map_value(
+            map_type: u32,
+            key_data: *const u8,
+            key_size: usize,
+            return_value_data: *mut *mut u8,
+            return_value_size: *mut usize,
+        ) -> u32;
+    }
+    let key = "x-probe-h";
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer to a buffer it allocated in this module's memory with
+    // proxy_on_memory_allocate, and its size; ownership passes to us.
+    let status = unsafe { proxy_get_header_map_value(0, key.as_ptr(), key.len(), &mut data, &mut size) };
+    match status {
+        0 if data.is_null() => "<missing>".into(),
+        // SAFETY: see above; the buffer came from the SDK's allocator (Vec of u8).
+        0 => unsafe { String::from_utf8_lossy(&Vec::from_raw_parts(data, size, size)).into_owned() },
+        1 => "<missing>".into(),
+        2 => "<error:BadArgument>".into(),
+        s => format!("<error:{s}>"),
+    }
+}
+
+/// What the host answered for `path`, printable: the value as text when it is printable
+/// ASCII, else `hex:<bytes>` (both cut at 96 characters, then `...`); `<missing>` for
+/// NotFound, `<empty>` for an empty value, `<error:Status>` for another status.
+fn read(path: &str) -> String {
+    let v = match proxy_wasm::hostcalls::get_property(path.split('.').collect()) {
+        Err(status) => return format!("<error:{status:?}>"),
+        Ok(None) => return "<missing>".into(),
+        Ok(Some(v)) if v.is_empty() => return "<empty>".into(),
+        Ok(Some(v)) => v,
+    };
+    let mut text = if v.iter().all(|b| (0x20..0x7f).contains(b)) {
+        String::from_utf8_lossy(&v).into_owned()
+    } else {
+        format!("hex:{}", hex(&v))
+    };
+    if text.len() > 96 {
+        text.truncate(96);
+        text.push_str("...");
+    }
+    text
+}
+
+fn hex(v: &[u8]) -> String {
+    v.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Context for Probe {}
+
+impl HttpContext for Probe {
+    fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
+        self.request = self.paths.iter().map(|p| read(p)).collect();
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, _size: usize, _eos: bool) -> Action {
+        if self.header_at_body.is_none() {
+            self.header_at_body = Some(request_header());
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _n: usize, _eos: bool) -> Action {
+        let at_body = self.header_at_body.clone().unwrap_or_else(|| "<no-body>".into());
+        self.set_http_response_header("x-probe-header-at-body", Some(&at_body));
+        self.set_http_response_header("x-probe-header-at-response", Some(&request_header()));
+        for (i, p) in self.paths.iter().enumerate() {
+            let q = self.request.get(i).cloned().unwrap_or_else(|| "<not-read>".into());
+            let s = read(p);
+            self.set_http_response_header(&format!("x-probe-{i}"), Some(&format!("{q} | {s}")));
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        for (i, p) in self.paths.iter().enumerate() {
+            let v = read(p);
+            log::info!("props_probe log {p}: {v}");
+            let name = format!("probe.log.{i}.{}", hex(v.as_bytes()));
+            if let Ok(id) = proxy_wasm::hostcalls::define_metric(MetricType::Counter, &name) {
+                let _ = proxy_wasm::hostcalls::increment_metric(id, 1);
+            }
+        }
+    }
+}
