@@ -136,7 +136,11 @@ fn main() -> anyhow::Result<()> {
     no_transparent_huge_pages();
     wasmesh_xds::on_descriptor_release(return_free_memory);
     let cli = Cli::parse();
-    init_logging();
+    // The compiler child reports on stderr itself; logging there (wasmtime logs a lot at
+    // debug) would only fill the pipe its parent reads the reason from.
+    if !matches!(cli.command, Command::CompileWasm(_)) {
+        init_logging();
+    }
     match cli.command {
         Command::Version => println!("wasmesh {}", env!("CARGO_PKG_VERSION")),
         Command::ControlPlane(args) => control_plane_cmd::control_plane(args)?,

@@ -125,9 +125,12 @@ pub(crate) fn run(
         let _ = stdout.read_to_end(&mut v);
         v
     });
+    // Read to the end (a child blocked on a full pipe would hang); keep the first 64 KiB.
     let err = std::thread::spawn(move || {
         let mut v = Vec::new();
-        let _ = stderr.take(64 << 10).read_to_end(&mut v);
+        let mut stderr = stderr;
+        let _ = (&mut stderr).take(64 << 10).read_to_end(&mut v);
+        let _ = std::io::copy(&mut stderr, &mut std::io::sink());
         v
     });
     let deadline = Instant::now() + timeout;

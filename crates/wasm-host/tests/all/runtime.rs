@@ -74,6 +74,26 @@ fn a_compiler_process_that_finds_the_module_invalid_fails_it_with_its_reason() {
 }
 
 #[test]
+fn a_compiler_process_that_writes_a_lot_to_stderr_is_not_blocked() {
+    // 1 MiB on stderr (a compiler logging at debug), then a verdict: the pipe must be drained
+    // or the child blocks until the timeout.
+    let rt = with_compiler_script(
+        "cat >/dev/null; head -c 1048576 /dev/zero | tr '\\0' x >&2; exit 2",
+        20_000,
+    );
+    let err = rt
+        .compile(&test_plugins::bytes(test_plugins::HEADERS))
+        .err()
+        .expect("invalid");
+    // (a blocked child would be killed at the timeout: Error::Compiler)
+    assert!(matches!(err, wasm_host::Error::InvalidModule(_)), "{err}");
+    assert!(
+        err.to_string().len() <= (64 << 10) + 200,
+        "the reason is capped"
+    );
+}
+
+#[test]
 fn a_compiler_process_that_crashes_or_hangs_fails_the_module_not_the_caller() {
     let bytes = test_plugins::bytes(test_plugins::HEADERS);
     let crash = with_compiler_script("cat >/dev/null; kill -9 $$", 10_000);
