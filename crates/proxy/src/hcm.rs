@@ -174,6 +174,8 @@ pub(crate) async fn serve<IO>(
 /// A client's claim to be internal, which the proxy removes (a constant: no name parse per
 /// request).
 const X_ENVOY_INTERNAL: http::HeaderName = http::HeaderName::from_static("x-envoy-internal");
+const X_FORWARDED_CLIENT_CERT: http::HeaderName =
+    http::HeaderName::from_static("x-forwarded-client-cert");
 
 /// Adds or keeps `x-request-id` like Envoy's HCM.
 fn request_id(hcm: &HcmConfig, headers: &mut http::HeaderMap) -> Option<Arc<str>> {
@@ -263,6 +265,24 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Response<Body> {
     if parts.headers.contains_key(X_ENVOY_INTERNAL) {
         crate::header_order::remove(&mut parts.headers, &[X_ENVOY_INTERNAL.as_str()]);
     }
+    // Envoy's HCM cleans these before any filter runs: hop-by-hop headers (the connection
+    // header stays for an upgrade) and, unless configured to keep it, a client's claim of a
+    // client certificate (`forward_client_cert_details` SANITIZE, a spoofing guard).
+    let upgrade = parts.headers.contains_key(http::header::UPGRADE);
+    let hop: &[&str] = if upgrade {
+        &["keep-alive", "proxy-connection", "transfer-encoding"]
+    } else {
+        &[
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+        ]
+    };
+    crate::header_order::remove(&mut parts.headers, hop);
+    if !hcm.keep_xfcc && parts.headers.contains_key(X_FORWARDED_CLIENT_CERT) {
+        crate::header_order::remove(&mut parts.headers, &[X_FORWARDED_CLIENT_CERT.as_str()]);
+    }
     let node = Arc::clone(&conn.worker.config.load().node);
     let mut info = StreamInfo::new(
         Arc::clone(&conn.listener),
@@ -342,14 +362,15 @@ pub(crate) fn local_reply_parts(reply: &LocalReply) -> http::response::Parts {
     let (mut parts, ()) = Response::new(()).into_parts();
     parts.status = reply.status;
     parts.headers = reply.headers.clone();
+    // Envoy's order: the reply's own headers, then content-length, then content-type.
+    parts
+        .headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(reply.body.len()));
     if !reply.body.is_empty() && !parts.headers.contains_key(CONTENT_TYPE) {
         parts
             .headers
             .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     }
-    parts
-        .headers
-        .insert(CONTENT_LENGTH, HeaderValue::from(reply.body.len()));
     parts
 }
 

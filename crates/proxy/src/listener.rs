@@ -267,6 +267,10 @@ pub struct HcmConfig {
     pub server_name: HeaderValue,
     /// `use_remote_address`.
     pub use_remote_address: bool,
+    /// `forward_client_cert_details` is `ALWAYS_FORWARD_ONLY`: a client's
+    /// `x-forwarded-client-cert` is kept; otherwise (the default `SANITIZE`, and every mode
+    /// on a connection without a client certificate, which we do not request) it is removed.
+    pub keep_xfcc: bool,
     /// Filter buffer limit (the listener's `per_connection_buffer_limit_bytes`, default 1 MiB).
     pub buffer_limit: usize,
     /// `http.<stat_prefix>.*`.
@@ -681,8 +685,24 @@ fn build_hcm(
         always_set_request_id_in_response: cfg.always_set_request_id_in_response,
         server_name,
         use_remote_address: cfg.use_remote_address.as_ref().is_some_and(|b| b.value),
+        keep_xfcc: forward_client_cert(cfg.forward_client_cert_details, path)?,
         buffer_limit,
     })
+}
+
+/// `forward_client_cert_details`: whether a client's `x-forwarded-client-cert` is kept.
+/// Without client certificates (the downstream TLS we terminate does not ask for one) Envoy
+/// removes it in every mode but `ALWAYS_FORWARD_ONLY` (4); the modes that add this proxy's
+/// view of the client certificate need `set_current_client_cert_details`, which we lack.
+fn forward_client_cert(mode: i32, path: &str) -> Result<bool, ConfigError> {
+    match mode {
+        0 | 1 => Ok(false),
+        4 => Ok(true),
+        _ => Err(ConfigError::invalid(
+            format!("{path}.forward_client_cert_details"),
+            "APPEND_FORWARD and SANITIZE_SET are not supported (SANITIZE, FORWARD_ONLY and ALWAYS_FORWARD_ONLY are)",
+        )),
+    }
 }
 
 fn build_tcp_proxy(

@@ -49,6 +49,7 @@ impl RootContext for ProbeRoot {
             paths: Rc::clone(&self.paths),
             request: Vec::new(),
             header_at_body: None,
+            request_names: String::new(),
         }))
     }
 }
@@ -58,6 +59,8 @@ struct Probe {
     request: Vec<String>,
     /// Request header `x-probe-h` as read from the request body callback.
     header_at_body: Option<String>,
+    /// The request header names seen in `on_http_request_headers`, in order.
+    request_names: String,
 }
 
 /// Request header `x-probe-h` read with `proxy_get_header_map_value` now: the value,
@@ -119,6 +122,12 @@ impl Context for Probe {}
 impl HttpContext for Probe {
     fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
         self.request = self.paths.iter().map(|p| read(p)).collect();
+        let names: Vec<String> = self
+            .get_http_request_headers()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        self.request_names = names.join(",");
         Action::Continue
     }
 
@@ -130,6 +139,13 @@ impl HttpContext for Probe {
     }
 
     fn on_http_response_headers(&mut self, _n: usize, _eos: bool) -> Action {
+        let response_names: Vec<String> = self
+            .get_http_response_headers()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        self.set_http_response_header("x-probe-request-names", Some(&self.request_names.clone()));
+        self.set_http_response_header("x-probe-response-names", Some(&response_names.join(",")));
         let at_body = self.header_at_body.clone().unwrap_or_else(|| "<no-body>".into());
         self.set_http_response_header("x-probe-header-at-body", Some(&at_body));
         self.set_http_response_header("x-probe-header-at-response", Some(&request_header()));

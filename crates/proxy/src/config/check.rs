@@ -108,6 +108,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "always_set_request_id_in_response",
             "server_name",
             "use_remote_address",
+            "forward_client_cert_details",
         ],
     ),
     (

@@ -397,8 +397,12 @@ pub(super) async fn run(
         }
         (Ok((resp, service_time)), None) => {
             let (mut rparts, rbody) = resp.into_parts();
-            // An HTTP/1.1 upstream's trailers are dropped before the filters.
+            // An HTTP/1.1 upstream's trailers are dropped before the filters, and its
+            // `transfer-encoding` is the codec's business (Envoy's removes it).
             let version = rparts.version;
+            if version < http::Version::HTTP_2 {
+                crate::header_order::remove(&mut rparts.headers, &["transfer-encoding"]);
+            }
             routes.mutate_response(vhost, route, &mut rparts.headers);
             if let Ok(v) = HeaderValue::from_str(&service_time.as_millis().to_string()) {
                 rparts.headers.insert("x-envoy-upstream-service-time", v);
