@@ -81,15 +81,31 @@ fn headers_fn(
     let Some(f) = inst.get_func(&mut *store, name) else {
         return Ok(None);
     };
-    if let Ok(t) = f.typed::<(i32, i32, i32), i32>(&*store) {
-        return Ok(Some(HeadersFn::V2(Arc::new(t))));
-    }
-    f.typed::<(i32, i32), i32>(&*store)
-        .map(|t| Some(HeadersFn::V1(Arc::new(t))))
-        .map_err(|e| Error::Link {
+    // The signature the declared ABI has (Envoy refuses a module whose headers callbacks
+    // do not match its `proxy_abi_version_*` export).
+    let v010 = store.data().abi == crate::AbiVersion::V0_1_0;
+    let found = if v010 {
+        f.typed::<(i32, i32), i32>(&*store)
+            .map(|t| HeadersFn::V1(Arc::new(t)))
+    } else {
+        f.typed::<(i32, i32, i32), i32>(&*store)
+            .map(|t| HeadersFn::V2(Arc::new(t)))
+    };
+    found.map(Some).map_err(|_| {
+        let want = if v010 { "i32 i32 -> i32" } else { "i32 i32 i32 -> i32" };
+        let ty = f.ty(&*store);
+        let params: Vec<String> = ty.params().map(|p| p.to_string()).collect();
+        let results: Vec<String> = ty.results().map(|r| r.to_string()).collect();
+        Error::Link {
             plugin: store.data().plugin_name().to_string(),
-            reason: format!("export {name} has the wrong signature: {e}"),
-        })
+            reason: format!(
+                "bad function signature for {name}: ABI {} wants {want}, but the module exports {} -> {}",
+                store.data().abi,
+                params.join(" "),
+                results.join(" ")
+            ),
+        }
+    })
 }
 
 impl Exports {

@@ -59,6 +59,38 @@ fn on_vm_start_false_rejects_the_plugin() {
     }
 }
 
+#[test]
+fn headers_callbacks_must_have_the_declared_abis_signature() {
+    // ABI 0.1.0 headers callbacks take (context, headers); 0.2.x add end_of_stream. Envoy
+    // refuses a module whose callbacks do not match the ABI it declares.
+    let module = |abi: &str, params: &str| {
+        format!(
+            r#"(module {ALLOC} (func (export "proxy_abi_version_{abi}"))
+               (func (export "proxy_on_request_headers") (param {params}) (result i32) (i32.const 0)))"#
+        )
+    };
+    for (abi, params, ok) in [
+        ("0_1_0", "i32 i32 i32", false),
+        ("0_2_1", "i32 i32", false),
+        ("0_1_0", "i32 i32", true),
+        ("0_2_1", "i32 i32 i32", true),
+    ] {
+        let m = compile_wat(&module(abi, params)).expect("compiles");
+        let plugin = wasm_host::Plugin::new(runtime(), m, config("sig", ""));
+        match plugin.instantiate(Box::new(TestHost::default())) {
+            Ok(_) => assert!(ok, "{abi} with ({params}) must be refused"),
+            Err(e) => {
+                assert!(!ok, "{abi} with ({params}): {e}");
+                assert!(
+                    e.to_string()
+                        .contains("bad function signature for proxy_on_request_headers"),
+                    "{e}"
+                );
+            }
+        }
+    }
+}
+
 /// A module whose request-headers callback makes host calls with hostile pointers and
 /// records each status in shared data (key "s<i>"), so the test can read them.
 #[test]
