@@ -166,6 +166,8 @@ pub struct StreamInfo {
     pub bytes_sent: u64,
     /// Number of upstream attempts (retries + 1).
     pub attempt_count: u32,
+    /// The route's `metadata` (`xds.route_metadata`).
+    pub route_metadata: Option<Arc<crate::route::RouteMetadata>>,
     /// The filter chain's `name` (`xds.filter_chain_name`).
     pub filter_chain_name: Option<Arc<str>>,
     /// The listener's `traffic_direction` (`xds.listener_direction`).
@@ -217,6 +219,7 @@ impl StreamInfo {
             bytes_sent: 0,
             attempt_count: 0,
             filter_chain_name: None,
+            route_metadata: None,
             listener_direction: 0,
             duration: None,
             upstream_service_time: None,

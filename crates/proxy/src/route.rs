@@ -144,11 +144,56 @@ pub struct VirtualHost {
 pub struct Route {
     /// `name` (may be empty).
     pub name: Arc<str>,
+    /// `metadata` (`xds.route_metadata`), if set.
+    pub metadata: Option<Arc<RouteMetadata>>,
     matcher: RouteMatch,
     /// What to do with a matching request.
     pub action: Action,
     request_headers: HeaderMutations,
     response_headers: HeaderMutations,
+}
+
+/// A route's `metadata` as plugins read it: the whole message (protobuf bytes, what Envoy
+/// serializes for the path itself) and its `filter_metadata` for paths below it.
+#[derive(Debug)]
+pub struct RouteMetadata {
+    /// The `envoy.config.core.v3.Metadata` message, encoded.
+    pub proto: Vec<u8>,
+    /// `{"filter_metadata": {filter: {key: value}}}`.
+    pub value: wasm_host::PropertyValue,
+}
+
+impl RouteMetadata {
+    fn build(m: &envoy_types::pb::envoy::config::core::v3::Metadata) -> Self {
+        use prost::Message;
+        let filters = m
+            .filter_metadata
+            .iter()
+            .map(|(name, st)| {
+                (
+                    name.clone().into_bytes(),
+                    wasm_host::PropertyValue::Map(
+                        st.fields
+                            .iter()
+                            .map(|(k, v)| {
+                                (
+                                    k.clone().into_bytes(),
+                                    crate::wasm_filter::plugin_config::struct_value(v),
+                                )
+                            })
+                            .collect(),
+                    ),
+                )
+            })
+            .collect();
+        Self {
+            proto: m.encode_to_vec(),
+            value: wasm_host::PropertyValue::Map(vec![(
+                b"filter_metadata".to_vec(),
+                wasm_host::PropertyValue::Map(filters),
+            )]),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -728,6 +773,10 @@ fn build_route(r: &pbr::Route, path: &str, clusters: &[String]) -> Result<Route,
     };
     Ok(Route {
         name: Arc::from(r.name.as_str()),
+        metadata: r
+            .metadata
+            .as_ref()
+            .map(|m| Arc::new(RouteMetadata::build(m))),
         matcher,
         action,
         request_headers: HeaderMutations::build(

@@ -8,7 +8,7 @@
 
 mod convert;
 mod network;
-mod plugin_config;
+pub(crate) mod plugin_config;
 mod props;
 mod stats;
 mod worker;

@@ -95,7 +95,10 @@ fn request_header() -> String {
 /// ASCII, else `hex:<bytes>` (both cut at 96 characters, then `...`); `<missing>` for
 /// NotFound, `<empty>` for an empty value, `<error:Status>` for another status.
 fn read(path: &str) -> String {
-    let v = match proxy_wasm::hostcalls::get_property(path.split('.').collect()) {
+    // Segments are separated by `/` when the path has one (segments with dots, like
+    // `envoy.filters.http.wasm`), else by `.`.
+    let sep = if path.contains('/') { '/' } else { '.' };
+    let v = match proxy_wasm::hostcalls::get_property(path.split(sep).collect()) {
         Err(status) => return format!("<error:{status:?}>"),
         Ok(None) => return "<missing>".into(),
         Ok(Some(v)) if v.is_empty() => return "<empty>".into(),

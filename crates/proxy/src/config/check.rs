@@ -150,8 +150,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "response_headers_to_add",
             "response_headers_to_remove",
             "redirect",
+            "metadata",
         ],
     ),
+    ("envoy.config.core.v3.Metadata", &["filter_metadata"]),
     (
         "envoy.config.route.v3.RedirectAction",
         &[

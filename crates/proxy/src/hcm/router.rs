@@ -239,6 +239,7 @@ pub(super) async fn run(
         info.route_name = selected.as_ref().map(|(_, r)| r.name.clone());
         info.virtual_host_name = selected.as_ref().map(|(v, _)| v.name.clone());
         info.cluster_name = selected.as_ref().and_then(|(_, r)| picked_cluster(r));
+        info.route_metadata = selected.as_ref().and_then(|(_, r)| r.metadata.clone());
     }
     let mut pending = Vec::new();
     if n > 0 {
@@ -279,6 +280,7 @@ pub(super) async fn run(
                 info.route_name = again.as_ref().map(|(_, r)| r.name.clone());
                 info.virtual_host_name = again.as_ref().map(|(v, _)| v.name.clone());
                 info.cluster_name = again.as_ref().and_then(|(_, r)| picked_cluster(r));
+                info.route_metadata = again.as_ref().and_then(|(_, r)| r.metadata.clone());
             }
             selected = again;
         }
@@ -576,6 +578,24 @@ async fn forward(
         && let Ok(v) = HeaderValue::from_str(&t.as_millis().to_string())
     {
         parts.headers.insert("x-envoy-expected-rq-timeout-ms", v);
+    }
+    // Envoy's HTTP/1 encoder states an empty body on a headers-only request whose method may
+    // carry one (POST, PUT, PATCH, OPTIONS...; not GET, HEAD, DELETE, TRACE, CONNECT).
+    if body_empty
+        && cluster.protocol == crate::cluster::UpstreamProtocol::Http1
+        && !matches!(
+            parts.method,
+            http::Method::GET
+                | http::Method::HEAD
+                | http::Method::DELETE
+                | http::Method::TRACE
+                | http::Method::CONNECT
+        )
+        && !parts.headers.contains_key(http::header::CONTENT_LENGTH)
+    {
+        parts
+            .headers
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     }
     fin.capture(parts);
     if log_request {

@@ -130,7 +130,7 @@ fn code_bytes(cx: &BuildContext, code: &Option<AsyncDataSource>) -> Result<Vec<u
     }
 }
 
-fn struct_value(v: &envoy_types::pb::google::protobuf::Value) -> PropertyValue {
+pub(crate) fn struct_value(v: &envoy_types::pb::google::protobuf::Value) -> PropertyValue {
     use envoy_types::pb::google::protobuf::value::Kind;
     match &v.kind {
         Some(Kind::StringValue(s)) => PropertyValue::string(s.clone()),

@@ -36,6 +36,7 @@ pub(crate) struct Facts {
     pub(crate) response_flags: u64,
     pub(crate) attempt_count: u32,
     pub(crate) filter_chain_name: Option<Arc<str>>,
+    pub(crate) route_metadata: Option<Arc<crate::route::RouteMetadata>>,
     pub(crate) listener_direction: i64,
     /// The final request and response headers, for `on_log` maps built on demand.
     pub(crate) request: Option<Arc<http::request::Parts>>,
@@ -76,6 +77,7 @@ impl Facts {
         self.response_flags = info.response_flags.envoy_bits();
         self.attempt_count = info.attempt_count;
         self.filter_chain_name.clone_from(&info.filter_chain_name);
+        self.route_metadata.clone_from(&info.route_metadata);
         self.listener_direction = info.listener_direction;
         self.request.clone_from(&info.request_headers);
         self.response.clone_from(&info.response_headers);
@@ -126,6 +128,13 @@ impl StreamProperties for StreamProps {
             [b"xds", b"cluster_name"] => s(&f.cluster_name),
             [b"xds", b"route_name"] => s(&f.route_name),
             [b"xds", b"filter_chain_name"] => s(&f.filter_chain_name),
+            [b"xds", b"route_metadata"] => f
+                .route_metadata
+                .as_ref()
+                .map(|m| PropertyValue::Raw(m.proto.clone())),
+            [b"xds", b"route_metadata", rest @ ..] => {
+                f.route_metadata.as_ref().and_then(|m| m.value.lookup(rest))
+            }
             [b"xds", b"listener_direction"] => Some(PropertyValue::Int(f.listener_direction)),
             // Envoy: SerializationFailure once there is an upstream host (ours carry no
             // metadata), NotFound before.

@@ -347,3 +347,30 @@ async fn the_upstream_gets_headers_in_envoys_order() -> anyhow::Result<()> {
     assert_eq!(o, e, "wasmesh vs envoy");
     Ok(())
 }
+
+/// For each method, whether a request without a body reached the upstream with
+/// `content-length: 0`.
+fn bodiless_lengths(addr: SocketAddr, seen: &Mutex<Vec<String>>) -> Vec<(String, bool)> {
+    ["POST", "PUT", "PATCH", "DELETE", "OPTIONS", "GET", "HEAD"]
+        .iter()
+        .map(|m| {
+            let raw = format!("{m} /len HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+            let (_, req) = through(addr, seen, raw.as_bytes());
+            (
+                m.to_string(),
+                req.to_ascii_lowercase()
+                    .contains("\r\ncontent-length: 0\r\n"),
+            )
+        })
+        .collect()
+}
+
+/// Envoy's HTTP/1 encoder states an empty body (`content-length: 0`) on a headers-only
+/// request, except for methods that do not carry one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bodiless_request_says_content_length_0_like_envoy() -> anyhow::Result<()> {
+    let (e, o) = both(bodiless_lengths).await?;
+    assert!(e.iter().any(|(m, cl)| m == "POST" && *cl), "envoy: {e:?}");
+    assert_eq!(o, e, "wasmesh vs envoy");
+    Ok(())
+}

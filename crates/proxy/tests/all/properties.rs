@@ -11,7 +11,8 @@ use test_support::proxy_peers::{free_ports, start_envoy, start_upstream};
 use crate::support::*;
 
 /// The probed paths: legacy top-level names, `xds.*`, `request.*`, `response.*`,
-/// `connection.*`, `upstream.*` and `node`.
+/// `connection.*`, `upstream.*` and `node`. (`xds.route_metadata` whole is protobuf bytes
+/// whose map entries come in no defined order, so only its leaves are compared.)
 const PATHS: &[&str] = &[
     "cluster_name",
     "cluster_metadata",
@@ -64,6 +65,10 @@ const PATHS: &[&str] = &[
     "upstream.transport_failure_reason",
     "upstream.request_attempt_count",
     "source.port_missing_check",
+    "route_metadata/filter_metadata/envoy.filters.http.wasm/auth",
+    "xds/route_metadata/filter_metadata/envoy.filters.http.wasm/auth",
+    "xds/route_metadata/filter_metadata/envoy.filters.http.wasm/n",
+    "xds/route_metadata/filter_metadata/envoy.filters.http.wasm/missing",
 ];
 
 fn bootstrap(admin: u16, listen: u16, up: u16) -> String {
@@ -99,6 +104,7 @@ static_resources:
               - name: r-up
                 match: {{prefix: "/"}}
                 route: {{cluster: up}}
+                metadata: {{filter_metadata: {{envoy.filters.http.wasm: {{auth: cookie, n: 2}}}}}}
           http_filters:
           - name: envoy.filters.http.wasm
             typed_config:
