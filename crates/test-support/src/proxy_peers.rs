@@ -8,6 +8,10 @@
 //! 200. The body is JSON `{"method","path","headers":{name: value},"body_len","upstream"}`
 //! (headers lowercased, multiple values joined with `,`), unless `/bytes/N`; a request that
 //! had trailers adds `"trailers":{name: value}` before `"upstream"`.
+//!
+//! A gRPC request (`content-type: application/grpc`) gets a unary gRPC answer: the message
+//! `<path>|<request message>` and trailer `grpc-status: 0`; with metadata `x-grpc-fail: N`, a
+//! trailers-only answer with `grpc-status: N`, `grpc-message: failed on purpose`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -80,6 +84,13 @@ async fn respond(name: String, req: Request<Incoming>) -> Result<Response<EchoBo
         .path_and_query()
         .map_or("/".to_string(), |p| p.to_string());
     let method = req.method().to_string();
+    if req
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    {
+        return Ok(grpc_answer(req).await);
+    }
     let mut headers = joined(req.headers());
     if req.version() == http::Version::HTTP_2
         && let Some(a) = req.uri().authority()
@@ -142,6 +153,50 @@ async fn respond(name: String, req: Request<Incoming>) -> Result<Response<EchoBo
         r.headers_mut().insert("x-upstream", v);
     }
     Ok(r)
+}
+
+/// A unary gRPC answer (see the module docs).
+async fn grpc_answer(req: Request<Incoming>) -> Response<EchoBody> {
+    let path = req.uri().path().to_string();
+    let fail = req
+        .headers()
+        .get("x-grpc-fail")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::new()).boxed());
+    r.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    if let Some(code) = fail {
+        if let Ok(v) = code.parse() {
+            r.headers_mut().insert("grpc-status", v);
+        }
+        r.headers_mut().insert(
+            "grpc-message",
+            http::HeaderValue::from_static("failed on purpose"),
+        );
+        return r;
+    }
+    let message = body.get(5..).unwrap_or_default();
+    let mut reply = path.into_bytes();
+    reply.push(b'|');
+    reply.extend_from_slice(message);
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(reply.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&reply);
+    let mut t = http::HeaderMap::new();
+    t.insert("grpc-status", http::HeaderValue::from_static("0"));
+    *r.body_mut() = Full::new(Bytes::from(framed))
+        .with_trailers(std::future::ready(Some(Ok(t))))
+        .boxed();
+    r
 }
 
 fn quote(s: &str) -> String {

@@ -25,6 +25,9 @@ fn default_timeout_ms() -> u64 {
 #[serde(deny_unknown_fields)]
 struct Config {
     cluster: String,
+    /// Call this gRPC method (unary) instead of making an HTTP call.
+    #[serde(default)]
+    grpc: Option<GrpcTarget>,
     #[serde(default = "default_path")]
     path: String,
     /// Defaults to `cluster`.
@@ -32,6 +35,13 @@ struct Config {
     authority: Option<String>,
     #[serde(default = "default_timeout_ms")]
     timeout_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrpcTarget {
+    service: String,
+    method: String,
 }
 
 struct CalloutRoot {
@@ -83,6 +93,24 @@ impl Callout {
 }
 
 impl Context for Callout {
+    fn on_grpc_call_response(&mut self, _token_id: u32, status_code: u32, response_size: usize) {
+        if status_code == 0 {
+            let reply = self
+                .get_grpc_call_response_body(0, response_size)
+                .unwrap_or_default();
+            self.add_http_request_header("x-auth-checked", "yes");
+            self.add_http_request_header_bytes("x-grpc-reply", &reply);
+            self.resume_http_request();
+        } else {
+            let status = format!("grpc-{status_code}");
+            self.send_http_response(
+                403,
+                vec![("x-callout-status", &status)],
+                Some(b"denied by callout\n"),
+            );
+        }
+    }
+
     fn on_http_call_response(
         &mut self,
         _token_id: u32,
@@ -116,6 +144,29 @@ impl HttpContext for Callout {
             return self.fail_dispatch("no valid plugin configuration");
         };
         let original_path = self.get_http_request_header(":path").unwrap_or_default();
+        if let Some(grpc) = &config.grpc {
+            let fail = self
+                .get_http_request_header("x-grpc-fail")
+                .unwrap_or_default();
+            let mut metadata = vec![("x-original-path", original_path.as_bytes())];
+            if !fail.is_empty() {
+                metadata.push(("x-grpc-fail", fail.as_bytes()));
+            }
+            return match self.dispatch_grpc_call(
+                &config.cluster,
+                &grpc.service,
+                &grpc.method,
+                metadata,
+                Some(original_path.as_bytes()),
+                Duration::from_millis(config.timeout_ms),
+            ) {
+                Ok(_token) => Action::Pause,
+                Err(status) => self.fail_dispatch(&format!(
+                    "dispatch_grpc_call to cluster {:?} failed: {status:?}",
+                    config.cluster
+                )),
+            };
+        }
         let authority = config.authority.as_deref().unwrap_or(&config.cluster);
         let headers = vec![
             (":method", "GET"),

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use wasm_host::{
-    Backoff, Effect, FailurePolicy, HeaderMap, Host, HttpCall, HttpCallResponse, LogLevel, Plugin,
-    PluginVm, QueueNotifier, Status,
+    Backoff, Effect, FailurePolicy, GrpcCall, HeaderMap, Host, HttpCall, HttpCallResponse,
+    LogLevel, Plugin, PluginVm, QueueNotifier, Status,
 };
 
 use crate::filter::{CalloutError, WorkerContext};
@@ -159,6 +159,24 @@ impl Host for WorkerHost {
             };
             if let Some(vm) = vm.upgrade() {
                 vm.deliver(|v| v.on_http_call_response(token, answer));
+            }
+        });
+        Ok(())
+    }
+
+    fn dispatch_grpc_call(&mut self, call: GrpcCall) -> Result<(), Status> {
+        let cluster = super::grpc::cluster(&call.upstream).ok_or(Status::ParseFailure)?;
+        if !self.clusters.contains(&cluster) {
+            return Err(Status::ParseFailure);
+        }
+        let request = super::grpc::request(&call, &cluster).ok_or(Status::BadArgument)?;
+        let (vm, worker, token) = (self.vm.clone(), self.worker.clone(), call.token);
+        let timeout = super::grpc::timeout(&call);
+        tokio::task::spawn_local(async move {
+            let answer = worker.http_call(&cluster, request, timeout).await;
+            let result = super::grpc::outcome(answer);
+            if let Some(vm) = vm.upgrade() {
+                vm.deliver(|v| v.on_grpc_response(token, result));
             }
         });
         Ok(())

@@ -100,3 +100,69 @@ async fn callout_requests_match_envoy() -> anyhow::Result<()> {
     assert_eq!(o, e, "callout request: wasmesh vs envoy");
     Ok(())
 }
+
+fn grpc_bootstrap(admin: u16, listen: u16, up: u16) -> String {
+    bootstrap(admin, listen, up, up)
+        .replace(
+            r#"{"cluster":"side","path":"/check?x=1","authority":"auth.local","timeout_ms":1500}"#,
+            r#"{"cluster":"side","grpc":{"service":"authz.v1.Check","method":"Allow"},"timeout_ms":1500}"#,
+        )
+        .replace(
+            "  - name: side\n    connect_timeout: 1s\n",
+            "  - name: side\n    connect_timeout: 1s\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {http2_protocol_options: {}}\n",
+        )
+}
+
+/// What a gRPC callout did: (status, `x-callout-status`, the `x-grpc-reply` the upstream got).
+async fn grpc_exchange(
+    addr: SocketAddr,
+    fail: Option<&str>,
+) -> anyhow::Result<(u16, String, String)> {
+    let mut req = get("grpc.example", "/orig?q=3");
+    if let Some(code) = fail {
+        req.headers_mut().insert("x-grpc-fail", code.parse()?);
+    }
+    let r = send(addr, req).await?;
+    let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+    Ok((
+        r.status,
+        r.headers
+            .get("x-callout-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+        json["headers"]["x-grpc-reply"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_callouts_match_envoy() -> anyhow::Result<()> {
+    let up = start_upstream("up").await?;
+    let ours = start_proxy(&grpc_bootstrap(0, 0, up.addr.port()))?;
+    let ours_addr = ours.listener_addr("main").expect("listener");
+    let ports = free_ports(2)?;
+    let envoy_yaml = grpc_bootstrap(ports[1], ports[0], up.addr.port());
+    let admin: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+    let _envoy = tokio::task::spawn_blocking(move || start_envoy(&envoy_yaml, admin)).await??;
+    let envoy_addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+    for fail in [None, Some("7"), Some("14")] {
+        let e = grpc_exchange(envoy_addr, fail).await?;
+        let o = grpc_exchange(ours_addr, fail).await?;
+        if fail.is_none() {
+            assert_eq!(
+                e,
+                (
+                    200,
+                    String::new(),
+                    "/authz.v1.Check/Allow|/orig?q=3".to_string()
+                ),
+                "envoy"
+            );
+        }
+        assert_eq!(o, e, "gRPC callout failing with {fail:?}: wasmesh vs envoy");
+    }
+    Ok(())
+}
