@@ -581,6 +581,12 @@ impl WorkerContext {
         value
     }
 
+    /// Drops every per-worker state (the worker is stopping: Wasm VMs get their `on_done`).
+    pub fn clear_slots(&self) {
+        let slots = std::mem::take(&mut *self.inner.slots.borrow_mut());
+        drop(slots);
+    }
+
     /// Drops the state stored under `key` for type `T` (e.g. when a filter config is replaced).
     pub fn remove_slot<T: 'static>(&self, key: usize) {
         self.inner

@@ -227,11 +227,16 @@ impl RunningProxy {
     /// Stops accepting, lets in-flight streams finish (up to the drain timeout), then stops.
     pub fn shutdown(mut self) {
         let _ = self.drain.send(true);
+        // The workers first (the last one listed is the main thread, which stops on `stop`).
+        let main = self.threads.pop();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
         if let Some(stop) = self.main_stop.take() {
             let _ = stop.send(());
+        }
+        if let Some(t) = main {
+            let _ = t.join();
         }
     }
 }
@@ -371,7 +376,7 @@ pub fn start_with(
     let (init_tx, init_rx) = std::sync::mpsc::channel::<()>();
     let (main_tx, mut main_rx) = mpsc::unbounded_channel::<ListenerCmd>();
     let main_index = concurrency;
-    std::thread::Builder::new()
+    let main_thread = std::thread::Builder::new()
         .name("wasmesh-main".into())
         .spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -386,6 +391,7 @@ pub fn start_with(
                 // tick, call out and read queues like the workers').
                 let main_worker = Worker::new(main_index, Arc::clone(&main_cfg));
                 warm(&main_worker);
+                let main_ctx = main_worker.ctx.clone();
                 tokio::task::spawn_local(async move {
                     while let Some(cmd) = main_rx.recv().await {
                         if let ListenerCmd::Warm = cmd {
@@ -417,12 +423,14 @@ pub fn start_with(
                     tokio::spawn(crate::admin::serve(l, state));
                 }
                 let _ = stop_rx.await;
+                main_ctx.clear_slots();
             });
         })
         .map_err(|source| StartError::Runtime {
             what: "main thread".into(),
             source,
         })?;
+    threads.push(main_thread);
     // Clusters are initialized (DNS resolved once) before start returns, like Envoy's init.
     let _ = init_rx.recv_timeout(Duration::from_secs(10));
     Ok(RunningProxy {
@@ -535,6 +543,7 @@ fn run_worker(
                 break;
             }
         }
+        worker.ctx.clear_slots();
     });
 }
 

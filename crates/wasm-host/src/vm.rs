@@ -805,6 +805,27 @@ impl PluginVm {
         result
     }
 
+    /// The VM is going away (its config was replaced or removed, or the proxy is stopping):
+    /// `proxy_on_done` on the root context, then `proxy_on_delete` if it returned true (a
+    /// plugin that answers false asked for time; the VM goes anyway). Envoy does the same when
+    /// it tears a plugin down.
+    pub fn shutdown(&mut self) -> Result<(), Error> {
+        if self.failed.is_some() {
+            return Ok(());
+        }
+        let root = self.root;
+        let done = match self.exports.on_done.clone() {
+            Some(f) => self.call("proxy_on_done", &f, root, root as i32)?,
+            None => 1,
+        };
+        if done != 0
+            && let Some(f) = self.exports.on_delete.clone()
+        {
+            self.call("proxy_on_delete", &f, root, root as i32)?;
+        }
+        Ok(())
+    }
+
     /// Everything at the end of a stream, in Envoy's order: log, done, delete.
     pub fn complete(&mut self, ctx: u32) -> Result<(), Error> {
         if let Some(c) = self.store.data_mut().contexts.get_mut(&ctx) {

@@ -35,7 +35,25 @@ struct TickRoot {
     tick_ms: u64,
 }
 
-impl Context for TickRoot {}
+impl Context for TickRoot {
+    /// The VM is going away: counts it in shared data key `tick_shared.done`.
+    fn on_done(&mut self) -> bool {
+        loop {
+            let (value, cas) = self.get_shared_data(DONE_KEY);
+            let n = value
+                .and_then(|v| String::from_utf8(v).ok())
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0);
+            match self.set_shared_data(DONE_KEY, Some((n + 1).to_string().as_bytes()), cas) {
+                Err(Status::CasMismatch) => continue,
+                _ => return true,
+            }
+        }
+    }
+}
+
+/// Root contexts told the plugin is going away (`proxy_on_done` on the root).
+const DONE_KEY: &str = "tick_shared.done";
 
 impl RootContext for TickRoot {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {

@@ -394,3 +394,16 @@ fn wasm_host_restart(plugin: &Plugin) {
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::warn!(plugin = %plugin.config().name, "reloading failed plugin VM (FAIL_RELOAD)");
 }
+
+impl Drop for WorkerVm {
+    /// The plugin is told it is going away (its root context's `on_done`), as Envoy tells
+    /// it when a config is replaced or the proxy stops.
+    fn drop(&mut self) {
+        if let Slot::Ready(vm) = &mut *self.slot.borrow_mut()
+            && !vm.is_failed()
+            && let Err(e) = vm.shutdown()
+        {
+            tracing::debug!(plugin = %self.plugin.config().name, error = %e, "plugin shutdown failed");
+        }
+    }
+}

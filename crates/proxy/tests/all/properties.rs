@@ -30,7 +30,6 @@ const PATHS: &[&str] = &[
     "xds.cluster_name",
     "xds.cluster_metadata",
     "xds.route_name",
-    "xds.route_metadata",
     "xds.upstream_host_metadata",
     "xds.listener_direction",
     "xds.listener_metadata",

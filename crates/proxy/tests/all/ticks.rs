@@ -86,3 +86,24 @@ async fn plugins_tick_before_the_first_request_like_envoy() -> anyhow::Result<()
     assert!(o >= 4, "wasmesh ticked before any request: {o} (envoy {e})");
     Ok(())
 }
+
+/// When the proxy stops, every plugin VM (one per worker and the main thread's) is told with
+/// its root context's `on_done`, as Envoy does when it tears a plugin down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_proxy_calls_on_done_on_every_root_context() -> anyhow::Result<()> {
+    let up = start_upstream("up").await?;
+    let yaml = bootstrap(0, 0, up.addr.port()).replace("vm_id: ticks", "vm_id: ticks-done");
+    let p = start_proxy_with(&yaml, 2)?;
+    let shared = wasmesh_proxy::wasm_filter::runtime()?.shared().clone();
+    let done = || {
+        shared
+            .get("ticks-done", b"tick_shared.done")
+            .and_then(|(v, _)| String::from_utf8(v).ok())
+            .unwrap_or_default()
+    };
+    assert_eq!(done(), "", "nothing is done while the proxy runs");
+    tokio::task::spawn_blocking(move || p.shutdown()).await?;
+    // two workers and the main thread
+    assert_eq!(done(), "3");
+    Ok(())
+}
