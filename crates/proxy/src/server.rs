@@ -112,6 +112,7 @@ pub struct RunningProxy {
     drain: watch::Sender<bool>,
     quit: Arc<Notify>,
     threads: Vec<JoinHandle<()>>,
+    main_thread: Option<JoinHandle<()>>,
     main_stop: Option<tokio::sync::oneshot::Sender<()>>,
     config: Arc<ArcSwap<ProxyConfig>>,
     store: Store,
@@ -227,8 +228,8 @@ impl RunningProxy {
     /// Stops accepting, lets in-flight streams finish (up to the drain timeout), then stops.
     pub fn shutdown(mut self) {
         let _ = self.drain.send(true);
-        // The workers first (the last one listed is the main thread, which stops on `stop`).
-        let main = self.threads.pop();
+        // The workers first, then the main thread (it stops on `stop`).
+        let main = self.main_thread.take();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -349,20 +350,6 @@ pub fn start_with(
     let (drain_timeout, on_idle) = (opts.drain_timeout, opts.on_idle);
     let mut threads = Vec::new();
     let mut workers = Vec::new();
-    for (index, socks) in sockets.into_iter().enumerate() {
-        let cfg = Arc::clone(&config);
-        let drain = drain_rx.clone();
-        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-        workers.push(cmd_tx);
-        let t = std::thread::Builder::new()
-            .name(format!("wrk:worker_{index}"))
-            .spawn(move || run_worker(index, cfg, socks, cmd_rx, drain, (drain_timeout, on_idle)))
-            .map_err(|source| StartError::Runtime {
-                what: format!("worker {index}"),
-                source,
-            })?;
-        threads.push(t);
-    }
     // The main thread: admin, DNS.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let state = crate::admin::AdminState {
@@ -374,6 +361,7 @@ pub fn start_with(
     };
     let main_cfg = Arc::clone(&config);
     let (init_tx, init_rx) = std::sync::mpsc::channel::<()>();
+    let (warm_tx, warm_rx) = std::sync::mpsc::channel::<()>();
     let (main_tx, mut main_rx) = mpsc::unbounded_channel::<ListenerCmd>();
     let main_index = concurrency;
     let main_thread = std::thread::Builder::new()
@@ -391,6 +379,7 @@ pub fn start_with(
                 // tick, call out and read queues like the workers').
                 let main_worker = Worker::new(main_index, Arc::clone(&main_cfg));
                 warm(&main_worker);
+                let _ = warm_tx.send(());
                 let main_ctx = main_worker.ctx.clone();
                 tokio::task::spawn_local(async move {
                     while let Some(cmd) = main_rx.recv().await {
@@ -430,7 +419,23 @@ pub fn start_with(
             what: "main thread".into(),
             source,
         })?;
-    threads.push(main_thread);
+    // Its plugin VMs first, as Envoy creates the main thread's before the workers' (the last
+    // root context to register a shared queue is the one notified).
+    let _ = warm_rx.recv_timeout(Duration::from_secs(120));
+    for (index, socks) in sockets.into_iter().enumerate() {
+        let cfg = Arc::clone(&config);
+        let drain = drain_rx.clone();
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        workers.push(cmd_tx);
+        let t = std::thread::Builder::new()
+            .name(format!("wrk:worker_{index}"))
+            .spawn(move || run_worker(index, cfg, socks, cmd_rx, drain, (drain_timeout, on_idle)))
+            .map_err(|source| StartError::Runtime {
+                what: format!("worker {index}"),
+                source,
+            })?;
+        threads.push(t);
+    }
     // Clusters are initialized (DNS resolved once) before start returns, like Envoy's init.
     let _ = init_rx.recv_timeout(Duration::from_secs(10));
     Ok(RunningProxy {
@@ -440,6 +445,7 @@ pub fn start_with(
         drain: drain_tx,
         quit,
         threads,
+        main_thread: Some(main_thread),
         main_cmds: Some(main_tx),
         main_stop: Some(stop_tx),
         config,
