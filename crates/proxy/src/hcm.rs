@@ -174,6 +174,22 @@ pub(crate) async fn serve<IO>(
 /// A client's claim to be internal, which the proxy removes (a constant: no name parse per
 /// request).
 const X_ENVOY_INTERNAL: http::HeaderName = http::HeaderName::from_static("x-envoy-internal");
+/// Client `x-envoy-*` headers Envoy 1.40 removes before the filters (checked against it in
+/// `tests/all/http1_codec.rs`); other `x-envoy-*` headers pass.
+const ROUTER_CONTROLS: &[&str] = &[
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-force-trace",
+    "x-envoy-hedge-on-per-try-timeout",
+    "x-envoy-ip-tags",
+    "x-envoy-max-retries",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-retry-on",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-stream-duration-ms",
+];
+
 const X_FORWARDED_CLIENT_CERT: http::HeaderName =
     http::HeaderName::from_static("x-forwarded-client-cert");
 
@@ -268,18 +284,40 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Response<Body> {
     // Envoy's HCM cleans these before any filter runs: hop-by-hop headers (the connection
     // header stays for an upgrade) and, unless configured to keep it, a client's claim of a
     // client certificate (`forward_client_cert_details` SANITIZE, a spoofing guard).
+    // An h2c upgrade is ignored (Envoy's HTTP/1 codec drops its headers): plain HTTP/1.1.
+    if parts
+        .headers
+        .get(http::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"h2c"))
+    {
+        crate::header_order::remove(&mut parts.headers, &["upgrade", "http2-settings"]);
+    }
     let upgrade = parts.headers.contains_key(http::header::UPGRADE);
-    let hop: &[&str] = if upgrade {
-        &["keep-alive", "proxy-connection", "transfer-encoding"]
+    // Headers the client nominated as hop-by-hop in `connection` go too.
+    let nominated: Vec<String> = parts
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && t != "close" && t != "upgrade" && !t.starts_with(':'))
+        .collect();
+    let mut hop: Vec<&str> = if upgrade {
+        vec!["keep-alive", "proxy-connection", "transfer-encoding"]
     } else {
-        &[
+        vec![
             "connection",
             "keep-alive",
             "proxy-connection",
             "transfer-encoding",
         ]
     };
-    crate::header_order::remove(&mut parts.headers, hop);
+    hop.extend(nominated.iter().map(String::as_str));
+    // The router's own controls are not taken from a client (Envoy cleans them; the router
+    // sets `x-envoy-expected-rq-timeout-ms` itself).
+    hop.extend_from_slice(ROUTER_CONTROLS);
+    crate::header_order::remove(&mut parts.headers, &hop);
     if !hcm.keep_xfcc && parts.headers.contains_key(X_FORWARDED_CLIENT_CERT) {
         crate::header_order::remove(&mut parts.headers, &[X_FORWARDED_CLIENT_CERT.as_str()]);
     }
@@ -426,6 +464,8 @@ pub(crate) struct Finisher {
     pub(crate) bytes_received: Rc<std::cell::Cell<u64>>,
     /// The whole request has been read from the client (Envoy's "remote decode complete").
     pub(crate) request_done: Rc<std::cell::Cell<bool>>,
+    /// The response closes an HTTP/1.1 connection (a local 400, as Envoy's HCM decides).
+    pub(crate) close: bool,
     pub(crate) upstream: Option<(Arc<crate::cluster::Cluster>, Arc<crate::cluster::Host>)>,
     /// The request as it went upstream, for access log formats that print any header.
     log_request: Option<http::request::Parts>,
@@ -444,6 +484,7 @@ impl Drop for Finisher {
                 summary: std::mem::take(&mut self.summary),
                 bytes_received: Rc::clone(&self.bytes_received),
                 request_done: Rc::clone(&self.request_done),
+                close: self.close,
                 upstream: self.upstream.take(),
                 log_request: self.log_request.take(),
                 done: false,
@@ -463,6 +504,7 @@ impl Finisher {
             summary: RequestSummary::default(),
             bytes_received: Rc::default(),
             request_done: Rc::default(),
+            close: false,
             upstream: None,
             log_request: None,
             done: false,

@@ -199,7 +199,8 @@ impl HeaderMap {
         self.maybe_compact();
     }
 
-    /// Removes every entry for `key`, then adds one (at the first one's place, if any).
+    /// Removes every entry for `key`, then adds one, as Envoy's `setCopy`: at the end (a
+    /// pseudo-header at the end of the pseudo-headers), so a replaced header moves.
     pub fn replace(&mut self, key: &[u8], value: &[u8]) {
         let Some(first) = self.entries.iter().position(|e| self.key_is(e, key)) else {
             self.add(key, value);
@@ -207,8 +208,7 @@ impl HeaderMap {
         };
         let v = self.push(value);
         let k = self.entries[first].key;
-        self.entries[first].value = v;
-        let mut i = first + 1;
+        let mut i = first;
         while i < self.entries.len() {
             if self.key_is(&self.entries[i], key) {
                 self.entries.remove(i);
@@ -216,6 +216,15 @@ impl HeaderMap {
                 i += 1;
             }
         }
+        let at = if key.first() == Some(&b':') {
+            self.entries
+                .iter()
+                .position(|e| self.buf.get(e.key.start as usize) != Some(&b':'))
+                .unwrap_or(self.entries.len())
+        } else {
+            self.entries.len()
+        };
+        self.entries.insert(at, Entry { key: k, value: v });
         self.log(Op::Replace, k, v);
         self.maybe_compact();
     }

@@ -192,6 +192,10 @@ pub(super) async fn run(
         Some((too_large, "http1.headers_too_large", true))
     } else if h11 && !parts.headers.contains_key(HOST) {
         Some((http::StatusCode::BAD_REQUEST, "missing_host_header", false))
+    } else if parts.headers.contains_key(http::header::UPGRADE) {
+        // An upgrade (WebSocket...) with no `upgrade_configs`, which we do not support:
+        // Envoy's HCM refuses it with an empty 403 before any filter runs.
+        Some((http::StatusCode::FORBIDDEN, "upgrade_failed", false))
     } else {
         None
     };
@@ -203,7 +207,11 @@ pub(super) async fn run(
             ""
         };
         let reply = LocalReply::new(status, body, details);
-        let flags = ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR;
+        let flags = if status == http::StatusCode::FORBIDDEN {
+            ResponseFlags::default()
+        } else {
+            ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR
+        };
         let mut resp = respond_local(&conn, &stream, fin, reply, 0, flags).await;
         if codec {
             resp.headers_mut()
@@ -567,12 +575,22 @@ async fn forward(
         parts.headers.insert(HOST, h.clone());
     }
     crate::header_order::remove(&mut parts.headers, &HOP_BY_HOP);
-    if parts
-        .headers
-        .get("te")
-        .is_some_and(|v| v.as_bytes() != b"trailers")
+    // `te` goes upstream only as `trailers` (Envoy keeps that token and drops the rest).
+    if let Some(te) = parts.headers.get(http::header::TE)
+        && te.as_bytes() != b"trailers"
     {
-        crate::header_order::remove(&mut parts.headers, &["te"]);
+        let trailers = te
+            .to_str()
+            .unwrap_or_default()
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+        if trailers {
+            parts
+                .headers
+                .insert(http::header::TE, HeaderValue::from_static("trailers"));
+        } else {
+            crate::header_order::remove(&mut parts.headers, &["te"]);
+        }
     }
     if let Some(t) = action.timeout
         && let Ok(v) = HeaderValue::from_str(&t.as_millis().to_string())
@@ -596,6 +614,25 @@ async fn forward(
         parts
             .headers
             .insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    }
+    // Envoy's HTTP/1 encoder writes `host` (its `:authority`) first.
+    if cluster.protocol == crate::cluster::UpstreamProtocol::Http1
+        && parts.headers.keys().next().is_some_and(|k| k != HOST)
+        && let Some(host) = parts.headers.get(HOST).cloned()
+    {
+        crate::header_order::remove(&mut parts.headers, &["host"]);
+        let rest = std::mem::take(&mut parts.headers);
+        parts.headers.reserve(rest.len() + 1);
+        parts.headers.insert(HOST, host);
+        let mut current = None;
+        for (k, v) in rest {
+            if let Some(k) = k {
+                current = Some(k);
+            }
+            if let Some(k) = &current {
+                parts.headers.append(k.clone(), v);
+            }
+        }
     }
     fin.capture(parts);
     if log_request {
@@ -746,6 +783,9 @@ async fn respond_local(
     } else {
         Some(full(reply.body))
     };
+    // Envoy closes an HTTP/1.1 connection after a local 400 (the request may be broken).
+    let mut fin = fin;
+    fin.close |= reply.status == http::StatusCode::BAD_REQUEST;
     respond(conn, stream, fin, parts, src, seen).await
 }
 
@@ -754,7 +794,7 @@ async fn respond_local(
 async fn respond<B>(
     conn: &Rc<Conn>,
     stream: &Shared,
-    fin: Finisher,
+    mut fin: Finisher,
     mut parts: http::response::Parts,
     src: Option<B>,
     seen: usize,
@@ -780,6 +820,7 @@ where
             Phase::Done(p) => pending = p,
             Phase::Reply(r, _) => {
                 // A reply from a response hook replaces the response; it is not filtered again.
+                fin.close |= r.status == http::StatusCode::BAD_REQUEST;
                 parts = local_reply_parts(&r);
                 pending = vec![Frame::data(r.body.clone())];
                 src = None;
@@ -806,7 +847,7 @@ where
         finalize_response_headers(&hcm, &mut parts, info.request_id.as_deref());
         // A response that starts before the whole request was read closes an HTTP/1.1
         // connection (Envoy's HCM: the rest of the request is not waited for).
-        if info.protocol < http::Version::HTTP_2 && !fin.request_done.get() {
+        if info.protocol < http::Version::HTTP_2 && (!fin.request_done.get() || fin.close) {
             parts
                 .headers
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));

@@ -107,7 +107,9 @@ fn apply_edits(map: &HeaderMap, out: &mut http::HeaderMap) -> Option<bool> {
         }
         match (HeaderName::from_bytes(k), HeaderValue::from_bytes(v)) {
             (Ok(k), Ok(v)) if replace => {
-                out.insert(k, v);
+                // Envoy's setCopy moves a replaced header to the end.
+                crate::header_order::remove(out, &[k.as_str()]);
+                out.append(k, v);
             }
             (Ok(k), Ok(v)) => {
                 out.append(k, v);

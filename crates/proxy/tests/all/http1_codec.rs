@@ -273,27 +273,64 @@ async fn headers_over_60_kib_get_envoys_431() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Which of the client's `x-envoy-*` headers reached the upstream.
+/// The client headers Envoy's HCM may clean before the filters: `x-envoy-*` ones, a header
+/// nominated by `connection`, `te` with more than `trailers`.
+const CLEANED: &[&str] = &[
+    "x-envoy-internal",
+    "x-envoy-foo",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-max-retries",
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-decorator-operation",
+    "x-envoy-downstream-service-cluster",
+    "x-envoy-downstream-service-node",
+    "x-envoy-external-address",
+    "x-envoy-hedge-on-per-try-timeout",
+    "x-envoy-ip-tags",
+    "x-envoy-original-path",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-stream-duration-ms",
+    "x-envoy-attempt-count",
+    "x-envoy-force-trace",
+    "x-nominated",
+    "te",
+];
+
+/// Which of [`CLEANED`] reached the upstream, with their values.
 fn envoy_headers(addr: SocketAddr, seen: &Mutex<Vec<String>>) -> Vec<String> {
-    let (_, req) = through(
-        addr,
-        seen,
-        b"GET /x HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-envoy-internal: true\r\n\
-          x-envoy-foo: bar\r\n\r\n",
-    );
-    let mut names: Vec<String> = req
+    let mut raw = String::from("GET /x HTTP/1.1\r\nhost: x\r\nconnection: close, x-nominated\r\n");
+    for h in CLEANED {
+        let v = match *h {
+            "te" => "gzip, trailers",
+            _ => "1",
+        };
+        raw.push_str(&format!("{h}: {v}\r\n"));
+    }
+    raw.push_str("\r\n");
+    let (_, req) = through(addr, seen, raw.as_bytes());
+    let mut got: Vec<String> = req
         .lines()
-        .filter_map(|l| l.split_once(':').map(|(k, _)| k.to_ascii_lowercase()))
-        .filter(|k| k == "x-envoy-internal" || k == "x-envoy-foo")
+        .filter(|l| {
+            l.split_once(':')
+                .is_some_and(|(k, _)| CLEANED.contains(&k.to_ascii_lowercase().as_str()))
+        })
+        .map(|l| l.to_ascii_lowercase())
         .collect();
-    names.sort();
-    names
+    got.sort();
+    got
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_clients_x_envoy_internal_is_removed_like_envoy() -> anyhow::Result<()> {
+async fn a_clients_internal_headers_are_cleaned_like_envoy() -> anyhow::Result<()> {
     let (e, o) = both(envoy_headers).await?;
-    assert_eq!(e, vec!["x-envoy-foo".to_string()], "envoy");
+    assert!(e.contains(&"x-envoy-foo: 1".to_string()), "envoy: {e:?}");
+    assert!(
+        !e.contains(&"x-envoy-internal: 1".to_string()),
+        "envoy: {e:?}"
+    );
     assert_eq!(o, e, "wasmesh vs envoy");
     Ok(())
 }
@@ -371,6 +408,42 @@ fn bodiless_lengths(addr: SocketAddr, seen: &Mutex<Vec<String>>) -> Vec<(String,
 async fn a_bodiless_request_says_content_length_0_like_envoy() -> anyhow::Result<()> {
     let (e, o) = both(bodiless_lengths).await?;
     assert!(e.iter().any(|(m, cl)| m == "POST" && *cl), "envoy: {e:?}");
+    assert_eq!(o, e, "wasmesh vs envoy");
+    Ok(())
+}
+
+/// (status code, body, whether anything reached the upstream, the upgrade-related headers the
+/// upstream got).
+fn upgrades(addr: SocketAddr, seen: &Mutex<Vec<String>>) -> Vec<(String, bool, Vec<String>)> {
+    [
+        "GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
+         sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        "GET /h2c HTTP/1.1\r\nhost: x\r\nconnection: Upgrade, HTTP2-Settings, close\r\n\
+         upgrade: h2c\r\nhttp2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    ]
+    .iter()
+    .map(|raw| {
+        let (resp, req) = through(addr, seen, raw.as_bytes());
+        let headers: Vec<String> = req
+            .lines()
+            .filter_map(|l| l.split_once(':').map(|(k, _)| k.to_ascii_lowercase()))
+            .filter(|k| ["connection", "upgrade", "http2-settings"].contains(&k.as_str()))
+            .collect();
+        (
+            resp.split(' ').nth(1).unwrap_or_default().to_string(),
+            !req.is_empty(),
+            headers,
+        )
+    })
+    .collect()
+}
+
+/// Without `upgrade_configs` Envoy refuses a WebSocket upgrade (403, before any filter) and
+/// serves an h2c upgrade request as plain HTTP/1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_are_refused_or_ignored_like_envoy() -> anyhow::Result<()> {
+    let (e, o) = both(upgrades).await?;
+    assert_eq!(e[0].0, "403", "envoy: {e:?}");
     assert_eq!(o, e, "wasmesh vs envoy");
     Ok(())
 }

@@ -1,0 +1,101 @@
+//! The order of the headers the upstream gets when a plugin edits them, against real Envoy
+//! 1.40: a replaced header moves to the end (Envoy's `setCopy`), `host` is written first.
+
+use std::net::SocketAddr;
+
+use test_support::proxy_peers::{free_ports, start_envoy};
+
+use crate::http1_codec::raw_upstream;
+use crate::support::*;
+
+fn bootstrap(admin: u16, listen: u16, up: u16) -> String {
+    format!(
+        r#"
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: main
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: main
+          route_config:
+            virtual_hosts:
+            - {{name: all, domains: ["*"], routes: [{{match: {{prefix: "/"}}, route: {{cluster: up}}}}]}}
+          http_filters:
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: headers
+                root_id: headers
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{{"request_replace":{{"user-agent":"wasm"}},"request_add":{{"x-added":"1"}},"request_remove":["x-gone"]}}'
+                vm_config:
+                  vm_id: headers
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: "{path}"}}}}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: up
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: up
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}}}]}}]
+"#,
+        path = test_plugins::path(test_plugins::HEADERS).display()
+    )
+}
+
+/// The header names the upstream got, in order.
+fn names(raw: &str) -> Vec<String> {
+    raw.split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':').map(|(k, _)| k.to_ascii_lowercase()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edited_headers_reach_the_upstream_in_envoys_order() -> anyhow::Result<()> {
+    let (up, seen) = raw_upstream();
+    let ours = start_proxy(&bootstrap(0, 0, up.port()))?;
+    let ours_addr = ours.listener_addr("main").expect("listener");
+    let ports = free_ports(2)?;
+    let envoy_yaml = bootstrap(ports[1], ports[0], up.port());
+    let admin: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+    let _envoy = tokio::task::spawn_blocking(move || start_envoy(&envoy_yaml, admin)).await??;
+    let envoy_addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+    let mut got = Vec::new();
+    for addr in [envoy_addr, ours_addr] {
+        let before = seen.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let req = http::Request::builder()
+            .uri("/o")
+            .header("accept", "*/*")
+            .header("host", "order.example")
+            .header("user-agent", "client")
+            .header("x-gone", "1")
+            .header("x-a", "1")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))?;
+        let _ = send(addr, req).await?;
+        let reqs = seen.lock().unwrap_or_else(|e| e.into_inner());
+        got.push(names(&reqs.get(before).cloned().unwrap_or_default()));
+    }
+    assert_eq!(
+        got[0].first().map(String::as_str),
+        Some("host"),
+        "envoy: {:?}",
+        got[0]
+    );
+    assert_eq!(got[1], got[0], "wasmesh vs envoy");
+    Ok(())
+}
