@@ -50,7 +50,8 @@ pub struct Metrics {
 
 #[derive(Debug, Default)]
 struct Registry {
-    by_name: HashMap<String, usize>,
+    /// By kind and name: a counter and a histogram may share a name (Envoy keeps them apart).
+    by_name: HashMap<(MetricType, String), usize>,
     all: Vec<Arc<Metric>>,
 }
 
@@ -63,7 +64,7 @@ impl Metrics {
     /// Defines (or finds) a metric; the id encodes the kind in its low 2 bits like cpp-host.
     pub fn define(&self, kind: MetricType, name: &str) -> (u32, Arc<Metric>) {
         let mut g = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(&idx) = g.by_name.get(name) {
+        if let Some(&idx) = g.by_name.get(&(kind, name.to_string())) {
             let m = g.all[idx].clone();
             return (((idx as u32) << 2) | m.kind as u32, m);
         }
@@ -83,7 +84,7 @@ impl Metrics {
         });
         let idx = g.all.len();
         g.all.push(m.clone());
-        g.by_name.insert(name.to_string(), idx);
+        g.by_name.insert((kind, name.to_string()), idx);
         (((idx as u32) << 2) | kind as u32, m)
     }
 
@@ -200,6 +201,11 @@ mod tests {
         let (cid, c) = m.define(MetricType::Counter, "c");
         let (cid2, _) = m.define(MetricType::Counter, "c");
         assert_eq!(cid, cid2, "redefinition finds the same stat");
+        let (hid, _) = m.define(MetricType::Histogram, "c");
+        assert_ne!(
+            hid, cid,
+            "a histogram of the same name is another stat (as Envoy's)"
+        );
         assert_eq!(c.increment(0), Status::BadArgument);
         assert_eq!(c.increment(-1), Status::BadArgument);
         assert_eq!(c.increment(2), Status::Ok);
@@ -227,6 +233,6 @@ mod tests {
         assert_eq!(buckets[2], 1, "3 <= 5");
         assert_eq!(buckets[4], 2, "20 <= 25, cumulative");
         assert!(m.get(cid + 1).is_none(), "kind bits must match");
-        assert_eq!(m.snapshot().len(), 3);
+        assert_eq!(m.snapshot().len(), 4);
     }
 }
