@@ -144,6 +144,25 @@ pub struct ProxyConfig {
     pub cluster_order: Vec<String>,
     /// The bootstrap it was built from (for `/config_dump`).
     pub bootstrap: Bootstrap,
+    /// `bootstrap_extensions` Wasm services and whether each is a singleton (main thread
+    /// only) or runs on every worker.
+    pub services: Vec<Service>,
+}
+
+/// A `bootstrap_extensions` Wasm service.
+pub struct Service {
+    /// The plugin (started by `warm`).
+    pub config: Arc<dyn crate::filter::HttpFilterConfig>,
+    /// `singleton`: on the main thread only, else on every worker.
+    pub singleton: bool,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("singleton", &self.singleton)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Builds the proxy config from a bootstrap: a pure function of its inputs (besides opening
@@ -202,6 +221,40 @@ pub fn build(bootstrap: &Bootstrap, opts: &BuildOptions) -> Result<ProxyConfig, 
         }
         listeners.push(Arc::new(built));
     }
+    let mut services = Vec::new();
+    for (i, ext) in bootstrap.bootstrap_extensions.iter().enumerate() {
+        let path = format!("bootstrap_extensions[{i}]");
+        let Some(any) = ext.typed_config.as_ref() else {
+            return Err(ConfigError::invalid(
+                format!("{path}.typed_config"),
+                "required",
+            ));
+        };
+        if !any
+            .type_url
+            .ends_with("/envoy.extensions.wasm.v3.WasmService")
+        {
+            return Err(ConfigError::unsupported(
+                format!("{path}.typed_config"),
+                format!(
+                    "bootstrap extension {} (envoy.extensions.wasm.v3.WasmService is supported)",
+                    any.type_url
+                ),
+            ));
+        }
+        let cx = crate::filter::BuildContext {
+            node: Arc::clone(&node),
+            filter_name: ext.name.clone(),
+            listener_name: String::new(),
+            stat_prefix: String::new(),
+            field_path: path,
+            cluster_names: Arc::from(cluster_order.as_slice()),
+            stats: opts.store.clone(),
+            concurrency: opts.concurrency,
+        };
+        let (config, singleton) = crate::wasm_filter::build_service(any, &cx)?;
+        services.push(Service { config, singleton });
+    }
     Ok(ProxyConfig {
         node,
         admin,
@@ -209,6 +262,7 @@ pub fn build(bootstrap: &Bootstrap, opts: &BuildOptions) -> Result<ProxyConfig, 
         clusters,
         cluster_order,
         bootstrap: bootstrap.clone(),
+        services,
     })
 }
 

@@ -86,8 +86,14 @@ enum ListenerCmd {
 
 /// Starts the per-worker state of every filter in the current config on `worker` (Envoy
 /// creates each worker's Wasm VMs when the config is loaded, not on the first request).
-fn warm(worker: &Worker) {
+fn warm(worker: &Worker, main: bool) {
     let config = worker.config.load_full();
+    // Wasm services: a singleton on the main thread, the others on every worker.
+    for service in &config.services {
+        if service.singleton == main {
+            service.config.warm(&worker.ctx);
+        }
+    }
     for l in &config.listeners {
         for chain in l.all_chains() {
             for f in &chain.network_filters {
@@ -378,13 +384,13 @@ pub fn start_with(
                 // Filters' main-thread state (Envoy's main-thread Wasm VMs: their root contexts
                 // tick, call out and read queues like the workers').
                 let main_worker = Worker::new(main_index, Arc::clone(&main_cfg));
-                warm(&main_worker);
+                warm(&main_worker, true);
                 let _ = warm_tx.send(());
                 let main_ctx = main_worker.ctx.clone();
                 tokio::task::spawn_local(async move {
                     while let Some(cmd) = main_rx.recv().await {
                         if let ListenerCmd::Warm = cmd {
-                            warm(&main_worker);
+                            warm(&main_worker, true);
                         }
                     }
                 });
@@ -515,7 +521,7 @@ fn run_worker(
                 accepting.insert(name, a);
             }
         }
-        warm(&worker);
+        warm(&worker, false);
         let mut d = drain;
         while !*d.borrow() {
             tokio::select! {
@@ -533,7 +539,7 @@ fn run_worker(
                             a.stop();
                         }
                     }
-                    ListenerCmd::Warm => warm(&worker),
+                    ListenerCmd::Warm => warm(&worker, false),
                 },
             }
         }

@@ -108,6 +108,46 @@ fn build_http(
     Ok(config)
 }
 
+/// A `envoy.bootstrap.wasm` bootstrap extension (`WasmService`): a plugin that has only its
+/// root context (timers, queues, callouts), started on the main thread when `singleton`, else
+/// on every worker. Returns the config (started by [`HttpFilterConfig::warm`]) and
+/// `singleton`.
+pub fn build_service(
+    any: &crate::pb::Any,
+    cx: &BuildContext,
+) -> Result<(Arc<dyn HttpFilterConfig>, bool), ConfigError> {
+    use envoy_types::pb::envoy::extensions::wasm::v3::WasmService;
+    let pb = WasmService::decode(&*any.value).map_err(|e| decode_error(cx, e))?;
+    // Unchanged across config rebuilds (an xDS update): the same running service.
+    let (key, live) = reuse(any, cx);
+    if let Some(live) = live {
+        return Ok((live, pb.singleton));
+    }
+    let Some(pc) = pb.config else {
+        return Err(ConfigError::Invalid {
+            path: format!("{}.typed_config.config", cx.field_path),
+            reason: "missing".into(),
+        });
+    };
+    let plugin = plugin_config::build_plugin(&pc, cx)?;
+    let backoff = plugin_config::reload_backoff(&pc);
+    stats::register(&cx.stats, &plugin);
+    tracing::info!(plugin = %plugin.config().name, singleton = pb.singleton, sha256 = %plugin.module().sha256(), "wasm service loaded");
+    let config = Arc::new(WasmFilterConfig {
+        plugin,
+        clusters: cx.cluster_names.clone(),
+        backoff,
+        stop_iteration: false,
+        id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        alive: Arc::new(()),
+    });
+    LIVE.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, Arc::downgrade(&config));
+    Ok((config, pb.singleton))
+}
+
 /// A configured Wasm HTTP filter.
 pub struct WasmFilterConfig {
     plugin: Arc<Plugin>,

@@ -11,9 +11,19 @@ use crate::pb::Any;
 const SUPPORTED: &[(&str, &[&str])] = &[
     (
         "envoy.config.bootstrap.v3.Bootstrap",
-        &["node", "admin", "static_resources", "layered_runtime"],
+        &[
+            "node",
+            "admin",
+            "static_resources",
+            "layered_runtime",
+            "bootstrap_extensions",
+        ],
     ),
     ("envoy.config.bootstrap.v3.LayeredRuntime", &["*"]),
+    (
+        "envoy.config.core.v3.TypedExtensionConfig",
+        &["name", "typed_config"],
+    ),
     (
         "envoy.config.core.v3.Node",
         &["id", "cluster", "metadata", "locality", "user_agent_name"],

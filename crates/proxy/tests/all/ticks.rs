@@ -107,3 +107,48 @@ async fn stopping_the_proxy_calls_on_done_on_every_root_context() -> anyhow::Res
     assert_eq!(done(), "3");
     Ok(())
 }
+
+/// A `bootstrap_extensions` Wasm service (a singleton: the main thread only) ticks on its own,
+/// in Envoy and in wasmesh; an HTTP filter of the same `vm_id` (its own timer off) reads the
+/// count the service keeps in shared data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_singleton_wasm_service_runs_like_envoys() -> anyhow::Result<()> {
+    let up = start_upstream("up").await?;
+    let service = |yaml: String| {
+        let with_service = yaml
+            .replace("value: '{\"tick_ms\": 50}'", "value: '{\"tick_ms\": 0}'")
+            .replace("vm_id: ticks", "vm_id: svc");
+        format!(
+            r#"bootstrap_extensions:
+- name: envoy.bootstrap.wasm
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.wasm.v3.WasmService
+    singleton: true
+    config:
+      name: svc
+      root_id: svc
+      configuration:
+        "@type": type.googleapis.com/google.protobuf.StringValue
+        value: '{{"tick_ms": 50}}'
+      vm_config:
+        vm_id: svc
+        runtime: envoy.wasm.runtime.v8
+        code: {{local: {{filename: "{path}"}}}}
+{with_service}"#,
+            path = test_plugins::path(test_plugins::TICK_SHARED).display()
+        )
+    };
+    let ports = free_ports(2)?;
+    let envoy_yaml = service(bootstrap(ports[1], ports[0], up.addr.port()));
+    let admin: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+    let _envoy = tokio::task::spawn_blocking(move || start_envoy(&envoy_yaml, admin)).await??;
+    let ours = start_proxy(&service(bootstrap(0, 0, up.addr.port())))?;
+    let ours_addr = ours.listener_addr("main").expect("listener");
+    let envoy_addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let e = first_count(envoy_addr).await?;
+    let o = first_count(ours_addr).await?;
+    assert!(e >= 4, "envoy's service ticked: {e}");
+    assert!(o >= 4, "wasmesh's service ticked: {o} (envoy {e})");
+    Ok(())
+}
