@@ -103,6 +103,26 @@ async fn proxy<D>(
     cluster.stats.cx_active.dec();
 }
 
+/// After a read of `n` bytes, reads whatever else is already there without waiting (Envoy
+/// reads a socket until it would block): data that arrived with the peer's close is one
+/// callback with end of stream, as in Envoy. Returns the bytes read in all and whether the
+/// peer closed.
+fn drain_ready<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut, n: usize) -> (usize, bool) {
+    use futures::FutureExt;
+    if n == 0 {
+        return (0, true);
+    }
+    let mut total = n;
+    while buf.len() < READ_CHUNK * 4 {
+        match r.read_buf(buf).now_or_never() {
+            Some(Ok(0)) | Some(Err(_)) => return (total, true),
+            Some(Ok(m)) => total += m,
+            None => break,
+        }
+    }
+    (total, false)
+}
+
 /// Moves bytes both ways between `downstream` and `upstream`, through the network filters
 /// (downstream data in filter order, upstream data in reverse), until both sides closed or a
 /// filter closed the connection. Also used in front of the HTTP connection manager, whose side
@@ -125,8 +145,7 @@ pub(crate) async fn relay<D, U>(
     while d_open || u_open {
         tokio::select! {
             r = dr.read_buf(&mut dbuf), if d_open => {
-                let n = r.unwrap_or(0);
-                let end = n == 0;
+                let (n, end) = drain_ready(&mut dr, &mut dbuf, r.unwrap_or(0));
                 if let Some(cfg) = cfg {
                     cfg.rx_bytes.add(n as u64);
                 }
@@ -149,8 +168,7 @@ pub(crate) async fn relay<D, U>(
                 }
             }
             r = ur.read_buf(&mut ubuf), if u_open => {
-                let n = r.unwrap_or(0);
-                let end = n == 0;
+                let (_, end) = drain_ready(&mut ur, &mut ubuf, r.unwrap_or(0));
                 if run_filters(filters, cx, &mut ubuf, end, false).await && !ubuf.is_empty() {
                     if let Some(cfg) = cfg {
                         cfg.tx_bytes.add(ubuf.len() as u64);
@@ -179,5 +197,33 @@ pub(crate) async fn relay<D, U>(
             f.on_downstream_close(cx, CloseType::Local);
             f.on_upstream_close(cx, CloseType::Local);
         }
+    }
+}
+
+#[cfg(test)]
+mod drain_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn data_that_came_with_the_close_is_one_read_with_end_of_stream() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        a.write_all(b"abc").await.expect("write");
+        a.write_all(b"def").await.expect("write");
+        drop(a);
+        let mut buf = BytesMut::new();
+        let n = b.read_buf(&mut buf).await.expect("read");
+        assert_eq!(drain_ready(&mut b, &mut buf, n), (6, true));
+        assert_eq!(&buf[..], b"abcdef");
+
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        a.write_all(b"abc").await.expect("write");
+        let mut buf = BytesMut::new();
+        let n = b.read_buf(&mut buf).await.expect("read");
+        assert_eq!(
+            drain_ready(&mut b, &mut buf, n),
+            (3, false),
+            "the peer is still open"
+        );
+        drop(a);
     }
 }
