@@ -256,46 +256,48 @@ fn current(conn: Rc<Conn>) -> Rc<Conn> {
     }
 }
 
-async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Response<Body> {
-    let conn = current(conn);
-    let hcm = Arc::clone(&conn.hcm);
-    hcm.stats.rq_total.inc();
-    hcm.stats.rq_active.inc();
-    if req.version() == http::Version::HTTP_2 {
-        hcm.stats.rq_http2_total.inc();
-    } else {
-        hcm.stats.rq_http1_total.inc();
-    }
-    let (mut parts, body) = req.into_parts();
+/// Whether a client header name is one [`clean_client_headers`] may remove.
+fn may_clean(name: &str) -> bool {
+    matches!(
+        name,
+        "expect"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "upgrade"
+            | "x-forwarded-client-cert"
+    ) || name.starts_with("x-envoy-")
+}
+
+/// What Envoy's codec and HCM remove from a client's request before any filter runs.
+fn clean_client_headers(headers: &mut http::HeaderMap, keep_xfcc: bool) {
     // Envoy answers `Expect: 100-continue` itself (hyper sends the 100 when the body is read)
     // and removes the header before the filters and the upstream see the request.
-    if parts
-        .headers
+    if headers
         .get(http::header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
     {
-        crate::header_order::remove(&mut parts.headers, &["expect"]);
+        crate::header_order::remove(headers, &["expect"]);
     }
     // Whether a request is internal is the proxy's call, never the client's (Envoy removes it
     // from every request; it sets it only for internal peers under use_remote_address).
-    if parts.headers.contains_key(X_ENVOY_INTERNAL) {
-        crate::header_order::remove(&mut parts.headers, &[X_ENVOY_INTERNAL.as_str()]);
+    if headers.contains_key(X_ENVOY_INTERNAL) {
+        crate::header_order::remove(headers, &[X_ENVOY_INTERNAL.as_str()]);
     }
     // Envoy's HCM cleans these before any filter runs: hop-by-hop headers (the connection
     // header stays for an upgrade) and, unless configured to keep it, a client's claim of a
     // client certificate (`forward_client_cert_details` SANITIZE, a spoofing guard).
     // An h2c upgrade is ignored (Envoy's HTTP/1 codec drops its headers): plain HTTP/1.1.
-    if parts
-        .headers
+    if headers
         .get(http::header::UPGRADE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"h2c"))
     {
-        crate::header_order::remove(&mut parts.headers, &["upgrade", "http2-settings"]);
+        crate::header_order::remove(headers, &["upgrade", "http2-settings"]);
     }
-    let upgrade = parts.headers.contains_key(http::header::UPGRADE);
+    let upgrade = headers.contains_key(http::header::UPGRADE);
     // Headers the client nominated as hop-by-hop in `connection` go too.
-    let nominated: Vec<String> = parts
-        .headers
+    let nominated: Vec<String> = headers
         .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -317,9 +319,26 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Response<Body> {
     // The router's own controls are not taken from a client (Envoy cleans them; the router
     // sets `x-envoy-expected-rq-timeout-ms` itself).
     hop.extend_from_slice(ROUTER_CONTROLS);
-    crate::header_order::remove(&mut parts.headers, &hop);
-    if !hcm.keep_xfcc && parts.headers.contains_key(X_FORWARDED_CLIENT_CERT) {
-        crate::header_order::remove(&mut parts.headers, &[X_FORWARDED_CLIENT_CERT.as_str()]);
+    crate::header_order::remove(headers, &hop);
+    if !keep_xfcc && headers.contains_key(X_FORWARDED_CLIENT_CERT) {
+        crate::header_order::remove(headers, &[X_FORWARDED_CLIENT_CERT.as_str()]);
+    }
+}
+
+async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Response<Body> {
+    let conn = current(conn);
+    let hcm = Arc::clone(&conn.hcm);
+    hcm.stats.rq_total.inc();
+    hcm.stats.rq_active.inc();
+    if req.version() == http::Version::HTTP_2 {
+        hcm.stats.rq_http2_total.inc();
+    } else {
+        hcm.stats.rq_http1_total.inc();
+    }
+    let (mut parts, body) = req.into_parts();
+    // One look at the names first: most requests have nothing to clean.
+    if parts.headers.keys().any(|k| may_clean(k.as_str())) {
+        clean_client_headers(&mut parts.headers, hcm.keep_xfcc);
     }
     let node = Arc::clone(&conn.worker.config.load().node);
     let mut info = StreamInfo::new(

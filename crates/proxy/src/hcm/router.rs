@@ -410,7 +410,9 @@ pub(super) async fn run(
             // An HTTP/1.1 upstream's trailers are dropped before the filters, and its
             // `transfer-encoding` is the codec's business (Envoy's removes it).
             let version = rparts.version;
-            if version < http::Version::HTTP_2 {
+            if version < http::Version::HTTP_2
+                && rparts.headers.contains_key(http::header::TRANSFER_ENCODING)
+            {
                 crate::header_order::remove(&mut rparts.headers, &["transfer-encoding"]);
             }
             routes.mutate_response(vhost, route, &mut rparts.headers);
