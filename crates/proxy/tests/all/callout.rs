@@ -10,53 +10,12 @@ use crate::http1_codec::raw_upstream;
 use crate::support::*;
 
 fn bootstrap(admin: u16, listen: u16, up: u16, side: u16) -> String {
-    format!(
-        r#"
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: main
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: main
-          route_config:
-            virtual_hosts:
-            - {{name: all, domains: ["*"], routes: [{{match: {{prefix: "/"}}, route: {{cluster: up}}}}]}}
-          http_filters:
-          - name: envoy.filters.http.wasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: callout
-                root_id: callout
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: '{{"cluster":"side","path":"/check?x=1","authority":"auth.local","timeout_ms":1500}}'
-                vm_config:
-                  vm_id: callout
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{local: {{filename: "{path}"}}}}
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: up
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: up
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}}}]}}]
-  - name: side
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: side
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {side}}}}}}}}}]}}]
-"#,
-        path = test_plugins::path(test_plugins::CALLOUT).display()
+    one_plugin(
+        (admin, listen, up),
+        test_plugins::CALLOUT,
+        "callout",
+        r#"{"cluster":"side","path":"/check?x=1","authority":"auth.local","timeout_ms":1500}"#,
+        &cluster_yaml("side", side, false),
     )
 }
 
@@ -102,15 +61,13 @@ async fn callout_requests_match_envoy() -> anyhow::Result<()> {
 }
 
 fn grpc_bootstrap(admin: u16, listen: u16, up: u16) -> String {
-    bootstrap(admin, listen, up, up)
-        .replace(
-            r#"{"cluster":"side","path":"/check?x=1","authority":"auth.local","timeout_ms":1500}"#,
-            r#"{"cluster":"side","grpc":{"service":"authz.v1.Check","method":"Allow"},"timeout_ms":1500}"#,
-        )
-        .replace(
-            "  - name: side\n    connect_timeout: 1s\n",
-            "  - name: side\n    connect_timeout: 1s\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {http2_protocol_options: {}}\n",
-        )
+    one_plugin(
+        (admin, listen, up),
+        test_plugins::CALLOUT,
+        "callout",
+        r#"{"cluster":"side","grpc":{"service":"authz.v1.Check","method":"Allow"},"timeout_ms":1500}"#,
+        &cluster_yaml("side", up, true),
+    )
 }
 
 /// What a gRPC callout did: (status, `x-callout-status`, the `x-grpc-reply` the upstream got).

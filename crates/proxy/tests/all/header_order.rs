@@ -9,48 +9,12 @@ use crate::http1_codec::raw_upstream;
 use crate::support::*;
 
 fn bootstrap(admin: u16, listen: u16, up: u16) -> String {
-    format!(
-        r#"
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: main
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: main
-          route_config:
-            virtual_hosts:
-            - {{name: all, domains: ["*"], routes: [{{match: {{prefix: "/"}}, route: {{cluster: up}}}}]}}
-          http_filters:
-          - name: envoy.filters.http.wasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: headers
-                root_id: headers
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: '{{"request_replace":{{"user-agent":"wasm"}},"request_add":{{"x-added":"1"}},"request_remove":["x-gone"]}}'
-                vm_config:
-                  vm_id: headers
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{local: {{filename: "{path}"}}}}
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: up
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: up
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}}}]}}]
-"#,
-        path = test_plugins::path(test_plugins::HEADERS).display()
+    one_plugin(
+        (admin, listen, up),
+        test_plugins::HEADERS,
+        "headers",
+        r#"{"request_replace":{"user-agent":"wasm"},"request_add":{"x-added":"1"},"request_remove":["x-gone"]}"#,
+        "",
     )
 }
 

@@ -217,3 +217,72 @@ pub(crate) fn self_signed_cert(
     );
     Ok((cert, key))
 }
+
+/// A bootstrap with one listener, `main`, running one Wasm plugin (its `name`, `root_id` and
+/// `vm_id` are `name`; `config` is its plugin configuration, JSON) before the router, which
+/// sends everything to cluster `up` at port `up`; `extra_clusters` (YAML list items) are
+/// appended. Envoy gets fixed ports; ours may use 0.
+pub(crate) fn one_plugin(
+    (admin, listen, up): (u16, u16, u16),
+    plugin: &str,
+    name: &str,
+    config: &str,
+    extra_clusters: &str,
+) -> String {
+    format!(
+        r#"
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: main
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: main
+          route_config:
+            virtual_hosts:
+            - {{name: all, domains: ["*"], routes: [{{match: {{prefix: "/"}}, route: {{cluster: up}}}}]}}
+          http_filters:
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: {name}
+                root_id: {name}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{config}'
+                vm_config:
+                  vm_id: {name}
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: "{path}"}}}}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: up
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: up
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}}}]}}]
+{extra_clusters}"#,
+        path = test_plugins::path(plugin).display()
+    )
+}
+
+/// A cluster item for [`one_plugin`]'s `extra_clusters`: `name` at 127.0.0.1:`port`, h2 if
+/// `h2`.
+pub(crate) fn cluster_yaml(name: &str, port: u16, h2: bool) -> String {
+    let h2 = if h2 {
+        "\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {http2_protocol_options: {}}"
+    } else {
+        ""
+    };
+    format!(
+        "  - name: {name}\n    connect_timeout: 1s{h2}\n    load_assignment:\n      cluster_name: {name}\n      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]\n"
+    )
+}
