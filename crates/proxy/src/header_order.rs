@@ -5,21 +5,47 @@
 use http::HeaderMap;
 
 /// Removes every value of each of `names` (lower case), keeping the order of the other
-/// headers. A lookup per name when none is present; the map is rebuilt only when a removed
-/// header is followed by one that stays.
+/// headers. One pass over the map's names when none is present; when a removed header is
+/// followed by a few that stay (a proxy's own additions after an upstream's `connection`),
+/// those are moved off the end and back, else the map is rebuilt.
 pub(crate) fn remove(map: &mut HeaderMap, names: &[&str]) {
-    if !names.iter().any(|n| map.contains_key(*n)) {
-        return;
-    }
+    // One pass over the names (no parsing of `names` as header names).
     let removed = |k: &http::HeaderName| names.contains(&k.as_str());
-    // Only trailing entries go: removing them moves nothing that stays.
-    let first = map.keys().position(removed).unwrap_or(0);
-    if map.keys().skip(first).all(removed) {
-        for n in names {
-            map.remove(*n);
-        }
+    let Some(first) = map.keys().position(removed) else {
+        return;
+    };
+    // The names after the first removed one that stay, in order.
+    let tail: Vec<http::HeaderName> = map
+        .keys()
+        .skip(first)
+        .filter(|k| !removed(k))
+        .cloned()
+        .collect();
+    if tail.len() > 4 {
+        rebuild(map, &removed);
         return;
     }
+    // Take the few names that stay after it off the end (each is last when taken: nothing
+    // moves), drop the removed ones (now at the end), put the others back in order.
+    let mut kept = Vec::with_capacity(tail.len());
+    for name in tail.iter().rev() {
+        let values: Vec<http::HeaderValue> = map.get_all(name).iter().cloned().collect();
+        map.remove(name);
+        kept.push((name.clone(), values));
+    }
+    let gone: Vec<http::HeaderName> = map.keys().filter(|k| removed(k)).cloned().collect();
+    for name in gone {
+        map.remove(name);
+    }
+    for (name, values) in kept.into_iter().rev() {
+        for v in values {
+            map.append(name.clone(), v);
+        }
+    }
+}
+
+/// Rebuilds `map` without the names `removed` says go.
+fn rebuild(map: &mut HeaderMap, removed: &dyn Fn(&http::HeaderName) -> bool) {
     let old = std::mem::take(map);
     map.reserve(old.len());
     let mut current = None;
@@ -74,6 +100,24 @@ mod tests {
         let mut swapped = map(&[("a", "1"), ("connection", "close"), ("b", "2"), ("d", "5")]);
         swapped.remove("connection");
         assert_eq!(swapped.keys().last().map(|k| k.as_str()), Some("b"));
+    }
+
+    #[test]
+    fn many_headers_after_the_removed_one_keep_their_order_too() {
+        let mut m = map(&[
+            ("a", "1"),
+            ("connection", "close"),
+            ("b", "2"),
+            ("c", "3"),
+            ("d", "4"),
+            ("e", "5"),
+            ("f", "6"),
+            ("b", "7"),
+        ]);
+        remove(&mut m, &["connection"]);
+        let names: Vec<&str> = m.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c", "d", "e", "f"]);
+        assert_eq!(m.get_all("b").iter().count(), 2);
     }
 
     #[test]

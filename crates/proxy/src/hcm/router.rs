@@ -224,7 +224,11 @@ pub(super) async fn run(
         fin.request_done.set(true);
         None
     } else {
-        Some(NoTrailers::decoded(body, parts.version).notify(Rc::clone(&fin.request_done)))
+        // (the end as a separate frame only matters to filters that see the body)
+        let filtered = n > 0 && hcm.filters_use_bodies;
+        Some(
+            NoTrailers::decoded(body, parts.version, filtered).notify(Rc::clone(&fin.request_done)),
+        )
     };
     // Route as the filters first see it (proxy-wasm reads `route_name` in request headers).
     let routes = Arc::clone(&hcm.routes);
@@ -431,7 +435,11 @@ pub(super) async fn run(
             let rsrc = if end {
                 None
             } else {
-                Some(NoTrailers::decoded(rbody, version))
+                Some(NoTrailers::decoded(
+                    rbody,
+                    version,
+                    n > 0 && hcm.filters_use_bodies,
+                ))
             };
             respond(&conn, &stream, fin, rparts, rsrc, n).await
         }

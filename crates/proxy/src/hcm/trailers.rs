@@ -46,13 +46,13 @@ impl<B> NoTrailers<B> {
     }
 
     /// A body as read from a connection of `version`: on HTTP/1.1 its trailers are dropped
-    /// and its end comes after its last data.
-    pub(crate) fn decoded(inner: B, version: http::Version) -> Self {
+    /// and, when `filtered` (filters see its frames), its end comes after its last data.
+    pub(crate) fn decoded(inner: B, version: http::Version, filtered: bool) -> Self {
         let h1 = dropped_on(version);
         Self {
             inner,
             drop: h1,
-            defer_end: h1,
+            defer_end: h1 && filtered,
             ended: false,
             read_all: None,
         }
@@ -248,7 +248,7 @@ mod tests {
     #[tokio::test]
     async fn an_http1_body_ends_after_its_last_data() {
         let body = http_body_util::Full::new(Bytes::from_static(b"hello"));
-        let mut h1 = NoTrailers::decoded(body.clone(), http::Version::HTTP_11);
+        let mut h1 = NoTrailers::decoded(body.clone(), http::Version::HTTP_11, true);
         let first = h1.frame().await.and_then(Result::ok);
         assert_eq!(
             first.and_then(|f| f.into_data().ok()).as_deref(),
@@ -257,7 +257,7 @@ mod tests {
         assert!(!h1.is_end_stream(), "the end is reported separately");
         assert!(h1.frame().await.is_none());
         assert!(h1.is_end_stream());
-        let mut h2 = NoTrailers::decoded(body, http::Version::HTTP_2);
+        let mut h2 = NoTrailers::decoded(body, http::Version::HTTP_2, true);
         assert!(h2.frame().await.is_some());
         assert!(h2.is_end_stream(), "h2: the end comes with the last data");
     }
