@@ -264,13 +264,9 @@ static_resources:
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:
-  - name: up
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: up
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}}}]}}]
-{extra_clusters}"#,
-        path = test_plugins::path(plugin).display()
+{up_cluster}{extra_clusters}"#,
+        path = test_plugins::path(plugin).display(),
+        up_cluster = cluster_yaml("up", up, false),
     )
 }
 

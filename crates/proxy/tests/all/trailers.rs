@@ -16,80 +16,34 @@ use test_support::proxy_peers::{free_ports, start_envoy, start_upstream};
 use crate::support::*;
 
 fn bootstrap(admin: u16, listen: u16, listen1: u16, up: u16) -> String {
-    format!(
-        r#"
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: main
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: main
-          route_config:
-            virtual_hosts:
-            - {{name: all, domains: ["*"], routes: [{{match: {{prefix: "/"}}, route: {{cluster: up}}}}]}}
-          http_filters:
-          - name: envoy.filters.http.wasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: trace
-                root_id: trace
-                vm_config:
-                  vm_id: trace
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{local: {{filename: "{path}"}}}}
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  - name: h1up
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen1}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: h1up
-          route_config:
-            virtual_hosts:
-            - {{name: all, domains: ["*"], routes: [{{match: {{prefix: "/"}}, route: {{cluster: up1}}}}]}}
-          http_filters:
-          - name: envoy.filters.http.wasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: trace
-                root_id: trace
-                vm_config:
-                  vm_id: trace
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{local: {{filename: "{path}"}}}}
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: up
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: up
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}}}]}}]
-  - name: up1
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: up1
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}}}]}}]
-"#,
-        path = test_plugins::path(test_plugins::TRACE).display()
+    // `main` → cluster `up` (h2), and a copy of it, `h1up` → cluster `up1` (HTTP/1.1).
+    let base = one_plugin(
+        (admin, listen, up),
+        test_plugins::TRACE,
+        "trace",
+        "",
+        &cluster_yaml("up1", up, false),
     )
+    .replacen(
+        &cluster_yaml("up", up, false),
+        &cluster_yaml("up", up, true),
+        1,
+    );
+    let (from, to) = (
+        base.find("  - name: main").unwrap_or(0),
+        base.find("  clusters:").unwrap_or(0),
+    );
+    let second = base[from..to]
+        .replace("name: main", "name: h1up")
+        .replace(
+            &format!("port_value: {listen}}}"),
+            &format!("port_value: {listen1}}}"),
+        )
+        .replace("stat_prefix: main", "stat_prefix: h1up")
+        .replace("{cluster: up}", "{cluster: up1}");
+    let mut out = base.clone();
+    out.insert_str(to, &second);
+    out
 }
 
 /// What one exchange showed: status, the plugin's `x-trace` response header, the response
