@@ -50,6 +50,8 @@ const PATHS: &[&str] = &[
     "request.referer",
     "request.useragent",
     "request.size",
+    "request.total_size",
+    "response.total_size",
     "response.code",
     "response.code_details",
     "response.flags",

@@ -152,6 +152,30 @@ pub(crate) fn resolve(state: &VmState, raw_path: &[u8]) -> Option<PropertyValue>
     {
         return Some(PropertyValue::Bytes(v.clone()));
     }
+    // Envoy: the headers' byte size (every name and value, pseudo-headers included, while
+    // the map is available) plus the body bytes received or sent so far.
+    let byte_size = |slot: usize| {
+        readable(ctx, slot).map_or(0, |m| {
+            m.iter()
+                .map(|(k, v)| (k.len() + v.len()) as i64)
+                .sum::<i64>()
+        })
+    };
+    let counted = |which: &[u8]| match ctx.props.get(&[which, b"size"]) {
+        Some(PropertyValue::Int(n)) => n,
+        _ => 0,
+    };
+    match path.as_slice() {
+        [b"request", b"total_size"] => {
+            return Some(PropertyValue::Int(byte_size(0) + counted(b"request")));
+        }
+        [b"response", b"total_size"] => {
+            return Some(PropertyValue::Int(
+                byte_size(2) + byte_size(3) + counted(b"response"),
+            ));
+        }
+        _ => {}
+    }
     let derived = match path.as_slice() {
         [b"request", first, ..] if header_derived(first) && readable(ctx, 0).is_none() => {
             return None;
