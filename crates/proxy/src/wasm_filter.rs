@@ -82,30 +82,11 @@ fn build_http(
         return Ok(live);
     }
     let pb = PbWasm::decode(&*any.value).map_err(|e| decode_error(cx, e))?;
-    let Some(pc) = pb.config else {
-        return Err(ConfigError::Invalid {
-            path: format!("{}.typed_config.config", cx.field_path),
-            reason: "missing".into(),
-        });
-    };
-    let plugin = plugin_config::build_plugin(&pc, cx)?;
-    let backoff = plugin_config::reload_backoff(&pc);
-    let stop_iteration = pc.allow_on_headers_stop_iteration.is_some_and(|b| b.value);
-    stats::register(&cx.stats, &plugin);
-    tracing::info!(plugin = %plugin.config().name, sha256 = %plugin.module().sha256(), abi = %plugin.module().abi(), "wasm plugin loaded");
-    let config = Arc::new(WasmFilterConfig {
-        plugin,
-        clusters: cx.cluster_names.clone(),
-        backoff,
-        stop_iteration,
-        id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        alive: Arc::new(()),
-    });
-    LIVE.get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(key, Arc::downgrade(&config));
-    Ok(config)
+    let stop_iteration = pb
+        .config
+        .as_ref()
+        .is_some_and(|pc| pc.allow_on_headers_stop_iteration.is_some_and(|b| b.value));
+    Ok(new_config(key, pb.config, cx, stop_iteration)?)
 }
 
 /// A `envoy.bootstrap.wasm` bootstrap extension (`WasmService`): a plugin that has only its
@@ -123,7 +104,17 @@ pub fn build_service(
     if let Some(live) = live {
         return Ok((live, pb.singleton));
     }
-    let Some(pc) = pb.config else {
+    Ok((new_config(key, pb.config, cx, false)?, pb.singleton))
+}
+
+/// Builds a plugin config and registers it as live under `key` (see [`reuse`]).
+fn new_config(
+    key: u64,
+    pc: Option<envoy_types::pb::envoy::extensions::wasm::v3::PluginConfig>,
+    cx: &BuildContext,
+    stop_iteration: bool,
+) -> Result<Arc<WasmFilterConfig>, ConfigError> {
+    let Some(pc) = pc else {
         return Err(ConfigError::Invalid {
             path: format!("{}.typed_config.config", cx.field_path),
             reason: "missing".into(),
@@ -132,12 +123,12 @@ pub fn build_service(
     let plugin = plugin_config::build_plugin(&pc, cx)?;
     let backoff = plugin_config::reload_backoff(&pc);
     stats::register(&cx.stats, &plugin);
-    tracing::info!(plugin = %plugin.config().name, singleton = pb.singleton, sha256 = %plugin.module().sha256(), "wasm service loaded");
+    tracing::info!(plugin = %plugin.config().name, sha256 = %plugin.module().sha256(), abi = %plugin.module().abi(), "wasm plugin loaded");
     let config = Arc::new(WasmFilterConfig {
         plugin,
         clusters: cx.cluster_names.clone(),
         backoff,
-        stop_iteration: false,
+        stop_iteration,
         id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         alive: Arc::new(()),
     });
@@ -145,7 +136,7 @@ pub fn build_service(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(key, Arc::downgrade(&config));
-    Ok((config, pb.singleton))
+    Ok(config)
 }
 
 /// A configured Wasm HTTP filter.

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use test_support::proxy_peers::{free_ports, start_envoy};
 
-use crate::http1_codec::raw_upstream;
+use crate::http1_codec::{header_names as names, raw_upstream};
 use crate::support::*;
 
 fn bootstrap(admin: u16, listen: u16, up: u16) -> String {
@@ -16,17 +16,6 @@ fn bootstrap(admin: u16, listen: u16, up: u16) -> String {
         r#"{"request_replace":{"user-agent":"wasm"},"request_add":{"x-added":"1"},"request_remove":["x-gone"]}"#,
         "",
     )
-}
-
-/// The header names the upstream got, in order.
-fn names(raw: &str) -> Vec<String> {
-    raw.split("\r\n\r\n")
-        .next()
-        .unwrap_or_default()
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':').map(|(k, _)| k.to_ascii_lowercase()))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

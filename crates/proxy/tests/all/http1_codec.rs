@@ -362,7 +362,12 @@ fn upstream_header_order(addr: SocketAddr, seen: &Mutex<Vec<String>>) -> Vec<Str
         b"POST /order HTTP/1.1\r\nhost: x\r\nuser-agent: t\r\nx-b: 1\r\naccept: */*\r\n\
           x-a: 2\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi",
     );
-    req.split("\r\n\r\n")
+    header_names(&req)
+}
+
+/// The header names of a raw HTTP/1.1 message, in order.
+pub(crate) fn header_names(raw: &str) -> Vec<String> {
+    raw.split("\r\n\r\n")
         .next()
         .unwrap_or_default()
         .lines()
