@@ -57,6 +57,12 @@ const DONE_KEY: &str = "tick_shared.done";
 
 impl RootContext for TickRoot {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        // A missing key has no CAS to guard it: two VMs that both found `on_done`'s key absent
+        // would both write "1". The main thread's VM starts before any worker's (in Envoy and
+        // in wasmesh), so the key exists before two VMs can race on it.
+        if let (None, _) = self.get_shared_data(DONE_KEY) {
+            let _ = self.set_shared_data(DONE_KEY, Some(b"0"), None);
+        }
         let Ok(config) = parse("vm configuration", self.get_vm_configuration()) else {
             return false;
         };
