@@ -38,7 +38,7 @@ use crate::filter::{
 
 pub use plugin_config::{runtime, set_compiler, set_default_fail_reload};
 use props::{Facts, StreamProps};
-use worker::{Unavailable, WorkerVm};
+use worker::{PluginRef, Unavailable};
 
 /// Registers the HTTP and network Wasm filters.
 pub fn register(registry: &mut Registry) {
@@ -155,16 +155,15 @@ pub struct WasmFilterConfig {
 }
 
 impl WasmFilterConfig {
-    fn worker_vm(&self, worker: &WorkerContext) -> Rc<WorkerVm> {
-        let key = self.id;
-        let alive = Arc::downgrade(&self.alive);
-        let w = worker.clone();
-        let plugin = self.plugin.clone();
-        let (clusters, backoff) = (self.clusters.clone(), self.backoff.clone());
-        let slot: Rc<Rc<WorkerVm>> = worker.slot(key, move || {
-            WorkerVm::new(plugin, w, clusters, backoff, alive, key)
-        });
-        (*slot).clone()
+    fn worker_vm(&self, worker: &WorkerContext) -> PluginRef {
+        PluginRef::join(
+            self.plugin.clone(),
+            worker,
+            self.clusters.clone(),
+            self.backoff.clone(),
+            Arc::downgrade(&self.alive),
+            self.id,
+        )
     }
 }
 
@@ -186,7 +185,7 @@ impl HttpFilterConfig for WasmFilterConfig {
 
 /// The plugin on one stream.
 struct WasmFilter {
-    vm: Rc<WorkerVm>,
+    vm: PluginRef,
     /// Context id and the VM generation it lives in.
     ctx: Option<(u32, u64)>,
     /// FAIL_OPEN after a failure: the plugin is skipped for the rest of the stream.
@@ -245,10 +244,10 @@ impl WasmFilter {
             }
             return Err(self.unavailable());
         }
-        self.vm.ensure_ready()?;
+        let root = self.vm.ensure_ready()?;
         self.facts.borrow_mut().refresh(info);
         let props = Box::new(StreamProps(self.facts.clone()));
-        match self.vm.with_vm(|vm| vm.new_http_context(props)) {
+        match self.vm.with_vm(|vm| vm.new_http_context_in(root, props)) {
             Some(Ok(ctx)) => {
                 self.ctx = Some((ctx, self.vm.generation()));
                 Ok(ctx)

@@ -33,6 +33,8 @@ pub const BENCH_RW: &str = "bench_rw";
 pub const TRACE: &str = "trace";
 /// `plugins/props_probe`: reads configured property paths in three phases and shows the answers.
 pub const PROPS_PROBE: &str = "props_probe";
+/// `plugins/vm_share`: shows its root context id and the VM's root contexts, starts and requests.
+pub const VM_SHARE: &str = "vm_share";
 /// `plugins/abi010`: built with proxy-wasm 0.1.4, exports `proxy_abi_version_0_1_0`.
 pub const ABI010: &str = "abi010";
 /// `plugins/assemblyscript/add_header`: AssemblyScript SDK, ABI 0.2.0.
@@ -98,6 +100,7 @@ pub const ALL: &[Plugin] = &[
     rust(BENCH_RW, "bench_rw", "bench_rw"),
     rust(TRACE, "trace", "trace"),
     rust(PROPS_PROBE, "props_probe", "props_probe"),
+    rust(VM_SHARE, "vm_share", "vm_share"),
     Plugin {
         name: ABI010,
         dir: "abi010",

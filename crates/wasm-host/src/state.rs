@@ -176,7 +176,12 @@ impl ResourceLimiter for Limiter {
 
 /// The store's data.
 pub struct VmState {
+    /// The plugin the VM was made for: its module, `vm_id`, VM configuration and limits are
+    /// every plugin's in the VM (Envoy shares a VM between plugins whose vm_id, VM
+    /// configuration and code are the same).
     pub(crate) plugin: Arc<Plugin>,
+    /// Each root context's plugin (its name, root_id and configuration).
+    pub(crate) roots: IdMap<Arc<Plugin>>,
     pub(crate) abi: AbiVersion,
     pub(crate) host: Box<dyn Host>,
     pub(crate) limiter: Limiter,
@@ -192,7 +197,8 @@ pub struct VmState {
     pub(crate) next_token: u32,
     /// Outstanding HTTP/gRPC call tokens and the root context that owns each.
     pub(crate) calls: HashMap<u32, u32>,
-    pub(crate) tick_period_ms: u32,
+    /// Tick period per root context (Envoy keeps one timer per root context).
+    pub(crate) tick_period_ms: IdMap<u32>,
     /// Last call status for `proxy_get_status`.
     pub(crate) status: (u32, Vec<u8>),
     pub(crate) metric_cache: HashMap<u32, Arc<Metric>>,
@@ -208,6 +214,7 @@ impl VmState {
         let max_memory = plugin.config.limits.max_memory_bytes;
         Self {
             plugin,
+            roots: IdMap::default(),
             abi,
             host,
             limiter: Limiter {
@@ -225,7 +232,7 @@ impl VmState {
             effects: Vec::new(),
             next_token: 0,
             calls: HashMap::new(),
-            tick_period_ms: 0,
+            tick_period_ms: IdMap::default(),
             status: (0, Vec::new()),
             metric_cache: HashMap::new(),
             exited: None,
@@ -266,7 +273,14 @@ impl VmState {
         self.context().map(|c| c.root).unwrap_or(self.current)
     }
 
+    /// The plugin of the current context's root (the VM's own outside any context).
+    pub(crate) fn current_plugin(&self) -> &Arc<Plugin> {
+        self.roots
+            .get(&self.root_of_current())
+            .unwrap_or(&self.plugin)
+    }
+
     pub(crate) fn plugin_name(&self) -> &str {
-        &self.plugin.config.name
+        &self.current_plugin().config.name
     }
 }

@@ -152,6 +152,15 @@ impl Plugin {
     /// context and calls `on_vm_start` and `on_configure`. A `false` from either is
     /// [`Error::Rejected`]; a trap is [`Error::Trap`].
     pub fn instantiate(self: &Arc<Self>, host: Box<dyn Host>) -> Result<PluginVm, Error> {
+        let mut vm = self.instantiate_module(host)?;
+        vm.start_root(self.clone(), true)?;
+        Ok(vm)
+    }
+
+    /// Creates a VM with no root context yet: instantiates the module and runs
+    /// `_initialize`/`_start`. Plugins then join it with [`PluginVm::add_root`] (Envoy runs
+    /// every plugin whose vm_id, VM configuration and code match in one VM per thread).
+    pub fn instantiate_module(self: &Arc<Self>, host: Box<dyn Host>) -> Result<PluginVm, Error> {
         PluginStats::bump(&self.stats.vms_created);
         let mut store = Store::new(&self.runtime.inner.engine, VmState::new(self.clone(), host));
         store.limiter(|s| &mut s.limiter);
@@ -194,41 +203,88 @@ impl PluginVm {
         } else if let Some(start) = typed::<(), ()>(&mut self.store, instance, "_start")? {
             self.call("_start", &start, 0, ())?;
         }
+        Ok(())
+    }
+
+    /// Starts another plugin in this VM: a new root context (the next context id), then
+    /// `proxy_on_context_create`, `proxy_on_vm_start` and `proxy_on_configure` on it with the
+    /// plugin's configuration, as Envoy starts each plugin that shares a VM. Returns its root
+    /// context id. A `false` from either callback is [`Error::Rejected`] and leaves the VM
+    /// (and its other plugins) running; a trap fails the VM.
+    pub fn add_root(&mut self, plugin: Arc<Plugin>) -> Result<u32, Error> {
+        self.start_root(plugin, false)
+    }
+
+    /// Starts a root context for `plugin`; a rejection fails the VM when `only` (the VM was
+    /// made for this one plugin).
+    fn start_root(&mut self, plugin: Arc<Plugin>, only: bool) -> Result<u32, Error> {
+        let (vm_len, cfg_len) = (
+            self.plugin.config.vm_configuration.len() as i32,
+            plugin.config.configuration.len() as i32,
+        );
         let root = self.alloc_context(Context::new(ContextKind::Root, 0, Box::new(NoProperties)));
-        if let Some(c) = &mut self.store.data_mut().contexts.get_mut(&root) {
+        let state = self.store.data_mut();
+        if let Some(c) = state.contexts.get_mut(&root) {
             c.root = root;
         }
-        self.root = root;
+        state.roots.insert(root, plugin);
+        if self.root == 0 {
+            self.root = root;
+        }
+        let started = self.start_callbacks(root, vm_len, cfg_len);
+        self.store.data_mut().phase = Phase::Running;
+        self.set_deadline(self.plugin.config.limits.callback_deadline);
+        match started {
+            Ok(()) => Ok(root),
+            Err(e) => {
+                if let Error::Rejected { .. } = e {
+                    if only {
+                        self.failed = Some(TrapKind::Trap);
+                    } else {
+                        self.forget_root(root);
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn start_callbacks(&mut self, root: u32, vm_len: i32, cfg_len: i32) -> Result<(), Error> {
         if let Some(f) = self.exports.on_context_create.clone() {
             self.store.data_mut().phase = Phase::Running;
             self.call("proxy_on_context_create", &f, root, (root as i32, 0))?;
         }
-        let cfg = &self.plugin.config;
-        let (vm_len, cfg_len) = (
-            cfg.vm_configuration.len() as i32,
-            cfg.configuration.len() as i32,
-        );
         self.store.data_mut().phase = Phase::VmStart;
         if let Some(f) = self.exports.on_vm_start.clone()
             && self.call("proxy_on_vm_start", &f, root, (root as i32, vm_len))? == 0
         {
-            return Err(self.reject("proxy_on_vm_start"));
+            return Err(self.rejected(root, "proxy_on_vm_start"));
         }
         self.store.data_mut().phase = Phase::Configure;
         if let Some(f) = self.exports.on_configure.clone()
             && self.call("proxy_on_configure", &f, root, (root as i32, cfg_len))? == 0
         {
-            return Err(self.reject("proxy_on_configure"));
+            return Err(self.rejected(root, "proxy_on_configure"));
         }
-        self.store.data_mut().phase = Phase::Running;
-        self.set_deadline(self.plugin.config.limits.callback_deadline);
         Ok(())
     }
 
-    fn reject(&mut self, callback: &'static str) -> Error {
-        self.failed = Some(TrapKind::Trap);
+    /// Drops a root context and everything kept for it.
+    fn forget_root(&mut self, root: u32) {
+        let state = self.store.data_mut();
+        state.contexts.remove(&root);
+        state.roots.remove(&root);
+        state.tick_period_ms.remove(&root);
+        state.effects.retain(|e| e.context_id() != root);
+        if self.root == root {
+            self.root = self.roots().first().copied().unwrap_or(0);
+        }
+    }
+
+    fn rejected(&self, root: u32, callback: &'static str) -> Error {
+        let plugin = self.store.data().roots.get(&root).unwrap_or(&self.plugin);
         Error::Rejected {
-            plugin: self.plugin.config.name.clone(),
+            plugin: plugin.config.name.clone(),
             callback,
         }
     }
@@ -248,7 +304,8 @@ impl PluginVm {
     }
 
     fn fail(&mut self, callback: &'static str, e: wasmtime::Error) -> Error {
-        let stats = &self.plugin.stats;
+        let plugin = self.store.data().current_plugin().clone();
+        let stats = &plugin.stats;
         let state = self.store.data_mut();
         let kind = if e.downcast_ref::<ProcExit>().is_some() || state.exited.is_some() {
             TrapKind::Exit
@@ -274,10 +331,10 @@ impl PluginVm {
             (_, Some(trap)) => format!("wasm trap: {trap}"),
             _ => e.to_string(),
         };
-        tracing::error!(plugin = %self.plugin.config.name, callback, reason = %reason, detail = %format!("{e:?}"), "plugin VM failed");
+        tracing::error!(plugin = %plugin.config.name, callback, reason = %reason, detail = %format!("{e:?}"), "plugin VM failed");
         self.failed = Some(kind);
         Error::Trap {
-            plugin: self.plugin.config.name.clone(),
+            plugin: plugin.config.name.clone(),
             callback,
             reason,
             kind,
@@ -326,9 +383,21 @@ impl PluginVm {
         &self.plugin
     }
 
-    /// The root context id.
+    /// The root context id (the first plugin's, in a VM plugins share).
     pub fn root_context_id(&self) -> u32 {
         self.root
+    }
+
+    /// Every root context id, oldest first.
+    pub fn roots(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.store.data().roots.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The plugin a root context runs.
+    pub fn root_plugin(&self, root: u32) -> Option<&Arc<Plugin>> {
+        self.store.data().roots.get(&root)
     }
 
     /// Why the VM failed, if it did. A failed VM takes no more calls.
@@ -355,9 +424,20 @@ impl PluginVm {
         self.store.data().contexts.len()
     }
 
-    /// The tick period the plugin asked for, if any.
+    /// The tick period the first root context asked for, if any.
     pub fn tick_period(&self) -> Option<Duration> {
-        let ms = self.store.data().tick_period_ms;
+        self.tick_period_of(self.root)
+    }
+
+    /// The tick period a root context asked for, if any.
+    pub fn tick_period_of(&self, root: u32) -> Option<Duration> {
+        let ms = self
+            .store
+            .data()
+            .tick_period_ms
+            .get(&root)
+            .copied()
+            .unwrap_or(0);
         (ms > 0).then(|| Duration::from_millis(ms as u64))
     }
 
@@ -379,31 +459,46 @@ impl PluginVm {
     fn new_stream_context(
         &mut self,
         kind: ContextKind,
+        root: u32,
         props: Box<dyn StreamProperties>,
     ) -> Result<u32, Error> {
-        let id = self.alloc_context(Context::new(kind, self.root, props));
+        self.check_context(root)?;
+        let id = self.alloc_context(Context::new(kind, root, props));
         if let Some(f) = self.exports.on_context_create.clone() {
-            self.call(
-                "proxy_on_context_create",
-                &f,
-                id,
-                (id as i32, self.root as i32),
-            )?;
+            self.call("proxy_on_context_create", &f, id, (id as i32, root as i32))?;
         }
         Ok(id)
     }
 
-    /// Creates an HTTP stream context (`proxy_on_context_create(id, root)`).
+    /// Creates an HTTP stream context of the first root (`proxy_on_context_create(id, root)`).
     pub fn new_http_context(&mut self, props: Box<dyn StreamProperties>) -> Result<u32, Error> {
-        self.new_stream_context(ContextKind::Http, props)
+        self.new_http_context_in(self.root, props)
     }
 
-    /// Creates a TCP connection context and calls `proxy_on_new_connection`.
+    /// Creates an HTTP stream context of root context `root`.
+    pub fn new_http_context_in(
+        &mut self,
+        root: u32,
+        props: Box<dyn StreamProperties>,
+    ) -> Result<u32, Error> {
+        self.new_stream_context(ContextKind::Http, root, props)
+    }
+
+    /// Creates a TCP connection context of the first root and calls `proxy_on_new_connection`.
     pub fn new_tcp_context(
         &mut self,
         props: Box<dyn StreamProperties>,
     ) -> Result<(u32, FilterAction), Error> {
-        let id = self.new_stream_context(ContextKind::Tcp, props)?;
+        self.new_tcp_context_in(self.root, props)
+    }
+
+    /// Creates a TCP connection context of root context `root`.
+    pub fn new_tcp_context_in(
+        &mut self,
+        root: u32,
+        props: Box<dyn StreamProperties>,
+    ) -> Result<(u32, FilterAction), Error> {
+        let id = self.new_stream_context(ContextKind::Tcp, root, props)?;
         let action = match self.exports.on_new_connection.clone() {
             Some(f) => {
                 FilterAction::from_guest(self.call("proxy_on_new_connection", &f, id, id as i32)?)
@@ -810,10 +905,19 @@ impl PluginVm {
     /// plugin that answers false asked for time; the VM goes anyway). Envoy does the same when
     /// it tears a plugin down.
     pub fn shutdown(&mut self) -> Result<(), Error> {
+        for root in self.roots() {
+            self.shutdown_root(root)?;
+        }
+        Ok(())
+    }
+
+    /// One plugin of the VM is going away (the others stay): `proxy_on_done` on its root
+    /// context, then `proxy_on_delete` if it returned true; the root context is gone after.
+    pub fn shutdown_root(&mut self, root: u32) -> Result<(), Error> {
         if self.failed.is_some() {
             return Ok(());
         }
-        let root = self.root;
+        self.check_context(root)?;
         let done = match self.exports.on_done.clone() {
             Some(f) => self.call("proxy_on_done", &f, root, root as i32)?,
             None => 1,
@@ -823,6 +927,7 @@ impl PluginVm {
         {
             self.call("proxy_on_delete", &f, root, root as i32)?;
         }
+        self.forget_root(root);
         Ok(())
     }
 
@@ -840,10 +945,16 @@ impl PluginVm {
         logged.and(finished)
     }
 
-    /// `proxy_on_tick` on the root context.
+    /// `proxy_on_tick` on the first root context.
     pub fn on_tick(&mut self) -> Result<(), Error> {
+        self.on_tick_of(self.root)
+    }
+
+    /// `proxy_on_tick` on root context `root`.
+    pub fn on_tick_of(&mut self, root: u32) -> Result<(), Error> {
+        self.check_context(root)?;
         match self.exports.on_tick.clone() {
-            Some(f) => self.call("proxy_on_tick", &f, self.root, self.root as i32),
+            Some(f) => self.call("proxy_on_tick", &f, root, root as i32),
             None => Ok(()),
         }
     }

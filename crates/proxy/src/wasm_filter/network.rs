@@ -11,7 +11,7 @@ use prost::Message;
 use wasm_host::{BufferType, Effect, FilterAction, PeerType, Plugin, StreamType};
 
 use super::props::{Facts, StreamProps};
-use super::worker::{Unavailable, WorkerVm};
+use super::worker::{PluginRef, Unavailable};
 use crate::config::ConfigError;
 use crate::filter::{BuildContext, LocalBoxFuture, Registry, WASM_NETWORK_TYPE_URL, WorkerContext};
 use crate::network_filter::{CloseType, NetStatus, NetworkCx, NetworkFilter, NetworkFilterConfig};
@@ -53,19 +53,15 @@ struct NetConfig {
 }
 
 impl NetConfig {
-    fn worker_vm(&self, worker: &WorkerContext) -> Rc<WorkerVm> {
-        let key = self.id;
-        let alive = Arc::downgrade(&self.alive);
-        let (plugin, clusters, w, backoff) = (
+    fn worker_vm(&self, worker: &WorkerContext) -> PluginRef {
+        PluginRef::join(
             self.plugin.clone(),
+            worker,
             self.clusters.clone(),
-            worker.clone(),
             self.backoff.clone(),
-        );
-        let vm: Rc<Rc<WorkerVm>> = worker.slot(key, move || {
-            WorkerVm::new(plugin, w, clusters, backoff, alive, key)
-        });
-        (*vm).clone()
+            Arc::downgrade(&self.alive),
+            self.id,
+        )
     }
 }
 
@@ -85,7 +81,7 @@ impl NetworkFilterConfig for NetConfig {
 }
 
 struct NetFilter {
-    vm: Rc<WorkerVm>,
+    vm: PluginRef,
     ctx: Option<(u32, u64)>,
     skip: bool,
     facts: Rc<RefCell<Facts>>,
@@ -176,18 +172,17 @@ impl NetFilter {
 impl NetworkFilter for NetFilter {
     fn on_new_connection<'a>(&'a mut self, cx: &'a mut NetworkCx) -> LocalBoxFuture<'a, NetStatus> {
         Box::pin(async move {
-            if let Err(u) = self.vm.ensure_ready() {
-                return match u {
-                    Unavailable::Skip => {
-                        self.skip = true;
-                        NetStatus::Continue
-                    }
-                    Unavailable::FailStream => self.failed(cx),
-                };
-            }
+            let root = match self.vm.ensure_ready() {
+                Ok(root) => root,
+                Err(Unavailable::Skip) => {
+                    self.skip = true;
+                    return NetStatus::Continue;
+                }
+                Err(Unavailable::FailStream) => return self.failed(cx),
+            };
             self.facts.borrow_mut().refresh(cx.stream_info());
             let props = Box::new(StreamProps(self.facts.clone()));
-            match self.vm.with_vm(|vm| vm.new_tcp_context(props)) {
+            match self.vm.with_vm(|vm| vm.new_tcp_context_in(root, props)) {
                 Some(Ok((ctx, _))) => {
                     self.ctx = Some((ctx, self.vm.generation()));
                     self.apply(cx, ctx);

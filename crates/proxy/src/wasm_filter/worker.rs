@@ -27,19 +27,121 @@ enum Slot {
     },
 }
 
-pub(crate) struct WorkerVm {
+/// A plugin (one filter or service config) running in a thread's VM.
+struct Member {
+    /// The config's id (see [`super::WasmFilterConfig`]).
+    id: usize,
     plugin: Arc<Plugin>,
     policy: FailurePolicy,
+    /// Dropped with the config: the plugin leaves the VM.
+    alive: std::sync::Weak<()>,
+    /// Its root context in the current VM; `None` when its start was rejected.
+    root: Cell<Option<u32>>,
+    /// A rejected start is retried after this (FAIL_RELOAD).
+    retry_at: Cell<Option<Instant>>,
+    ticking: Cell<bool>,
+}
+
+impl Member {
+    fn unavailable(&self) -> Unavailable {
+        match self.policy {
+            FailurePolicy::FailOpen => Unavailable::Skip,
+            _ => Unavailable::FailStream,
+        }
+    }
+}
+
+/// One thread's VM of a module: every plugin whose `vm_id`, VM configuration and code are the
+/// same runs in it with a root context of its own, as in Envoy (their globals are shared).
+pub(crate) struct WorkerVm {
+    /// The plugin the VM was made for (its module, limits and VM configuration).
+    plugin: Arc<Plugin>,
     worker: WorkerContext,
-    clusters: Arc<[String]>,
+    /// The clusters callouts may use (the newest config's).
+    clusters: Rc<RefCell<Arc<[String]>>>,
     slot: RefCell<Slot>,
     /// Bumped on every new VM: a stream whose context lives in an older VM is orphaned.
     generation: Cell<u64>,
+    /// Whether a VM was ever tried.
+    attempted: Cell<bool>,
     backoff: RefCell<Backoff>,
     waiters: RefCell<HashMap<u32, oneshot::Sender<Vec<Effect>>>>,
     queue_tx: mpsc::UnboundedSender<(u32, u32)>,
     me: Weak<WorkerVm>,
-    tick_running: Cell<bool>,
+    members: RefCell<Vec<Rc<Member>>>,
+}
+
+/// A plugin's place in its thread's VM: what a filter holds.
+#[derive(Clone)]
+pub(crate) struct PluginRef {
+    vm: Rc<WorkerVm>,
+    member: Rc<Member>,
+}
+
+/// The key plugins share a VM by: Envoy's `vm_id`, VM configuration and code.
+fn vm_key(plugin: &Plugin) -> usize {
+    use std::hash::{Hash, Hasher};
+    let c = plugin.config();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&c.vm_id, &c.vm_configuration, plugin.module().sha256()).hash(&mut h);
+    h.finish() as usize
+}
+
+impl PluginRef {
+    /// The plugin's place in this thread's VM for its `vm_id`, VM configuration and code,
+    /// joining (or starting) the VM.
+    pub(crate) fn join(
+        plugin: Arc<Plugin>,
+        worker: &WorkerContext,
+        clusters: Arc<[String]>,
+        backoff: Backoff,
+        alive: std::sync::Weak<()>,
+        id: usize,
+    ) -> Self {
+        let key = vm_key(&plugin);
+        let vm: Rc<Rc<WorkerVm>> = {
+            let (p, w, c, b) = (plugin.clone(), worker.clone(), clusters.clone(), backoff);
+            worker.slot(key, move || WorkerVm::new(p, w, c, b, key))
+        };
+        let vm: Rc<WorkerVm> = (*vm).clone();
+        let member = vm.member(plugin, clusters, alive, id);
+        PluginRef { vm, member }
+    }
+
+    /// Current VM generation (0: none yet).
+    pub(crate) fn generation(&self) -> u64 {
+        self.vm.generation()
+    }
+
+    /// Runs `f` on the live VM, or `None` if it failed.
+    pub(crate) fn with_vm<R>(&self, f: impl FnOnce(&mut PluginVm) -> R) -> Option<R> {
+        self.vm.with_vm(f)
+    }
+
+    /// The plugin's root context when streams can use it now (see [`WorkerVm::ensure_ready`]).
+    pub(crate) fn ensure_ready(&self) -> Result<u32, Unavailable> {
+        self.vm.ensure_ready(&self.member)
+    }
+
+    /// What a stream does when the plugin is unusable, per its policy.
+    pub(crate) fn unavailable(&self) -> Unavailable {
+        self.member.unavailable()
+    }
+
+    /// See [`WorkerVm::route`].
+    pub(crate) fn route(&self, effects: Vec<Effect>) {
+        self.vm.route(effects)
+    }
+
+    /// See [`WorkerVm::wait`].
+    pub(crate) async fn wait(&self, ctx: u32) -> Option<Vec<Effect>> {
+        self.vm.wait(ctx).await
+    }
+
+    /// See [`WorkerVm::forget`].
+    pub(crate) fn forget(&self, ctx: u32) {
+        self.vm.forget(ctx)
+    }
 }
 
 /// What a stream is told when it cannot use the VM.
@@ -54,7 +156,7 @@ pub(crate) enum Unavailable {
 struct WorkerHost {
     vm: Weak<WorkerVm>,
     worker: WorkerContext,
-    clusters: Arc<[String]>,
+    clusters: Rc<RefCell<Arc<[String]>>>,
     queue: Arc<Notifier>,
 }
 
@@ -140,7 +242,7 @@ impl Host for WorkerHost {
     }
 
     fn dispatch_http_call(&mut self, call: HttpCall) -> Result<(), Status> {
-        if !self.clusters.contains(&call.upstream) {
+        if !self.clusters.borrow().contains(&call.upstream) {
             return Err(Status::BadArgument);
         }
         let request = to_http_request(&call).ok_or(Status::BadArgument)?;
@@ -166,7 +268,7 @@ impl Host for WorkerHost {
 
     fn dispatch_grpc_call(&mut self, call: GrpcCall) -> Result<(), Status> {
         let cluster = super::grpc::cluster(&call.upstream).ok_or(Status::ParseFailure)?;
-        if !self.clusters.contains(&cluster) {
+        if !self.clusters.borrow().contains(&cluster) {
             return Err(Status::ParseFailure);
         }
         let request = super::grpc::request(&call, &cluster).ok_or(Status::BadArgument)?;
@@ -188,31 +290,29 @@ impl Host for WorkerHost {
 }
 
 impl WorkerVm {
-    /// The VM state for `plugin` on this worker.
-    pub(crate) fn new(
+    /// The VM state for `plugin`'s module on this worker; plugins join with [`Self::member`].
+    fn new(
         plugin: Arc<Plugin>,
         worker: WorkerContext,
         clusters: Arc<[String]>,
         backoff: Backoff,
-        alive: std::sync::Weak<()>,
         key: usize,
     ) -> Rc<Self> {
         let (queue_tx, mut queue_rx) = mpsc::unbounded_channel::<(u32, u32)>();
-        let policy = plugin.config().failure_policy;
         let this = Rc::new_cyclic(|me| WorkerVm {
             plugin,
-            policy,
             worker,
-            clusters,
+            clusters: Rc::new(RefCell::new(clusters)),
             slot: RefCell::new(Slot::Failed {
                 retry_at: Instant::now(),
             }),
             generation: Cell::new(0),
+            attempted: Cell::new(false),
             backoff: RefCell::new(backoff),
             waiters: RefCell::new(HashMap::new()),
             queue_tx,
             me: me.clone(),
-            tick_running: Cell::new(false),
+            members: RefCell::new(Vec::new()),
         });
         let weak = Rc::downgrade(&this);
         tokio::task::spawn_local(async move {
@@ -221,23 +321,101 @@ impl WorkerVm {
                 vm.deliver(|v| v.on_queue_ready(root, queue));
             }
         });
-        // When the filter config is gone (replaced by an xDS update), drop this worker's VM once
-        // the streams still using it end: the slot would otherwise keep it forever.
+        // A plugin whose config is gone (replaced by an xDS update) leaves the VM once the
+        // streams still using it end (its root context's `on_done`); the VM goes with its last
+        // plugin, else the slot would keep it forever.
+        let weak = Rc::downgrade(&this);
         let worker = this.worker.clone();
         tokio::task::spawn_local(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(5)).await;
-                if alive.strong_count() == 0 {
+                let Some(vm) = weak.upgrade() else { break };
+                if vm.drop_gone_members() {
+                    drop(vm);
                     worker.remove_slot::<Rc<WorkerVm>>(key);
                     break;
                 }
             }
         });
-        this.create_vm();
         this
     }
 
+    /// Adds a plugin (once per config id) and starts its root context, or the VM itself
+    /// when it was never tried.
+    fn member(
+        &self,
+        plugin: Arc<Plugin>,
+        clusters: Arc<[String]>,
+        alive: std::sync::Weak<()>,
+        id: usize,
+    ) -> Rc<Member> {
+        if let Some(m) = self.members.borrow().iter().find(|m| m.id == id) {
+            return m.clone();
+        }
+        *self.clusters.borrow_mut() = clusters;
+        let member = Rc::new(Member {
+            id,
+            policy: plugin.config().failure_policy,
+            plugin,
+            alive,
+            root: Cell::new(None),
+            retry_at: Cell::new(None),
+            ticking: Cell::new(false),
+        });
+        self.members.borrow_mut().push(member.clone());
+        if !self.attempted.get() {
+            self.create_vm();
+        } else if self.with_vm(|_| ()).is_some() {
+            self.start_member(&member);
+        }
+        member
+    }
+
+    /// Members whose config is gone leave (their root's `on_done`); true when none is left.
+    fn drop_gone_members(&self) -> bool {
+        let gone: Vec<Rc<Member>> = {
+            let mut members = self.members.borrow_mut();
+            let (gone, kept) = members.drain(..).partition(|m| m.alive.strong_count() == 0);
+            *members = kept;
+            gone
+        };
+        for m in gone {
+            if let Some(root) = m.root.take() {
+                self.deliver(|v| v.shutdown_root(root));
+            }
+        }
+        self.members.borrow().is_empty()
+    }
+
+    /// Starts a member's root context in the live VM.
+    fn start_member(&self, m: &Rc<Member>) {
+        let started = self.with_vm(|vm| vm.add_root(m.plugin.clone()));
+        match started {
+            Some(Ok(root)) => {
+                m.root.set(Some(root));
+                m.retry_at.set(None);
+                if self
+                    .with_vm(|vm| vm.tick_period_of(root))
+                    .flatten()
+                    .is_some()
+                {
+                    self.start_ticker(m);
+                }
+            }
+            Some(Err(e)) => {
+                let delay = self.backoff.borrow_mut().next_delay();
+                tracing::error!(plugin = %m.plugin.config().name, worker = self.worker.index(), error = %e, "plugin failed to start");
+                m.root.set(None);
+                m.retry_at.set(Some(Instant::now() + delay));
+            }
+            None => m.root.set(None),
+        }
+        // Effects of start-up callbacks belong to no stream.
+        let _ = self.with_vm(|vm| vm.take_effects());
+    }
+
     fn create_vm(&self) {
+        self.attempted.set(true);
         let host = WorkerHost {
             vm: self.me.clone(),
             worker: self.worker.clone(),
@@ -245,15 +423,17 @@ impl WorkerVm {
             queue: Arc::new(Notifier(self.queue_tx.clone())),
         };
         let name = &self.plugin.config().name;
-        match self.plugin.instantiate(Box::new(host)) {
+        match self.plugin.instantiate_module(Box::new(host)) {
             Ok(vm) => {
                 self.generation.set(self.generation.get() + 1);
                 tracing::debug!(plugin = %name, worker = self.worker.index(), "plugin VM started");
-                let tick = vm.tick_period();
                 *self.slot.borrow_mut() = Slot::Ready(Box::new(vm));
-                self.backoff.borrow_mut().reset();
-                if tick.is_some() {
-                    self.start_ticker();
+                let members: Vec<Rc<Member>> = self.members.borrow().clone();
+                for m in &members {
+                    self.start_member(m);
+                }
+                if self.with_vm(|_| ()).is_some() {
+                    self.backoff.borrow_mut().reset();
                 }
             }
             Err(e) => {
@@ -266,21 +446,24 @@ impl WorkerVm {
         }
     }
 
-    fn start_ticker(&self) {
-        if self.tick_running.replace(true) {
+    /// Ticks a member's root context at the period it asked for, in whatever VM is current.
+    fn start_ticker(&self, m: &Rc<Member>) {
+        if m.ticking.replace(true) {
             return;
         }
-        let weak = self.me.clone();
+        let (weak, member) = (self.me.clone(), Rc::downgrade(m));
         tokio::task::spawn_local(async move {
             loop {
-                let period = match weak.upgrade() {
-                    Some(vm) => vm.with_vm(|v| v.tick_period()).flatten(),
-                    None => break,
+                let (Some(vm), Some(m)) = (weak.upgrade(), member.upgrade()) else {
+                    break;
                 };
+                let root = m.root.get();
+                let period = root.and_then(|r| vm.with_vm(|v| v.tick_period_of(r)).flatten());
+                drop((vm, m));
                 tokio::time::sleep(period.unwrap_or(Duration::from_millis(200))).await;
                 let Some(vm) = weak.upgrade() else { break };
-                if period.is_some() {
-                    vm.deliver(PluginVm::on_tick);
+                if let (Some(_), Some(root)) = (period, root) {
+                    vm.deliver(|v| v.on_tick_of(root));
                 }
             }
         });
@@ -299,41 +482,50 @@ impl WorkerVm {
         }
     }
 
-    /// Whether streams can use the VM now; re-creates a failed VM for FAIL_RELOAD after its
-    /// backoff. Otherwise says what the stream must do.
-    pub(crate) fn ensure_ready(&self) -> Result<(), Unavailable> {
+    /// The member's root context when streams can use it now; re-creates a failed VM (or
+    /// retries a rejected start) for FAIL_RELOAD after its backoff. Otherwise says what the
+    /// stream must do.
+    fn ensure_ready(&self, m: &Rc<Member>) -> Result<u32, Unavailable> {
+        let unavailable = || m.unavailable();
         let state = match &*self.slot.borrow() {
-            Slot::Ready(vm) if !vm.is_failed() => return Ok(()),
-            Slot::Ready(_) => None,
-            Slot::Failed { retry_at } => Some(*retry_at),
+            Slot::Ready(vm) if !vm.is_failed() => Ok(()),
+            Slot::Ready(_) => Err(None),
+            Slot::Failed { retry_at } => Err(Some(*retry_at)),
         };
+        if state.is_ok() {
+            if let Some(root) = m.root.get() {
+                return Ok(root);
+            }
+            if m.policy == FailurePolicy::FailReload
+                && m.retry_at.get().is_none_or(|at| Instant::now() >= at)
+            {
+                wasm_host_restart(&m.plugin);
+                self.start_member(m);
+            }
+            return m.root.get().ok_or_else(unavailable);
+        }
+        let state = state.err().flatten();
         let never_started = self.generation.get() == 0;
-        let may_retry = self.policy == FailurePolicy::FailReload || never_started;
+        let may_retry = m.policy == FailurePolicy::FailReload || never_started;
         if may_retry && state.is_none_or(|at| Instant::now() >= at) {
             if !never_started {
-                wasm_host_restart(&self.plugin);
+                wasm_host_restart(&m.plugin);
             }
             self.create_vm();
-            if self.with_vm(|_| ()).is_some() {
-                return Ok(());
+            if self.with_vm(|_| ()).is_some()
+                && let Some(root) = m.root.get()
+            {
+                return Ok(root);
             }
         }
-        if state.is_none() {
+        if state.is_none() && self.with_vm(|_| ()).is_none() {
             // just failed: schedule the next reload
             let delay = self.backoff.borrow_mut().next_delay();
             *self.slot.borrow_mut() = Slot::Failed {
                 retry_at: Instant::now() + delay,
             };
         }
-        Err(self.unavailable())
-    }
-
-    /// What a stream does when the VM is unusable, per policy.
-    pub(crate) fn unavailable(&self) -> Unavailable {
-        match self.policy {
-            FailurePolicy::FailOpen => Unavailable::Skip,
-            _ => Unavailable::FailStream,
-        }
+        Err(unavailable())
     }
 
     /// Runs a callback that is not tied to a waiting stream (callout answer, tick, queue), then
@@ -396,8 +588,8 @@ fn wasm_host_restart(plugin: &Plugin) {
 }
 
 impl Drop for WorkerVm {
-    /// The plugin is told it is going away (its root context's `on_done`), as Envoy tells
-    /// it when a config is replaced or the proxy stops.
+    /// Its plugins are told they are going away (their root contexts' `on_done`), as Envoy
+    /// tells them when a config is replaced or the proxy stops.
     fn drop(&mut self) {
         if let Slot::Ready(vm) = &mut *self.slot.borrow_mut()
             && !vm.is_failed()

@@ -21,7 +21,7 @@ fn buffer_ref(state: &VmState, bt: BufferType) -> Option<&[u8]> {
             // Envoy serves the VM configuration at any time.
             BufferType::VmConfiguration => Some(&state.plugin.config.vm_configuration),
             BufferType::PluginConfiguration if state.phase == Phase::Configure => {
-                Some(&state.plugin.config.configuration)
+                Some(&state.current_plugin().config.configuration)
             }
             BufferType::CallData => state.call.foreign_args.as_deref(),
             _ => None,
@@ -121,7 +121,7 @@ pub(super) fn define(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
             let state = c.data();
             let bytes = match state.phase {
                 Phase::VmStart => state.plugin.config.vm_configuration.clone(),
-                _ => state.plugin.config.configuration.clone(),
+                _ => state.current_plugin().config.configuration.clone(),
             };
             copy_out(&mut c, &bytes, pp, lp).map(|s| s as i32)
         },

@@ -55,8 +55,8 @@ fn log(c: &mut C<'_>, level: i32, ptr: i32, len: i32) -> R {
     let (mem, state) = split(c)?;
     let msg = try_st!(slice(mem, ptr, len));
     let msg = String::from_utf8_lossy(msg);
-    let VmState { host, plugin, .. } = state;
-    host.log(&plugin.config.name, level, &msg);
+    let plugin = state.current_plugin().clone();
+    state.host.log(&plugin.config.name, level, &msg);
     st(Status::Ok)
 }
 
@@ -342,7 +342,8 @@ pub(super) fn define(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "proxy_set_tick_period_milliseconds",
         |mut c: C<'_>, ms: i32| -> R {
             running(&c)?;
-            c.data_mut().tick_period_ms = ms as u32;
+            let root = c.data().root_of_current();
+            c.data_mut().tick_period_ms.insert(root, ms as u32);
             st(Status::Ok)
         },
     )?;

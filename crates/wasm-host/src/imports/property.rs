@@ -132,7 +132,7 @@ fn from_response(ctx: &Context, path: &[&[u8]]) -> Option<PropertyValue> {
 /// Resolves a property for the effective context.
 pub(crate) fn resolve(state: &VmState, raw_path: &[u8]) -> Option<PropertyValue> {
     let path = split_path(raw_path);
-    let cfg = &state.plugin.config;
+    let cfg = &state.current_plugin().config;
     match path.as_slice() {
         [b"plugin_name"] => return Some(PropertyValue::string(cfg.name.clone())),
         [b"plugin_root_id"] => return Some(PropertyValue::string(cfg.root_id.clone())),

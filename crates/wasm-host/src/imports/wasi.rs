@@ -50,8 +50,10 @@ fn fd_write(c: &mut C<'_>, fd: i32, iovs: i32, n: i32, nwritten: i32) -> E {
     if out.last() == Some(&b'\n') {
         out.pop();
     }
-    let VmState { host, plugin, .. } = state;
-    host.log(&plugin.config.name, level, &String::from_utf8_lossy(&out));
+    let plugin = state.current_plugin().clone();
+    state
+        .host
+        .log(&plugin.config.name, level, &String::from_utf8_lossy(&out));
     Ok(if put_u32(mem, nwritten, total).is_ok() {
         SUCCESS
     } else {
