@@ -96,11 +96,112 @@ pub fn from_json(type_name: &str, json: &serde_json::Value) -> Result<Vec<u8>, D
     let desc = descriptor_pool()
         .get_message_by_name(type_name)
         .ok_or_else(|| DescriptorError::UnknownType(type_name.to_string()))?;
-    let msg = DynamicMessage::deserialize(desc, json).map_err(|source| DescriptorError::Json {
+    let mut json = json.clone();
+    normalize(&desc, &mut json);
+    let msg = DynamicMessage::deserialize(desc, &json).map_err(|source| DescriptorError::Json {
         type_name: type_name.to_string(),
         source,
     })?;
     Ok(msg.encode_to_vec())
+}
+
+/// `Any` type URLs of the `TypedStruct`s Envoy unwraps wherever it takes an `Any`.
+pub const TYPED_STRUCT_URLS: [&str; 2] = [
+    "type.googleapis.com/udpa.type.v1.TypedStruct",
+    "type.googleapis.com/xds.type.v3.TypedStruct",
+];
+
+/// The JSON of an `Any` holding a `TypedStruct` (`{"@type": TypedStruct, "type_url": T,
+/// "value": {...}}`) becomes the `Any` of the message it describes (`{"@type": T, ...}`).
+fn unwrap_typed_struct(map: &mut serde_json::Map<String, serde_json::Value>) {
+    use serde_json::Value;
+    let is_typed_struct = map
+        .get("@type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| TYPED_STRUCT_URLS.contains(&t));
+    if !is_typed_struct {
+        return;
+    }
+    let Some(Value::String(url)) = map.get("type_url").or_else(|| map.get("typeUrl")).cloned()
+    else {
+        return;
+    };
+    let value = match map.get("value") {
+        Some(Value::Object(v)) => v.clone(),
+        None => serde_json::Map::new(),
+        Some(_) => return,
+    };
+    *map = value;
+    map.insert("@type".into(), Value::String(url));
+}
+
+/// Makes JSON that Envoy accepts acceptable to the proto3 JSON mapping too:
+/// - enum values written in another case (`lb_policy: round_robin`, `type: strict_dns`) become
+///   the declared name when that is their upper-case form (Envoy parses JSON and YAML with
+///   protobuf's `case_insensitive_enum_parsing`, and many published configs rely on it);
+/// - `Any`s holding a `udpa.type.v1.TypedStruct` or `xds.type.v3.TypedStruct` become the
+///   message the struct describes, as Envoy unwraps them (the proxy-wasm Go SDK's examples
+///   configure their filters this way).
+fn normalize(desc: &prost_reflect::MessageDescriptor, json: &mut serde_json::Value) {
+    use prost_reflect::Kind;
+    use serde_json::Value;
+    let Value::Object(map) = json else { return };
+    if desc.full_name() == "google.protobuf.Any" {
+        unwrap_typed_struct(map);
+        let inner = map
+            .get("@type")
+            .and_then(Value::as_str)
+            .and_then(|url| url.rsplit('/').next())
+            .and_then(|name| desc.parent_pool().get_message_by_name(name));
+        if let Some(inner) = inner {
+            normalize(&inner, json);
+        }
+        return;
+    }
+    if desc.full_name().starts_with("google.protobuf.") {
+        return; // well-known types have their own JSON forms
+    }
+    for (key, value) in map.iter_mut() {
+        let Some(field) = desc
+            .get_field_by_json_name(key)
+            .or_else(|| desc.get_field_by_name(key))
+        else {
+            continue;
+        };
+        let (kind, values): (Kind, Vec<&mut Value>) = if field.is_map() {
+            let Kind::Message(entry) = field.kind() else {
+                continue;
+            };
+            let kind = entry.map_entry_value_field().kind();
+            match value {
+                Value::Object(m) => (kind, m.values_mut().collect()),
+                _ => continue,
+            }
+        } else if field.is_list() {
+            match value {
+                Value::Array(items) => (field.kind(), items.iter_mut().collect()),
+                _ => continue,
+            }
+        } else {
+            (field.kind(), vec![value])
+        };
+        for v in values {
+            match &kind {
+                Kind::Message(m) => normalize(m, v),
+                Kind::Enum(e) => {
+                    if let Value::String(name) = v
+                        && e.get_value_by_name(name).is_none()
+                    {
+                        let upper = name.to_ascii_uppercase();
+                        if e.get_value_by_name(&upper).is_some() {
+                            *name = upper;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// Proto3 JSON of an `Any` (`{"@type": ..., fields...}`).
@@ -154,5 +255,68 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("namez"), "{err}");
+    }
+
+    /// Envoy parses enums case-insensitively (protobuf's `case_insensitive_enum_parsing`), in
+    /// nested messages, lists and `Any`s too; a name that is no enum value still fails.
+    #[test]
+    fn enum_names_in_lower_case_parse_like_envoys() {
+        let json = serde_json::json!({
+            "name": "c", "type": "strict_dns", "lb_policy": "least_request",
+            "health_checks": [{"timeout": "1s", "interval": "1s", "http_health_check": {
+                "path": "/", "codec_client_type": "http2"}}],
+            "typed_extension_protocol_options": {"x": {
+                "@type": "type.googleapis.com/envoy.config.core.v3.HealthStatusSet",
+                "statuses": ["healthy", "DRAINING"]}}
+        });
+        let bytes = from_json("envoy.config.cluster.v3.Cluster", &json).unwrap();
+        let back = to_json("envoy.config.cluster.v3.Cluster", &bytes).unwrap();
+        assert_eq!(back["type"], "STRICT_DNS");
+        assert_eq!(back["lbPolicy"], "LEAST_REQUEST");
+        assert_eq!(
+            back["healthChecks"][0]["httpHealthCheck"]["codecClientType"],
+            "HTTP2"
+        );
+        assert_eq!(
+            back["typedExtensionProtocolOptions"]["x"]["statuses"],
+            serde_json::json!(["HEALTHY", "DRAINING"])
+        );
+        let err = from_json(
+            "envoy.config.cluster.v3.Cluster",
+            &serde_json::json!({"lb_policy": "round_robbin"}),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("round_robbin"), "{err}");
+    }
+
+    /// A filter config wrapped in a `TypedStruct` (udpa or xds) reads as the message it
+    /// describes, as in Envoy.
+    #[test]
+    fn typed_structs_are_unwrapped() {
+        for ts in TYPED_STRUCT_URLS {
+            let json = serde_json::json!({"name": "f", "typed_config": {
+                "@type": ts,
+                "type_url": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "value": {"config": {"name": "p", "failure_policy": "fail_open",
+                    "vm_config": {"runtime": "envoy.wasm.runtime.v8"}}}
+            }});
+            let bytes = from_json(
+                "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
+                &json,
+            )
+            .unwrap();
+            let back = to_json(
+                "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
+                &bytes,
+            )
+            .unwrap();
+            let tc = &back["typedConfig"];
+            assert_eq!(
+                tc["@type"],
+                "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+            );
+            assert_eq!(tc["config"]["name"], "p");
+            assert_eq!(tc["config"]["failurePolicy"], "FAIL_OPEN");
+        }
     }
 }
