@@ -127,6 +127,8 @@ pub struct Cluster {
     pub protocol: UpstreamProtocol,
     /// Upstream TLS, if any.
     pub tls: Option<UpstreamTls>,
+    /// `metadata` (`xds.cluster_metadata`), if set.
+    pub metadata: Option<Arc<crate::route::MetadataProp>>,
     /// `cluster.<name>.*` counters.
     pub stats: ClusterStats,
     hosts: ArcSwap<Vec<Arc<Host>>>,
@@ -324,6 +326,10 @@ impl Cluster {
             lb,
             protocol,
             tls,
+            metadata: c
+                .metadata
+                .as_ref()
+                .map(|m| Arc::new(crate::route::MetadataProp::build(m))),
             stats,
             hosts: ArcSwap::from_pointee(Vec::new()),
             rr: AtomicUsize::new(0),

@@ -167,7 +167,9 @@ pub struct StreamInfo {
     /// Number of upstream attempts (retries + 1).
     pub attempt_count: u32,
     /// The route's `metadata` (`xds.route_metadata`).
-    pub route_metadata: Option<Arc<crate::route::RouteMetadata>>,
+    pub route_metadata: Option<Arc<crate::route::MetadataProp>>,
+    /// The picked cluster's `metadata` (`xds.cluster_metadata`).
+    pub cluster_metadata: Option<Arc<crate::route::MetadataProp>>,
     /// The filter chain's `name` (`xds.filter_chain_name`).
     pub filter_chain_name: Option<Arc<str>>,
     /// The listener's `traffic_direction` (`xds.listener_direction`).
@@ -186,6 +188,18 @@ pub struct StreamInfo {
     /// Bumped each time the info is handed out for writing ([`FilterCx::stream_info_mut`]):
     /// a filter that copies facts out of it copies again only when it may have changed.
     pub(crate) version: u64,
+}
+
+impl StreamInfo {
+    /// Records the stream's cluster (`xds.cluster_name`) and its metadata
+    /// (`xds.cluster_metadata`).
+    pub fn set_cluster(&mut self, cluster: Option<Arc<str>>, config: &crate::config::ProxyConfig) {
+        self.cluster_metadata = cluster
+            .as_deref()
+            .and_then(|c| config.clusters.get(c))
+            .and_then(|c| c.metadata.clone());
+        self.cluster_name = cluster;
+    }
 }
 
 impl StreamInfo {
@@ -220,6 +234,7 @@ impl StreamInfo {
             attempt_count: 0,
             filter_chain_name: None,
             route_metadata: None,
+            cluster_metadata: None,
             listener_direction: 0,
             duration: None,
             upstream_service_time: None,

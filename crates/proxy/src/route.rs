@@ -145,7 +145,7 @@ pub struct Route {
     /// `name` (may be empty).
     pub name: Arc<str>,
     /// `metadata` (`xds.route_metadata`), if set.
-    pub metadata: Option<Arc<RouteMetadata>>,
+    pub metadata: Option<Arc<MetadataProp>>,
     matcher: RouteMatch,
     /// What to do with a matching request.
     pub action: Action,
@@ -153,18 +153,20 @@ pub struct Route {
     response_headers: HeaderMutations,
 }
 
-/// A route's `metadata` as plugins read it: the whole message (protobuf bytes, what Envoy
-/// serializes for the path itself) and its `filter_metadata` for paths below it.
+/// A route's or cluster's `metadata` as plugins read it (`xds.route_metadata`,
+/// `xds.cluster_metadata`): the whole message (protobuf bytes, what Envoy serializes for the
+/// path itself) and its `filter_metadata` for paths below it.
 #[derive(Debug)]
-pub struct RouteMetadata {
+pub struct MetadataProp {
     /// The `envoy.config.core.v3.Metadata` message, encoded.
     pub proto: Vec<u8>,
     /// `{"filter_metadata": {filter: {key: value}}}`.
     pub value: wasm_host::PropertyValue,
 }
 
-impl RouteMetadata {
-    fn build(m: &envoy_types::pb::envoy::config::core::v3::Metadata) -> Self {
+impl MetadataProp {
+    /// From the config's `metadata`.
+    pub fn build(m: &envoy_types::pb::envoy::config::core::v3::Metadata) -> Self {
         use prost::Message;
         let filters = m
             .filter_metadata
@@ -776,7 +778,7 @@ fn build_route(r: &pbr::Route, path: &str, clusters: &[String]) -> Result<Route,
         metadata: r
             .metadata
             .as_ref()
-            .map(|m| Arc::new(RouteMetadata::build(m))),
+            .map(|m| Arc::new(MetadataProp::build(m))),
         matcher,
         action,
         request_headers: HeaderMutations::build(

@@ -81,7 +81,8 @@ async fn proxy<D>(
     }
     let config = worker.config.load_full();
     let cluster_name = Arc::clone(cfg.cluster.pick(crate::worker::rand_u32()));
-    cx.stream_info_mut().cluster_name = Some(Arc::clone(&cluster_name));
+    cx.stream_info_mut()
+        .set_cluster(Some(Arc::clone(&cluster_name)), &config);
     let Some(cluster) = config.clusters.get(&*cluster_name).cloned() else {
         cfg.no_route.inc();
         return;

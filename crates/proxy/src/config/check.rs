@@ -292,6 +292,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "dns_refresh_rate",
             "http2_protocol_options",
             "per_connection_buffer_limit_bytes",
+            "metadata",
         ],
     ),
     (

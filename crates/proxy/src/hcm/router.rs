@@ -250,7 +250,8 @@ pub(super) async fn run(
         let info = st.cx.stream_info_mut();
         info.route_name = selected.as_ref().map(|(_, r)| r.name.clone());
         info.virtual_host_name = selected.as_ref().map(|(v, _)| v.name.clone());
-        info.cluster_name = selected.as_ref().and_then(|(_, r)| picked_cluster(r));
+        let cluster = selected.as_ref().and_then(|(_, r)| picked_cluster(r));
+        info.set_cluster(cluster, &conn.worker.config.load());
         info.route_metadata = selected.as_ref().and_then(|(_, r)| r.metadata.clone());
     }
     let mut pending = Vec::new();
@@ -291,7 +292,8 @@ pub(super) async fn run(
                 let info = st.cx.stream_info_mut();
                 info.route_name = again.as_ref().map(|(_, r)| r.name.clone());
                 info.virtual_host_name = again.as_ref().map(|(v, _)| v.name.clone());
-                info.cluster_name = again.as_ref().and_then(|(_, r)| picked_cluster(r));
+                let cluster = again.as_ref().and_then(|(_, r)| picked_cluster(r));
+                info.set_cluster(cluster, &conn.worker.config.load());
                 info.route_metadata = again.as_ref().and_then(|(_, r)| r.metadata.clone());
             }
             selected = again;
@@ -539,7 +541,7 @@ async fn forward(
             Some(c) if action.clusters.contains(c) => Arc::clone(c),
             _ => Arc::clone(action.clusters.pick(crate::worker::rand_u32())),
         };
-        info.cluster_name = Some(Arc::clone(&name));
+        info.set_cluster(Some(Arc::clone(&name)), &config);
         name
     };
     let cluster = config

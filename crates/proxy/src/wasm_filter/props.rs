@@ -36,7 +36,8 @@ pub(crate) struct Facts {
     pub(crate) response_flags: u64,
     pub(crate) attempt_count: u32,
     pub(crate) filter_chain_name: Option<Arc<str>>,
-    pub(crate) route_metadata: Option<Arc<crate::route::RouteMetadata>>,
+    pub(crate) route_metadata: Option<Arc<crate::route::MetadataProp>>,
+    pub(crate) cluster_metadata: Option<Arc<crate::route::MetadataProp>>,
     pub(crate) listener_direction: i64,
     /// The final request and response headers, for `on_log` maps built on demand.
     pub(crate) request: Option<Arc<http::request::Parts>>,
@@ -78,6 +79,7 @@ impl Facts {
         self.attempt_count = info.attempt_count;
         self.filter_chain_name.clone_from(&info.filter_chain_name);
         self.route_metadata.clone_from(&info.route_metadata);
+        self.cluster_metadata.clone_from(&info.cluster_metadata);
         self.listener_direction = info.listener_direction;
         self.request.clone_from(&info.request_headers);
         self.response.clone_from(&info.response_headers);
@@ -135,6 +137,14 @@ impl StreamProperties for StreamProps {
             [b"xds", b"route_metadata", rest @ ..] => {
                 f.route_metadata.as_ref().and_then(|m| m.value.lookup(rest))
             }
+            [b"xds", b"cluster_metadata"] => f
+                .cluster_metadata
+                .as_ref()
+                .map(|m| PropertyValue::Raw(m.proto.clone())),
+            [b"xds", b"cluster_metadata", rest @ ..] => f
+                .cluster_metadata
+                .as_ref()
+                .and_then(|m| m.value.lookup(rest)),
             [b"xds", b"listener_direction"] => Some(PropertyValue::Int(f.listener_direction)),
             // Envoy: SerializationFailure once there is an upstream host (ours carry no
             // metadata), NotFound before.

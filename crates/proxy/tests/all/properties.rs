@@ -12,7 +12,8 @@ use crate::support::*;
 
 /// The probed paths: legacy top-level names, `xds.*`, `request.*`, `response.*`,
 /// `connection.*`, `upstream.*` and `node`. (`xds.route_metadata` whole is protobuf bytes
-/// whose map entries come in no defined order, so only its leaves are compared.)
+/// whose map entries come in no defined order, so only its leaves are compared; the cluster's
+/// metadata has one entry, so `xds.cluster_metadata` whole is compared too.)
 const PATHS: &[&str] = &[
     "cluster_name",
     "cluster_metadata",
@@ -70,6 +71,10 @@ const PATHS: &[&str] = &[
     "xds/route_metadata/filter_metadata/envoy.filters.http.wasm/auth",
     "xds/route_metadata/filter_metadata/envoy.filters.http.wasm/n",
     "xds/route_metadata/filter_metadata/envoy.filters.http.wasm/missing",
+    "cluster_metadata/filter_metadata/location/region",
+    "xds/cluster_metadata/filter_metadata/location/region",
+    "xds/cluster_metadata/filter_metadata/location/zone",
+    "xds/cluster_metadata/filter_metadata/other",
 ];
 
 fn bootstrap(admin: u16, listen: u16, up: u16) -> String {
@@ -126,6 +131,7 @@ static_resources:
   clusters:
   - name: up
     connect_timeout: 1s
+    metadata: {{filter_metadata: {{location: {{region: eu-west}}}}}}
     load_assignment:
       cluster_name: up
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}}}]}}]
