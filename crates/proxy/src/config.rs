@@ -177,6 +177,10 @@ pub fn build(bootstrap: &Bootstrap, opts: &BuildOptions) -> Result<ProxyConfig, 
         },
         None => NodeInfo::default(),
     });
+    if let Some(sc) = &bootstrap.stats_config {
+        let specs = crate::stats::build_tag_specs(&sc.stats_tags)?;
+        opts.store.tag_specs().set(specs);
+    }
     let admin = match bootstrap.admin.as_ref().and_then(|a| a.address.as_ref()) {
         None => None,
         Some(addr) => {

@@ -15,6 +15,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::filter::StatsHooks;
 
+mod tags;
+pub use tags::{TagSpec, TagSpecs, build as build_tag_specs};
+
 /// A monotonically increasing counter.
 #[derive(Debug, Clone, Default)]
 pub struct Counter(Arc<AtomicU64>);
@@ -75,12 +78,18 @@ struct Entry {
 pub struct Store {
     entries: Arc<Mutex<BTreeMap<String, Entry>>>,
     hooks: StatsHooks,
+    tags: TagSpecs,
 }
 
 impl Store {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The bootstrap's `stats_config.stats_tags`.
+    pub fn tag_specs(&self) -> &TagSpecs {
+        &self.tags
     }
 
     /// Where filters register their own metrics (plugin metrics).
@@ -159,21 +168,21 @@ impl Store {
     /// Envoy's `/stats/prometheus`: metrics grouped by name with a `# TYPE` line each.
     pub fn render_prometheus(&self) -> String {
         let mut groups: BTreeMap<String, (bool, Vec<String>)> = BTreeMap::new();
-        for (_, e) in self.snapshot() {
+        let custom = !self.tags.is_empty();
+        for (flat, e) in self.snapshot() {
             let (is_counter, v) = match &e.metric {
                 Metric::Counter(c) => (true, c.get().to_string()),
                 Metric::Gauge(g) => (false, g.get().to_string()),
             };
-            let labels = if e.tags.is_empty() {
-                String::new()
+            // The bootstrap's tags come first, as Envoy applies them before its default ones
+            // (names stay as Envoy's built-in extraction makes them).
+            let mut tags = if custom {
+                self.tags.extract(&flat).1
             } else {
-                let inner: Vec<String> = e
-                    .tags
-                    .iter()
-                    .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
-                    .collect();
-                format!("{{{}}}", inner.join(","))
+                Vec::new()
             };
+            tags.extend(e.tags.iter().cloned());
+            let labels = labels(&tags);
             let g = groups
                 .entry(e.prom_name.clone())
                 .or_insert((is_counter, Vec::new()));
@@ -196,6 +205,18 @@ impl Store {
         }
         out
     }
+}
+
+/// `{k="v",...}`, or nothing without tags.
+pub(crate) fn labels(tags: &[(String, String)]) -> String {
+    if tags.is_empty() {
+        return String::new();
+    }
+    let inner: Vec<String> = tags
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+        .collect();
+    format!("{{{}}}", inner.join(","))
 }
 
 fn escape_label(v: &str) -> String {

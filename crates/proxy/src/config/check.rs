@@ -17,8 +17,14 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "static_resources",
             "layered_runtime",
             "bootstrap_extensions",
+            "stats_config",
         ],
     ),
+    (
+        "envoy.config.metrics.v3.StatsConfig",
+        &["stats_tags", "use_all_default_tags"],
+    ),
+    ("envoy.config.metrics.v3.TagSpecifier", &["*"]),
     ("envoy.config.bootstrap.v3.LayeredRuntime", &["*"]),
     (
         "envoy.config.core.v3.TypedExtensionConfig",

@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use wasm_host::{HISTOGRAM_BUCKETS, MetricValue, Metrics, Plugin};
 
 use crate::filter::StatsSource;
-use crate::stats::Store;
+use crate::stats::{Store, TagSpecs, labels};
 
-struct CustomMetrics(Arc<Metrics>);
+struct CustomMetrics(Arc<Metrics>, TagSpecs);
 
 fn prom_name(name: &str) -> String {
     name.chars()
@@ -43,31 +43,52 @@ impl StatsSource for CustomMetrics {
         }
     }
 
+    /// Grouped by tag-extracted name (the bootstrap's `stats_tags`), one `# TYPE` line each.
     fn append_prometheus(&self, out: &mut String) {
-        for (name, value) in self.0.snapshot() {
-            let n = prom_name(&name);
-            match value {
-                MetricValue::Counter(v) => {
-                    let _ = write!(out, "# TYPE {n} counter\n{n}{{}} {v}\n");
+        let mut groups: std::collections::BTreeMap<String, (&str, String)> = Default::default();
+        let mut metrics = self.0.snapshot();
+        // Within a group, samples in the order of their full names (as Envoy sorts them).
+        metrics.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, value) in metrics {
+            let (cut, tags) = self.1.extract(&format!("wasmcustom.{name}"));
+            let n = prom_name(cut.strip_prefix("wasmcustom.").unwrap_or(&cut));
+            let l = labels(&tags);
+            let with = |extra: &str| {
+                let inner = l.trim_start_matches('{').trim_end_matches('}');
+                match (inner.is_empty(), extra.is_empty()) {
+                    (true, true) => "{}".to_string(),
+                    (true, false) => format!("{{{extra}}}"),
+                    (false, true) => format!("{{{inner}}}"),
+                    (false, false) => format!("{{{inner},{extra}}}"),
                 }
-                MetricValue::Gauge(v) => {
-                    let _ = write!(out, "# TYPE {n} gauge\n{n}{{}} {v}\n");
-                }
+            };
+            let (kind, lines) = match value {
+                MetricValue::Counter(v) => ("counter", format!("{n}{} {v}\n", with(""))),
+                MetricValue::Gauge(v) => ("gauge", format!("{n}{} {v}\n", with(""))),
                 MetricValue::Histogram {
                     buckets,
                     count,
                     sum,
                 } => {
-                    let _ = writeln!(out, "# TYPE {n} histogram");
+                    let mut s = String::new();
                     for (le, c) in HISTOGRAM_BUCKETS.iter().zip(&buckets) {
-                        let _ = writeln!(out, "{n}_bucket{{le=\"{le}\"}} {c}");
+                        let _ = writeln!(s, "{n}_bucket{} {c}", with(&format!("le=\"{le}\"")));
                     }
                     let _ = write!(
-                        out,
-                        "{n}_bucket{{le=\"+Inf\"}} {count}\n{n}_sum{{}} {sum}\n{n}_count{{}} {count}\n"
+                        s,
+                        "{n}_bucket{} {count}\n{n}_sum{} {sum}\n{n}_count{} {count}\n",
+                        with("le=\"+Inf\""),
+                        with(""),
+                        with("")
                     );
+                    ("histogram", s)
                 }
-            }
+            };
+            let g = groups.entry(n).or_insert((kind, String::new()));
+            g.1.push_str(&lines);
+        }
+        for (n, (kind, lines)) in groups {
+            let _ = write!(out, "# TYPE {n} {kind}\n{lines}");
         }
     }
 }
@@ -124,7 +145,10 @@ pub(crate) fn register(store: &Store, plugin: &Arc<Plugin>) {
     let custom = CUSTOM.get_or_init(|| Mutex::new(Vec::new()));
     let mut keep = custom.lock().unwrap_or_else(|e| e.into_inner());
     if !keep.iter().any(|k| live.iter().any(|l| Arc::ptr_eq(k, l))) {
-        let src: Arc<dyn StatsSource> = Arc::new(CustomMetrics(plugin.runtime().metrics().clone()));
+        let src: Arc<dyn StatsSource> = Arc::new(CustomMetrics(
+            plugin.runtime().metrics().clone(),
+            store.tag_specs().clone(),
+        ));
         hooks.register(&src);
         keep.push(src);
     }

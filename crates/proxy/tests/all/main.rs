@@ -16,6 +16,7 @@ mod listeners;
 mod properties;
 mod routing;
 mod sdk_configs;
+mod stats_tags;
 mod support;
 mod tcp;
 mod ticks;
