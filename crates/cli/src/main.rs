@@ -138,8 +138,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The compiler child reports on stderr itself; logging there (wasmtime logs a lot at
     // debug) would only fill the pipe its parent reads the reason from.
-    if !matches!(cli.command, Command::CompileWasm(_)) {
-        init_logging();
+    match &cli.command {
+        Command::CompileWasm(_) => {}
+        Command::Proxy(args) => init_logging(args.log_level.as_deref()),
+        _ => init_logging(None),
     }
     match cli.command {
         Command::Version => println!("wasmesh {}", env!("CARGO_PKG_VERSION")),
@@ -165,10 +167,17 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `RUST_LOG`-style filter (default `info`), to stderr.
-fn init_logging() {
+/// `RUST_LOG`-style filter, to stderr; without `RUST_LOG`, the level given as Envoy's `-l`
+/// (`warning` is `warn`, `critical` is `error`), else `info`.
+fn init_logging(level: Option<&str>) {
+    let level = match level {
+        Some("warning") => "warn",
+        Some("critical") => "error",
+        Some(l) => l,
+        None => "info",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

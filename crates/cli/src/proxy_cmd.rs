@@ -18,9 +18,15 @@ pub(crate) struct ProxyArgs {
     /// Accepted for Envoy compatibility (shared-memory id); unused.
     #[arg(long = "base-id", env = "WASMESH_PROXY_BASE_ID")]
     base_id: Option<u32>,
-    /// Accepted for Envoy compatibility; use `RUST_LOG` to set the log filter.
-    #[arg(short = 'l', long = "log-level", env = "WASMESH_PROXY_LOG_LEVEL")]
-    log_level: Option<String>,
+    /// Log level, as Envoy's `-l` (plugins see it through `proxy_get_log_level`, so their
+    /// debug lines show with `-l debug`); `RUST_LOG`, when set, takes precedence.
+    #[arg(
+        short = 'l',
+        long = "log-level",
+        env = "WASMESH_PROXY_LOG_LEVEL",
+        value_parser = ["trace", "debug", "info", "warning", "warn", "error", "critical", "off"]
+    )]
+    pub(crate) log_level: Option<String>,
     /// Accepted for Envoy compatibility; unused.
     #[arg(long = "log-format", env = "WASMESH_PROXY_LOG_FORMAT")]
     log_format: Option<String>,
@@ -46,7 +52,7 @@ pub(crate) struct ProxyArgs {
 /// Runs the proxy until SIGTERM, SIGINT or `POST /quitquitquit`, then drains.
 pub(crate) fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let _ = (&args.base_id, &args.log_level, &args.log_format);
+    let _ = (&args.base_id, &args.log_format);
     wasmesh_proxy::wasm_filter::set_default_fail_reload(args.wasm_default_fail_reload);
     crate::use_compiler_process();
     let bootstrap = wasmesh_proxy::config::bootstrap::load_file(&args.config_path)?;

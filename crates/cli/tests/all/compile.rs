@@ -95,7 +95,14 @@ fn a_runtime_using_the_binary_as_compiler_runs_plugins_compiled_there() {
     assert!(matches!(err, wasm_host::Error::InvalidModule(_)), "{err:?}");
 }
 
-fn bootstrap(listen: u16, admin: u16, upstream: SocketAddr, module: &std::path::Path) -> String {
+/// One listener with one Wasm filter (`module`, with the `headers` plugin's configuration
+/// adding `x-compiled: child`) in front of `upstream`.
+pub(crate) fn bootstrap(
+    listen: u16,
+    admin: u16,
+    upstream: SocketAddr,
+    module: &std::path::Path,
+) -> String {
     format!(
         r#"
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
@@ -138,7 +145,8 @@ static_resources:
     )
 }
 
-fn get(addr: SocketAddr) -> String {
+/// A GET of `/` over a fresh connection; the raw response.
+pub(crate) fn get(addr: SocketAddr) -> String {
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");

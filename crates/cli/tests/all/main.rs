@@ -3,4 +3,5 @@
 
 mod compile;
 mod e2e;
+mod log_level;
 mod plugin_oci;
