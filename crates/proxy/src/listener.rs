@@ -299,13 +299,27 @@ pub struct TcpProxyConfig {
 fn typed_config<'a>(
     ct: &'a Option<pbl::filter::ConfigType>,
     path: &str,
-) -> Result<&'a crate::pb::Any, ConfigError> {
+) -> Result<std::borrow::Cow<'a, crate::pb::Any>, ConfigError> {
     match ct {
-        Some(pbl::filter::ConfigType::TypedConfig(any)) => Ok(any),
+        Some(pbl::filter::ConfigType::TypedConfig(any)) => {
+            unwrap_typed_struct(any, &format!("{path}.typed_config"))
+        }
         _ => Err(ConfigError::invalid(
             format!("{path}.typed_config"),
             "required",
         )),
+    }
+}
+
+/// A typed config, or the one a `TypedStruct` in its place describes (Envoy unwraps them).
+fn unwrap_typed_struct<'a>(
+    any: &'a crate::pb::Any,
+    path: &str,
+) -> Result<std::borrow::Cow<'a, crate::pb::Any>, ConfigError> {
+    match wasmesh_xds::descriptors::unwrap_typed_struct(any) {
+        Ok(Some(inner)) => Ok(std::borrow::Cow::Owned(inner)),
+        Ok(None) => Ok(std::borrow::Cow::Borrowed(any)),
+        Err(e) => Err(ConfigError::invalid(path, e)),
     }
 }
 
@@ -429,6 +443,7 @@ fn build_chain(
             ));
         }
         let any = typed_config(&f.config_type, &fpath)?;
+        let any = any.as_ref();
         let tpath = format!("{fpath}.typed_config");
         match any.type_url.as_str() {
             HCM_TYPE_URL => {
@@ -613,7 +628,9 @@ fn build_hcm(
             ));
         }
         let any = match &f.config_type {
-            Some(hcm::http_filter::ConfigType::TypedConfig(a)) => a,
+            Some(hcm::http_filter::ConfigType::TypedConfig(a)) => {
+                unwrap_typed_struct(a, &format!("{fpath}.typed_config"))?
+            }
             _ => {
                 return Err(ConfigError::invalid(
                     format!("{fpath}.typed_config"),
@@ -621,6 +638,7 @@ fn build_hcm(
                 ));
             }
         };
+        let any = any.as_ref();
         if any.type_url == ROUTER_TYPE_URL {
             check::check_any(any, &format!("{fpath}.typed_config"))?;
             saw_router = true;

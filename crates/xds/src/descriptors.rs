@@ -113,7 +113,7 @@ pub const TYPED_STRUCT_URLS: [&str; 2] = [
 
 /// The JSON of an `Any` holding a `TypedStruct` (`{"@type": TypedStruct, "type_url": T,
 /// "value": {...}}`) becomes the `Any` of the message it describes (`{"@type": T, ...}`).
-fn unwrap_typed_struct(map: &mut serde_json::Map<String, serde_json::Value>) {
+fn unwrap_typed_struct_json(map: &mut serde_json::Map<String, serde_json::Value>) {
     use serde_json::Value;
     let is_typed_struct = map
         .get("@type")
@@ -136,6 +136,7 @@ fn unwrap_typed_struct(map: &mut serde_json::Map<String, serde_json::Value>) {
 }
 
 /// Makes JSON that Envoy accepts acceptable to the proto3 JSON mapping too:
+/// - a single value where a repeated field goes becomes a list of one;
 /// - enum values written in another case (`lb_policy: round_robin`, `type: strict_dns`) become
 ///   the declared name when that is their upper-case form (Envoy parses JSON and YAML with
 ///   protobuf's `case_insensitive_enum_parsing`, and many published configs rely on it);
@@ -147,7 +148,7 @@ fn normalize(desc: &prost_reflect::MessageDescriptor, json: &mut serde_json::Val
     use serde_json::Value;
     let Value::Object(map) = json else { return };
     if desc.full_name() == "google.protobuf.Any" {
-        unwrap_typed_struct(map);
+        unwrap_typed_struct_json(map);
         let inner = map
             .get("@type")
             .and_then(Value::as_str)
@@ -178,6 +179,11 @@ fn normalize(desc: &prost_reflect::MessageDescriptor, json: &mut serde_json::Val
                 _ => continue,
             }
         } else if field.is_list() {
+            // A single value where a list goes is a list of one, as Envoy's parser takes it
+            // (`listeners: {address: ...}` in the proxy-wasm Rust SDK's examples).
+            if !matches!(value, Value::Array(_) | Value::Null) {
+                *value = Value::Array(vec![value.take()]);
+            }
             match value {
                 Value::Array(items) => (field.kind(), items.iter_mut().collect()),
                 _ => continue,
@@ -202,6 +208,42 @@ fn normalize(desc: &prost_reflect::MessageDescriptor, json: &mut serde_json::Val
             }
         }
     }
+}
+
+/// The `Any` a `udpa.type.v1.TypedStruct` or `xds.type.v3.TypedStruct` describes (Envoy
+/// unwraps them wherever it takes a typed config); `None` for any other `Any`.
+pub fn unwrap_typed_struct(
+    any: &envoy_types::pb::google::protobuf::Any,
+) -> Result<Option<envoy_types::pb::google::protobuf::Any>, DescriptorError> {
+    use prost::Message;
+    if !TYPED_STRUCT_URLS.contains(&any.type_url.as_str()) {
+        return Ok(None);
+    }
+    let ts =
+        TypedStruct::decode(any.value.as_slice()).map_err(|source| DescriptorError::Decode {
+            type_name: "xds.type.v3.TypedStruct".into(),
+            source,
+        })?;
+    let value = ts.value.unwrap_or_default().encode_to_vec();
+    let json = to_json("google.protobuf.Struct", &value)?;
+    let inner = ts.type_url.rsplit('/').next().unwrap_or_default();
+    let value = from_json(inner, &json)?;
+    Ok(Some(envoy_types::pb::google::protobuf::Any {
+        type_url: ts.type_url,
+        value,
+    }))
+}
+
+/// `udpa.type.v1.TypedStruct` and `xds.type.v3.TypedStruct` (the same layout; neither is in
+/// the Envoy descriptor set).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TypedStruct {
+    /// The described message's type URL.
+    #[prost(string, tag = "1")]
+    pub type_url: String,
+    /// Its fields, in proto3 JSON form.
+    #[prost(message, optional, tag = "2")]
+    pub value: Option<envoy_types::pb::google::protobuf::Struct>,
 }
 
 /// Proto3 JSON of an `Any` (`{"@type": ..., fields...}`).
@@ -272,6 +314,11 @@ mod tests {
         let bytes = from_json("envoy.config.cluster.v3.Cluster", &json).unwrap();
         let back = to_json("envoy.config.cluster.v3.Cluster", &bytes).unwrap();
         assert_eq!(back["type"], "STRICT_DNS");
+        // one value for a list: a list of one
+        let single = serde_json::json!({"listeners": {"name": "l"}});
+        let sr = "envoy.config.bootstrap.v3.Bootstrap.StaticResources";
+        let one = to_json(sr, &from_json(sr, &single).unwrap()).unwrap();
+        assert_eq!(one["listeners"], serde_json::json!([{"name": "l"}]));
         assert_eq!(back["lbPolicy"], "LEAST_REQUEST");
         assert_eq!(
             back["healthChecks"][0]["httpHealthCheck"]["codecClientType"],
@@ -287,6 +334,38 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("round_robbin"), "{err}");
+    }
+
+    /// A binary `TypedStruct` `Any` (as xDS carries it) unwraps to the message it describes.
+    #[test]
+    fn binary_typed_structs_are_unwrapped() {
+        use envoy_types::pb::google::protobuf::Any;
+        let wasm = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+        let value = serde_json::json!({"config": {"name": "p", "root_id": "r"}});
+        let ts = TypedStruct {
+            type_url: wasm.into(),
+            value: Some(
+                envoy_types::pb::google::protobuf::Struct::decode(
+                    from_json("google.protobuf.Struct", &value)
+                        .unwrap()
+                        .as_slice(),
+                )
+                .unwrap(),
+            ),
+        };
+        let any = Any {
+            type_url: TYPED_STRUCT_URLS[1].into(),
+            value: ts.encode_to_vec(),
+        };
+        let inner = unwrap_typed_struct(&any).unwrap().unwrap();
+        assert_eq!(inner.type_url, wasm);
+        let back = to_json("envoy.extensions.filters.http.wasm.v3.Wasm", &inner.value).unwrap();
+        assert_eq!(back["config"]["rootId"], "r");
+        let plain = Any {
+            type_url: wasm.into(),
+            value: inner.value.clone(),
+        };
+        assert!(unwrap_typed_struct(&plain).unwrap().is_none());
     }
 
     /// A filter config wrapped in a `TypedStruct` (udpa or xds) reads as the message it

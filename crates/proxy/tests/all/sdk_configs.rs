@@ -84,3 +84,62 @@ async fn typed_structs_and_lower_case_enums_work_as_in_envoy() -> anyhow::Result
     }
     Ok(())
 }
+
+/// A `TypedStruct` that arrives as protobuf (LDS or ECDS from a control plane, where the JSON
+/// pass never runs) is unwrapped too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_typed_struct_filter_config_is_unwrapped() -> anyhow::Result<()> {
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        HttpConnectionManager, http_filter::ConfigType,
+    };
+    use prost::Message;
+    let up = start_upstream("up").await?;
+    let yaml = one_plugin(
+        (0, 0, up.addr.port()),
+        test_plugins::HEADERS,
+        "hd",
+        r#"{"response_add": {"x-binary": "unwrapped"}}"#,
+        "",
+    );
+    let mut bootstrap = wasmesh_proxy::config::bootstrap::parse(&yaml)?;
+    let sr = bootstrap
+        .static_resources
+        .as_mut()
+        .expect("static resources");
+    let hcm_any = match &mut sr.listeners[0].filter_chains[0].filters[0].config_type {
+        Some(envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(a)) => a,
+        other => anyhow::bail!("unexpected {other:?}"),
+    };
+    let mut hcm = HttpConnectionManager::decode(hcm_any.value.as_slice())?;
+    let Some(ConfigType::TypedConfig(wasm)) = hcm.http_filters[0].config_type.clone() else {
+        anyhow::bail!("no wasm filter");
+    };
+    // The Wasm config as a Struct inside a TypedStruct.
+    let json = wasmesh_xds::descriptors::to_json(
+        "envoy.extensions.filters.http.wasm.v3.Wasm",
+        &wasm.value,
+    )?;
+    let value = envoy_types::pb::google::protobuf::Struct::decode(
+        wasmesh_xds::descriptors::from_json("google.protobuf.Struct", &json)?.as_slice(),
+    )?;
+    let ts = wasmesh_xds::descriptors::TypedStruct {
+        type_url: wasm.type_url.clone(),
+        value: Some(value),
+    };
+    hcm.http_filters[0].config_type = Some(ConfigType::TypedConfig(
+        envoy_types::pb::google::protobuf::Any {
+            type_url: wasmesh_xds::descriptors::TYPED_STRUCT_URLS[0].into(),
+            value: ts.encode_to_vec(),
+        },
+    ));
+    hcm_any.value = hcm.encode_to_vec();
+    let opts = wasmesh_proxy::ProxyOptions::default();
+    let p = wasmesh_proxy::start(&bootstrap, &opts)?;
+    let r = send(p.listener_addr("main").expect("listener"), get("x", "/")).await?;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.headers.get("x-binary").and_then(|v| v.to_str().ok()),
+        Some("unwrapped")
+    );
+    Ok(())
+}
