@@ -43,12 +43,15 @@ pub enum LbPolicy {
 pub enum Discovery {
     /// `STATIC`: IP addresses.
     Static(Vec<SocketAddr>),
-    /// `STRICT_DNS`: names resolved at start and every `refresh`.
+    /// `STRICT_DNS`: names resolved at start and every `refresh`; every address is a host.
+    /// `LOGICAL_DNS` (`logical`): one name, whose first address is the one host.
     StrictDns {
         /// (hostname, port) pairs.
         names: Vec<(String, u16)>,
         /// `dns_refresh_rate` (default 5 s).
         refresh: Duration,
+        /// `LOGICAL_DNS`.
+        logical: bool,
     },
 }
 
@@ -245,7 +248,14 @@ impl Cluster {
                 }
                 Discovery::Static(addrs)
             }
-            DT::StrictDns => {
+            DT::StrictDns | DT::LogicalDns => {
+                let logical = kind == DT::LogicalDns;
+                if logical && endpoints.len() != 1 {
+                    return Err(ConfigError::invalid(
+                        format!("{path}.load_assignment"),
+                        "LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single lb_endpoint",
+                    ));
+                }
                 #[allow(
                     deprecated,
                     reason = "dns_refresh_rate is still the common way to set it"
@@ -258,12 +268,13 @@ impl Cluster {
                 Discovery::StrictDns {
                     names: endpoints.iter().map(|(h, p, _)| (h.clone(), *p)).collect(),
                     refresh,
+                    logical,
                 }
             }
             other => {
                 return Err(ConfigError::unsupported(
                     format!("{path}.type"),
-                    format!("cluster type {other:?} (STATIC and STRICT_DNS are)"),
+                    format!("cluster type {other:?} (STATIC, STRICT_DNS and LOGICAL_DNS are)"),
                 ));
             }
         };
@@ -343,7 +354,7 @@ impl Cluster {
     /// Resolves STRICT_DNS names once and installs the result (no-op for STATIC). Keeps the old
     /// hosts if resolution fails.
     pub async fn resolve(&self) {
-        let Discovery::StrictDns { names, .. } = &self.discovery else {
+        let Discovery::StrictDns { names, logical, .. } = &self.discovery else {
             return;
         };
         let mut addrs = Vec::new();
@@ -354,7 +365,10 @@ impl Cluster {
                     let all: Vec<SocketAddr> = it.collect();
                     let v4: Vec<SocketAddr> =
                         all.iter().copied().filter(SocketAddr::is_ipv4).collect();
-                    addrs.extend(if v4.is_empty() { all } else { v4 });
+                    let found = if v4.is_empty() { all } else { v4 };
+                    // LOGICAL_DNS connects to the first address only.
+                    let keep = if *logical { 1 } else { found.len() };
+                    addrs.extend(found.into_iter().take(keep));
                 }
                 Err(e) => {
                     tracing::warn!(cluster = %self.name, host = %host, error = %e, "DNS resolution failed")
@@ -388,4 +402,50 @@ fn upstream_tls(ts: &core::TransportSocket, path: &str) -> Result<UpstreamTls, C
         .map_err(|e| ConfigError::invalid(&tpath, e))?;
     let (config, sni) = crate::tls::client_config(&ctx, &tpath)?;
     Ok(UpstreamTls { config, sni })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(kind: &str, hosts: &[&str]) -> pbc::Cluster {
+        let eps: Vec<serde_json::Value> = hosts
+            .iter()
+            .map(|h| {
+                serde_json::json!({"endpoint": {"address": {"socket_address":
+                    {"address": h, "port_value": 8080}}}})
+            })
+            .collect();
+        let json = serde_json::json!({"name": "c", "type": kind, "load_assignment":
+            {"cluster_name": "c", "endpoints": [{"lb_endpoints": eps}]}});
+        let bytes =
+            wasmesh_xds::descriptors::from_json("envoy.config.cluster.v3.Cluster", &json).unwrap();
+        <pbc::Cluster as prost::Message>::decode(bytes.as_slice()).unwrap()
+    }
+
+    /// LOGICAL_DNS: one endpoint, whose first address is the cluster's one host; STRICT_DNS
+    /// keeps every address of every name.
+    #[tokio::test]
+    async fn logical_dns_keeps_the_first_address() {
+        let store = Store::new();
+        let logical = Cluster::build(&cluster("logical_dns", &["localhost"]), "c", &store).unwrap();
+        logical.resolve().await;
+        assert_eq!(logical.hosts().len(), 1);
+        assert_eq!(logical.hosts()[0].addr.port(), 8080);
+        let strict = Cluster::build(
+            &cluster("STRICT_DNS", &["localhost", "127.0.0.2"]),
+            "c",
+            &store,
+        )
+        .unwrap();
+        strict.resolve().await;
+        assert_eq!(strict.hosts().len(), 2);
+        let e = Cluster::build(
+            &cluster("LOGICAL_DNS", &["localhost", "127.0.0.2"]),
+            "c",
+            &store,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("single lb_endpoint"), "{e}");
+    }
 }
