@@ -170,6 +170,9 @@ pub struct StreamInfo {
     pub route_metadata: Option<Arc<crate::route::MetadataProp>>,
     /// The picked cluster's `metadata` (`xds.cluster_metadata`).
     pub cluster_metadata: Option<Arc<crate::route::MetadataProp>>,
+    /// Filter state `envoy.tcp_proxy.cluster`: the cluster a network filter chose for the
+    /// TCP proxy (Envoy's `PerConnectionCluster`).
+    pub tcp_proxy_cluster: Option<Arc<str>>,
     /// The filter chain's `name` (`xds.filter_chain_name`).
     pub filter_chain_name: Option<Arc<str>>,
     /// The listener's `traffic_direction` (`xds.listener_direction`).
@@ -235,6 +238,7 @@ impl StreamInfo {
             filter_chain_name: None,
             route_metadata: None,
             cluster_metadata: None,
+            tcp_proxy_cluster: None,
             listener_direction: 0,
             duration: None,
             upstream_service_time: None,

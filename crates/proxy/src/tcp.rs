@@ -80,7 +80,11 @@ async fn proxy<D>(
         }
     }
     let config = worker.config.load_full();
-    let cluster_name = Arc::clone(cfg.cluster.pick(crate::worker::rand_u32()));
+    // A network filter may have chosen the cluster (filter state `envoy.tcp_proxy.cluster`).
+    let cluster_name = match &cx.stream_info().tcp_proxy_cluster {
+        Some(c) => Arc::clone(c),
+        None => Arc::clone(cfg.cluster.pick(crate::worker::rand_u32())),
+    };
     cx.stream_info_mut()
         .set_cluster(Some(Arc::clone(&cluster_name)), &config);
     let Some(cluster) = config.clusters.get(&*cluster_name).cloned() else {

@@ -301,6 +301,8 @@ impl WasmFilter {
                         return Outcome::Reply(convert_reply(reply));
                     }
                     Effect::ClearRouteCache { .. } => cx.clear_route_cache(),
+                    // (no HTTP-level filter-state object is implemented)
+                    Effect::FilterState { .. } => {}
                     Effect::Continue { stream: s, .. } if s == stream => resumed = true,
                     Effect::Continue { .. } => {}
                     Effect::Close { .. } => {

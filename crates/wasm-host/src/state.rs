@@ -49,6 +49,13 @@ pub enum Effect {
     LocalReply { context_id: u32, reply: LocalReply },
     /// Route must be re-selected (0.1.0 `proxy_clear_route_cache` or the foreign function).
     ClearRouteCache { context_id: u32 },
+    /// The `set_envoy_filter_state` foreign function: a stream filter-state object Envoy
+    /// knows by `key` (e.g. `envoy.tcp_proxy.cluster`), made from `value`.
+    FilterState {
+        context_id: u32,
+        key: String,
+        value: String,
+    },
 }
 
 impl Effect {
@@ -58,7 +65,8 @@ impl Effect {
             Effect::Continue { context_id, .. }
             | Effect::Close { context_id, .. }
             | Effect::LocalReply { context_id, .. }
-            | Effect::ClearRouteCache { context_id } => *context_id,
+            | Effect::ClearRouteCache { context_id }
+            | Effect::FilterState { context_id, .. } => *context_id,
         }
     }
 }

@@ -21,6 +21,25 @@ proxy_wasm::main! {{
 #[serde(default, deny_unknown_fields)]
 struct Config {
     deny_prefix: Option<String>,
+    /// `[key, value]`: set with the `set_envoy_filter_state` foreign function at each new
+    /// connection (e.g. `["envoy.tcp_proxy.cluster", "b"]` routes the TCP proxy to `b`).
+    filter_state: Option<(String, String)>,
+}
+
+/// Envoy's `SetEnvoyFilterStateArguments {string path = 1; string value = 2;}`, encoded.
+fn filter_state_args(key: &str, value: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (tag, s) in [(0x0a_u8, key), (0x12, value)] {
+        out.push(tag);
+        let mut n = s.len();
+        while n >= 0x80 {
+            out.push((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+        out.extend_from_slice(s.as_bytes());
+    }
+    out
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -108,6 +127,15 @@ impl Context for TcpCounter {}
 impl StreamContext for TcpCounter {
     fn on_new_connection(&mut self) -> Action {
         add(self.ids.connections, 1);
+        if let Some((key, value)) = &self.config.filter_state {
+            let args = filter_state_args(key, value);
+            let result =
+                hostcalls::call_foreign_function("set_envoy_filter_state", Some(&args));
+            match result {
+                Ok(_) => info!("tcp_counter: filter state {key}={value}: Ok"),
+                Err(status) => info!("tcp_counter: filter state {key}={value}: {status:?}"),
+            }
+        }
         Action::Continue
     }
 

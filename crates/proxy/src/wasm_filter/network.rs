@@ -93,6 +93,13 @@ impl NetFilter {
         let effects = self.vm.with_vm(|vm| vm.take_effects()).unwrap_or_default();
         let (mine, other): (Vec<Effect>, Vec<Effect>) =
             effects.into_iter().partition(|e| e.context_id() == ctx);
+        for e in &mine {
+            if let Effect::FilterState { key, value, .. } = e
+                && key == "envoy.tcp_proxy.cluster"
+            {
+                cx.stream_info_mut().tcp_proxy_cluster = Some(Arc::from(value.as_str()));
+            }
+        }
         if mine.iter().any(|e| {
             matches!(
                 e,

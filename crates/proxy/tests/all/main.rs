@@ -19,6 +19,7 @@ mod sdk_configs;
 mod stats_tags;
 mod support;
 mod tcp;
+mod tcp_wasm;
 mod ticks;
 mod tls;
 mod trailers;

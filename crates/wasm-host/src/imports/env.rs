@@ -274,6 +274,9 @@ fn foreign(c: &mut C<'_>, a: [i32; 4], rpp: i32, rlp: i32) -> R {
         state.effects.push(Effect::ClearRouteCache { context_id });
         return st(Status::Ok);
     }
+    if name == "set_envoy_filter_state" {
+        return st(set_envoy_filter_state(state, &args));
+    }
     // Envoy's built-in foreign functions: zlib `compress` / `uncompress`.
     let builtin = match name.as_str() {
         "compress" => Some(zlib(&args, true)),
@@ -293,6 +296,39 @@ fn foreign(c: &mut C<'_>, a: [i32; 4], rpp: i32, rlp: i32) -> R {
         Some(Ok(result)) if rpp != 0 => copy_out(c, &result, rpp, rlp).map(|s| s as i32),
         Some(Ok(_)) => st(Status::Ok),
     }
+}
+
+/// Envoy's `SetEnvoyFilterStateArguments` (source/extensions/common/wasm/ext).
+#[derive(Clone, PartialEq, prost::Message)]
+struct SetEnvoyFilterStateArguments {
+    #[prost(string, tag = "1")]
+    path: String,
+    #[prost(string, tag = "2")]
+    value: String,
+    #[prost(int32, tag = "3")]
+    span: i32,
+}
+
+/// The filter-state objects the proxy makes from a string, as Envoy's object factories do.
+const FILTER_STATE_KEYS: &[&str] = &["envoy.tcp_proxy.cluster"];
+
+/// `set_envoy_filter_state`: BadArgument when the arguments do not parse, NotFound for a key
+/// with no object factory (as Envoy answers).
+fn set_envoy_filter_state(state: &mut VmState, args: &[u8]) -> Status {
+    use prost::Message;
+    let Ok(a) = SetEnvoyFilterStateArguments::decode(args) else {
+        return Status::BadArgument;
+    };
+    if !FILTER_STATE_KEYS.contains(&a.path.as_str()) {
+        return Status::NotFound;
+    }
+    let context_id = state.context_id();
+    state.effects.push(Effect::FilterState {
+        context_id,
+        key: a.path,
+        value: a.value,
+    });
+    Status::Ok
 }
 
 /// zlib's `compress` (default level) or `uncompress`, as Envoy's foreign functions of those

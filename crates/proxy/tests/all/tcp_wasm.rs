@@ -1,0 +1,87 @@
+//! A network Wasm filter in front of the TCP proxy, against real Envoy 1.40: the plugin may
+//! choose the TCP proxy's cluster with the `set_envoy_filter_state` foreign function
+//! (`envoy.tcp_proxy.cluster`, as the proxy-wasm Rust SDK's TCP routing example does); a key
+//! with no object factory is NotFound and changes nothing.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use test_support::proxy_peers::{free_ports, start_envoy, start_upstream};
+
+use crate::support::*;
+
+fn bootstrap(admin: u16, listen: u16, a: u16, b: u16, config: &str) -> String {
+    format!(
+        r#"
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: main
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.wasm
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm
+          config:
+            name: route
+            configuration:
+              "@type": type.googleapis.com/google.protobuf.StringValue
+              value: '{config}'
+            vm_config:
+              runtime: envoy.wasm.runtime.v8
+              code: {{local: {{filename: "{path}"}}}}
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp
+          cluster: a
+  clusters:
+{a}{b}"#,
+        path = test_plugins::path(test_plugins::TCP_COUNTER).display(),
+        a = cluster_yaml("a", a, false),
+        b = cluster_yaml("b", b, false),
+    )
+}
+
+/// Which upstream answered an HTTP request sent through the TCP proxy.
+fn upstream_of(addr: SocketAddr) -> anyhow::Result<String> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let name = out
+        .split("\"upstream\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or("<none>");
+    Ok(name.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_plugin_routes_the_tcp_proxy_like_envoy() -> anyhow::Result<()> {
+    let a = start_upstream("a").await?;
+    let b = start_upstream("b").await?;
+    let (pa, pb) = (a.addr.port(), b.addr.port());
+    for (config, want) in [
+        (r#"{"filter_state": ["envoy.tcp_proxy.cluster", "b"]}"#, "b"),
+        (r#"{"filter_state": ["envoy.no_such_object", "b"]}"#, "a"),
+        ("", "a"),
+    ] {
+        let ports = free_ports(2)?;
+        let envoy_yaml = bootstrap(ports[1], ports[0], pa, pb, config);
+        let admin: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+        let _envoy = tokio::task::spawn_blocking(move || start_envoy(&envoy_yaml, admin)).await??;
+        let ours = start_proxy(&bootstrap(0, 0, pa, pb, config))?;
+        let envoy_addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+        let ours_addr = ours.listener_addr("main").expect("listener");
+        let e = tokio::task::spawn_blocking(move || upstream_of(envoy_addr)).await??;
+        let o = tokio::task::spawn_blocking(move || upstream_of(ours_addr)).await??;
+        assert_eq!(e, want, "envoy with {config:?}");
+        assert_eq!(o, e, "wasmesh (left) vs Envoy (right) with {config:?}");
+    }
+    Ok(())
+}
