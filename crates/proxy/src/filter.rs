@@ -56,6 +56,8 @@ pub struct LocalReply {
     pub body: Bytes,
     /// `%RESPONSE_CODE_DETAILS%`, e.g. `rbac_access_denied_matched_policy[none]`.
     pub details: String,
+    /// The gRPC status to answer a gRPC request with (else mapped from `status`).
+    pub grpc_status: Option<u32>,
 }
 
 impl LocalReply {
@@ -66,6 +68,7 @@ impl LocalReply {
             headers: HeaderMap::new(),
             body: body.into(),
             details: details.into(),
+            grpc_status: None,
         }
     }
 }

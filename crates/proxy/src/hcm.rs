@@ -391,8 +391,70 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Response<Body> {
         filters,
     }));
     let start = Instant::now();
-    let fin = Finisher::new(Rc::clone(&conn), Rc::clone(&stream), start);
+    let mut fin = Finisher::new(Rc::clone(&conn), Rc::clone(&stream), start);
+    fin.grpc = is_grpc(&parts.headers);
     router::run(conn, stream, parts, body, fin).await
+}
+
+/// Envoy's `Grpc::Common::isGrpcRequestHeaders`: `application/grpc`, optionally with `+codec`
+/// or parameters.
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.as_bytes().strip_prefix(b"application/grpc"))
+        .is_some_and(|rest| rest.is_empty() || rest[0] == b'+' || rest[0] == b';')
+}
+
+/// Envoy's `Grpc::Utility::httpToGrpcStatus`.
+fn grpc_status_of(status: http::StatusCode) -> u32 {
+    match status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502..=504 => 14,
+        _ => 2,
+    }
+}
+
+/// gRPC's percent-encoding of `grpc-message` (bytes outside printable ASCII, and `%`).
+fn grpc_percent_encode(text: &[u8]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for &b in text {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A local reply to a gRPC request, as Envoy sends it: `200` with `content-type:
+/// application/grpc`, `grpc-status` (the filter's, else mapped from the HTTP status) and the
+/// body as `grpc-message`, then the reply's own headers; no body (trailers-only).
+pub(crate) fn grpc_local_reply_parts(reply: &LocalReply) -> http::response::Parts {
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts
+        .headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    if !reply.headers.contains_key("grpc-status") {
+        let code = reply
+            .grpc_status
+            .unwrap_or_else(|| grpc_status_of(reply.status));
+        parts.headers.insert("grpc-status", HeaderValue::from(code));
+    }
+    if !reply.body.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&grpc_percent_encode(&reply.body))
+    {
+        parts.headers.insert("grpc-message", v);
+    }
+    for (k, v) in &reply.headers {
+        if k != CONTENT_LENGTH && k != CONTENT_TYPE {
+            parts.headers.append(k, v.clone());
+        }
+    }
+    parts
 }
 
 /// Captures what the default access log format prints from the request headers.
@@ -485,6 +547,9 @@ pub(crate) struct Finisher {
     pub(crate) request_done: Rc<std::cell::Cell<bool>>,
     /// The response closes an HTTP/1.1 connection (a local 400, as Envoy's HCM decides).
     pub(crate) close: bool,
+    /// A gRPC request (`content-type: application/grpc...`): local replies are gRPC
+    /// trailers-only responses, as Envoy sends them.
+    pub(crate) grpc: bool,
     pub(crate) upstream: Option<(Arc<crate::cluster::Cluster>, Arc<crate::cluster::Host>)>,
     /// The request as it went upstream, for access log formats that print any header.
     log_request: Option<http::request::Parts>,
@@ -504,6 +569,7 @@ impl Drop for Finisher {
                 bytes_received: Rc::clone(&self.bytes_received),
                 request_done: Rc::clone(&self.request_done),
                 close: self.close,
+                grpc: self.grpc,
                 upstream: self.upstream.take(),
                 log_request: self.log_request.take(),
                 done: false,
@@ -524,6 +590,7 @@ impl Finisher {
             bytes_received: Rc::default(),
             request_done: Rc::default(),
             close: false,
+            grpc: false,
             upstream: None,
             log_request: None,
             done: false,

@@ -221,13 +221,8 @@ fn convert_reply(r: wasm_host::LocalReply) -> LocalReply {
             reply.headers.append(k, v);
         }
     }
-    if let Some(g) = r.grpc_status
-        && let Ok(v) = HeaderValue::from_str(&g.to_string())
-    {
-        reply
-            .headers
-            .insert(HeaderName::from_static("grpc-status"), v);
-    }
+    // (used only when the request is gRPC; Envoy ignores it otherwise)
+    reply.grpc_status = r.grpc_status;
     reply
 }
 

@@ -3,7 +3,7 @@
 
 use log::error;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType, GrpcStatusCode, LogLevel};
 use serde::Deserialize;
 use std::rc::Rc;
 
@@ -22,6 +22,10 @@ struct Config {
     #[serde(default = "default_header")]
     header: String,
     value: String,
+    /// Deny with `send_grpc_response(grpc_status, "denied by auth", [x-auth: grpc])` instead
+    /// (only Aborted (10), PermissionDenied (7) and Unauthenticated (16); others: Unknown).
+    #[serde(default)]
+    grpc_status: Option<u32>,
 }
 
 struct AuthRoot {
@@ -71,6 +75,16 @@ impl HttpContext for Auth {
             if presented.as_deref() == Some(config.value.as_bytes()) {
                 return Action::Continue;
             }
+        }
+        if let Some(code) = self.config.as_ref().and_then(|c| c.grpc_status) {
+            let status = match code {
+                7 => GrpcStatusCode::PermissionDenied,
+                10 => GrpcStatusCode::Aborted,
+                16 => GrpcStatusCode::Unauthenticated,
+                _ => GrpcStatusCode::Unknown,
+            };
+            self.send_grpc_response(status, Some("denied by auth"), vec![("x-auth", b"grpc")]);
+            return Action::Pause;
         }
         self.send_http_response(
             401,

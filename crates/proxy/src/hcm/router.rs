@@ -789,6 +789,10 @@ async fn respond_local(
         info.response_code_details = Some(Arc::from(reply.details.as_str()));
         info.response_flags.insert(flags);
     }
+    if fin.grpc {
+        let parts = super::grpc_local_reply_parts(&reply);
+        return respond(conn, stream, fin, parts, None::<Body>, seen).await;
+    }
     let parts = local_reply_parts(&reply);
     let src = if reply.body.is_empty() {
         None
@@ -833,8 +837,13 @@ where
             Phase::Reply(r, _) => {
                 // A reply from a response hook replaces the response; it is not filtered again.
                 fin.close |= r.status == http::StatusCode::BAD_REQUEST;
-                parts = local_reply_parts(&r);
-                pending = vec![Frame::data(r.body.clone())];
+                if fin.grpc {
+                    parts = super::grpc_local_reply_parts(&r);
+                    pending = Vec::new();
+                } else {
+                    parts = local_reply_parts(&r);
+                    pending = vec![Frame::data(r.body.clone())];
+                }
                 src = None;
                 let mut st = stream.lock().await;
                 st.cx.stream_info_mut().response_code_details = Some(Arc::from(r.details.as_str()));

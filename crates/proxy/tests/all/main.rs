@@ -10,6 +10,7 @@ mod early_reply;
 mod errors;
 mod filter_chains;
 mod filters;
+mod grpc_replies;
 mod header_order;
 mod http1_codec;
 mod listeners;
