@@ -642,6 +642,7 @@ impl Finisher {
                         .as_ref()
                         .or(info.request_headers.as_deref()),
                     response: info.response_headers.as_deref(),
+                    tcp: false,
                 };
                 for log in &hcm.access_logs {
                     log.log(&cx, &this.summary);

@@ -282,6 +282,8 @@ pub struct HcmConfig {
 pub struct TcpProxyConfig {
     /// `stat_prefix`.
     pub stat_prefix: String,
+    /// `access_log`: one line per connection when it closes.
+    pub access_logs: Vec<AccessLog>,
     /// The cluster.
     pub cluster: ClusterChoice,
     /// `tcp.<stat_prefix>.downstream_cx_total`
@@ -664,24 +666,7 @@ fn build_hcm(
             "the last HTTP filter must be envoy.filters.http.router",
         ));
     }
-    let mut access_logs = Vec::new();
-    for (i, a) in cfg.access_log.iter().enumerate() {
-        let apath = format!("{path}.access_log[{i}]");
-        let any = match &a.config_type {
-            Some(
-                envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType::TypedConfig(
-                    any,
-                ),
-            ) => any,
-            _ => {
-                return Err(ConfigError::invalid(
-                    format!("{apath}.typed_config"),
-                    "required",
-                ));
-            }
-        };
-        access_logs.push(AccessLog::build(any, &format!("{apath}.typed_config"))?);
-    }
+    let access_logs = access_logs(&cfg.access_log, path)?;
     let server_name = if cfg.server_name.is_empty() {
         HeaderValue::from_static("envoy")
     } else {
@@ -723,6 +708,29 @@ fn forward_client_cert(mode: i32, path: &str) -> Result<bool, ConfigError> {
     }
 }
 
+/// The `access_log` entries of an HTTP connection manager or TCP proxy at `path`.
+fn access_logs(
+    logs: &[envoy_types::pb::envoy::config::accesslog::v3::AccessLog],
+    path: &str,
+) -> Result<Vec<AccessLog>, ConfigError> {
+    use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType;
+    logs.iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let apath = format!("{path}.access_log[{i}]");
+            match &a.config_type {
+                Some(ConfigType::TypedConfig(any)) => {
+                    AccessLog::build(any, &format!("{apath}.typed_config"))
+                }
+                _ => Err(ConfigError::invalid(
+                    format!("{apath}.typed_config"),
+                    "required",
+                )),
+            }
+        })
+        .collect()
+}
+
 fn build_tcp_proxy(
     cfg: &tcp_proxy::TcpProxy,
     path: &str,
@@ -759,6 +767,7 @@ fn build_tcp_proxy(
             .counter(&format!("tcp.{p}.{n}"), &format!("envoy_tcp_{n}"), &tag)
     };
     Ok(TcpProxyConfig {
+        access_logs: access_logs(&cfg.access_log, path)?,
         stat_prefix: p.clone(),
         cluster,
         cx_total: c("downstream_cx_total"),

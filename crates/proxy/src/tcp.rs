@@ -62,6 +62,18 @@ pub(crate) async fn serve<D>(
     for f in filters.iter_mut() {
         f.on_log(info);
     }
+    if !cfg.access_logs.is_empty() {
+        let lc = crate::access_log::format::LogContext {
+            info,
+            request: None,
+            response: None,
+            tcp: true,
+        };
+        let summary = crate::access_log::RequestSummary::default();
+        for log in &cfg.access_logs {
+            log.log(&lc, &summary);
+        }
+    }
 }
 
 async fn proxy<D>(

@@ -156,6 +156,8 @@ pub struct LogContext<'a> {
     pub request: Option<&'a http::request::Parts>,
     /// Response headers as sent downstream.
     pub response: Option<&'a HeaderMap>,
+    /// A TCP proxy's connection (no HTTP protocol).
+    pub tcp: bool,
 }
 
 fn header(map: &HeaderMap, name: &str) -> Option<String> {
@@ -192,6 +194,7 @@ pub fn value(cmd: &Cmd, cx: &LogContext<'_>) -> Option<String> {
         Cmd::Resp(a, b) => cx
             .response
             .and_then(|r| header(r, a).or_else(|| b.as_ref().and_then(|b| header(r, b)))),
+        Cmd::Protocol if cx.tcp => None,
         Cmd::Protocol => Some(super::protocol(info.protocol).to_string()),
         Cmd::ResponseCode => Some(info.response_code.unwrap_or(0).to_string()),
         Cmd::ResponseCodeDetails => info.response_code_details.as_deref().map(str::to_string),

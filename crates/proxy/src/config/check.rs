@@ -282,7 +282,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ("envoy.extensions.filters.http.router.v3.Router", &[]),
     (
         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-        &["stat_prefix", "cluster"],
+        &["stat_prefix", "cluster", "access_log"],
     ),
     (
         "envoy.config.cluster.v3.Cluster",

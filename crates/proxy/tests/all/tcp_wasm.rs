@@ -1,7 +1,8 @@
 //! A network Wasm filter in front of the TCP proxy, against real Envoy 1.40: the plugin may
 //! choose the TCP proxy's cluster with the `set_envoy_filter_state` foreign function
 //! (`envoy.tcp_proxy.cluster`, as the proxy-wasm Rust SDK's TCP routing example does); a key
-//! with no object factory is NotFound and changes nothing.
+//! with no object factory is NotFound and changes nothing. The TCP proxy's `access_log` writes
+//! one line per connection.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -11,7 +12,7 @@ use test_support::proxy_peers::{free_ports, start_envoy, start_upstream};
 
 use crate::support::*;
 
-fn bootstrap(admin: u16, listen: u16, a: u16, b: u16, config: &str) -> String {
+fn bootstrap(admin: u16, listen: u16, a: u16, b: u16, config: &str, log: &str) -> String {
     format!(
         r#"
 admin:
@@ -38,6 +39,13 @@ static_resources:
           "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
           stat_prefix: tcp
           cluster: a
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {log}
+              log_format:
+                text_format: "%UPSTREAM_CLUSTER% %BYTES_RECEIVED% %BYTES_SENT% %RESPONSE_CODE% %PROTOCOL%\n"
   clusters:
 {a}{b}"#,
         path = test_plugins::path(test_plugins::TCP_COUNTER).display(),
@@ -72,16 +80,48 @@ async fn a_network_plugin_routes_the_tcp_proxy_like_envoy() -> anyhow::Result<()
         ("", "a"),
     ] {
         let ports = free_ports(2)?;
-        let envoy_yaml = bootstrap(ports[1], ports[0], pa, pb, config);
+        let dir = tempfile::tempdir()?;
+        let (elog, olog) = (dir.path().join("envoy.log"), dir.path().join("ours.log"));
+        let envoy_yaml = bootstrap(
+            ports[1],
+            ports[0],
+            pa,
+            pb,
+            config,
+            &elog.display().to_string(),
+        );
         let admin: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
         let _envoy = tokio::task::spawn_blocking(move || start_envoy(&envoy_yaml, admin)).await??;
-        let ours = start_proxy(&bootstrap(0, 0, pa, pb, config))?;
+        let ours = start_proxy(&bootstrap(
+            0,
+            0,
+            pa,
+            pb,
+            config,
+            &olog.display().to_string(),
+        ))?;
         let envoy_addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
         let ours_addr = ours.listener_addr("main").expect("listener");
         let e = tokio::task::spawn_blocking(move || upstream_of(envoy_addr)).await??;
         let o = tokio::task::spawn_blocking(move || upstream_of(ours_addr)).await??;
         assert_eq!(e, want, "envoy with {config:?}");
         assert_eq!(o, e, "wasmesh (left) vs Envoy (right) with {config:?}");
+        let read = |p: std::path::PathBuf| async move {
+            for _ in 0..50 {
+                let t = std::fs::read_to_string(&p).unwrap_or_default();
+                if !t.is_empty() {
+                    return t;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            String::new()
+        };
+        let (el, ol) = (read(elog).await, read(olog).await);
+        assert!(el.starts_with(want), "envoy's access log: {el:?}");
+        assert_eq!(
+            ol, el,
+            "access log: wasmesh (left) vs Envoy (right) with {config:?}"
+        );
     }
     Ok(())
 }
