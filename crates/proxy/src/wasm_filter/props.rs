@@ -60,10 +60,11 @@ impl Facts {
             self.sni.clone_from(&info.requested_server_name);
         }
         self.request_id.clone_from(&info.request_id);
+        // Whole microseconds, as Envoy's system clock counts them.
         self.start_ns = info
             .start_time
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
+            .map(|d| d.as_micros() as i64 * 1000)
             .unwrap_or(0);
         self.route_name.clone_from(&info.route_name);
         self.virtual_host_name.clone_from(&info.virtual_host_name);

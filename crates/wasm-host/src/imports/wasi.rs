@@ -3,7 +3,7 @@
 //! (Hand-written: the SDKs import ~10 functions; wasmtime-wasi would pull in the component model
 //! and grant capabilities we would then have to take away.)
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use wasmtime::{Caller, FuncType, Linker, Val, ValType};
 
@@ -101,10 +101,7 @@ fn environ_get(c: &mut C<'_>, ptrs: i32, buf: i32) -> E {
 
 fn clock_time_get(c: &mut C<'_>, id: i32, out: i32) -> E {
     let ns = match id {
-        0 => SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0),
+        0 => super::env::wall_clock_ns(),
         1 => {
             static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
             START.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
