@@ -257,17 +257,24 @@ pub(super) async fn run(
     let mut pending = Vec::new();
     if n > 0 {
         let mut pass = Pass::new(Dir::Request, n, hcm.buffer_limit);
-        match headers_phase(
-            &stream,
-            &mut pass,
-            &mut Hdrs::Req(&mut parts),
-            &mut src,
-            Some(&counter),
-        )
-        .await
-        {
+        let waited = std::cell::Cell::new(false);
+        let phase = WasPending {
+            inner: std::pin::pin!(headers_phase(
+                &stream,
+                &mut pass,
+                &mut Hdrs::Req(&mut parts),
+                &mut src,
+                Some(&counter),
+            )),
+            pending: &waited,
+        }
+        .await;
+        match phase {
             Phase::Done(p) => pending = p,
             Phase::Reply(r, pos) => {
+                if waited.get() && !fin.request_done.get() {
+                    read_arrived(&mut src, hcm.buffer_limit).await;
+                }
                 fin.capture(&parts);
                 keep_request(&stream, &parts, n).await;
                 return respond_local(&conn, &stream, fin, r, pos + 1, ResponseFlags::default())
@@ -772,6 +779,55 @@ async fn backoff(attempt: u32) {
         crate::worker::rand_u32() as u64 % ms + 1,
     ))
     .await;
+}
+
+/// A future that records whether it ever had to wait.
+struct WasPending<'a, F> {
+    inner: std::pin::Pin<&'a mut F>,
+    pending: &'a std::cell::Cell<bool>,
+}
+
+impl<F: std::future::Future> std::future::Future for WasPending<'_, F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let r = self.inner.as_mut().poll(cx);
+        if r.is_pending() {
+            self.pending.set(true);
+        }
+        r
+    }
+}
+
+/// A filter that paused the request and replied later (after a callout, say) replies to a
+/// request Envoy's codec has read meanwhile, as far as it had arrived: read what already
+/// arrived (up to `limit` bytes, dropped), so that a request whose end is here is complete
+/// and its reply keeps the connection, as in Envoy.
+async fn read_arrived<B>(src: &mut Option<B>, limit: usize)
+where
+    B: http_body::Body + Unpin,
+{
+    use futures::FutureExt;
+    let Some(b) = src.as_mut() else { return };
+    let mut seen = 0;
+    let mut idle = 0;
+    while seen < limit && idle < 2 {
+        match b.frame().now_or_never() {
+            Some(Some(Ok(f))) => {
+                idle = 0;
+                seen += f.data_ref().map_or(0, bytes::Buf::remaining);
+            }
+            Some(_) => return,
+            // let the connection task read the socket, then look again
+            None => {
+                idle += 1;
+                tokio::task::yield_now().await;
+            }
+        }
+    }
 }
 
 /// A local reply through the response hooks of the first `seen` filters.

@@ -109,3 +109,49 @@ async fn a_reply_before_the_body_is_read_closes_like_envoy() -> anyhow::Result<(
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
 }
+
+/// A plugin that paused the request for a callout and then rejects it replies after Envoy's
+/// codec has read the whole (small) request: the connection stays open, no
+/// `connection: close`; as it does when the body is still coming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_after_a_callout_keeps_the_connection_like_envoy() -> anyhow::Result<()> {
+    let up = start_upstream("up").await?;
+    let side = start_upstream("side").await?;
+    let yaml = |admin: u16, listen: u16| {
+        one_plugin(
+            (admin, listen, up.addr.port()),
+            test_plugins::CALLOUT,
+            "co",
+            r#"{"cluster": "side", "path": "/status/403"}"#,
+            &cluster_yaml("side", side.addr.port(), false),
+        )
+    };
+    let ours = start_proxy(&yaml(0, 0))?;
+    let ours_addr = ours.listener_addr("main").expect("listener");
+    let ports = free_ports(2)?;
+    let envoy_yaml = yaml(ports[1], ports[0]);
+    let admin: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+    let _envoy = tokio::task::spawn_blocking(move || start_envoy(&envoy_yaml, admin)).await??;
+    let envoy_addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+    let head = |addr: SocketAddr, req: &'static [u8]| {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        s.write_all(req).expect("write");
+        let reply = read_message(&mut s).to_ascii_lowercase();
+        (
+            reply.split(' ').nth(1).unwrap_or_default().to_string(),
+            reply.contains("\r\nconnection: close\r\n"),
+        )
+    };
+    for req in [
+        &b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello"[..],
+        &b"POST /b HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
+        &b"POST /c HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"[..],
+    ] {
+        let e = tokio::task::spawn_blocking(move || head(envoy_addr, req)).await?;
+        let o = tokio::task::spawn_blocking(move || head(ours_addr, req)).await?;
+        assert_eq!(e.0, "403", "envoy");
+        assert_eq!(o, e, "wasmesh (left) vs Envoy (right): {}", String::from_utf8_lossy(req));
+    }
+    Ok(())
+}
