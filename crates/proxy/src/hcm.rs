@@ -406,8 +406,8 @@ fn is_grpc(headers: &http::HeaderMap) -> bool {
 }
 
 /// Envoy's `Grpc::Utility::httpToGrpcStatus`.
-fn grpc_status_of(status: http::StatusCode) -> u32 {
-    match status.as_u16() {
+pub(crate) fn http_to_grpc(status: u16) -> u32 {
+    match status {
         400 => 13,
         401 => 16,
         403 => 7,
@@ -441,7 +441,7 @@ pub(crate) fn grpc_local_reply_parts(reply: &LocalReply) -> http::response::Part
     if !reply.headers.contains_key("grpc-status") {
         let code = reply
             .grpc_status
-            .unwrap_or_else(|| grpc_status_of(reply.status));
+            .unwrap_or_else(|| http_to_grpc(reply.status.as_u16()));
         parts.headers.insert("grpc-status", HeaderValue::from(code));
     }
     if !reply.body.is_empty()

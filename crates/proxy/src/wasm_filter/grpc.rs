@@ -65,18 +65,6 @@ fn header_status(h: &http::HeaderMap) -> Option<(u32, String)> {
     Some((code, message))
 }
 
-/// Envoy's `Grpc::Utility::httpToGrpcStatus`.
-fn http_to_grpc(code: u16) -> u32 {
-    match code {
-        400 => INTERNAL,
-        401 => 16,
-        403 => 7,
-        404 => 12,
-        429 | 502..=504 => UNAVAILABLE,
-        _ => UNKNOWN,
-    }
-}
-
 /// What the plugin is told: the response message, or (status, message).
 pub(crate) fn outcome(
     answer: Result<http::Response<Bytes>, CalloutError>,
@@ -88,7 +76,10 @@ pub(crate) fn outcome(
     };
     let (parts, body) = resp.into_parts();
     if parts.status != http::StatusCode::OK {
-        return Err((http_to_grpc(parts.status.as_u16()), String::new()));
+        return Err((
+            crate::hcm::http_to_grpc(parts.status.as_u16()),
+            String::new(),
+        ));
     }
     let status = parts
         .extensions
