@@ -120,17 +120,12 @@ fn new_config(
             reason: "missing".into(),
         });
     };
-    let plugin = plugin_config::build_plugin(&pc, cx)?;
-    let backoff = plugin_config::reload_backoff(&pc);
-    stats::register(&cx.stats, &plugin);
+    let slot = PluginSlot::new(&pc, cx)?;
+    let plugin = &slot.plugin;
     tracing::info!(plugin = %plugin.config().name, sha256 = %plugin.module().sha256(), abi = %plugin.module().abi(), "wasm plugin loaded");
     let config = Arc::new(WasmFilterConfig {
-        plugin,
-        clusters: cx.cluster_names.clone(),
-        backoff,
+        slot,
         stop_iteration,
-        id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        alive: Arc::new(()),
     });
     LIVE.get_or_init(Default::default)
         .lock()
@@ -139,23 +134,36 @@ fn new_config(
     Ok(config)
 }
 
-/// A configured Wasm HTTP filter.
-pub struct WasmFilterConfig {
+/// What a filter config (HTTP or network) keeps to find its plugin in each thread's VM.
+pub(crate) struct PluginSlot {
     plugin: Arc<Plugin>,
     clusters: Arc<[String]>,
     backoff: wasm_host::Backoff,
-    /// `allow_on_headers_stop_iteration`: a Pause from a headers callback is Envoy's
-    /// `StopIteration` (the body still reaches the plugin) instead of the default
-    /// `StopAllIterationAndWatermark` (the stream waits until the plugin resumes it).
-    stop_iteration: bool,
-    /// Unique per config (keys the per-worker VM slot; a pointer could be reused).
+    /// Unique per config (a pointer could be reused).
     id: usize,
-    /// Dropped with the config; tells each worker to release its VM.
+    /// Dropped with the config: the plugin leaves each thread's VM.
     alive: Arc<()>,
 }
 
-impl WasmFilterConfig {
-    fn worker_vm(&self, worker: &WorkerContext) -> PluginRef {
+impl PluginSlot {
+    /// Builds the plugin of `pc` (compiling its module) and registers its stats.
+    fn new(
+        pc: &envoy_types::pb::envoy::extensions::wasm::v3::PluginConfig,
+        cx: &BuildContext,
+    ) -> Result<Self, ConfigError> {
+        let plugin = plugin_config::build_plugin(pc, cx)?;
+        stats::register(&cx.stats, &plugin);
+        Ok(Self {
+            plugin,
+            clusters: cx.cluster_names.clone(),
+            backoff: plugin_config::reload_backoff(pc),
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            alive: Arc::new(()),
+        })
+    }
+
+    /// The plugin's place in `worker`'s VM (joining or starting it).
+    fn join(&self, worker: &WorkerContext) -> PluginRef {
         PluginRef::join(
             self.plugin.clone(),
             worker,
@@ -164,6 +172,21 @@ impl WasmFilterConfig {
             Arc::downgrade(&self.alive),
             self.id,
         )
+    }
+}
+
+/// A configured Wasm HTTP filter.
+pub struct WasmFilterConfig {
+    slot: PluginSlot,
+    /// `allow_on_headers_stop_iteration`: a Pause from a headers callback is Envoy's
+    /// `StopIteration` (the body still reaches the plugin) instead of the default
+    /// `StopAllIterationAndWatermark` (the stream waits until the plugin resumes it).
+    stop_iteration: bool,
+}
+
+impl WasmFilterConfig {
+    fn worker_vm(&self, worker: &WorkerContext) -> PluginRef {
+        self.slot.join(worker)
     }
 }
 

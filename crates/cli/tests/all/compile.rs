@@ -157,19 +157,30 @@ pub(crate) fn get(addr: SocketAddr) -> String {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wasmesh_proxy_compiles_plugins_in_a_child_process() {
+/// Runs `wasmesh proxy` (with `args` before `-c`, and `RUST_LOG` set to `rust_log` or
+/// removed) on [`bootstrap`] with `module` in front of an echo upstream, sends one GET once it
+/// is ready, stops it, and returns the raw response and what it logged.
+pub(crate) async fn one_request(
+    module: &std::path::Path,
+    args: &[&str],
+    rust_log: Option<&str>,
+) -> (String, String) {
     let echo = test_support::echo::start("echo").await.expect("echo");
     let dir = tempfile::tempdir().expect("tempdir");
     let ports = test_support::proxy_peers::free_ports(2).expect("ports");
     let cfg = dir.path().join("bootstrap.yaml");
-    let module = test_plugins::path(test_plugins::HEADERS);
-    std::fs::write(&cfg, bootstrap(ports[0], ports[1], echo.addr, &module)).expect("write");
+    std::fs::write(&cfg, bootstrap(ports[0], ports[1], echo.addr, module)).expect("write");
     let log = dir.path().join("proxy.log");
-    let mut proxy = Command::new(env!("CARGO_BIN_EXE_wasmesh"))
-        .args(["proxy", "--concurrency", "1", "-c"])
-        .arg(&cfg)
-        .env("RUST_LOG", "info")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wasmesh"));
+    cmd.args(["proxy", "--concurrency", "1"])
+        .args(args)
+        .arg("-c")
+        .arg(&cfg);
+    match rust_log {
+        Some(l) => cmd.env("RUST_LOG", l),
+        None => cmd.env_remove("RUST_LOG"),
+    };
+    let mut proxy = cmd
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
@@ -189,6 +200,13 @@ async fn wasmesh_proxy_compiles_plugins_in_a_child_process() {
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     ready.unwrap_or_else(|e| panic!("proxy not ready: {e}\n{log}"));
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}\n{log}");
+    (resp, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasmesh_proxy_compiles_plugins_in_a_child_process() {
+    let module = test_plugins::path(test_plugins::HEADERS);
+    let (resp, log) = one_request(&module, &[], Some("info")).await;
     assert!(
         resp.to_ascii_lowercase().contains("x-compiled: child"),
         "{resp}"
@@ -200,9 +218,13 @@ async fn wasmesh_proxy_compiles_plugins_in_a_child_process() {
     );
 
     // a corrupt module: the proxy does not start, and says which filter and why
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ports = test_support::proxy_peers::free_ports(2).expect("ports");
+    let cfg = dir.path().join("bootstrap.yaml");
     let bad = dir.path().join("bad.wasm");
     std::fs::write(&bad, b"\0asm\x01\0\0\0\x63junk").expect("write");
-    std::fs::write(&cfg, bootstrap(ports[0], ports[1], echo.addr, &bad)).expect("write");
+    let upstream: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+    std::fs::write(&cfg, bootstrap(ports[0], ports[1], upstream, &bad)).expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_wasmesh"))
         .args(["proxy", "--concurrency", "1", "-c"])
         .arg(&cfg)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use envoy_types::pb::envoy::extensions::filters::network::wasm::v3::Wasm as PbWasm;
 use prost::Message;
-use wasm_host::{BufferType, Effect, FilterAction, PeerType, Plugin, StreamType};
+use wasm_host::{BufferType, Effect, FilterAction, PeerType, StreamType};
 
 use super::props::{Facts, StreamProps};
 use super::worker::{PluginRef, Unavailable};
@@ -31,37 +31,18 @@ fn build(
             reason: "missing".into(),
         });
     };
-    let plugin = super::plugin_config::build_plugin(&pc, cx)?;
-    let backoff = super::plugin_config::reload_backoff(&pc);
-    super::stats::register(&cx.stats, &plugin);
     Ok(Arc::new(NetConfig {
-        plugin,
-        clusters: cx.cluster_names.clone(),
-        backoff,
-        id: super::NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        alive: Arc::new(()),
+        slot: super::PluginSlot::new(&pc, cx)?,
     }))
 }
 
 struct NetConfig {
-    plugin: Arc<Plugin>,
-    clusters: Arc<[String]>,
-    backoff: wasm_host::Backoff,
-    id: usize,
-    /// Dropped with the config; tells each worker to release its VM.
-    alive: Arc<()>,
+    slot: super::PluginSlot,
 }
 
 impl NetConfig {
     fn worker_vm(&self, worker: &WorkerContext) -> PluginRef {
-        PluginRef::join(
-            self.plugin.clone(),
-            worker,
-            self.clusters.clone(),
-            self.backoff.clone(),
-            Arc::downgrade(&self.alive),
-            self.id,
-        )
+        self.slot.join(worker)
     }
 }
 
