@@ -1,6 +1,7 @@
 //! Converting between the proxy's `http` types and the header maps plugins see, with Envoy's
-//! pseudo-headers: `:authority`, `:path`, `:method`, `:scheme` for requests (HTTP/1.1 `Host`
-//! becomes `:authority`), `:status` for responses.
+//! pseudo-headers: `:authority`, `:path`, `:method`, `:scheme` for HTTP/1.1 requests (`Host`
+//! becomes `:authority`; h2: `:method`, `:path`, `:scheme`, `:authority`), `:status` for
+//! responses.
 
 use http::header::{HOST, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
@@ -19,15 +20,20 @@ fn request_entries(parts: &http::request::Parts) -> impl Iterator<Item = (&[u8],
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let pseudo = [
-        (&b":authority"[..], authority),
-        (b":path", path.as_bytes()),
-        (b":method", parts.method.as_str().as_bytes()),
-        (
-            b":scheme",
-            parts.uri.scheme_str().unwrap_or("http").as_bytes(),
-        ),
-    ];
+    let authority = (&b":authority"[..], authority);
+    let path = (&b":path"[..], path.as_bytes());
+    let method = (&b":method"[..], parts.method.as_str().as_bytes());
+    let scheme = (
+        &b":scheme"[..],
+        parts.uri.scheme_str().unwrap_or("http").as_bytes(),
+    );
+    // Envoy keeps an h2 request's pseudo-headers in the order they came; the h2 codec does not
+    // tell it, so the order curl and nghttp2 send is used. HTTP/1.1: Envoy's codec order.
+    let pseudo = if parts.version == http::Version::HTTP_2 {
+        [method, path, scheme, authority]
+    } else {
+        [authority, path, method, scheme]
+    };
     pseudo.into_iter().chain(
         parts
             .headers

@@ -52,3 +52,53 @@ async fn edited_headers_reach_the_upstream_in_envoys_order() -> anyhow::Result<(
     assert_eq!(got[1], got[0], "wasmesh vs envoy");
     Ok(())
 }
+
+/// The request header names a plugin sees (`props_probe`'s `x-probe-request-names`) for an
+/// h2 request from curl and an HTTP/1.1 one: Envoy keeps curl's h2 pseudo-header order
+/// (`:method`, `:path`, `:scheme`, `:authority`) and puts its codec's order on HTTP/1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_see_pseudo_headers_in_envoys_order() -> anyhow::Result<()> {
+    let up = test_support::proxy_peers::start_upstream("up").await?;
+    let yaml = |admin: u16, listen: u16| {
+        one_plugin(
+            (admin, listen, up.addr.port()),
+            test_plugins::PROPS_PROBE,
+            "probe",
+            r#"{"paths": []}"#,
+            "",
+        )
+    };
+    let ours = start_proxy(&yaml(0, 0))?;
+    let ours_addr = ours.listener_addr("main").expect("listener");
+    let ports = free_ports(2)?;
+    let envoy_yaml = yaml(ports[1], ports[0]);
+    let admin: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+    let _envoy = tokio::task::spawn_blocking(move || start_envoy(&envoy_yaml, admin)).await??;
+    let envoy_addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+    let names = |addr: SocketAddr, h2: bool| async move {
+        let mut args = vec!["-s", "-o", "/dev/null", "-D", "-"];
+        if h2 {
+            args.push("--http2-prior-knowledge");
+        }
+        let out = tokio::process::Command::new("curl")
+            .args(&args)
+            .arg(format!("http://{addr}/names"))
+            .output()
+            .await?;
+        let head = String::from_utf8_lossy(&out.stdout).to_string();
+        anyhow::Ok(
+            head.lines()
+                .find_map(|l| l.strip_prefix("x-probe-request-names: "))
+                .unwrap_or("<missing>")
+                .trim()
+                .to_string(),
+        )
+    };
+    for h2 in [true, false] {
+        let e = names(envoy_addr, h2).await?;
+        let o = names(ours_addr, h2).await?;
+        assert!(e.starts_with(':'), "envoy (h2: {h2}): {e}");
+        assert_eq!(o, e, "wasmesh (left) vs Envoy (right), h2: {h2}");
+    }
+    Ok(())
+}
