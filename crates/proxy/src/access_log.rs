@@ -21,7 +21,7 @@ const STDERR: &str =
 /// An access log: where lines go and how they look.
 #[derive(Clone, Debug)]
 pub struct AccessLog {
-    /// The destination.
+    /// The destination (a plugin: Envoy's Wasm access logger).
     pub sink: Sink,
     /// The line format.
     pub format: LogFormat,
@@ -47,6 +47,16 @@ pub enum Sink {
     Stderr,
     /// An append-only file.
     File(String, Arc<Mutex<std::fs::File>>),
+    /// A plugin (`envoy.access_loggers.wasm`).
+    Plugin(Arc<dyn PluginLog>),
+}
+
+/// An access logger that is a plugin: told about each finished stream on the worker it ran on.
+pub trait PluginLog: Send + Sync {
+    /// Starts the plugin's VM on `worker` (with the config, as Envoy does).
+    fn warm(&self, worker: &crate::filter::WorkerContext);
+    /// The stream finished.
+    fn log(&self, info: &StreamInfo, worker: &crate::filter::WorkerContext);
 }
 
 impl std::fmt::Debug for Sink {
@@ -55,6 +65,7 @@ impl std::fmt::Debug for Sink {
             Sink::Stdout => f.write_str("Stdout"),
             Sink::Stderr => f.write_str("Stderr"),
             Sink::File(p, _) => write!(f, "File({p})"),
+            Sink::Plugin(_) => f.write_str("Plugin"),
         }
     }
 }
@@ -185,7 +196,7 @@ impl AccessLog {
 
     /// Whether lines need the full request and response headers.
     pub fn needs_headers(&self) -> bool {
-        !matches!(self.format, LogFormat::Default)
+        matches!(self.sink, Sink::Plugin(_)) || !matches!(self.format, LogFormat::Default)
     }
 
     /// Formats and writes the line for a finished stream.
@@ -201,6 +212,7 @@ impl AccessLog {
     /// Writes one line.
     pub fn write(&self, line: &str) {
         let r = match &self.sink {
+            Sink::Plugin(_) => Ok(()),
             Sink::Stdout => std::io::stdout().lock().write_all(line.as_bytes()),
             Sink::Stderr => std::io::stderr().lock().write_all(line.as_bytes()),
             Sink::File(_, f) => match f.lock() {

@@ -645,7 +645,10 @@ impl Finisher {
                     tcp: false,
                 };
                 for log in &hcm.access_logs {
-                    log.log(&cx, &this.summary);
+                    match &log.sink {
+                        crate::access_log::Sink::Plugin(p) => p.log(info, &this.conn.worker.ctx),
+                        _ => log.log(&cx, &this.summary),
+                    }
                 }
             }
         };

@@ -666,7 +666,7 @@ fn build_hcm(
             "the last HTTP filter must be envoy.filters.http.router",
         ));
     }
-    let access_logs = access_logs(&cfg.access_log, path)?;
+    let access_logs = access_logs(&cfg.access_log, path, env, listener, &cfg.stat_prefix)?;
     let server_name = if cfg.server_name.is_empty() {
         HeaderValue::from_static("envoy")
     } else {
@@ -712,6 +712,9 @@ fn forward_client_cert(mode: i32, path: &str) -> Result<bool, ConfigError> {
 fn access_logs(
     logs: &[envoy_types::pb::envoy::config::accesslog::v3::AccessLog],
     path: &str,
+    env: &BuildEnv<'_>,
+    listener: &str,
+    stat_prefix: &str,
 ) -> Result<Vec<AccessLog>, ConfigError> {
     use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType;
     logs.iter()
@@ -719,6 +722,18 @@ fn access_logs(
         .map(|(i, a)| {
             let apath = format!("{path}.access_log[{i}]");
             match &a.config_type {
+                Some(ConfigType::TypedConfig(any))
+                    if any.type_url == crate::wasm_filter::WASM_ACCESS_LOG_TYPE_URL =>
+                {
+                    let tpath = format!("{apath}.typed_config");
+                    let cx = env.context(&a.name, listener, stat_prefix, &tpath);
+                    Ok(AccessLog {
+                        sink: crate::access_log::Sink::Plugin(
+                            crate::wasm_filter::build_access_log(any, &cx)?,
+                        ),
+                        format: crate::access_log::LogFormat::Default,
+                    })
+                }
                 Some(ConfigType::TypedConfig(any)) => {
                     AccessLog::build(any, &format!("{apath}.typed_config"))
                 }
@@ -767,7 +782,7 @@ fn build_tcp_proxy(
             .counter(&format!("tcp.{p}.{n}"), &format!("envoy_tcp_{n}"), &tag)
     };
     Ok(TcpProxyConfig {
-        access_logs: access_logs(&cfg.access_log, path)?,
+        access_logs: access_logs(&cfg.access_log, path, env, "", &cfg.stat_prefix)?,
         stat_prefix: p.clone(),
         cluster,
         cx_total: c("downstream_cx_total"),

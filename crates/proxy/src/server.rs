@@ -99,9 +99,18 @@ fn warm(worker: &Worker, main: bool) {
             for f in &chain.network_filters {
                 f.config.warm(&worker.ctx);
             }
-            if let crate::listener::Terminal::Http(h) = &chain.terminal {
-                for f in &h.filters {
-                    f.config.warm(&worker.ctx);
+            let logs = match &chain.terminal {
+                crate::listener::Terminal::Http(h) => {
+                    for f in &h.filters {
+                        f.config.warm(&worker.ctx);
+                    }
+                    &h.access_logs
+                }
+                crate::listener::Terminal::Tcp(t) => &t.access_logs,
+            };
+            for log in logs {
+                if let crate::access_log::Sink::Plugin(p) = &log.sink {
+                    p.warm(&worker.ctx);
                 }
             }
         }

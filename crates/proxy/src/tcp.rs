@@ -71,7 +71,10 @@ pub(crate) async fn serve<D>(
         };
         let summary = crate::access_log::RequestSummary::default();
         for log in &cfg.access_logs {
-            log.log(&lc, &summary);
+            match &log.sink {
+                crate::access_log::Sink::Plugin(p) => p.log(info, &worker.ctx),
+                _ => log.log(&lc, &summary),
+            }
         }
     }
 }

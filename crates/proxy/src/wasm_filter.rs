@@ -175,6 +175,55 @@ impl PluginSlot {
     }
 }
 
+/// `envoy.access_loggers.wasm`'s config type.
+pub(crate) const WASM_ACCESS_LOG_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.access_loggers.wasm.v3.WasmAccessLog";
+
+/// Envoy's Wasm access logger: a plugin whose root context gets `proxy_on_log` for each
+/// finished stream, with the stream's properties and headers readable.
+struct WasmAccessLog {
+    slot: PluginSlot,
+}
+
+/// Builds a Wasm access logger from its `typed_config`.
+pub(crate) fn build_access_log(
+    any: &crate::pb::Any,
+    cx: &BuildContext,
+) -> Result<Arc<dyn crate::access_log::PluginLog>, ConfigError> {
+    use envoy_types::pb::envoy::extensions::access_loggers::wasm::v3::WasmAccessLog as Pb;
+    let pb = Pb::decode(&*any.value).map_err(|e| decode_error(cx, e))?;
+    let Some(pc) = pb.config else {
+        return Err(ConfigError::Invalid {
+            path: format!("{}.config", cx.field_path),
+            reason: "missing".into(),
+        });
+    };
+    Ok(Arc::new(WasmAccessLog {
+        slot: PluginSlot::new(&pc, cx)?,
+    }))
+}
+
+impl crate::access_log::PluginLog for WasmAccessLog {
+    fn warm(&self, worker: &WorkerContext) {
+        let _ = self.slot.join(worker);
+    }
+
+    fn log(&self, info: &StreamInfo, worker: &WorkerContext) {
+        let vm = self.slot.join(worker);
+        let Ok(root) = vm.ensure_ready() else { return };
+        let facts = Rc::new(RefCell::new(Facts::default()));
+        facts.borrow_mut().refresh(info);
+        let props = Box::new(StreamProps(facts));
+        if let Some(Err(e)) = vm.with_vm(|v| v.log_on_root(root, props)) {
+            tracing::debug!(plugin = %self.slot.plugin.config().name, error = %e, "access log plugin failed");
+        }
+        let effects = vm.with_vm(|v| v.take_effects()).unwrap_or_default();
+        if !effects.is_empty() {
+            vm.route(effects);
+        }
+    }
+}
+
 /// A configured Wasm HTTP filter.
 pub struct WasmFilterConfig {
     slot: PluginSlot,

@@ -879,6 +879,32 @@ impl PluginVm {
         }
     }
 
+    /// An access-log plugin's turn (Envoy's Wasm access logger): `proxy_on_log` on root context
+    /// `root`, which for the call sees the finished stream: its properties through `props`
+    /// and its request and response headers (built from `props` when read).
+    pub fn log_on_root(
+        &mut self,
+        root: u32,
+        props: Box<dyn StreamProperties>,
+    ) -> Result<(), Error> {
+        self.check_context(root)?;
+        let saved = self.store.data_mut().contexts.get_mut(&root).map(|c| {
+            c.kind = ContextKind::Http;
+            c.logging = true;
+            c.maps_lazy = [true, false, true, false];
+            std::mem::replace(&mut c.props, props)
+        });
+        let result = self.on_log(root);
+        if let (Some(c), Some(saved)) = (self.store.data_mut().contexts.get_mut(&root), saved) {
+            c.kind = ContextKind::Root;
+            c.logging = false;
+            c.maps = Default::default();
+            c.maps_lazy = [false; 4];
+            c.props = saved;
+        }
+        result
+    }
+
     /// Ends a stream context: `proxy_on_done` then `proxy_on_delete` (Envoy ignores a stream's
     /// on_done answer). The context is gone afterwards even if the VM failed.
     pub fn finish(&mut self, ctx: u32) -> Result<(), Error> {

@@ -12,7 +12,7 @@
 //!   `trace <tag>: <tokens>` at info.
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -26,6 +26,28 @@ impl Context for TraceRoot {}
 impl RootContext for TraceRoot {
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+
+    /// As an access logger (`envoy.access_loggers.wasm`): the finished stream's request header
+    /// `x-trace-tag`, response code and `:path`, as a counter and a log line.
+    fn on_log(&mut self) {
+        let header = |name: &str| {
+            proxy_wasm::hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+                .ok()
+                .flatten()
+        };
+        let tag = header("x-trace-tag").unwrap_or_else(|| "none".into());
+        let path = header(":path").unwrap_or_default();
+        let code = self
+            .get_property(vec!["response", "code"])
+            .filter(|v| v.len() == 8)
+            .map(|v| i64::from_le_bytes(v[..8].try_into().unwrap_or([0; 8])))
+            .unwrap_or(-1);
+        let name = format!("trace_log.{tag}.{code}");
+        if let Ok(id) = proxy_wasm::hostcalls::define_metric(MetricType::Counter, &name) {
+            let _ = proxy_wasm::hostcalls::increment_metric(id, 1);
+        }
+        log::info!("trace access log {tag}: {code} {path}");
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -25,4 +25,5 @@ mod ticks;
 mod tls;
 mod trailers;
 mod vm_share;
+mod wasm_access_log;
 mod wasm_differential;
