@@ -162,16 +162,20 @@ impl PluginSlot {
         })
     }
 
-    /// The plugin's place in `worker`'s VM (joining or starting it).
+    /// The plugin's place in `worker`'s VM (joining or starting it the first time): one slot
+    /// lookup per stream, as the VM's own key is only hashed when the plugin joins.
     fn join(&self, worker: &WorkerContext) -> PluginRef {
-        PluginRef::join(
-            self.plugin.clone(),
-            worker,
-            self.clusters.clone(),
-            self.backoff.clone(),
-            Arc::downgrade(&self.alive),
-            self.id,
-        )
+        let r: Rc<PluginRef> = worker.slot(self.id, || {
+            PluginRef::join(
+                self.plugin.clone(),
+                worker,
+                self.clusters.clone(),
+                self.backoff.clone(),
+                Arc::downgrade(&self.alive),
+                self.id,
+            )
+        });
+        (*r).clone()
     }
 }
 

@@ -380,6 +380,8 @@ impl WorkerVm {
             gone
         };
         for m in gone {
+            // (the config's cached place in this VM goes too)
+            self.worker.remove_slot::<PluginRef>(m.id);
             if let Some(root) = m.root.take() {
                 self.deliver(|v| v.shutdown_root(root));
             }
