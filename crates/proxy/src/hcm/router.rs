@@ -541,21 +541,21 @@ async fn forward(
     let config = conn.worker.config.load();
     // The cluster picked when the route was chosen (filters may have read it), if it is one
     // of this route's.
-    let cluster_name = {
+    let (cluster_name, cluster) = {
         let mut st = stream.lock().await;
         let info = st.cx.stream_info_mut();
         let name = match &info.cluster_name {
             Some(c) if action.clusters.contains(c) => Arc::clone(c),
             _ => Arc::clone(action.clusters.pick(crate::worker::rand_u32())),
         };
-        info.set_cluster(Some(Arc::clone(&name)), &config);
-        name
+        let cluster = config.clusters.get(&*name).cloned();
+        // (one lookup: the cluster's metadata comes with it)
+        info.cluster_metadata = cluster.as_ref().and_then(|c| c.metadata.clone());
+        info.cluster_name = Some(Arc::clone(&name));
+        (name, cluster)
     };
-    let cluster = config
-        .clusters
-        .get(&*cluster_name)
-        .cloned()
-        .ok_or_else(|| ProxyError::new(ErrorKind::NoCluster(cluster_name.to_string())))?;
+    let cluster =
+        cluster.ok_or_else(|| ProxyError::new(ErrorKind::NoCluster(cluster_name.to_string())))?;
     // Trailers from an h2 client are not sent to an HTTP/1.1 upstream (Envoy's codec drops
     // them); an HTTP/1.1 client's were dropped on the way in.
     let body = if !body_empty
