@@ -529,6 +529,11 @@ pub enum CalloutError {
 #[derive(Debug, Clone)]
 pub struct CalloutTrailers(pub http::HeaderMap);
 
+/// A callout request extension: the body's length is not announced (no `content-length`), as
+/// Envoy's async gRPC client sends its requests.
+#[derive(Debug, Clone, Copy)]
+pub struct UnsizedBody;
+
 /// Makes HTTP callouts for a worker (the proxy's cluster manager; tests may fake it).
 pub trait HttpCallDispatcher {
     /// Sends `request` to a host of `cluster` and collects the whole response.

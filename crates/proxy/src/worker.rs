@@ -77,7 +77,16 @@ impl HttpCallDispatcher for Callouts {
             {
                 parts.headers.insert("x-envoy-expected-rq-timeout-ms", v);
             }
-            let req = http::Request::from_parts(parts, crate::hcm::full(body));
+            let body = if parts
+                .extensions
+                .get::<crate::filter::UnsizedBody>()
+                .is_some()
+            {
+                unsized_body(body)
+            } else {
+                crate::hcm::full(body)
+            };
+            let req = http::Request::from_parts(parts, body);
             let start = std::time::Instant::now();
             let name: Arc<str> = Arc::from(cluster.as_str());
             c.stats.rq_total.inc();
@@ -144,4 +153,16 @@ pub(crate) fn rand_u32() -> u32 {
         r.set(x);
         (x >> 32) as u32
     })
+}
+
+/// `b` as a body whose size is not known ahead (no `content-length` is sent for it).
+fn unsized_body(b: bytes::Bytes) -> crate::upstream::Body {
+    use http_body_util::BodyExt;
+    let frames = futures::stream::once(async move {
+        Ok::<_, std::convert::Infallible>(http_body::Frame::data(b))
+    });
+    Box::pin(
+        http_body_util::StreamBody::new(frames)
+            .map_err(|e: std::convert::Infallible| -> crate::upstream::BoxError { match e {} }),
+    )
 }

@@ -10,7 +10,7 @@
 //! had trailers adds `"trailers":{name: value}` before `"upstream"`.
 //!
 //! A gRPC request (`content-type: application/grpc`) gets a unary gRPC answer: the message
-//! `<path>|<request message>` and trailer `grpc-status: 0`; with metadata `x-grpc-fail: N`, a
+//! `<path>|<request message>|cl=<its content-length, or ->` and trailer `grpc-status: 0`; with metadata `x-grpc-fail: N`, a
 //! trailers-only answer with `grpc-status: N`, `grpc-message: failed on purpose`.
 
 use std::collections::BTreeMap;
@@ -163,6 +163,12 @@ async fn grpc_answer(req: Request<Incoming>) -> Response<EchoBody> {
         .get("x-grpc-fail")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let length = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
     let body = req
         .into_body()
         .collect()
@@ -188,6 +194,8 @@ async fn grpc_answer(req: Request<Incoming>) -> Response<EchoBody> {
     let mut reply = path.into_bytes();
     reply.push(b'|');
     reply.extend_from_slice(message);
+    // whether the caller announced the length
+    reply.extend_from_slice(format!("|cl={length}").as_bytes());
     let mut framed = vec![0u8];
     framed.extend_from_slice(&(reply.len() as u32).to_be_bytes());
     framed.extend_from_slice(&reply);

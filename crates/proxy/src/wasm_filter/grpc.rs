@@ -41,7 +41,8 @@ pub(crate) fn request(call: &GrpcCall, cluster: &str) -> Option<http::Request<By
         .uri(format!("/{}/{}", call.service, call.method))
         .header(http::header::HOST, cluster)
         .header(http::header::CONTENT_TYPE, "application/grpc")
-        .header(http::header::TE, "trailers");
+        .header(http::header::TE, "trailers")
+        .extension(crate::filter::UnsizedBody);
     if let Some(t) = call.timeout {
         b = b.header("grpc-timeout", format!("{}m", t.as_millis()));
     }

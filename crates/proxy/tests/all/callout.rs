@@ -114,7 +114,7 @@ async fn grpc_callouts_match_envoy() -> anyhow::Result<()> {
                 (
                     200,
                     String::new(),
-                    "/authz.v1.Check/Allow|/orig?q=3".to_string()
+                    "/authz.v1.Check/Allow|/orig?q=3|cl=-".to_string()
                 ),
                 "envoy"
             );
