@@ -26,6 +26,10 @@ struct Config {
     /// (only Aborted (10), PermissionDenied (7) and Unauthenticated (16); others: Unknown).
     #[serde(default)]
     grpc_status: Option<u32>,
+    /// Deny (403 `denied body`) from the request body callback whose buffered body contains
+    /// this text, whatever the key.
+    #[serde(default)]
+    body_deny: Option<String>,
 }
 
 struct AuthRoot {
@@ -69,6 +73,18 @@ struct Auth {
 impl Context for Auth {}
 
 impl HttpContext for Auth {
+    fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        let Some(deny) = self.config.as_ref().and_then(|c| c.body_deny.clone()) else {
+            return Action::Continue;
+        };
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        if body.windows(deny.len().max(1)).any(|w| w == deny.as_bytes()) {
+            self.send_http_response(403, vec![], Some(b"denied body"));
+            return Action::Pause;
+        }
+        Action::Continue
+    }
+
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let Some(config) = &self.config {
             let presented = self.get_http_request_header_bytes(&config.header);

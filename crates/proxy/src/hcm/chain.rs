@@ -252,7 +252,10 @@ async fn trailers_at(
 
 /// How a filtered body ended abnormally.
 pub(crate) enum PumpStop {
-    Reply(LocalReply),
+    /// A filter replied; `false` when it did so at once in a callback of a body frame before
+    /// the end of stream (Envoy's codec has not delivered the request's end by then: the
+    /// reply closes an HTTP/1.1 connection).
+    Reply(LocalReply, bool),
     TooLarge,
 }
 
@@ -284,6 +287,10 @@ pub(crate) struct FilterBody<B> {
     end_due: bool,
     /// Nothing more will come out of the hooks.
     done: bool,
+    /// The frame in the hooks is the end of stream.
+    hook_end: bool,
+    /// The hooks had to wait for that frame (a filter paused it).
+    hook_waited: bool,
 }
 
 impl<B> FilterBody<B>
@@ -318,6 +325,8 @@ where
             ahead: None,
             end_due: false,
             done,
+            hook_end: false,
+            hook_waited: false,
         })
     }
 
@@ -327,6 +336,8 @@ where
         };
         let stream = Rc::clone(&self.stream);
         let from = self.from;
+        self.hook_end = end;
+        self.hook_waited = false;
         self.hook = Some(Box::pin(async move {
             let flow = {
                 let mut st = stream.lock().await;
@@ -341,7 +352,7 @@ where
         self.done = true;
         self.src = None;
         let msg = match why {
-            PumpStop::Reply(_) => "stream ended by a filter",
+            PumpStop::Reply(..) => "stream ended by a filter",
             PumpStop::TooLarge => "buffer limit exceeded",
         };
         if let Some(f) = self.on_stop.take() {
@@ -378,7 +389,10 @@ where
                 return Poll::Ready(Some(Ok(f)));
             }
             if let Some(hook) = this.hook.as_mut() {
-                let (pass, flow) = std::task::ready!(hook.as_mut().poll(cx));
+                let Poll::Ready((pass, flow)) = hook.as_mut().poll(cx) else {
+                    this.hook_waited = true;
+                    return Poll::Pending;
+                };
                 this.hook = None;
                 this.pass = Some(pass);
                 match flow {
@@ -388,7 +402,8 @@ where
                             .filter(|f| f.data_ref().is_none_or(|d| !d.is_empty())),
                     ),
                     FrameFlow::Reply(r) => {
-                        return Poll::Ready(Some(Err(this.stop(PumpStop::Reply(r)))));
+                        let at_end = this.hook_end || this.hook_waited;
+                        return Poll::Ready(Some(Err(this.stop(PumpStop::Reply(r, at_end)))));
                     }
                     FrameFlow::TooLarge => {
                         return Poll::Ready(Some(Err(this.stop(PumpStop::TooLarge))));

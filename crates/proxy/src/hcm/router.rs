@@ -410,7 +410,12 @@ pub(super) async fn run(
     }
     let stop = stop_slot.borrow_mut().take();
     match (result, stop) {
-        (_, Some(PumpStop::Reply(r))) => {
+        (_, Some(PumpStop::Reply(r, at_end))) => {
+            if !at_end {
+                // (the rest of the request may be read already; Envoy's codec had not
+                // delivered its end yet)
+                fin.request_done.set(false);
+            }
             respond_local(&conn, &stream, fin, r, n, ResponseFlags::default()).await
         }
         (_, Some(PumpStop::TooLarge)) => {

@@ -155,3 +155,48 @@ async fn a_reply_after_a_callout_keeps_the_connection_like_envoy() -> anyhow::Re
     }
     Ok(())
 }
+
+/// A plugin that rejects a request in a body callback before the end of stream (the
+/// proxy-wasm Go SDK's http_body_chunk example) replies before Envoy's codec has delivered
+/// the request's end, even when the whole body came in one packet: `connection: close`. At
+/// the end of stream, the connection stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_from_a_body_callback_closes_like_envoy() -> anyhow::Result<()> {
+    let up = start_upstream("up").await?;
+    let yaml = |admin: u16, listen: u16| {
+        one_plugin(
+            (admin, listen, up.addr.port()),
+            test_plugins::AUTH,
+            "auth",
+            r#"{"value": "k", "body_deny": "pattern"}"#,
+            "",
+        )
+    };
+    let ours = start_proxy(&yaml(0, 0))?;
+    let ours_addr = ours.listener_addr("main").expect("listener");
+    let ports = free_ports(2)?;
+    let envoy_yaml = yaml(ports[1], ports[0]);
+    let admin: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+    let _envoy = tokio::task::spawn_blocking(move || start_envoy(&envoy_yaml, admin)).await??;
+    let envoy_addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+    let head = |addr: SocketAddr, req: &'static [u8]| {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        s.write_all(req).expect("write");
+        let reply = read_message(&mut s).to_ascii_lowercase();
+        (
+            reply.split(' ').nth(1).unwrap_or_default().to_string(),
+            reply.contains("\r\nconnection: close\r\n"),
+        )
+    };
+    for req in [
+        &b"POST /a HTTP/1.1\r\nhost: x\r\nx-api-key: k\r\ncontent-length: 13\r\n\r\nxx pattern xx"[..],
+        &b"POST /b HTTP/1.1\r\nhost: x\r\nx-api-key: k\r\ntransfer-encoding: chunked\r\n\r\nd\r\nxx pattern xx\r\n0\r\n\r\n"[..],
+    ] {
+        let e = tokio::task::spawn_blocking(move || head(envoy_addr, req)).await?;
+        let o = tokio::task::spawn_blocking(move || head(ours_addr, req)).await?;
+        assert_eq!(e.0, "403", "envoy");
+        assert_eq!(o, e, "wasmesh (left) vs Envoy (right): {}", String::from_utf8_lossy(req));
+    }
+    Ok(())
+}
