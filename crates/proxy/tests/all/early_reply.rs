@@ -110,6 +110,37 @@ async fn a_reply_before_the_body_is_read_closes_like_envoy() -> anyhow::Result<(
     Ok(())
 }
 
+/// Sends each raw request to Envoy and to us (one connection each) and asserts both answer
+/// 403 with the same `connection: close` decision.
+async fn closes_as_envoy(
+    yaml: impl Fn(u16, u16) -> String,
+    requests: &[&'static [u8]],
+) -> anyhow::Result<()> {
+    let (_ours, ours_addr, _envoy, envoy_addr) = start_both(yaml).await?;
+    let head = |addr: SocketAddr, req: &'static [u8]| {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        s.write_all(req).expect("write");
+        let reply = read_message(&mut s).to_ascii_lowercase();
+        (
+            reply.split(' ').nth(1).unwrap_or_default().to_string(),
+            reply.contains("\r\nconnection: close\r\n"),
+        )
+    };
+    for &req in requests {
+        let e = tokio::task::spawn_blocking(move || head(envoy_addr, req)).await?;
+        let o = tokio::task::spawn_blocking(move || head(ours_addr, req)).await?;
+        assert_eq!(e.0, "403", "envoy");
+        assert_eq!(
+            o,
+            e,
+            "wasmesh (left) vs Envoy (right): {}",
+            String::from_utf8_lossy(req)
+        );
+    }
+    Ok(())
+}
+
 /// A plugin that paused the request for a callout and then rejects it replies after Envoy's
 /// codec has read the whole (small) request: the connection stays open, no
 /// `connection: close`; as it does when the body is still coming.
@@ -126,40 +157,20 @@ async fn a_reply_after_a_callout_keeps_the_connection_like_envoy() -> anyhow::Re
             &cluster_yaml("side", side.addr.port(), false),
         )
     };
-    let ours = start_proxy(&yaml(0, 0))?;
-    let ours_addr = ours.listener_addr("main").expect("listener");
-    let ports = free_ports(2)?;
-    let envoy_yaml = yaml(ports[1], ports[0]);
-    let admin: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
-    let _envoy = tokio::task::spawn_blocking(move || start_envoy(&envoy_yaml, admin)).await??;
-    let envoy_addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
-    let head = |addr: SocketAddr, req: &'static [u8]| {
-        let mut s = TcpStream::connect(addr).expect("connect");
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        s.write_all(req).expect("write");
-        let reply = read_message(&mut s).to_ascii_lowercase();
-        (
-            reply.split(' ').nth(1).unwrap_or_default().to_string(),
-            reply.contains("\r\nconnection: close\r\n"),
-        )
-    };
-    for req in [
-        &b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello"[..],
-        &b"POST /b HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
-        &b"POST /c HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"[..],
-    ] {
-        let e = tokio::task::spawn_blocking(move || head(envoy_addr, req)).await?;
-        let o = tokio::task::spawn_blocking(move || head(ours_addr, req)).await?;
-        assert_eq!(e.0, "403", "envoy");
-        assert_eq!(o, e, "wasmesh (left) vs Envoy (right): {}", String::from_utf8_lossy(req));
-    }
-    Ok(())
+    closes_as_envoy(
+        yaml,
+        &[
+            b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello",
+            b"POST /b HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"POST /c HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        ],
+    )
+    .await
 }
 
 /// A plugin that rejects a request in a body callback before the end of stream (the
 /// proxy-wasm Go SDK's http_body_chunk example) replies before Envoy's codec has delivered
-/// the request's end, even when the whole body came in one packet: `connection: close`. At
-/// the end of stream, the connection stays.
+/// the request's end, even when the whole body came in one packet: `connection: close`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_from_a_body_callback_closes_like_envoy() -> anyhow::Result<()> {
     let up = start_upstream("up").await?;
@@ -172,31 +183,12 @@ async fn a_reply_from_a_body_callback_closes_like_envoy() -> anyhow::Result<()> 
             "",
         )
     };
-    let ours = start_proxy(&yaml(0, 0))?;
-    let ours_addr = ours.listener_addr("main").expect("listener");
-    let ports = free_ports(2)?;
-    let envoy_yaml = yaml(ports[1], ports[0]);
-    let admin: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
-    let _envoy = tokio::task::spawn_blocking(move || start_envoy(&envoy_yaml, admin)).await??;
-    let envoy_addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
-    let head = |addr: SocketAddr, req: &'static [u8]| {
-        let mut s = TcpStream::connect(addr).expect("connect");
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        s.write_all(req).expect("write");
-        let reply = read_message(&mut s).to_ascii_lowercase();
-        (
-            reply.split(' ').nth(1).unwrap_or_default().to_string(),
-            reply.contains("\r\nconnection: close\r\n"),
-        )
-    };
-    for req in [
-        &b"POST /a HTTP/1.1\r\nhost: x\r\nx-api-key: k\r\ncontent-length: 13\r\n\r\nxx pattern xx"[..],
-        &b"POST /b HTTP/1.1\r\nhost: x\r\nx-api-key: k\r\ntransfer-encoding: chunked\r\n\r\nd\r\nxx pattern xx\r\n0\r\n\r\n"[..],
-    ] {
-        let e = tokio::task::spawn_blocking(move || head(envoy_addr, req)).await?;
-        let o = tokio::task::spawn_blocking(move || head(ours_addr, req)).await?;
-        assert_eq!(e.0, "403", "envoy");
-        assert_eq!(o, e, "wasmesh (left) vs Envoy (right): {}", String::from_utf8_lossy(req));
-    }
-    Ok(())
+    closes_as_envoy(
+        yaml,
+        &[
+            b"POST /a HTTP/1.1\r\nhost: x\r\nx-api-key: k\r\ncontent-length: 13\r\n\r\nxx pattern xx",
+            b"POST /b HTTP/1.1\r\nhost: x\r\nx-api-key: k\r\ntransfer-encoding: chunked\r\n\r\nd\r\nxx pattern xx\r\n0\r\n\r\n",
+        ],
+    )
+    .await
 }

@@ -68,13 +68,7 @@ async fn plugins_see_pseudo_headers_in_envoys_order() -> anyhow::Result<()> {
             "",
         )
     };
-    let ours = start_proxy(&yaml(0, 0))?;
-    let ours_addr = ours.listener_addr("main").expect("listener");
-    let ports = free_ports(2)?;
-    let envoy_yaml = yaml(ports[1], ports[0]);
-    let admin: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
-    let _envoy = tokio::task::spawn_blocking(move || start_envoy(&envoy_yaml, admin)).await??;
-    let envoy_addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+    let (_ours, ours_addr, _envoy, envoy_addr) = start_both(yaml).await?;
     let names = |addr: SocketAddr, h2: bool| async move {
         let mut args = vec!["-s", "-o", "/dev/null", "-D", "-"];
         if h2 {

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use test_support::proxy_peers::{free_ports, start_envoy, start_upstream};
+use test_support::proxy_peers::start_upstream;
 
 use crate::support::*;
 
@@ -50,17 +50,10 @@ async fn observe(addr: SocketAddr, admin: SocketAddr) -> anyhow::Result<(String,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_tags_label_plugin_metrics_like_envoy() -> anyhow::Result<()> {
     let up = start_upstream("up").await?;
-    let ports = free_ports(2)?;
-    let envoy_yaml = bootstrap(ports[1], ports[0], up.addr.port());
-    let admin: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
-    let _envoy = tokio::task::spawn_blocking(move || start_envoy(&envoy_yaml, admin)).await??;
-    let ours = start_proxy_with(&bootstrap(0, 0, up.addr.port()), 1)?;
-    let envoy = observe(([127, 0, 0, 1], ports[0]).into(), admin).await?;
-    let wasmesh = observe(
-        ours.listener_addr("main").expect("listener"),
-        ours.admin_addr().expect("admin"),
-    )
-    .await?;
+    let (ours, ours_addr, envoy_proc, envoy_addr) =
+        start_both(|admin, listen| bootstrap(admin, listen, up.addr.port())).await?;
+    let envoy = observe(envoy_addr, envoy_proc.admin).await?;
+    let wasmesh = observe(ours_addr, ours.admin_addr().expect("admin")).await?;
     assert_eq!(
         wasmesh.0, envoy.0,
         "/stats/prometheus: wasmesh (left) vs Envoy (right)"

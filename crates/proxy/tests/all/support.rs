@@ -282,3 +282,27 @@ pub(crate) fn cluster_yaml(name: &str, port: u16, h2: bool) -> String {
         "  - name: {name}\n    connect_timeout: 1s{h2}\n    load_assignment:\n      cluster_name: {name}\n      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]\n"
     )
 }
+
+/// Our proxy and real Envoy 1.40 from the same bootstrap (`yaml(admin_port, listen_port)`;
+/// ours on ephemeral ports): (ours, its listener `main`, Envoy, Envoy's listener).
+pub(crate) async fn start_both(
+    yaml: impl Fn(u16, u16) -> String,
+) -> anyhow::Result<(
+    RunningProxy,
+    SocketAddr,
+    test_support::proxy_peers::Envoy,
+    SocketAddr,
+)> {
+    let ours = start_proxy(&yaml(0, 0))?;
+    let ours_addr = ours
+        .listener_addr("main")
+        .ok_or_else(|| anyhow::anyhow!("no listener main"))?;
+    let ports = test_support::proxy_peers::free_ports(2)?;
+    let envoy_yaml = yaml(ports[1], ports[0]);
+    let admin: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+    let envoy = tokio::task::spawn_blocking(move || {
+        test_support::proxy_peers::start_envoy(&envoy_yaml, admin)
+    })
+    .await??;
+    Ok((ours, ours_addr, envoy, ([127, 0, 0, 1], ports[0]).into()))
+}

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 
-use test_support::proxy_peers::{free_ports, start_envoy, start_upstream};
+use test_support::proxy_peers::start_upstream;
 
 use crate::support::*;
 
@@ -75,13 +75,10 @@ async fn observe(addr: SocketAddr) -> anyhow::Result<Vec<String>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_with_one_vm_id_and_code_share_a_vm_like_envoy() -> anyhow::Result<()> {
     let up = start_upstream("up").await?;
-    let ports = free_ports(2)?;
-    let envoy_yaml = bootstrap(ports[1], ports[0], up.addr.port());
-    let admin: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
-    let _envoy = tokio::task::spawn_blocking(move || start_envoy(&envoy_yaml, admin)).await??;
-    let ours = start_proxy_with(&bootstrap(0, 0, up.addr.port()), 1)?;
-    let envoy = observe(([127, 0, 0, 1], ports[0]).into()).await?;
-    let wasmesh = observe(ours.listener_addr("main").expect("listener")).await?;
+    let (_ours, ours_addr, _envoy, envoy_addr) =
+        start_both(|admin, listen| bootstrap(admin, listen, up.addr.port())).await?;
+    let envoy = observe(envoy_addr).await?;
+    let wasmesh = observe(ours_addr).await?;
     assert_eq!(wasmesh, envoy, "wasmesh (left) vs Envoy (right)");
     // What sharing means, so that a change in both cannot pass unnoticed.
     assert!(

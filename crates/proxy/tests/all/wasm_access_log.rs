@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use test_support::proxy_peers::{free_ports, start_envoy, start_upstream};
+use test_support::proxy_peers::start_upstream;
 
 use crate::support::*;
 
@@ -62,17 +62,10 @@ async fn observe(addr: SocketAddr, admin: SocketAddr) -> anyhow::Result<Vec<Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wasm_access_logger_sees_each_stream_like_envoy() -> anyhow::Result<()> {
     let up = start_upstream("up").await?;
-    let ports = free_ports(2)?;
-    let envoy_yaml = bootstrap(ports[1], ports[0], up.addr.port());
-    let admin: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
-    let _envoy = tokio::task::spawn_blocking(move || start_envoy(&envoy_yaml, admin)).await??;
-    let ours = start_proxy(&bootstrap(0, 0, up.addr.port()))?;
-    let e = observe(([127, 0, 0, 1], ports[0]).into(), admin).await?;
-    let o = observe(
-        ours.listener_addr("main").expect("listener"),
-        ours.admin_addr().expect("admin"),
-    )
-    .await?;
+    let (ours, ours_addr, envoy, envoy_addr) =
+        start_both(|admin, listen| bootstrap(admin, listen, up.addr.port())).await?;
+    let e = observe(envoy_addr, envoy.admin).await?;
+    let o = observe(ours_addr, ours.admin_addr().expect("admin")).await?;
     assert_eq!(
         e,
         [
