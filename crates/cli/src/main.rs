@@ -135,13 +135,13 @@ pub(crate) fn use_compiler_process() {
 fn main() -> anyhow::Result<()> {
     no_transparent_huge_pages();
     wasmesh_xds::on_descriptor_release(return_free_memory);
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(proxy_cmd::envoy_argv(std::env::args_os().collect()));
     // The compiler child reports on stderr itself; logging there (wasmtime logs a lot at
     // debug) would only fill the pipe its parent reads the reason from.
     match &cli.command {
         Command::CompileWasm(_) => {}
-        Command::Proxy(args) => init_logging(args.log_level.as_deref()),
-        _ => init_logging(None),
+        Command::Proxy(args) => init_logging(args.log_level.as_deref(), args.log_path.as_deref()),
+        _ => init_logging(None, None),
     }
     match cli.command {
         Command::Version => println!("wasmesh {}", env!("CARGO_PKG_VERSION")),
@@ -169,7 +169,7 @@ fn main() -> anyhow::Result<()> {
 
 /// `RUST_LOG`-style filter, to stderr; without `RUST_LOG`, the level given as Envoy's `-l`
 /// (`warning` is `warn`, `critical` is `error`), else `info`.
-fn init_logging(level: Option<&str>) {
+fn init_logging(level: Option<&str>, path: Option<&std::path::Path>) {
     let level = match level {
         Some("warning") => "warn",
         Some("critical") => "error",
@@ -178,8 +178,25 @@ fn init_logging(level: Option<&str>) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let file = path.and_then(|p| {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
+            Ok(f) => Some(std::sync::Mutex::new(f)),
+            Err(e) => {
+                eprintln!(
+                    "cannot open --log-path {}: {e}; logging to stderr",
+                    p.display()
+                );
+                None
+            }
+        }
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match file {
+        Some(f) => builder.with_ansi(false).with_writer(f).try_init(),
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
 }

@@ -210,6 +210,7 @@ pub(crate) fn up(a: UpArgs) -> anyhow::Result<()> {
             concurrency: a.concurrency.max(1),
             drain_timeout: Duration::from_secs(2),
             on_idle: Some(crate::return_free_memory),
+            ..Default::default()
         };
         let (started_tx, started_rx) =
             tokio::sync::oneshot::channel::<wasmesh_proxy::xds::Started>();

@@ -25,26 +25,66 @@ pub(crate) struct AdminState {
     pub(crate) store: Store,
     pub(crate) listeners: crate::server::BoundListeners,
     pub(crate) quit: Arc<tokio::sync::Notify>,
-    pub(crate) ready: Arc<std::sync::atomic::AtomicBool>,
+    /// `server.state` and the other server stats.
+    pub(crate) server: crate::stats::ServerStats,
 }
 
 /// Serves the admin API on `listener` until the task is dropped.
 pub(crate) async fn serve(listener: TcpListener, state: AdminState) {
     loop {
-        let Ok((sock, _)) = listener.accept().await else {
+        let Ok((sock, peer)) = listener.accept().await else {
             continue;
         };
+        let local = sock.local_addr().unwrap_or(peer);
         let st = state.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let st = st.clone();
-                async move { Ok::<_, Infallible>(handle(&st, req)) }
+                async move { Ok::<_, Infallible>(handle_logged(&st, req, (local, peer))) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(sock), svc)
                 .await;
         });
     }
+}
+
+/// Handles one request and writes the admin access log line (`admin.access_log`).
+fn handle_logged(
+    st: &AdminState,
+    req: Request<Incoming>,
+    (local, peer): (std::net::SocketAddr, std::net::SocketAddr),
+) -> Response<Full<Bytes>> {
+    let cfg = st.config.load();
+    if cfg.admin_logs.is_empty() {
+        return handle(st, req);
+    }
+    let started = std::time::Instant::now();
+    let (parts, body) = req.into_parts();
+    let request = Request::from_parts(parts.clone(), ());
+    let resp = handle(st, Request::from_parts(parts, body));
+    let mut info = crate::filter::StreamInfo::new(
+        Arc::from("admin"),
+        local,
+        peer,
+        request.version(),
+        Arc::clone(&cfg.node),
+    );
+    info.response_code = Some(resp.status().as_u16());
+    info.bytes_sent = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
+    info.duration = Some(started.elapsed());
+    let (req_parts, ()) = request.into_parts();
+    let summary = crate::hcm::summarize(&req_parts);
+    let cx = crate::access_log::format::LogContext {
+        info: &info,
+        request: Some(&req_parts),
+        response: Some(resp.headers()),
+        tcp: false,
+    };
+    for log in &cfg.admin_logs {
+        log.log(&cx, &summary);
+    }
+    resp
 }
 
 fn text(status: StatusCode, ct: &str, body: String) -> Response<Full<Bytes>> {
@@ -60,17 +100,18 @@ fn handle(st: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let query = req.uri().query().unwrap_or("");
     const PLAIN: &str = "text/plain; charset=UTF-8";
+    if path.starts_with("/stats") {
+        st.server.touch_uptime();
+    }
     match path {
         "/ready" => {
-            if st.ready.load(Ordering::Relaxed) {
-                text(StatusCode::OK, PLAIN, "LIVE\n".into())
+            let state = st.server.state();
+            let code = if state == crate::stats::ServerState::Live {
+                StatusCode::OK
             } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    PLAIN,
-                    "PRE_INITIALIZING\n".into(),
-                )
-            }
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            text(code, PLAIN, format!("{}\n", state.name()))
         }
         "/stats/prometheus" => text(
             StatusCode::OK,
@@ -83,7 +124,11 @@ fn handle(st: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             st.store.render_prometheus(),
         ),
         "/stats" => {
-            let all = st.store.render_text();
+            // `usedonly`: only the stats written since start (istio-agent's readiness probe).
+            let used_only = query
+                .split('&')
+                .any(|kv| kv.split('=').next() == Some("usedonly"));
+            let all = st.store.render_text_with(used_only);
             match query_param(query, "filter") {
                 // Envoy's `/stats?filter=<regex>` (searched anywhere in the name).
                 Some(f) => match regex::Regex::new(&f) {

@@ -93,6 +93,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::access_log::AccessLog;
 use crate::cluster::Cluster;
 use crate::filter::{NodeInfo, Registry};
 use crate::listener::ListenerConfig;
@@ -136,6 +137,8 @@ pub struct ProxyConfig {
     pub node: Arc<NodeInfo>,
     /// `admin.address`.
     pub admin: Option<SocketAddr>,
+    /// `admin.access_log` (and `admin.access_log_path`).
+    pub admin_logs: Vec<AccessLog>,
     /// Listeners, in bootstrap order.
     pub listeners: Vec<Arc<ListenerConfig>>,
     /// Clusters by name.
@@ -165,32 +168,28 @@ impl std::fmt::Debug for Service {
     }
 }
 
+/// The bootstrap extension that enables internal listeners.
+const INTERNAL_LISTENER: &str = "/envoy.extensions.bootstrap.internal_listener.v3.InternalListener";
+
 /// Builds the proxy config from a bootstrap: a pure function of its inputs (besides opening
 /// access log files and reading certificate files).
 pub fn build(bootstrap: &Bootstrap, opts: &BuildOptions) -> Result<ProxyConfig, ConfigError> {
     check::check_message(bootstrap, "envoy.config.bootstrap.v3.Bootstrap", "")?;
-    let node = Arc::new(match &bootstrap.node {
-        Some(n) => NodeInfo {
-            id: n.id.clone(),
-            cluster: n.cluster.clone(),
-            metadata: n.metadata.clone(),
-        },
-        None => NodeInfo::default(),
-    });
+    let node = node_info(bootstrap);
     if let Some(sc) = &bootstrap.stats_config {
         let specs = crate::stats::build_tag_specs(&sc.stats_tags)?;
-        opts.store.tag_specs().set(specs);
+        opts.store.tag_specs().set(
+            specs,
+            sc.use_all_default_tags.as_ref().is_none_or(|b| b.value),
+        );
+        let matcher = match &sc.stats_matcher {
+            Some(m) => crate::stats::Matcher::build(m)?,
+            None => crate::stats::Matcher::All,
+        };
+        opts.store.matcher().set(matcher);
     }
-    let admin = match bootstrap.admin.as_ref().and_then(|a| a.address.as_ref()) {
-        None => None,
-        Some(addr) => {
-            let (host, port) = socket_address(Some(addr), "admin.address")?;
-            let ip: std::net::IpAddr = host
-                .parse()
-                .map_err(|e| ConfigError::invalid("admin.address.socket_address.address", e))?;
-            Some(SocketAddr::new(ip, port))
-        }
-    };
+    let admin = admin_address(bootstrap)?;
+    let admin_logs = admin_access_logs(bootstrap)?;
     let default_sr = pb::bootstrap::bootstrap::StaticResources::default();
     let sr = bootstrap.static_resources.as_ref().unwrap_or(&default_sr);
     let mut clusters = HashMap::new();
@@ -234,6 +233,11 @@ pub fn build(bootstrap: &Bootstrap, opts: &BuildOptions) -> Result<ProxyConfig, 
                 "required",
             ));
         };
+        if any.type_url.ends_with(INTERNAL_LISTENER) {
+            // Only enables listeners on `envoy_internal_address`es, which are refused where
+            // used; Istio's bootstrap always lists it.
+            continue;
+        }
         if !any
             .type_url
             .ends_with("/envoy.extensions.wasm.v3.WasmService")
@@ -262,12 +266,88 @@ pub fn build(bootstrap: &Bootstrap, opts: &BuildOptions) -> Result<ProxyConfig, 
     Ok(ProxyConfig {
         node,
         admin,
+        admin_logs,
         listeners,
         clusters,
         cluster_order,
         bootstrap: bootstrap.clone(),
         services,
     })
+}
+
+fn node_info(bootstrap: &Bootstrap) -> Arc<NodeInfo> {
+    Arc::new(match &bootstrap.node {
+        Some(n) => NodeInfo {
+            id: n.id.clone(),
+            cluster: n.cluster.clone(),
+            metadata: n.metadata.clone(),
+        },
+        None => NodeInfo::default(),
+    })
+}
+
+/// `admin.address`, if any.
+pub fn admin_address(bootstrap: &Bootstrap) -> Result<Option<SocketAddr>, ConfigError> {
+    let Some(addr) = bootstrap.admin.as_ref().and_then(|a| a.address.as_ref()) else {
+        return Ok(None);
+    };
+    let (host, port) = socket_address(Some(addr), "admin.address")?;
+    let ip: std::net::IpAddr = host
+        .parse()
+        .map_err(|e| ConfigError::invalid("admin.address.socket_address.address", e))?;
+    Ok(Some(SocketAddr::new(ip, port)))
+}
+
+/// The admin server's access logs: `admin.access_log`, and the deprecated
+/// `admin.access_log_path` (a file in Envoy's default format).
+fn admin_access_logs(bootstrap: &Bootstrap) -> Result<Vec<AccessLog>, ConfigError> {
+    use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType;
+    use prost::Message as _;
+    let Some(admin) = &bootstrap.admin else {
+        return Ok(Vec::new());
+    };
+    let mut logs = Vec::new();
+    #[allow(
+        deprecated,
+        reason = "access_log_path is still written by older bootstraps"
+    )]
+    if !admin.access_log_path.is_empty() {
+        let file = envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog {
+            path: admin.access_log_path.clone(),
+            ..Default::default()
+        };
+        let any = pb::Any {
+            type_url: "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+                .into(),
+            value: file.encode_to_vec(),
+        };
+        logs.push(AccessLog::build(&any, "admin.access_log_path")?);
+    }
+    for (i, a) in admin.access_log.iter().enumerate() {
+        let path = format!("admin.access_log[{i}].typed_config");
+        match &a.config_type {
+            Some(ConfigType::TypedConfig(any)) => logs.push(AccessLog::build(any, &path)?),
+            _ => return Err(ConfigError::invalid(path, "required")),
+        }
+    }
+    Ok(logs)
+}
+
+impl ProxyConfig {
+    /// The config served before the first xDS update: the bootstrap's node and admin only (the
+    /// admin server answers `/ready` and `/stats` while the proxy waits for its config).
+    pub fn pre_init(bootstrap: &Bootstrap) -> Result<Self, ConfigError> {
+        Ok(ProxyConfig {
+            node: node_info(bootstrap),
+            admin: admin_address(bootstrap)?,
+            admin_logs: admin_access_logs(bootstrap)?,
+            listeners: Vec::new(),
+            clusters: HashMap::new(),
+            cluster_order: Vec::new(),
+            bootstrap: bootstrap.clone(),
+            services: Vec::new(),
+        })
+    }
 }
 
 /// A proto `Duration` as a std one (negative → zero).

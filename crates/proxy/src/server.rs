@@ -7,7 +7,6 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -59,6 +58,9 @@ pub struct ProxyOptions {
     /// Run on a worker's thread when its last connection closes, at most every 100 ms (the
     /// binary returns the allocator's free pages to the OS with it).
     pub on_idle: Option<fn()>,
+    /// Envoy's `--admin-address-path`: the bound admin address (`ip:port`) is written there
+    /// as soon as the admin API listens.
+    pub admin_address_path: Option<std::path::PathBuf>,
 }
 
 impl Default for ProxyOptions {
@@ -67,6 +69,7 @@ impl Default for ProxyOptions {
             concurrency: std::thread::available_parallelism().map_or(1, usize::from),
             drain_timeout: Duration::from_secs(5),
             on_idle: None,
+            admin_address_path: None,
         }
     }
 }
@@ -215,6 +218,13 @@ impl RunningProxy {
                 fresh.or_else(kept).map(|a| (Arc::clone(&l.name), a))
             })
             .collect();
+        let server = crate::stats::ServerStats::new(&self.store);
+        server
+            .listeners_active
+            .set(i64::try_from(bound.len()).unwrap_or(i64::MAX));
+        server
+            .clusters_active
+            .set(i64::try_from(config.clusters.len()).unwrap_or(i64::MAX));
         self.config.store(Arc::new(config));
         for w in self.workers.iter().chain(&self.main_cmds) {
             let _ = w.send(ListenerCmd::Warm);
@@ -242,6 +252,7 @@ impl RunningProxy {
 
     /// Stops accepting, lets in-flight streams finish (up to the drain timeout), then stops.
     pub fn shutdown(mut self) {
+        crate::stats::ServerStats::new(&self.store).set_state(crate::stats::ServerState::Draining);
         let _ = self.drain.send(true);
         // The workers first, then the main thread (it stops on `stop`).
         let main = self.main_thread.take();
@@ -328,7 +339,58 @@ pub fn start_with(
     store: Store,
     opts: &ProxyOptions,
 ) -> Result<RunningProxy, StartError> {
+    let admin = match config.admin {
+        Some(a) => Some(bind_admin(a)?),
+        None => None,
+    };
+    start_prebound(config, store, opts, admin, Arc::new(Notify::new()))
+}
+
+/// Binds the admin address (non-blocking, for tokio).
+pub(crate) fn bind_admin(a: SocketAddr) -> Result<std::net::TcpListener, StartError> {
+    let err = |source| StartError::Bind {
+        what: "admin".into(),
+        addr: a,
+        source,
+    };
+    let s = std::net::TcpListener::bind(a).map_err(err)?;
+    s.set_nonblocking(true).map_err(err)?;
+    Ok(s)
+}
+
+/// The bound admin address, written to `--admin-address-path` if asked.
+pub(crate) fn admin_bound(
+    sock: &std::net::TcpListener,
+    opts: &ProxyOptions,
+) -> Result<SocketAddr, StartError> {
+    let addr = sock.local_addr().map_err(|source| StartError::Runtime {
+        what: "admin address".into(),
+        source,
+    })?;
+    if let Some(path) = &opts.admin_address_path {
+        std::fs::write(path, addr.to_string()).map_err(|source| StartError::Runtime {
+            what: format!("writing {}", path.display()),
+            source,
+        })?;
+    }
+    Ok(addr)
+}
+
+/// Starts the proxy on an admin socket bound earlier (the xDS client serves the admin API
+/// while it waits for the first config), with the `/quitquitquit` notifier already handed out.
+pub(crate) fn start_prebound(
+    config: ProxyConfig,
+    store: Store,
+    opts: &ProxyOptions,
+    admin_sock: Option<std::net::TcpListener>,
+    quit: Arc<Notify>,
+) -> Result<RunningProxy, StartError> {
     let concurrency = opts.concurrency.max(1);
+    let server = crate::stats::ServerStats::new(&store);
+    server
+        .concurrency
+        .set(i64::try_from(concurrency).unwrap_or(i64::MAX));
+    server.set_state(crate::stats::ServerState::Initializing);
     // Bind everything first so errors surface before any thread starts.
     let mut sockets: Vec<Vec<(Arc<str>, std::net::TcpListener)>> =
         (0..concurrency).map(|_| Vec::new()).collect();
@@ -340,28 +402,19 @@ pub fn start_with(
             per_worker.push((Arc::clone(&l.name), s));
         }
     }
+    server
+        .listeners_active
+        .set(i64::try_from(bound.len()).unwrap_or(i64::MAX));
+    server
+        .clusters_active
+        .set(i64::try_from(config.clusters.len()).unwrap_or(i64::MAX));
     let bound: BoundListeners = Arc::new(ArcSwap::from_pointee(bound));
-    let admin_sock = match config.admin {
-        Some(a) => {
-            let s = std::net::TcpListener::bind(a).map_err(|source| StartError::Bind {
-                what: "admin".into(),
-                addr: a,
-                source,
-            })?;
-            s.set_nonblocking(true).map_err(|source| StartError::Bind {
-                what: "admin".into(),
-                addr: a,
-                source,
-            })?;
-            Some(s)
-        }
+    let admin = match &admin_sock {
+        Some(s) => Some(admin_bound(s, opts)?),
         None => None,
     };
-    let admin = admin_sock.as_ref().and_then(|s| s.local_addr().ok());
     let config = Arc::new(ArcSwap::from_pointee(config));
     let (drain_tx, drain_rx) = watch::channel(false);
-    let quit = Arc::new(Notify::new());
-    let ready = Arc::new(AtomicBool::new(false));
     let (drain_timeout, on_idle) = (opts.drain_timeout, opts.on_idle);
     let mut threads = Vec::new();
     let mut workers = Vec::new();
@@ -372,7 +425,7 @@ pub fn start_with(
         store: store.clone(),
         listeners: Arc::clone(&bound),
         quit: Arc::clone(&quit),
-        ready: Arc::clone(&ready),
+        server: server.clone(),
     };
     let main_cfg = Arc::clone(&config);
     let (init_tx, init_rx) = std::sync::mpsc::channel::<()>();
@@ -407,7 +460,7 @@ pub fn start_with(
                 for c in cfg.clusters.values() {
                     c.resolve().await;
                 }
-                state.ready.store(true, Ordering::Relaxed);
+                state.server.set_state(crate::stats::ServerState::Live);
                 let _ = init_tx.send(());
                 for c in cfg.clusters.values() {
                     if let crate::cluster::Discovery::StrictDns { refresh, .. } = &c.discovery {
@@ -453,6 +506,7 @@ pub fn start_with(
     }
     // Clusters are initialized (DNS resolved once) before start returns, like Envoy's init.
     let _ = init_rx.recv_timeout(Duration::from_secs(10));
+    server.workers_started.set(1);
     Ok(RunningProxy {
         listeners: bound,
         workers,

@@ -10,12 +10,16 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::filter::StatsHooks;
 
+mod matcher;
+mod server;
 mod tags;
+pub use matcher::{Matcher, StatsMatcher};
+pub use server::{ServerState, ServerStats, XdsUpdateStats};
 pub use tags::{TagSpec, TagSpecs, build as build_tag_specs};
 
 /// A monotonically increasing counter.
@@ -39,24 +43,46 @@ impl Counter {
 
 /// A value that goes up and down.
 #[derive(Debug, Clone, Default)]
-pub struct Gauge(Arc<AtomicI64>);
+pub struct Gauge(Arc<GaugeCell>);
+
+#[derive(Debug, Default)]
+struct GaugeCell {
+    value: AtomicI64,
+    /// Written at least once (Envoy's "used" flag, for `/stats?usedonly`).
+    used: AtomicBool,
+}
+
+impl GaugeCell {
+    fn mark(&self) {
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
+        }
+    }
+}
 
 impl Gauge {
     /// Adds one.
     pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.0.value.fetch_add(1, Ordering::Relaxed);
+        self.0.mark();
     }
     /// Subtracts one.
     pub fn dec(&self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.value.fetch_sub(1, Ordering::Relaxed);
+        self.0.mark();
     }
     /// Sets the value.
     pub fn set(&self, v: i64) {
-        self.0.store(v, Ordering::Relaxed);
+        self.0.value.store(v, Ordering::Relaxed);
+        self.0.mark();
     }
     /// Current value.
     pub fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.value.load(Ordering::Relaxed)
+    }
+    /// Whether it was ever written.
+    pub fn used(&self) -> bool {
+        self.0.used.load(Ordering::Relaxed)
     }
 }
 
@@ -79,6 +105,7 @@ pub struct Store {
     entries: Arc<Mutex<BTreeMap<String, Entry>>>,
     hooks: StatsHooks,
     tags: TagSpecs,
+    matcher: StatsMatcher,
 }
 
 impl Store {
@@ -90,6 +117,11 @@ impl Store {
     /// The bootstrap's `stats_config.stats_tags`.
     pub fn tag_specs(&self) -> &TagSpecs {
         &self.tags
+    }
+
+    /// The bootstrap's `stats_config.stats_matcher`.
+    pub fn matcher(&self) -> &StatsMatcher {
+        &self.matcher
     }
 
     /// Where filters register their own metrics (plugin metrics).
@@ -151,16 +183,36 @@ impl Store {
 
     /// Envoy's `/stats` text: `name: value` lines sorted by name, then plugin metrics.
     pub fn render_text(&self) -> String {
+        self.render_text_with(false)
+    }
+
+    /// `/stats` text; with `used_only` (`/stats?usedonly`), only the stats written since start:
+    /// counters above zero, gauges ever set (plugin metrics: those not zero).
+    pub fn render_text_with(&self, used_only: bool) -> String {
         let mut out = String::new();
         for (name, e) in self.snapshot() {
+            if !self.matcher.accepts(&name) {
+                continue;
+            }
             let v = match &e.metric {
+                Metric::Counter(c) if used_only && c.get() == 0 => continue,
+                Metric::Gauge(g) if used_only && !g.used() => continue,
                 Metric::Counter(c) => c.get().to_string(),
                 Metric::Gauge(g) => g.get().to_string(),
             };
             let _ = writeln!(out, "{name}: {v}");
         }
+        let keep = |name: &str| self.matcher.accepts(name);
+        let mut plugins = String::new();
         for s in self.hooks.sources() {
-            s.append_text(&mut out);
+            s.append_text(&mut plugins, &keep);
+        }
+        for line in plugins.lines() {
+            if used_only && (line.ends_with(": 0") || line.contains(" count=0 ")) {
+                continue;
+            }
+            out.push_str(line);
+            out.push('\n');
         }
         sorted_like_envoy(&out)
     }
@@ -169,24 +221,40 @@ impl Store {
     pub fn render_prometheus(&self) -> String {
         let mut groups: BTreeMap<String, (bool, Vec<String>)> = BTreeMap::new();
         let custom = !self.tags.is_empty();
+        let defaults = self.tags.use_default_tags();
         for (flat, e) in self.snapshot() {
+            if !self.matcher.accepts(&flat) {
+                continue;
+            }
             let (is_counter, v) = match &e.metric {
                 Metric::Counter(c) => (true, c.get().to_string()),
                 Metric::Gauge(g) => (false, g.get().to_string()),
             };
-            // The bootstrap's tags come first, as Envoy applies them before its default ones
-            // (names stay as Envoy's built-in extraction makes them).
-            let mut tags = if custom {
-                self.tags.extract(&flat).1
+            let (prom_name, tags) = if !defaults {
+                // Only the bootstrap's tags: the name is what they leave of the flat name
+                // (`use_all_default_tags: false`, as in Istio's bootstrap).
+                let (cut, tags) = self.tags.extract(&flat);
+                (format!("envoy_{}", sanitize(&cut)), tags)
             } else {
-                Vec::new()
+                // The bootstrap's tags come first, as Envoy applies them before its default
+                // ones (names stay as Envoy's built-in extraction makes them).
+                let mut tags = if custom {
+                    self.tags.extract(&flat).1
+                } else {
+                    Vec::new()
+                };
+                tags.extend(e.tags.iter().cloned());
+                (e.prom_name.clone(), tags)
             };
-            tags.extend(e.tags.iter().cloned());
-            let labels = labels(&tags);
-            let g = groups
-                .entry(e.prom_name.clone())
-                .or_insert((is_counter, Vec::new()));
-            g.1.push(format!("{}{labels} {v}", e.prom_name));
+            // Envoy writes `{}` for a stat without tags.
+            let labels = if tags.is_empty() {
+                "{}".to_string()
+            } else {
+                labels(&tags)
+            };
+            let line = format!("{prom_name}{labels} {v}");
+            let g = groups.entry(prom_name).or_insert((is_counter, Vec::new()));
+            g.1.push(line);
         }
         let mut out = String::new();
         for (name, (is_counter, lines)) in groups {
@@ -200,11 +268,26 @@ impl Store {
                 out.push('\n');
             }
         }
+        let keep = |name: &str| self.matcher.accepts(name);
         for s in self.hooks.sources() {
-            s.append_prometheus(&mut out);
+            s.append_prometheus(&mut out, &keep);
         }
         out
     }
+}
+
+/// A Prometheus metric name from a stat name: characters other than letters, digits and `_`
+/// become `_` (Envoy's `PrometheusStatsFormatter::sanitizeName`).
+pub(crate) fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// `{k="v",...}`, or nothing without tags.

@@ -13,6 +13,7 @@
 
 mod assemble;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::{Node, address, grpc_service};
@@ -147,6 +148,15 @@ fn channel(target: &AdsTarget) -> Result<tonic::transport::Channel, XdsError> {
     }
 }
 
+/// Removes the bootstrap's Unix-socket clusters: in istio-agent's layout they serve only the
+/// xDS client (`xds-grpc`) and SDS (`sds-grpc`); the data plane has no pipe endpoints, so they
+/// are not part of the served config.
+pub fn strip_ads_clusters(b: &mut Bootstrap) {
+    if let Some(sr) = b.static_resources.as_mut() {
+        sr.clusters.retain(|c| !has_pipe_endpoint(c));
+    }
+}
+
 fn has_pipe_endpoint(c: &envoy_types::pb::envoy::config::cluster::v3::Cluster) -> bool {
     c.load_assignment.iter().flat_map(|la| &la.endpoints).flat_map(|e| &e.lb_endpoints).any(|e| {
         matches!(
@@ -182,13 +192,12 @@ pub async fn run(
     let uri = ads_address(&base)?;
     let channel = channel(&uri)?;
     let mut base = base;
-    if let Some(sr) = base.static_resources.as_mut() {
-        // A Unix-socket ADS cluster (istio-agent's layout) serves only the xDS client; the data
-        // plane has no pipe endpoints, so it is not part of the served config.
-        sr.clusters.retain(|c| !has_pipe_endpoint(c));
-    }
+    strip_ads_clusters(&mut base);
     let client = AdsClient::new(channel, node_proto(&base));
     tracing::info!(ads = %uri, node = %base.node.as_ref().map(|n| n.id.as_str()).unwrap_or(""), "xDS client started");
+    let store = crate::stats::Store::new();
+    let quit = Arc::new(tokio::sync::Notify::new());
+    let early = EarlyAdmin::start(&base, &store, &quit, &opts)?;
     let subs = Subs {
         cds: client.subscribe(type_url::CLUSTER, vec![]),
         lds: client.subscribe(type_url::LISTENER, vec![]),
@@ -201,8 +210,10 @@ pub async fn run(
         opts,
         res: Resources::default(),
         running: None,
-        store: crate::stats::Store::new(),
+        store,
         started: Some(started),
+        early,
+        quit: Arc::clone(&quit),
     };
     let mut subs = subs;
     tokio::pin!(stop);
@@ -212,6 +223,10 @@ pub async fn run(
     loop {
         let (kind, update) = tokio::select! {
             _ = &mut stop => break,
+            _ = quit.notified() => {
+                tracing::info!("/quitquitquit: draining");
+                break;
+            }
             _ = tokio::time::sleep_until(release_at.unwrap_or_else(tokio::time::Instant::now)), if release_at.is_some() => {
                 release_at = None;
                 wasmesh_xds::release_descriptor_pool();
@@ -240,13 +255,100 @@ struct Driver {
     running: Option<RunningProxy>,
     store: crate::stats::Store,
     started: Option<tokio::sync::oneshot::Sender<Started>>,
+    /// The admin API served while waiting for the first config.
+    early: EarlyAdmin,
+    quit: Arc<tokio::sync::Notify>,
+}
+
+/// The admin API before the first config, as Envoy serves it while initializing: `/ready`
+/// answers 503 `PRE_INITIALIZING`, `/stats` has `server.state: 2` and the xDS update counters
+/// (what istio-agent's readiness probe reads).
+struct EarlyAdmin {
+    sock: Option<std::net::TcpListener>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl EarlyAdmin {
+    fn start(
+        base: &Bootstrap,
+        store: &crate::stats::Store,
+        quit: &Arc<tokio::sync::Notify>,
+        opts: &ProxyOptions,
+    ) -> Result<Self, XdsError> {
+        let server = crate::stats::ServerStats::new(store);
+        server.set_state(crate::stats::ServerState::PreInitializing);
+        server
+            .concurrency
+            .set(i64::try_from(opts.concurrency.max(1)).unwrap_or(i64::MAX));
+        let config = crate::config::ProxyConfig::pre_init(base)
+            .map_err(|e| XdsError::Start(StartError::Config(e)))?;
+        let Some(addr) = config.admin else {
+            return Ok(Self {
+                sock: None,
+                task: None,
+            });
+        };
+        let sock = crate::server::bind_admin(addr)?;
+        let bound = crate::server::admin_bound(&sock, opts)?;
+        let listener = sock
+            .try_clone()
+            .and_then(tokio::net::TcpListener::from_std)
+            .map_err(|source| StartError::Bind {
+                what: "admin".into(),
+                addr: bound,
+                source,
+            })?;
+        let state = crate::admin::AdminState {
+            config: Arc::new(arc_swap::ArcSwap::from_pointee(config)),
+            store: store.clone(),
+            listeners: Arc::default(),
+            quit: Arc::clone(quit),
+            server,
+        };
+        Ok(Self {
+            sock: Some(sock),
+            task: Some(tokio::spawn(crate::admin::serve(listener, state))),
+        })
+    }
+
+    /// A handle on the admin socket for the proxy that takes over.
+    fn socket(&self) -> Result<Option<std::net::TcpListener>, String> {
+        self.sock
+            .as_ref()
+            .map(std::net::TcpListener::try_clone)
+            .transpose()
+            .map_err(|e| format!("admin socket: {e}"))
+    }
+
+    /// The proxy serves the admin API now.
+    fn stop(&mut self) {
+        self.sock = None;
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
 }
 
 impl Driver {
     async fn apply(&mut self, kind: &str, update: Update, subs: &Subs) {
+        let server = crate::stats::ServerStats::new(&self.store);
+        let counters = match kind {
+            type_url::CLUSTER => Some(&server.cds),
+            type_url::LISTENER => Some(&server.lds),
+            _ => None,
+        };
+        if let Some(c) = counters {
+            c.attempt.inc();
+        }
+        let count = |ok: bool| {
+            if let Some(c) = counters {
+                if ok { &c.success } else { &c.rejected }.inc();
+            }
+        };
         let previous = self.res.clone();
         if let Err(e) = self.res.replace(kind, &update.resources) {
             tracing::warn!(type_url = kind, version = %update.version, error = %e, "xDS update rejected (NACK)");
+            count(false);
             update.reply.nack(e);
             return;
         }
@@ -258,15 +360,18 @@ impl Driver {
         match self.rebuild().await {
             Ok(true) => {
                 tracing::info!(type_url = kind, version = %update.version, "xDS config applied");
+                count(true);
                 update.reply.ack();
             }
             Ok(false) => {
                 tracing::debug!(type_url = kind, version = %update.version, "xDS config warming (waiting for referenced resources)");
+                count(true);
                 update.reply.ack();
             }
             Err(e) => {
                 tracing::warn!(type_url = kind, version = %update.version, error = %e, "xDS update rejected (NACK); keeping the last good config");
                 self.res = previous;
+                count(false);
                 update.reply.nack(e);
             }
         }
@@ -289,8 +394,16 @@ impl Driver {
         }
         match &mut self.running {
             None => {
-                let running = crate::server::start_with(config, self.store.clone(), &self.opts)
-                    .map_err(|e| e.to_string())?;
+                let admin = self.early.socket()?;
+                let running = crate::server::start_prebound(
+                    config,
+                    self.store.clone(),
+                    &self.opts,
+                    admin,
+                    Arc::clone(&self.quit),
+                )
+                .map_err(|e| e.to_string())?;
+                self.early.stop();
                 if let Some(tx) = self.started.take() {
                     let _ = tx.send(Ok((running.listener_addrs(), running.admin_addr())));
                 }

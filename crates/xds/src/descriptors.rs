@@ -92,16 +92,30 @@ pub fn to_json(type_name: &str, bytes: &[u8]) -> Result<serde_json::Value, Descr
 /// Decodes proto3 JSON (or YAML already turned into a JSON value) into message `type_name` and
 /// returns its protobuf encoding. Unknown fields are rejected, naming the field.
 pub fn from_json(type_name: &str, json: &serde_json::Value) -> Result<Vec<u8>, DescriptorError> {
+    from_json_with(type_name, json, false)
+}
+
+/// [`from_json`], ignoring unknown fields when `allow_unknown` (Envoy's
+/// `--allow-unknown-static-fields`, which istio-agent always passes).
+pub fn from_json_with(
+    type_name: &str,
+    json: &serde_json::Value,
+    allow_unknown: bool,
+) -> Result<Vec<u8>, DescriptorError> {
     use prost::Message;
     let desc = descriptor_pool()
         .get_message_by_name(type_name)
         .ok_or_else(|| DescriptorError::UnknownType(type_name.to_string()))?;
     let mut json = json.clone();
     normalize(&desc, &mut json);
-    let msg = DynamicMessage::deserialize(desc, &json).map_err(|source| DescriptorError::Json {
-        type_name: type_name.to_string(),
-        source,
-    })?;
+    let options = prost_reflect::DeserializeOptions::new().deny_unknown_fields(!allow_unknown);
+    let msg =
+        DynamicMessage::deserialize_with_options(desc, &json, &options).map_err(|source| {
+            DescriptorError::Json {
+                type_name: type_name.to_string(),
+                source,
+            }
+        })?;
     Ok(msg.encode_to_vec())
 }
 

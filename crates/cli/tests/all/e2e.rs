@@ -21,18 +21,18 @@ fn free_port() -> u16 {
 }
 
 /// `N` distinct free ports (held together while chosen, so none comes back twice).
-fn distinct_ports<const N: usize>() -> [u16; N] {
+pub(crate) fn distinct_ports<const N: usize>() -> [u16; N] {
     let ports = test_support::proxy_peers::free_ports(N).expect("ports");
     std::array::from_fn(|i| ports[i])
 }
 
-fn write(dir: &Path, name: &str, text: &str) {
+pub(crate) fn write(dir: &Path, name: &str, text: &str) {
     let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, text).expect("write");
     std::fs::rename(&tmp, dir.join(name)).expect("rename");
 }
 
-fn routing(gw: u16, upstream: u16) -> String {
+pub(crate) fn routing(gw: u16, upstream: u16) -> String {
     routing_ports(&[gw], upstream)
 }
 
@@ -72,7 +72,7 @@ spec:
     )
 }
 
-fn plugin(value: &str) -> String {
+pub(crate) fn plugin(value: &str) -> String {
     format!(
         r#"apiVersion: extensions.istio.io/v1alpha1
 kind: WasmPlugin
@@ -179,7 +179,7 @@ async fn until(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) {
 }
 
 /// One request on a new connection to the gateway port: the `x-version` header, or why not.
-async fn version_at(port: u16) -> Result<Option<String>, String> {
+pub(crate) async fn version_at(port: u16) -> Result<Option<String>, String> {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)
         .build_http();
@@ -226,13 +226,13 @@ fn version(seen: &Seen) -> Option<String> {
 
 /// A control plane in its own runtime on its own thread: stopping it drops the runtime, so every
 /// connection dies with it, as in a process restart.
-struct CpProcess {
+pub(crate) struct CpProcess {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl CpProcess {
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -242,7 +242,7 @@ impl CpProcess {
     }
 }
 
-async fn start_cp(dir: &Path, port: u16) -> CpProcess {
+pub(crate) async fn start_cp(dir: &Path, port: u16) -> CpProcess {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();

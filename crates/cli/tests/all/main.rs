@@ -3,5 +3,6 @@
 
 mod compile;
 mod e2e;
+mod istio_agent;
 mod log_level;
 mod plugin_oci;

@@ -22,8 +22,9 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.metrics.v3.StatsConfig",
-        &["stats_tags", "use_all_default_tags"],
+        &["stats_tags", "use_all_default_tags", "stats_matcher"],
     ),
+    ("envoy.config.metrics.v3.StatsMatcher", &["*"]),
     ("envoy.config.metrics.v3.TagSpecifier", &["*"]),
     ("envoy.config.bootstrap.v3.LayeredRuntime", &["*"]),
     (
@@ -36,7 +37,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.bootstrap.v3.Admin",
-        &["address", "access_log_path"],
+        &["address", "access_log_path", "access_log", "profile_path"],
     ),
     (
         "envoy.config.bootstrap.v3.Bootstrap.StaticResources",

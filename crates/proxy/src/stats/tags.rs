@@ -2,10 +2,13 @@
 //! `/stats/prometheus` (`/stats` keeps the full names). A regex's first capture group is the
 //! part removed from the name, its second (or else its first) the tag's value; a
 //! `fixed_value` tag is added to every stat.
+//!
+//! Envoy compiles these with `std::regex` (ECMAScript), and Istio's bootstrap relies on its
+//! lookahead (`^listener(?=\.).*?\.http\.`), so they are compiled with `fancy-regex`.
 
 use std::sync::{Arc, RwLock};
 
-use regex::Regex;
+use fancy_regex::Regex;
 
 use crate::config::ConfigError;
 
@@ -14,6 +17,9 @@ use crate::config::ConfigError;
 pub struct TagSpec {
     name: String,
     how: How,
+    /// The regex's literal first token (`^cluster\.` → `cluster`): Envoy applies such a
+    /// specifier only to names starting with that token, after all those without one.
+    prefix: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -24,19 +30,41 @@ enum How {
 
 /// The tag specifiers in force, shared by the store and the plugin-metric renderer.
 #[derive(Debug, Clone, Default)]
-pub struct TagSpecs(Arc<RwLock<Vec<TagSpec>>>);
+pub struct TagSpecs(Arc<RwLock<Specs>>);
+
+#[derive(Debug)]
+struct Specs {
+    specs: Vec<TagSpec>,
+    /// `use_all_default_tags` (true unless the bootstrap says false).
+    defaults: bool,
+}
+
+impl Default for Specs {
+    fn default() -> Self {
+        Self {
+            specs: Vec::new(),
+            defaults: true,
+        }
+    }
+}
 
 impl TagSpecs {
-    /// Replaces the specifiers (a new bootstrap).
-    pub fn set(&self, specs: Vec<TagSpec>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = specs;
+    /// Replaces the specifiers and `use_all_default_tags` (a new bootstrap).
+    pub fn set(&self, specs: Vec<TagSpec>, defaults: bool) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Specs { specs, defaults };
+    }
+
+    /// Whether Envoy's built-in tags (`envoy_cluster_name`, ...) are extracted
+    /// (`stats_config.use_all_default_tags`, true by default).
+    pub fn use_default_tags(&self) -> bool {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).defaults
     }
 
     /// `name` with every regex tag's part removed, and the tags: the fixed ones, then those
     /// found, in specifier order (Envoy's order).
     pub fn extract(&self, name: &str) -> (String, Vec<(String, String)>) {
-        let specs = self.0.read().unwrap_or_else(|e| e.into_inner());
-        let mut name = name.to_string();
+        let guard = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let specs = &guard.specs;
         let mut tags: Vec<(String, String)> = specs
             .iter()
             .filter_map(|s| match &s.how {
@@ -44,27 +72,47 @@ impl TagSpecs {
                 How::Regex(_) => None,
             })
             .collect();
-        for spec in specs.iter() {
-            match &spec.how {
-                How::Fixed(_) => {}
-                How::Regex(re) => {
-                    let Some(caps) = re.captures(&name) else {
-                        continue;
-                    };
-                    let Some(remove) = caps.get(1) else { continue };
-                    let value = caps.get(2).unwrap_or(remove).as_str().to_string();
-                    let range = remove.range();
-                    tags.push((spec.name.clone(), value));
-                    name.replace_range(range, "");
-                }
-            }
+        // Envoy's `TagProducerImpl`: every regex is matched against the whole name, specifiers
+        // without a prefix first, then those whose prefix is the name's first token; the name
+        // loses the union of the removed parts.
+        let first_token = name.split('.').next().filter(|_| name.contains('.'));
+        let unprefixed = specs.iter().filter(|s| s.prefix.is_none());
+        let prefixed = specs
+            .iter()
+            .filter(|s| s.prefix.is_some() && s.prefix.as_deref() == first_token);
+        let mut removed: Vec<std::ops::Range<usize>> = Vec::new();
+        for spec in unprefixed.chain(prefixed) {
+            let How::Regex(re) = &spec.how else { continue };
+            // A match that exceeds the backtracking limit counts as no match.
+            let Ok(Some(caps)) = re.captures(name) else {
+                continue;
+            };
+            let Some(remove) = caps.get(1) else { continue };
+            // With a second group in the regex, the value is what it matched (empty if it did
+            // not take part), as with `std::smatch`.
+            let value = if re.captures_len() > 2 {
+                caps.get(2).map_or("", |m| m.as_str())
+            } else {
+                remove.as_str()
+            };
+            tags.push((spec.name.clone(), value.to_string()));
+            removed.push(remove.range());
         }
-        (name, tags)
+        let cut: String = name
+            .char_indices()
+            .filter(|(i, _)| !removed.iter().any(|r| r.contains(i)))
+            .map(|(_, c)| c)
+            .collect();
+        (cut, tags)
     }
 
     /// Whether no specifier is set.
     pub fn is_empty(&self) -> bool {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).is_empty()
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .specs
+            .is_empty()
     }
 }
 
@@ -103,12 +151,29 @@ pub fn build(
                     ));
                 }
             };
+            let prefix = match &s.tag_value {
+                Some(TagValue::Regex(r)) => regex_prefix(r),
+                _ => None,
+            };
             Ok(TagSpec {
                 name: s.tag_name.clone(),
                 how,
+                prefix,
             })
         })
         .collect()
+}
+
+/// Envoy's `extractRegexPrefix`: `^` then letters, digits or `_`, then `\.` or `(?=\.)` (or `$`
+/// at the end): those letters.
+fn regex_prefix(regex: &str) -> Option<String> {
+    let rest = regex.strip_prefix('^')?;
+    let end = rest
+        .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .unwrap_or(rest.len());
+    let (token, after) = rest.split_at(end);
+    let follows = after.starts_with("\\.") || after.starts_with("(?=\\.)") || after == "$";
+    (!token.is_empty() && follows).then(|| token.to_string())
 }
 
 #[cfg(test)]
@@ -139,6 +204,7 @@ mod tests {
                 spec("whole", TagValue::Regex("(zzz)".into())),
             ])
             .unwrap(),
+            true,
         );
         let (name, tags) = specs.extract("wasmcustom.counts_value=foo_reporter=wasmgosdk");
         assert_eq!(name, "wasmcustom.counts");
@@ -150,6 +216,73 @@ mod tests {
         let (name, tags) = specs.extract("a.zzz.b");
         assert_eq!(name, "a..b");
         assert_eq!(tags[1], ("whole".to_string(), "zzz".to_string()));
+    }
+
+    /// Istio's bootstrap tags use ECMAScript lookahead, which Envoy's `std::regex` supports.
+    #[test]
+    fn istio_lookahead_tag_extracts() {
+        let specs = TagSpecs::default();
+        specs.set(
+            build(&[spec(
+                "http_conn_manager_listener_prefix",
+                TagValue::Regex(
+                    r"^listener(?=\.).*?\.http\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"
+                        .into(),
+                ),
+            )])
+            .unwrap(),
+            false,
+        );
+        assert!(!specs.use_default_tags());
+        let (name, tags) =
+            specs.extract("listener.0.0.0.0_15006.http.10.1.2.3_8080.downstream_rq_total");
+        assert_eq!(name, "listener.0.0.0.0_15006.http.downstream_rq_total");
+        assert_eq!(
+            tags,
+            [(
+                "http_conn_manager_listener_prefix".to_string(),
+                "10.1.2.3_8080".to_string()
+            )]
+        );
+        let (name, tags) = specs.extract("listeners.x.http.1.y");
+        assert_eq!(
+            name, "listeners.x.http.1.y",
+            "the lookahead wants a dot after `listener`"
+        );
+        assert!(tags.is_empty());
+    }
+
+    /// Envoy's order: unprefixed specifiers' tags before prefixed ones, every regex matched
+    /// against the whole name.
+    #[test]
+    fn prefixed_specifiers_come_after_the_others() {
+        let specs = TagSpecs::default();
+        specs.set(
+            build(&[
+                spec(
+                    "cluster_name",
+                    TagValue::Regex(r"^cluster\.((.+?(\..+?\.svc\.cluster\.local)?)\.)".into()),
+                ),
+                spec(
+                    "response_code_class",
+                    TagValue::Regex(r"_rq(_(\dxx))$".into()),
+                ),
+            ])
+            .unwrap(),
+            false,
+        );
+        let (name, tags) = specs.extract("cluster.up.upstream_rq_2xx");
+        assert_eq!(name, "cluster.upstream_rq");
+        assert_eq!(
+            tags,
+            [("response_code_class", "2xx"), ("cluster_name", "up")]
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+        assert_eq!(regex_prefix(r"^cluster\.(x)"), Some("cluster".into()));
+        assert_eq!(regex_prefix(r"^listener(?=\.).*"), Some("listener".into()));
+        assert_eq!(regex_prefix(r"^mongo$"), Some("mongo".into()));
+        assert_eq!(regex_prefix(r"_rq(_(\dxx))$"), None);
+        assert_eq!(regex_prefix(r"^(a)\."), None);
     }
 
     #[test]

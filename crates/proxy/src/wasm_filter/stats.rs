@@ -27,8 +27,11 @@ fn prom_name(name: &str) -> String {
 }
 
 impl StatsSource for CustomMetrics {
-    fn append_text(&self, out: &mut String) {
+    fn append_text(&self, out: &mut String, keep: &dyn Fn(&str) -> bool) {
         for (name, value) in self.0.snapshot() {
+            if !keep(&format!("wasmcustom.{name}")) {
+                continue;
+            }
             match value {
                 MetricValue::Counter(v) => {
                     let _ = writeln!(out, "wasmcustom.{name}: {v}");
@@ -44,13 +47,17 @@ impl StatsSource for CustomMetrics {
     }
 
     /// Grouped by tag-extracted name (the bootstrap's `stats_tags`), one `# TYPE` line each.
-    fn append_prometheus(&self, out: &mut String) {
+    fn append_prometheus(&self, out: &mut String, keep: &dyn Fn(&str) -> bool) {
         let mut groups: std::collections::BTreeMap<String, (&str, String)> = Default::default();
         let mut metrics = self.0.snapshot();
         // Within a group, samples in the order of their full names (as Envoy sorts them).
         metrics.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, value) in metrics {
-            let (cut, tags) = self.1.extract(&format!("wasmcustom.{name}"));
+            let flat = format!("wasmcustom.{name}");
+            if !keep(&flat) {
+                continue;
+            }
+            let (cut, tags) = self.1.extract(&flat);
             let n = prom_name(cut.strip_prefix("wasmcustom.").unwrap_or(&cut));
             let l = labels(&tags);
             let with = |extra: &str| {
@@ -96,7 +103,7 @@ impl StatsSource for CustomMetrics {
 struct VmStats(Weak<Plugin>);
 
 impl StatsSource for VmStats {
-    fn append_text(&self, out: &mut String) {
+    fn append_text(&self, out: &mut String, keep: &dyn Fn(&str) -> bool) {
         let Some(p) = self.0.upgrade() else { return };
         let name = &p.config().name;
         let s = p.stats();
@@ -107,15 +114,14 @@ impl StatsSource for VmStats {
             ("memory_exceeded", &s.memory_exceeded),
             ("restarts", &s.restarts),
         ] {
-            let _ = writeln!(
-                out,
-                "wasmesh.wasm.{name}.vm.{stat}: {}",
-                v.load(Ordering::Relaxed)
-            );
+            let flat = format!("wasmesh.wasm.{name}.vm.{stat}");
+            if keep(&flat) {
+                let _ = writeln!(out, "{flat}: {}", v.load(Ordering::Relaxed));
+            }
         }
     }
 
-    fn append_prometheus(&self, out: &mut String) {
+    fn append_prometheus(&self, out: &mut String, keep: &dyn Fn(&str) -> bool) {
         // No `# TYPE` lines: several plugins share each family, and a repeated TYPE line is
         // invalid exposition; untyped samples are valid.
         let Some(p) = self.0.upgrade() else { return };
@@ -128,11 +134,13 @@ impl StatsSource for VmStats {
             ("memory_exceeded", &s.memory_exceeded),
             ("restarts", &s.restarts),
         ] {
-            let _ = writeln!(
-                out,
-                "wasmesh_wasm_vm_{stat}{{plugin=\"{name}\"}} {}",
-                v.load(Ordering::Relaxed)
-            );
+            if keep(&format!("wasmesh.wasm.{name}.vm.{stat}")) {
+                let _ = writeln!(
+                    out,
+                    "wasmesh_wasm_vm_{stat}{{plugin=\"{name}\"}} {}",
+                    v.load(Ordering::Relaxed)
+                );
+            }
         }
     }
 }

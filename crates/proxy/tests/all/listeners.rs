@@ -175,6 +175,7 @@ async fn a_worker_runs_its_idle_hook_when_its_last_connection_closes() -> anyhow
         concurrency: 1,
         drain_timeout: Duration::from_secs(1),
         on_idle: Some(count_idle_run),
+        ..Default::default()
     };
     let p = wasmesh_proxy::start(&bootstrap, &opts)?;
     let addr = p.listener_addr("i").expect("bound");

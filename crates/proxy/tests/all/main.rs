@@ -13,6 +13,7 @@ mod filters;
 mod grpc_replies;
 mod header_order;
 mod http1_codec;
+mod istio_stats;
 mod listeners;
 mod properties;
 mod routing;
