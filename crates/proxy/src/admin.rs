@@ -1,5 +1,6 @@
-//! The admin server: Envoy's `/ready`, `/stats`, `/stats/prometheus`, `/config_dump`,
-//! `/clusters`, `/listeners`, `/quitquitquit`.
+//! The admin server: Envoy's `/ready`, `/stats` (`filter`, `usedonly`), `/stats/prometheus`,
+//! `/config_dump`, `/clusters`, `/listeners`, `/drain_listeners`, `/healthcheck/fail|ok`,
+//! `/quitquitquit`, with the bootstrap's `admin.access_log`.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -27,7 +28,15 @@ pub(crate) struct AdminState {
     pub(crate) quit: Arc<tokio::sync::Notify>,
     /// `server.state` and the other server stats.
     pub(crate) server: crate::stats::ServerStats,
+    /// The workers' listener commands (`/drain_listeners`).
+    pub(crate) workers: WorkerCmds,
+    /// `--drain-time-s`: how long a graceful `/drain_listeners` keeps listeners open.
+    pub(crate) drain_time: std::time::Duration,
 }
+
+/// Where the admin API tells the workers to stop listeners.
+pub(crate) type WorkerCmds =
+    Arc<std::sync::Mutex<Vec<tokio::sync::mpsc::UnboundedSender<crate::server::ListenerCmd>>>>;
 
 /// Serves the admin API on `listener` until the task is dropped.
 pub(crate) async fn serve(listener: TcpListener, state: AdminState) {
@@ -166,14 +175,36 @@ fn handle(st: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             }
             text(StatusCode::OK, PLAIN, out)
         }
-        "/quitquitquit" => {
-            if req.method() != Method::POST {
-                return text(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    PLAIN,
-                    "This endpoint requires POST\n".into(),
-                );
+        "/drain_listeners" | "/healthcheck/fail" | "/healthcheck/ok" | "/quitquitquit"
+            if req.method() != Method::POST =>
+        {
+            // Envoy's words (no newline).
+            text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                PLAIN,
+                format!("Method {} not allowed, POST required.", req.method()),
+            )
+        }
+        "/drain_listeners" => {
+            drain_listeners(
+                st,
+                has_param(query, "inboundonly"),
+                has_param(query, "graceful"),
+            );
+            text(StatusCode::OK, PLAIN, "OK\n".into())
+        }
+        // Envoy's health-check failing: `/ready` answers 503 DRAINING until `/healthcheck/ok`.
+        "/healthcheck/fail" => {
+            st.server.set_state(crate::stats::ServerState::Draining);
+            text(StatusCode::OK, PLAIN, "OK\n".into())
+        }
+        "/healthcheck/ok" => {
+            if st.server.state() == crate::stats::ServerState::Draining {
+                st.server.set_state(crate::stats::ServerState::Live);
             }
+            text(StatusCode::OK, PLAIN, "OK\n".into())
+        }
+        "/quitquitquit" => {
             st.quit.notify_waiters();
             st.quit.notify_one();
             text(StatusCode::OK, PLAIN, "OK\n".into())
@@ -184,6 +215,48 @@ fn handle(st: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             format!("invalid path: {path}\n"),
         ),
     }
+}
+
+/// Whether the query has parameter `name` (with or without a value: `?usedonly`).
+fn has_param(query: &str, name: &str) -> bool {
+    query
+        .split('&')
+        .any(|kv| kv.split('=').next() == Some(name))
+}
+
+/// Envoy's `POST /drain_listeners[?inboundonly][&graceful]`: the listeners (only
+/// `traffic_direction: INBOUND` ones with `inboundonly`) stop accepting and their connections
+/// drain (`Connection: close`, GOAWAY), at once or, with `graceful`, after the drain time
+/// (istio-agent drains this way when its pod terminates). `/ready` stays LIVE, as in Envoy.
+fn drain_listeners(st: &AdminState, inbound_only: bool, graceful: bool) {
+    let names: Vec<Arc<str>> = st
+        .config
+        .load()
+        .listeners
+        .iter()
+        .filter(|l| !inbound_only || l.direction == 1)
+        .map(|l| Arc::clone(&l.name))
+        .collect();
+    let workers = Arc::clone(&st.workers);
+    let delay = if graceful {
+        st.drain_time
+    } else {
+        std::time::Duration::ZERO
+    };
+    tracing::info!(
+        listeners = names.len(),
+        ?delay,
+        "draining listeners (/drain_listeners)"
+    );
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let workers = workers.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for w in &workers {
+            for n in &names {
+                let _ = w.send(crate::server::ListenerCmd::Remove(Arc::clone(n)));
+            }
+        }
+    });
 }
 
 /// A percent-decoded query parameter.

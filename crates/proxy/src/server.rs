@@ -78,7 +78,7 @@ impl Default for ProxyOptions {
 pub(crate) type BoundListeners = Arc<ArcSwap<Vec<(Arc<str>, SocketAddr)>>>;
 
 /// A change to a worker's listeners after start.
-enum ListenerCmd {
+pub(crate) enum ListenerCmd {
     /// Start accepting on this worker's socket for the listener.
     Add(Arc<str>, std::net::TcpListener),
     /// Stop accepting for the listener (open connections finish).
@@ -420,12 +420,15 @@ pub(crate) fn start_prebound(
     let mut workers = Vec::new();
     // The main thread: admin, DNS.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let worker_cmds: crate::admin::WorkerCmds = Arc::default();
     let state = crate::admin::AdminState {
         config: Arc::clone(&config),
         store: store.clone(),
         listeners: Arc::clone(&bound),
         quit: Arc::clone(&quit),
         server: server.clone(),
+        workers: Arc::clone(&worker_cmds),
+        drain_time: opts.drain_timeout,
     };
     let main_cfg = Arc::clone(&config);
     let (init_tx, init_rx) = std::sync::mpsc::channel::<()>();
@@ -494,6 +497,10 @@ pub(crate) fn start_prebound(
         let cfg = Arc::clone(&config);
         let drain = drain_rx.clone();
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        worker_cmds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(cmd_tx.clone());
         workers.push(cmd_tx);
         let t = std::thread::Builder::new()
             .name(format!("wrk:worker_{index}"))

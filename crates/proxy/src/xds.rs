@@ -304,6 +304,8 @@ impl EarlyAdmin {
             listeners: Arc::default(),
             quit: Arc::clone(quit),
             server,
+            workers: Arc::default(),
+            drain_time: opts.drain_timeout,
         };
         Ok(Self {
             sock: Some(sock),

@@ -103,3 +103,58 @@ async fn drain_lets_in_flight_requests_finish() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// What istio-agent calls on Envoy's admin API when its pod stops, against Envoy 1.40:
+/// `/healthcheck/fail` turns `/ready` to 503 DRAINING until `/healthcheck/ok`;
+/// `/drain_listeners` closes the listeners and leaves `/ready` LIVE; GET on these is 405.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_and_health_check_endpoints_answer_like_envoy() -> anyhow::Result<()> {
+    let up = start_upstream("u").await?;
+    let (ours, ours_addr, envoy, envoy_addr) = start_both(|admin, listen| {
+        one_plugin(
+            (admin, listen, up.addr.port()),
+            test_plugins::HEADERS,
+            "h",
+            "{}",
+            "",
+        )
+    })
+    .await?;
+    let run = |admin: std::net::SocketAddr, listener: std::net::SocketAddr| async move {
+        let call = |method: &'static str, path: &'static str| async move {
+            let mut req = get("admin", path);
+            *req.method_mut() = method.parse()?;
+            let r = send(admin, req).await?;
+            anyhow::Ok(format!("{method} {path}: {} {:?}", r.status, r.text()))
+        };
+        let mut seen = Vec::new();
+        for (method, path) in [
+            ("GET", "/quitquitquit"),
+            ("GET", "/drain_listeners"),
+            ("POST", "/healthcheck/fail"),
+            ("GET", "/ready"),
+            ("POST", "/healthcheck/ok"),
+            ("GET", "/ready"),
+            ("POST", "/drain_listeners"),
+        ] {
+            seen.push(call(method, path).await?);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let served = send(listener, get("x", "/")).await.map(|r| r.status).ok();
+        seen.push(format!("listener after the drain: {served:?}"));
+        seen.push(call("GET", "/ready").await?);
+        anyhow::Ok(seen)
+    };
+    let theirs = run(envoy.admin, envoy_addr).await?;
+    let mine = run(ours.admin_addr().expect("admin"), ours_addr).await?;
+    assert_eq!(mine, theirs, "wasmesh (left) vs Envoy (right)");
+    assert!(
+        theirs.contains(&"GET /ready: 503 \"DRAINING\\n\"".to_string()),
+        "{theirs:?}"
+    );
+    assert!(
+        theirs.contains(&"listener after the drain: None".to_string()),
+        "{theirs:?}"
+    );
+    Ok(())
+}
