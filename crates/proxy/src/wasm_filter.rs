@@ -152,7 +152,13 @@ impl PluginSlot {
         cx: &BuildContext,
     ) -> Result<Self, ConfigError> {
         let plugin = plugin_config::build_plugin(pc, cx)?;
-        stats::register(&cx.stats, &plugin);
+        let runtime = match &pc.vm {
+            Some(envoy_types::pb::envoy::extensions::wasm::v3::plugin_config::Vm::VmConfig(v)) => {
+                v.runtime.as_str()
+            }
+            _ => "",
+        };
+        stats::register(&cx.stats, &plugin, runtime);
         Ok(Self {
             plugin,
             clusters: cx.cluster_names.clone(),
@@ -253,6 +259,7 @@ impl HttpFilterConfig for WasmFilterConfig {
             vm: self.worker_vm(worker),
             ctx: None,
             skip: false,
+            unavailable: None,
             stop_iteration: self.stop_iteration,
             facts: Rc::new(RefCell::new(Facts::default())),
         })
@@ -266,6 +273,9 @@ struct WasmFilter {
     ctx: Option<(u32, u64)>,
     /// FAIL_OPEN after a failure: the plugin is skipped for the rest of the stream.
     skip: bool,
+    /// The VM could not be used when the stream first asked: the same answer for the rest of
+    /// the stream (Envoy decides once, when it creates the stream's context).
+    unavailable: Option<Unavailable>,
     /// See [`WasmFilterConfig::stop_iteration`].
     stop_iteration: bool,
     facts: Rc<RefCell<Facts>>,
@@ -315,7 +325,13 @@ impl WasmFilter {
             }
             return Err(self.unavailable());
         }
-        let root = self.vm.ensure_ready()?;
+        if let Some(u) = self.unavailable {
+            return Err(u);
+        }
+        let root = self
+            .vm
+            .ensure_ready()
+            .inspect_err(|u| self.unavailable = Some(*u))?;
         self.facts.borrow_mut().refresh(info);
         let props = Box::new(StreamProps(self.facts.clone()));
         match self.vm.with_vm(|vm| vm.new_http_context_in(root, props)) {

@@ -65,10 +65,19 @@ pub struct PluginConfig {
 #[derive(Debug, Default)]
 pub struct PluginStats {
     pub vms_created: AtomicU64,
+    /// VMs alive now.
+    pub vms_active: std::sync::atomic::AtomicI64,
     pub traps: AtomicU64,
     pub deadline_exceeded: AtomicU64,
     pub memory_exceeded: AtomicU64,
+    /// Reload attempts of a failed VM (FAIL_RELOAD): Envoy's `vm_reload`.
     pub restarts: AtomicU64,
+    /// Reloads that gave a working plugin (`vm_reload_success`).
+    pub reload_success: AtomicU64,
+    /// Reloads that failed (`vm_reload_failure`).
+    pub reload_failure: AtomicU64,
+    /// Reloads put off by the backoff (`vm_reload_backoff`).
+    pub reload_backoff: AtomicU64,
 }
 
 impl PluginStats {
@@ -83,7 +92,7 @@ pub struct Plugin {
     pub(crate) runtime: Runtime,
     pub(crate) module: CompiledModule,
     pub(crate) config: PluginConfig,
-    pub(crate) stats: PluginStats,
+    pub(crate) stats: Arc<PluginStats>,
 }
 
 impl Plugin {
@@ -93,7 +102,7 @@ impl Plugin {
             runtime: runtime.clone(),
             module,
             config,
-            stats: PluginStats::default(),
+            stats: Arc::default(),
         })
     }
 
@@ -110,6 +119,12 @@ impl Plugin {
     /// VM counters.
     pub fn stats(&self) -> &PluginStats {
         &self.stats
+    }
+
+    /// The VM counters, outliving the plugin (a runtime's totals keep what its dropped
+    /// plugins counted).
+    pub fn stats_handle(&self) -> Arc<PluginStats> {
+        Arc::clone(&self.stats)
     }
 
     /// The runtime the plugin was compiled in.
@@ -147,6 +162,12 @@ impl Backoff {
         let d = self.base.saturating_mul(1u32 << self.attempt.min(16));
         self.attempt = self.attempt.saturating_add(1);
         d.min(self.max)
+    }
+
+    /// The first delay: Envoy's FAIL_RELOAD waits at least this long after the last load
+    /// before reloading a failed VM.
+    pub fn base(&self) -> Duration {
+        self.base
     }
 
     /// Back to the base delay after a success.

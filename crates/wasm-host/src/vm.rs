@@ -162,6 +162,9 @@ impl Plugin {
     /// every plugin whose vm_id, VM configuration and code match in one VM per thread).
     pub fn instantiate_module(self: &Arc<Self>, host: Box<dyn Host>) -> Result<PluginVm, Error> {
         PluginStats::bump(&self.stats.vms_created);
+        self.stats
+            .vms_active
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut store = Store::new(&self.runtime.inner.engine, VmState::new(self.clone(), host));
         store.limiter(|s| &mut s.limiter);
         let mut vm = PluginVm {
@@ -187,6 +190,15 @@ impl Plugin {
         vm.exports = Exports::resolve(&mut vm.store, &instance)?;
         vm.start(&instance)?;
         Ok(vm)
+    }
+}
+
+impl Drop for PluginVm {
+    fn drop(&mut self) {
+        self.plugin
+            .stats
+            .vms_active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -100,7 +100,33 @@ impl StatsSource for CustomMetrics {
     }
 }
 
-struct VmStats(Weak<Plugin>);
+struct VmStats(Weak<Plugin>, TagSpecs);
+
+impl VmStats {
+    /// Envoy's per-plugin reload counters: `wasm.<plugin>.vm_reload{,_success,_failure,_backoff}`.
+    fn envoy_counters(p: &Plugin) -> [(String, u64); 4] {
+        let name = &p.config().name;
+        let s = p.stats();
+        let v = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        [
+            // Envoy 1.40 never counts `vm_reload` on a FAIL_RELOAD reload (only its success
+            // or failure), so neither do we; our attempts are `wasmesh.wasm.<plugin>.vm.restarts`.
+            (format!("wasm.{name}.vm_reload"), 0),
+            (
+                format!("wasm.{name}.vm_reload_backoff"),
+                v(&s.reload_backoff),
+            ),
+            (
+                format!("wasm.{name}.vm_reload_failure"),
+                v(&s.reload_failure),
+            ),
+            (
+                format!("wasm.{name}.vm_reload_success"),
+                v(&s.reload_success),
+            ),
+        ]
+    }
+}
 
 impl StatsSource for VmStats {
     fn append_text(&self, out: &mut String, keep: &dyn Fn(&str) -> bool) {
@@ -117,6 +143,11 @@ impl StatsSource for VmStats {
             let flat = format!("wasmesh.wasm.{name}.vm.{stat}");
             if keep(&flat) {
                 let _ = writeln!(out, "{flat}: {}", v.load(Ordering::Relaxed));
+            }
+        }
+        for (flat, v) in Self::envoy_counters(&p) {
+            if keep(&flat) {
+                let _ = writeln!(out, "{flat}: {v}");
             }
         }
     }
@@ -142,11 +173,124 @@ impl StatsSource for VmStats {
                 );
             }
         }
+        for (flat, v) in Self::envoy_counters(&p) {
+            if keep(&flat) {
+                envoy_sample(out, &self.1, &flat, "counter", v);
+            }
+        }
     }
 }
 
-/// Registers the plugin's VM counters and, once per store, the process's custom metrics.
-pub(crate) fn register(store: &Store, plugin: &Arc<Plugin>) {
+/// One stat with Envoy's Prometheus naming: `envoy_` + the name the tags leave, the tags as
+/// labels (`{}` without), after its `# TYPE` line.
+fn envoy_sample(
+    out: &mut String,
+    tags: &TagSpecs,
+    flat: &str,
+    kind: &str,
+    v: impl std::fmt::Display,
+) {
+    let (cut, found) = tags.extract(flat);
+    let name = format!("envoy_{}", crate::stats::sanitize(&cut));
+    let l = if found.is_empty() {
+        "{}".to_string()
+    } else {
+        labels(&found)
+    };
+    let _ = write!(out, "# TYPE {name} {kind}\n{name}{l} {v}\n");
+}
+
+/// Every plugin ever built, by runtime, for Envoy's runtime stats
+/// (`wasm.envoy.wasm.runtime.<rt>.created` and `.active`, `wasm.wasm_vm_count`). A dropped
+/// plugin's count is folded into its runtime's total, so `created` never goes down.
+#[derive(Default)]
+struct Runtimes {
+    live: Vec<(String, Weak<Plugin>, Arc<wasm_host::PluginStats>)>,
+    retired: std::collections::BTreeMap<String, u64>,
+}
+
+fn runtimes() -> &'static Mutex<Runtimes> {
+    static R: OnceLock<Mutex<Runtimes>> = OnceLock::new();
+    R.get_or_init(Mutex::default)
+}
+
+/// (runtime, created, active) per runtime, and the active total.
+fn runtime_totals() -> (Vec<(String, u64, i64)>, i64) {
+    let mut r = runtimes().lock().unwrap_or_else(|e| e.into_inner());
+    let Runtimes { live, retired } = &mut *r;
+    live.retain(|(rt, plugin, stats)| {
+        let alive = plugin.strong_count() > 0;
+        if !alive {
+            *retired.entry(rt.clone()).or_default() += stats.vms_created.load(Ordering::Relaxed);
+        }
+        alive
+    });
+    let mut by: std::collections::BTreeMap<String, (u64, i64)> =
+        retired.iter().map(|(k, v)| (k.clone(), (*v, 0))).collect();
+    for (rt, _, stats) in live.iter() {
+        let e = by.entry(rt.clone()).or_default();
+        e.0 += stats.vms_created.load(Ordering::Relaxed);
+        e.1 += stats.vms_active.load(Ordering::Relaxed);
+    }
+    let total = by.values().map(|v| v.1).sum();
+    (by.into_iter().map(|(k, (c, a))| (k, c, a)).collect(), total)
+}
+
+struct RuntimeStats(TagSpecs);
+
+impl RuntimeStats {
+    fn stats() -> Vec<(String, &'static str, i64)> {
+        let (per, total) = runtime_totals();
+        let mut out = Vec::new();
+        for (rt, created, active) in per {
+            out.push((format!("wasm.{rt}.active"), "gauge", active));
+            out.push((
+                format!("wasm.{rt}.created"),
+                "counter",
+                i64::try_from(created).unwrap_or(i64::MAX),
+            ));
+        }
+        out.push(("wasm.wasm_vm_count".to_string(), "gauge", total));
+        out
+    }
+}
+
+impl StatsSource for RuntimeStats {
+    fn append_text(&self, out: &mut String, keep: &dyn Fn(&str) -> bool) {
+        for (flat, _, v) in Self::stats() {
+            if keep(&flat) {
+                let _ = writeln!(out, "{flat}: {v}");
+            }
+        }
+    }
+
+    fn append_prometheus(&self, out: &mut String, keep: &dyn Fn(&str) -> bool) {
+        for (flat, kind, v) in Self::stats() {
+            if keep(&flat) {
+                envoy_sample(out, &self.0, &flat, kind, v);
+            }
+        }
+    }
+}
+
+/// Registers the plugin's VM counters and, once per store, the process's custom metrics and
+/// runtime stats. `runtime` is the configured `vm_config.runtime` (Envoy's stats are named
+/// after it; empty means Envoy's default, V8).
+pub(crate) fn register(store: &Store, plugin: &Arc<Plugin>, runtime: &str) {
+    let rt = if runtime.is_empty() {
+        "envoy.wasm.runtime.v8"
+    } else {
+        runtime
+    };
+    runtimes()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .live
+        .push((
+            rt.to_string(),
+            Arc::downgrade(plugin),
+            plugin.stats_handle(),
+        ));
     static CUSTOM: OnceLock<Mutex<Vec<Arc<dyn StatsSource>>>> = OnceLock::new();
     let hooks = store.hooks();
     let live = hooks.sources();
@@ -159,8 +303,12 @@ pub(crate) fn register(store: &Store, plugin: &Arc<Plugin>) {
         ));
         hooks.register(&src);
         keep.push(src);
+        let rts: Arc<dyn StatsSource> = Arc::new(RuntimeStats(store.tag_specs().clone()));
+        hooks.register(&rts);
+        keep.push(rts);
     }
-    let vm: Arc<dyn StatsSource> = Arc::new(VmStats(Arc::downgrade(plugin)));
+    let vm: Arc<dyn StatsSource> =
+        Arc::new(VmStats(Arc::downgrade(plugin), store.tag_specs().clone()));
     hooks.register(&vm);
     // Keep the VM counters alive as long as the plugin is: leak-free because VmStats only
     // holds a Weak and is tiny.

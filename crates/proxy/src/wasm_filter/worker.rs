@@ -62,6 +62,9 @@ pub(crate) struct WorkerVm {
     slot: RefCell<Slot>,
     /// Bumped on every new VM: a stream whose context lives in an older VM is orphaned.
     generation: Cell<u64>,
+    /// When the VM (or a member's root) was last loaded: FAIL_RELOAD reloads a failed one only
+    /// a backoff interval after it (Envoy's `maybeReloadHandleIfNeeded`).
+    last_load: Cell<Instant>,
     /// Whether a VM was ever tried.
     attempted: Cell<bool>,
     backoff: RefCell<Backoff>,
@@ -307,6 +310,7 @@ impl WorkerVm {
                 retry_at: Instant::now(),
             }),
             generation: Cell::new(0),
+            last_load: Cell::new(Instant::now()),
             attempted: Cell::new(false),
             backoff: RefCell::new(backoff),
             waiters: RefCell::new(HashMap::new()),
@@ -418,6 +422,7 @@ impl WorkerVm {
 
     fn create_vm(&self) {
         self.attempted.set(true);
+        self.last_load.set(Instant::now());
         let host = WorkerHost {
             vm: self.me.clone(),
             worker: self.worker.clone(),
@@ -484,6 +489,17 @@ impl WorkerVm {
         }
     }
 
+    /// Envoy's FAIL_RELOAD rule: a failed VM is reloaded only once the backoff's base interval
+    /// has passed since it was last loaded (Envoy draws the interval from [base, 1.5 base); we
+    /// take base). Counts `vm_reload_backoff` when it is too early.
+    fn may_reload(&self, m: &Member) -> bool {
+        let due = self.last_load.get().elapsed() >= self.backoff.borrow().base();
+        if !due {
+            bump(&m.plugin.stats().reload_backoff);
+        }
+        due
+    }
+
     /// The member's root context when streams can use it now; re-creates a failed VM (or
     /// retries a rejected start) for FAIL_RELOAD after its backoff. Otherwise says what the
     /// stream must do.
@@ -498,21 +514,27 @@ impl WorkerVm {
             if let Some(root) = m.root.get() {
                 return Ok(root);
             }
-            if m.policy == FailurePolicy::FailReload
-                && m.retry_at.get().is_none_or(|at| Instant::now() >= at)
-            {
+            if m.policy == FailurePolicy::FailReload && self.may_reload(m) {
+                self.last_load.set(Instant::now());
                 wasm_host_restart(&m.plugin);
                 self.start_member(m);
+                reloaded(&m.plugin, m.root.get().is_some());
             }
             return m.root.get().ok_or_else(unavailable);
         }
         let state = state.err().flatten();
         let never_started = self.generation.get() == 0;
-        let may_retry = m.policy == FailurePolicy::FailReload || never_started;
-        if may_retry && state.is_none_or(|at| Instant::now() >= at) {
-            if !never_started {
-                wasm_host_restart(&m.plugin);
+        if !never_started && m.policy == FailurePolicy::FailReload {
+            if !self.may_reload(m) {
+                return Err(unavailable());
             }
+            wasm_host_restart(&m.plugin);
+            self.create_vm();
+            let root = m.root.get().filter(|_| self.with_vm(|_| ()).is_some());
+            reloaded(&m.plugin, root.is_some());
+            return root.ok_or_else(unavailable);
+        }
+        if never_started && state.is_none_or(|at| Instant::now() >= at) {
             self.create_vm();
             if self.with_vm(|_| ()).is_some()
                 && let Some(root) = m.root.get()
@@ -579,6 +601,20 @@ impl WorkerVm {
     pub(crate) fn forget(&self, ctx: u32) {
         self.waiters.borrow_mut().remove(&ctx);
     }
+}
+
+fn bump(c: &std::sync::atomic::AtomicU64) {
+    c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Counts how a reload ended (Envoy's `vm_reload_success` / `vm_reload_failure`).
+fn reloaded(plugin: &Plugin, ok: bool) {
+    let s = plugin.stats();
+    bump(if ok {
+        &s.reload_success
+    } else {
+        &s.reload_failure
+    });
 }
 
 fn wasm_host_restart(plugin: &Plugin) {

@@ -28,3 +28,4 @@ mod trailers;
 mod vm_share;
 mod wasm_access_log;
 mod wasm_differential;
+mod wasm_reload;
