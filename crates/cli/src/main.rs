@@ -197,6 +197,9 @@ fn init_logging(level: Option<&str>, path: Option<&std::path::Path>) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let _ = match file {
         Some(f) => builder.with_ansi(false).with_writer(f).try_init(),
-        None => builder.with_writer(std::io::stderr).try_init(),
+        None => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .try_init(),
     };
 }

@@ -205,7 +205,7 @@ fn istio_args(config: &Path, overlay: &str) -> Vec<String> {
 }
 
 /// `GET path` over a fresh connection: (status, body), or `None` if nothing answers.
-fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
+pub(crate) fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
@@ -285,7 +285,7 @@ fn istio_probe(admin: SocketAddr) -> Result<(), String> {
 }
 
 /// A child process killed when dropped.
-struct Child(std::process::Child);
+pub(crate) struct Child(pub(crate) std::process::Child);
 
 impl Drop for Child {
     fn drop(&mut self) {
@@ -296,7 +296,7 @@ impl Drop for Child {
 
 /// `program` (our binary linked as `envoy`, or Envoy) with istio-agent's arguments; waits for
 /// its admin API to answer.
-fn start(program: &Path, args: &[String], admin: SocketAddr, log: &Path) -> Child {
+pub(crate) fn start(program: &Path, args: &[String], admin: SocketAddr, log: &Path) -> Child {
     let log = std::fs::File::create(log).expect("log file");
     let child = Command::new(program)
         .args(args)

@@ -25,3 +25,69 @@ async fn the_log_level_flag_sets_what_plugins_log() {
         ["DEBUG", "INFO", "WARN", "ERROR", "ERROR"]
     );
 }
+
+/// Plugin log lines read as Envoy's, `wasm log <name> <root_id> <vm_id>: <message>` (the ids
+/// only when set): for the
+/// same plugin, config and request, the `request headers` lines carry the same text in both
+/// logs, WASI stdout included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_log_lines_read_as_envoys() {
+    use std::net::SocketAddr;
+    let module = test_plugins::path(test_plugins::LOGGING);
+    let (_, ours) = one_request(&module, &["-l", "info"], None).await;
+    let echo = test_support::echo::start("echo").await.expect("echo");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ports = test_support::proxy_peers::free_ports(2).expect("ports");
+    let cfg = dir.path().join("envoy.yaml");
+    std::fs::write(
+        &cfg,
+        crate::compile::bootstrap(ports[0], ports[1], echo.addr, &module),
+    )
+    .expect("write");
+    let admin = SocketAddr::from(([127, 0, 0, 1], ports[1]));
+    let listen = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+    let log = dir.path().join("envoy.log");
+    let envoy_bin = test_support::proxy_peers::envoy_binary().expect("envoy");
+    let args: Vec<String> = [
+        "-c",
+        &cfg.display().to_string(),
+        "--concurrency",
+        "1",
+        "-l",
+        "info",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(["--base-id".to_string(), ports[1].to_string()])
+    .collect();
+    let envoy = tokio::task::spawn_blocking(move || {
+        let child = crate::istio_agent::start(&envoy_bin, &args, admin, &log);
+        test_support::proxy_peers::wait_ready(admin, std::time::Duration::from_secs(60))
+            .expect("envoy ready");
+        let resp = crate::istio_agent::http(listen, "GET", "/");
+        // Envoy writes its log as it goes; give it a moment.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(child);
+        (resp, std::fs::read_to_string(&log).unwrap_or_default())
+    })
+    .await
+    .expect("join");
+    assert_eq!(envoy.0.map(|r| r.0), Some(200));
+    let lines = |log: &str| -> Vec<String> {
+        let mut v: Vec<String> = log
+            .lines()
+            .filter_map(|l| l.find("wasm log ").map(|i| l[i..].trim_end().to_string()))
+            .filter(|l| l.contains("request headers: /"))
+            .collect();
+        v.sort();
+        v
+    };
+    let theirs = lines(&envoy.1);
+    assert!(
+        theirs
+            .iter()
+            .any(|l| l == "wasm log headers: request headers: /"),
+        "{theirs:?}"
+    );
+    assert_eq!(lines(&ours), theirs, "wasmesh (left) vs Envoy (right)");
+}
