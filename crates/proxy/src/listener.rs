@@ -423,9 +423,12 @@ fn build_chain(
     env: &BuildEnv<'_>,
 ) -> Result<FilterChain, ConfigError> {
     let matcher = chain_match(chain.filter_chain_match.as_ref(), cpath)?;
-    let tls = match &chain.transport_socket {
-        None => None,
-        Some(ts) => Some(downstream_tls(ts, &format!("{cpath}.transport_socket"))?),
+    let (tls, client_certs) = match &chain.transport_socket {
+        None => (None, false),
+        Some(ts) => {
+            let (cfg, client_certs) = downstream_tls(ts, &format!("{cpath}.transport_socket"))?;
+            (Some(cfg), client_certs)
+        }
     };
     if tls.is_none() && matcher.transport_protocol.as_deref() == Some("tls") {
         return Err(ConfigError::unsupported(
@@ -457,6 +460,7 @@ fn build_chain(
                     &tpath,
                     &name,
                     buffer_limit,
+                    client_certs,
                     env,
                 )?)));
             }
@@ -559,10 +563,12 @@ fn known<'a>(mut registered: Vec<&'a str>, builtin: &[&'a str]) -> String {
     registered.join(", ")
 }
 
+/// The chain's TLS server config, and whether it may ask clients for a certificate (it has a
+/// validation context).
 fn downstream_tls(
     ts: &core::TransportSocket,
     path: &str,
-) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+) -> Result<(Arc<rustls::ServerConfig>, bool), ConfigError> {
     use core::transport_socket::ConfigType;
     let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
         return Err(ConfigError::invalid(
@@ -580,7 +586,11 @@ fn downstream_tls(
     check::check_any(any, &tpath)?;
     let ctx = pbtls::DownstreamTlsContext::decode(any.value.as_slice())
         .map_err(|e| ConfigError::invalid(&tpath, e))?;
-    crate::tls::server_config(&ctx, &tpath)
+    let client_certs = ctx
+        .common_tls_context
+        .as_ref()
+        .is_some_and(|c| c.validation_context_type.is_some());
+    Ok((crate::tls::server_config(&ctx, &tpath)?, client_certs))
 }
 
 fn build_hcm(
@@ -588,6 +598,7 @@ fn build_hcm(
     path: &str,
     listener: &str,
     buffer_limit: usize,
+    client_certs: bool,
     env: &BuildEnv<'_>,
 ) -> Result<HcmConfig, ConfigError> {
     use hcm::http_connection_manager::{CodecType, RouteSpecifier};
@@ -688,22 +699,27 @@ fn build_hcm(
         always_set_request_id_in_response: cfg.always_set_request_id_in_response,
         server_name,
         use_remote_address: cfg.use_remote_address.as_ref().is_some_and(|b| b.value),
-        keep_xfcc: forward_client_cert(cfg.forward_client_cert_details, path)?,
+        keep_xfcc: forward_client_cert(cfg.forward_client_cert_details, client_certs, path)?,
         buffer_limit,
     })
 }
 
 /// `forward_client_cert_details`: whether a client's `x-forwarded-client-cert` is kept.
-/// Without client certificates (the downstream TLS we terminate does not ask for one) Envoy
-/// removes it in every mode but `ALWAYS_FORWARD_ONLY` (4); the modes that add this proxy's
-/// view of the client certificate need `set_current_client_cert_details`, which we lack.
-fn forward_client_cert(mode: i32, path: &str) -> Result<bool, ConfigError> {
+/// On a connection without a client certificate Envoy removes it in every mode but
+/// `ALWAYS_FORWARD_ONLY` (4), so on a chain that never asks for one (`client_certs` false)
+/// `APPEND_FORWARD` and `SANITIZE_SET` (and their `set_current_client_cert_details`) act as
+/// `SANITIZE` (checked against Envoy 1.40). On a chain that may get client certificates they
+/// would add this proxy's view of the certificate, which we do not build: refused.
+fn forward_client_cert(mode: i32, client_certs: bool, path: &str) -> Result<bool, ConfigError> {
     match mode {
         0 | 1 => Ok(false),
         4 => Ok(true),
-        _ => Err(ConfigError::invalid(
+        2 | 3 if !client_certs => Ok(false),
+        _ => Err(ConfigError::unsupported(
             format!("{path}.forward_client_cert_details"),
-            "APPEND_FORWARD and SANITIZE_SET are not supported (SANITIZE, FORWARD_ONLY and ALWAYS_FORWARD_ONLY are)",
+            "APPEND_FORWARD and SANITIZE_SET on a filter chain whose TLS asks for client \
+             certificates (x-forwarded-client-cert is not built; SANITIZE, FORWARD_ONLY and \
+             ALWAYS_FORWARD_ONLY are supported)",
         )),
     }
 }

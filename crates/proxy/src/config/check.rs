@@ -25,6 +25,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &["stats_tags", "use_all_default_tags", "stats_matcher"],
     ),
     ("envoy.config.metrics.v3.StatsMatcher", &["*"]),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.SetCurrentClientCertDetails",
+        &["*"],
+    ),
     ("envoy.config.metrics.v3.TagSpecifier", &["*"]),
     ("envoy.config.bootstrap.v3.LayeredRuntime", &["*"]),
     (
@@ -126,6 +130,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "server_name",
             "use_remote_address",
             "forward_client_cert_details",
+            "set_current_client_cert_details",
         ],
     ),
     (

@@ -29,3 +29,4 @@ mod vm_share;
 mod wasm_access_log;
 mod wasm_differential;
 mod wasm_reload;
+mod xfcc;
