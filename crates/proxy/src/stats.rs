@@ -219,16 +219,19 @@ impl Store {
 
     /// Envoy's `/stats/prometheus`: metrics grouped by name with a `# TYPE` line each.
     pub fn render_prometheus(&self) -> String {
-        let mut groups: BTreeMap<String, (bool, Vec<String>)> = BTreeMap::new();
+        // (kind rank, name) → sample lines: Envoy writes every counter, then every gauge, then
+        // every histogram, each kind sorted by name, plugin metrics included (so a counter and
+        // a histogram that share a name get a block each).
+        let mut groups: BTreeMap<(u8, String), Vec<String>> = BTreeMap::new();
         let custom = !self.tags.is_empty();
         let defaults = self.tags.use_default_tags();
         for (flat, e) in self.snapshot() {
             if !self.matcher.accepts(&flat) {
                 continue;
             }
-            let (is_counter, v) = match &e.metric {
-                Metric::Counter(c) => (true, c.get().to_string()),
-                Metric::Gauge(g) => (false, g.get().to_string()),
+            let (rank, v) = match &e.metric {
+                Metric::Counter(c) => (0, c.get().to_string()),
+                Metric::Gauge(g) => (1, g.get().to_string()),
             };
             let (prom_name, tags) = if !defaults {
                 // Only the bootstrap's tags: the name is what they leave of the flat name
@@ -253,26 +256,57 @@ impl Store {
                 labels(&tags)
             };
             let line = format!("{prom_name}{labels} {v}");
-            let g = groups.entry(prom_name).or_insert((is_counter, Vec::new()));
-            g.1.push(line);
+            groups.entry((rank, prom_name)).or_default().push(line);
+        }
+        let keep = |name: &str| self.matcher.accepts(name);
+        for s in self.hooks.sources() {
+            let mut text = String::new();
+            s.append_prometheus(&mut text, &keep);
+            merge_blocks(&mut groups, &text);
         }
         let mut out = String::new();
-        for (name, (is_counter, lines)) in groups {
-            let _ = writeln!(
-                out,
-                "# TYPE {name} {}",
-                if is_counter { "counter" } else { "gauge" }
-            );
+        for ((rank, name), lines) in groups {
+            if let Some(kind) = KINDS.get(usize::from(rank)) {
+                let _ = writeln!(out, "# TYPE {name} {kind}");
+            }
             for l in lines {
                 out.push_str(&l);
                 out.push('\n');
             }
         }
-        let keep = |name: &str| self.matcher.accepts(name);
-        for s in self.hooks.sources() {
-            s.append_prometheus(&mut out, &keep);
-        }
         out
+    }
+}
+
+/// Prometheus kinds in Envoy's output order; samples of no declared kind come last, untyped.
+const KINDS: [&str; 3] = ["counter", "gauge", "histogram"];
+
+/// Adds exposition text (`# TYPE` blocks, or untyped samples) to `groups`.
+fn merge_blocks(groups: &mut BTreeMap<(u8, String), Vec<String>>, text: &str) {
+    let mut current: Option<(u8, String)> = None;
+    for line in text.lines() {
+        if let Some(decl) = line.strip_prefix("# TYPE ") {
+            let mut it = decl.split(' ');
+            let (name, kind) = (it.next().unwrap_or_default(), it.next().unwrap_or_default());
+            let rank = KINDS.iter().position(|k| *k == kind).unwrap_or(KINDS.len());
+            let key = (u8::try_from(rank).unwrap_or(u8::MAX), name.to_string());
+            groups.entry(key.clone()).or_default();
+            current = Some(key);
+        } else if line.is_empty() || line.starts_with('#') {
+            continue;
+        } else {
+            let key = match &current {
+                Some(k) => k.clone(),
+                None => {
+                    let name = line.split(['{', ' ']).next().unwrap_or_default();
+                    (
+                        u8::try_from(KINDS.len()).unwrap_or(u8::MAX),
+                        name.to_string(),
+                    )
+                }
+            };
+            groups.entry(key).or_default().push(line.to_string());
+        }
     }
 }
 
@@ -507,6 +541,24 @@ mod tests {
             sorted_like_envoy(text),
             "a.y: 2\nb.x: 1\nwasmcustom.a: 3\nwasmcustom.h: P0(nan,0) count=1 sum=2\n"
         );
+    }
+
+    /// Envoy's order: counters, gauges, histograms, each sorted by name, plugin metrics among
+    /// them; a counter and a histogram sharing a name get a block each.
+    #[test]
+    fn prometheus_blocks_by_kind_then_name() {
+        let mut groups = BTreeMap::new();
+        groups.insert((1, "envoy_g".to_string()), vec!["envoy_g{} 1".to_string()]);
+        merge_blocks(
+            &mut groups,
+            "# TYPE h histogram\nh_sum{} 3\nh_count{} 1\n# TYPE h counter\nh{} 0\n# TYPE a gauge\na{} 2\n",
+        );
+        merge_blocks(&mut groups, "# TYPE h counter\nh{x=\"1\"} 4\n");
+        let order: Vec<_> = groups
+            .iter()
+            .map(|((r, n), l)| format!("{r}:{n}:{}", l.len()))
+            .collect();
+        assert_eq!(order, ["0:h:2", "1:a:1", "1:envoy_g:1", "2:h:2"]);
     }
 
     #[test]

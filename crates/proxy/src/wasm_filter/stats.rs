@@ -153,8 +153,7 @@ impl StatsSource for VmStats {
     }
 
     fn append_prometheus(&self, out: &mut String, keep: &dyn Fn(&str) -> bool) {
-        // No `# TYPE` lines: several plugins share each family, and a repeated TYPE line is
-        // invalid exposition; untyped samples are valid.
+        // Several plugins share each family; the store merges the blocks into one per name.
         let Some(p) = self.0.upgrade() else { return };
         let name = &p.config().name;
         let s = p.stats();
@@ -168,7 +167,7 @@ impl StatsSource for VmStats {
             if keep(&format!("wasmesh.wasm.{name}.vm.{stat}")) {
                 let _ = writeln!(
                     out,
-                    "wasmesh_wasm_vm_{stat}{{plugin=\"{name}\"}} {}",
+                    "# TYPE wasmesh_wasm_vm_{stat} counter\nwasmesh_wasm_vm_{stat}{{plugin=\"{name}\"}} {}",
                     v.load(Ordering::Relaxed)
                 );
             }
