@@ -27,6 +27,32 @@ struct Histogram {
     buckets: Vec<AtomicU64>,
     count: AtomicU64,
     sum: AtomicU64,
+    /// Envoy's sum (f64 bits): each value counted as its log-linear bin's representative.
+    approx_sum: AtomicU64,
+}
+
+/// What Envoy's histogram (libcircllhist: two significant digits per bin) counts `v` as in its
+/// sum: the bin's lower edge `l` plus `w·l/(l+r)` for width `w` and upper edge `r` (checked
+/// against Envoy 1.40's `_sum` output to the last digit).
+pub fn envoy_bin_value(v: u64) -> f64 {
+    if v == 0 {
+        return 0.0;
+    }
+    let digits = v.ilog10() + 1;
+    let (val, exp) = if digits == 1 {
+        (v * 10, 0i32)
+    } else {
+        (
+            v / 10u64.pow(digits - 2),
+            i32::try_from(digits).unwrap_or(i32::MAX) - 1,
+        )
+    };
+    // circllhist keeps a table of correctly rounded powers of ten.
+    let pow10 = |e: i32| format!("1e{e}").parse::<f64>().unwrap_or(f64::NAN);
+    let l = val as f64 / 10.0 * pow10(exp);
+    let w = pow10(exp - 1);
+    let r = l + w;
+    l + w * l / (l + r)
 }
 
 /// A metric's value at one moment.
@@ -34,11 +60,13 @@ struct Histogram {
 pub enum MetricValue {
     Counter(u64),
     Gauge(i64),
-    /// Cumulative counts per [`HISTOGRAM_BUCKETS`] bound, total count and sum.
+    /// Cumulative counts per [`HISTOGRAM_BUCKETS`] bound, total count and sum (exact, and as
+    /// Envoy's histogram approximates it).
     Histogram {
         buckets: Vec<u64>,
         count: u64,
         sum: u64,
+        approx_sum: f64,
     },
 }
 
@@ -75,6 +103,7 @@ impl Metrics {
                 .collect(),
             count: AtomicU64::new(0),
             sum: AtomicU64::new(0),
+            approx_sum: AtomicU64::new(0f64.to_bits()),
         });
         let m = Arc::new(Metric {
             name: name.to_string(),
@@ -145,6 +174,12 @@ impl Metric {
                     }
                     h.count.fetch_add(1, Ordering::Relaxed);
                     h.sum.fetch_add(value, Ordering::Relaxed);
+                    let add = envoy_bin_value(value);
+                    let _ =
+                        h.approx_sum
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                                Some((f64::from_bits(bits) + add).to_bits())
+                            });
                 }
             }
         }
@@ -180,12 +215,14 @@ impl Metric {
                     buckets,
                     count: h.count.load(Ordering::Relaxed),
                     sum: h.sum.load(Ordering::Relaxed),
+                    approx_sum: f64::from_bits(h.approx_sum.load(Ordering::Relaxed)),
                 }
             }
             (MetricType::Histogram, None) => MetricValue::Histogram {
                 buckets: vec![],
                 count: 0,
                 sum: 0,
+                approx_sum: 0.0,
             },
         }
     }
@@ -225,6 +262,7 @@ mod tests {
             buckets,
             count,
             sum,
+            ..
         } = h.value()
         else {
             panic!("histogram");
@@ -233,6 +271,15 @@ mod tests {
         assert_eq!(buckets[2], 1, "3 <= 5");
         assert_eq!(buckets[4], 2, "20 <= 25, cumulative");
         assert!(m.get(cid + 1).is_none(), "kind bits must match");
+        // Envoy 1.40 prints 3.0491803278688522915729208762059 for one 3, and 9.1475... for
+        // three: the bin [3.0, 3.1)'s value.
+        assert_eq!(
+            format!("{:.31e}", envoy_bin_value(3)),
+            "3.0491803278688522915729208762059e0"
+        );
+        assert_eq!(envoy_bin_value(0), 0.0);
+        let v = envoy_bin_value(123);
+        assert!((120.0..130.0).contains(&v), "{v}");
         assert_eq!(m.snapshot().len(), 4);
     }
 }

@@ -46,9 +46,11 @@ impl StatsSource for CustomMetrics {
         }
     }
 
-    /// Grouped by tag-extracted name (the bootstrap's `stats_tags`), one `# TYPE` line each.
+    /// Grouped by tag-extracted name (the bootstrap's `stats_tags`) and kind, one `# TYPE` line
+    /// each.
     fn append_prometheus(&self, out: &mut String, keep: &dyn Fn(&str) -> bool) {
-        let mut groups: std::collections::BTreeMap<String, (&str, String)> = Default::default();
+        // By name and kind: a counter and a histogram may share a name (a block each, as Envoy).
+        let mut groups: std::collections::BTreeMap<(String, &str), String> = Default::default();
         let mut metrics = self.0.snapshot();
         // Within a group, samples in the order of their full names (as Envoy sorts them).
         metrics.sort_by(|a, b| a.0.cmp(&b.0));
@@ -75,8 +77,11 @@ impl StatsSource for CustomMetrics {
                 MetricValue::Histogram {
                     buckets,
                     count,
-                    sum,
+                    approx_sum,
+                    ..
                 } => {
+                    // Envoy's sum is its histogram's approximation, written `%.32g`.
+                    let sum = format_g32(approx_sum);
                     let mut s = String::new();
                     for (le, c) in HISTOGRAM_BUCKETS.iter().zip(&buckets) {
                         let _ = writeln!(s, "{n}_bucket{} {c}", with(&format!("le=\"{le}\"")));
@@ -91,13 +96,49 @@ impl StatsSource for CustomMetrics {
                     ("histogram", s)
                 }
             };
-            let g = groups.entry(n).or_insert((kind, String::new()));
-            g.1.push_str(&lines);
+            groups.entry((n, kind)).or_default().push_str(&lines);
         }
-        for (n, (kind, lines)) in groups {
+        for ((n, kind), lines) in groups {
             let _ = write!(out, "# TYPE {n} {kind}\n{lines}");
         }
     }
+}
+
+/// `%.32g`: 32 significant digits, trailing zeros dropped, scientific notation only for
+/// exponents below -4 or from 32 (how Envoy writes a histogram's `_sum`).
+fn format_g32(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() {
+        return if x == 0.0 { "0".into() } else { x.to_string() };
+    }
+    let sci = format!("{x:.31e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let trim = |s: String| -> String {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s
+        }
+    };
+    if !(-4..32).contains(&exp) {
+        let m = trim(mantissa.to_string());
+        let sign = if exp < 0 { '-' } else { '+' };
+        return format!("{m}e{sign}{:02}", exp.abs());
+    }
+    let (neg, digits) = match mantissa.strip_prefix('-') {
+        Some(m) => (true, m.replace('.', "")),
+        None => (false, mantissa.replace('.', "")),
+    };
+    let point = exp + 1;
+    let body = if point <= 0 {
+        format!("0.{}{digits}", "0".repeat(point.unsigned_abs() as usize))
+    } else {
+        let p = (point as usize).min(digits.len());
+        let (int, frac) = digits.split_at(p);
+        format!("{int}.{frac}")
+    };
+    let body = trim(body);
+    if neg { format!("-{body}") } else { body }
 }
 
 struct VmStats(Weak<Plugin>, TagSpecs);
@@ -269,6 +310,27 @@ impl StatsSource for RuntimeStats {
                 envoy_sample(out, &self.0, &flat, kind, v);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_g32;
+
+    /// The `_sum` values Envoy 1.40 printed for the envoy-wasm stats test plugin.
+    #[test]
+    fn sums_are_written_as_envoy_writes_them() {
+        assert_eq!(
+            format_g32(wasm_host::envoy_bin_value(3)),
+            "3.0491803278688522915729208762059"
+        );
+        assert_eq!(
+            format_g32(3.0 * wasm_host::envoy_bin_value(3)),
+            "9.1475409836065573188079724786803"
+        );
+        assert_eq!(format_g32(0.0), "0");
+        assert_eq!(format_g32(250.0), "250");
+        assert_eq!(format_g32(0.5), "0.5");
     }
 }
 
