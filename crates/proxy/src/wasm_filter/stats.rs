@@ -313,27 +313,6 @@ impl StatsSource for RuntimeStats {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::format_g32;
-
-    /// The `_sum` values Envoy 1.40 printed for the envoy-wasm stats test plugin.
-    #[test]
-    fn sums_are_written_as_envoy_writes_them() {
-        assert_eq!(
-            format_g32(wasm_host::envoy_bin_value(3)),
-            "3.0491803278688522915729208762059"
-        );
-        assert_eq!(
-            format_g32(3.0 * wasm_host::envoy_bin_value(3)),
-            "9.1475409836065573188079724786803"
-        );
-        assert_eq!(format_g32(0.0), "0");
-        assert_eq!(format_g32(250.0), "250");
-        assert_eq!(format_g32(0.5), "0.5");
-    }
-}
-
 /// Registers the plugin's VM counters and, once per store, the process's custom metrics and
 /// runtime stats. `runtime` is the configured `vm_config.runtime` (Envoy's stats are named
 /// after it; empty means Envoy's default, V8).
@@ -374,4 +353,25 @@ pub(crate) fn register(store: &Store, plugin: &Arc<Plugin>, runtime: &str) {
     // Keep the VM counters alive as long as the plugin is: leak-free because VmStats only
     // holds a Weak and is tiny.
     keep.push(vm);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_g32;
+
+    /// The `_sum` values Envoy 1.40 printed for the envoy-wasm stats test plugin.
+    #[test]
+    fn sums_are_written_as_envoy_writes_them() {
+        assert_eq!(
+            format_g32(wasm_host::envoy_bin_value(3)),
+            "3.0491803278688522915729208762059"
+        );
+        assert_eq!(
+            format_g32(3.0 * wasm_host::envoy_bin_value(3)),
+            "9.1475409836065573188079724786803"
+        );
+        assert_eq!(format_g32(0.0), "0");
+        assert_eq!(format_g32(250.0), "250");
+        assert_eq!(format_g32(0.5), "0.5");
+    }
 }
