@@ -223,10 +223,40 @@ pub(crate) fn self_signed_cert(
 /// sends everything to cluster `up` at port `up`; `extra_clusters` (YAML list items) are
 /// appended. Envoy gets fixed ports; ours may use 0.
 pub(crate) fn one_plugin(
-    (admin, listen, up): (u16, u16, u16),
+    ports: (u16, u16, u16),
     plugin: &str,
     name: &str,
     config: &str,
+    extra_clusters: &str,
+) -> String {
+    let filter = format!(
+        r#"          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: {name}
+                root_id: {name}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{config}'
+                vm_config:
+                  vm_id: {name}
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: "{path}"}}}}
+"#,
+        path = test_plugins::path(plugin).display(),
+    );
+    hcm_bootstrap(ports, "", &filter, extra_clusters)
+}
+
+/// A bootstrap with one listener, `main`: an HTTP connection manager (`stat_prefix: main`, plus
+/// the `hcm_extra` fields, YAML lines indented 10) running `http_filters` (YAML list items,
+/// indented 10) then the router, which sends everything to cluster `up` at port `up`;
+/// `extra_clusters` are appended.
+pub(crate) fn hcm_bootstrap(
+    (admin, listen, up): (u16, u16, u16),
+    hcm_extra: &str,
+    http_filters: &str,
     extra_clusters: &str,
 ) -> String {
     format!(
@@ -243,29 +273,15 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: main
-          route_config:
+{hcm_extra}          route_config:
             virtual_hosts:
             - {{name: all, domains: ["*"], routes: [{{match: {{prefix: "/"}}, route: {{cluster: up}}}}]}}
           http_filters:
-          - name: envoy.filters.http.wasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: {name}
-                root_id: {name}
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: '{config}'
-                vm_config:
-                  vm_id: {name}
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{local: {{filename: "{path}"}}}}
-          - name: envoy.filters.http.router
+{http_filters}          - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:
 {up_cluster}{extra_clusters}"#,
-        path = test_plugins::path(plugin).display(),
         up_cluster = cluster_yaml("up", up, false),
     )
 }

@@ -8,32 +8,13 @@ use test_support::proxy_peers::start_upstream;
 use crate::support::*;
 
 fn bootstrap(admin: u16, listen: u16, up: u16, mode: &str) -> String {
-    format!(
-        r#"
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: main
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: main
-          forward_client_cert_details: {mode}
-          set_current_client_cert_details: {{cert: true, subject: true, uri: true, dns: true}}
-          route_config:
-            virtual_hosts:
-            - {{name: all, domains: ["*"], routes: [{{match: {{prefix: "/"}}, route: {{cluster: up}}}}]}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-{up}"#,
-        up = cluster_yaml("up", up, false),
+    hcm_bootstrap(
+        (admin, listen, up),
+        &format!(
+            "          forward_client_cert_details: {mode}\n          set_current_client_cert_details: {{cert: true, subject: true, uri: true, dns: true}}\n"
+        ),
+        "",
+        "",
     )
 }
 
