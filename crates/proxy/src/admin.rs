@@ -327,8 +327,8 @@ fn clusters(cfg: &ProxyConfig) -> String {
 }
 
 fn any_json(type_name: &str, bytes: &[u8]) -> serde_json::Value {
-    let mut v =
-        wasmesh_xds::descriptors::to_json(type_name, bytes).unwrap_or(serde_json::Value::Null);
+    let mut v = wasmesh_xds::descriptors::to_json_proto_names(type_name, bytes)
+        .unwrap_or(serde_json::Value::Null);
     if let serde_json::Value::Object(m) = &mut v {
         m.insert(
             "@type".into(),
@@ -341,6 +341,9 @@ fn any_json(type_name: &str, bytes: &[u8]) -> serde_json::Value {
 /// Envoy's `/config_dump` shape: bootstrap, clusters, listeners, routes.
 pub(crate) fn config_dump(cfg: &ProxyConfig) -> String {
     use serde_json::json;
+    if let Some(d) = &cfg.dynamic {
+        return dynamic_config_dump(&d.get());
+    }
     let b = &cfg.bootstrap;
     let sr = b.static_resources.clone().unwrap_or_default();
     let clusters: Vec<_> = sr
@@ -370,7 +373,7 @@ pub(crate) fn config_dump(cfg: &ProxyConfig) -> String {
         "configs": [
             {
                 "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
-                "bootstrap": crate::config::bootstrap::to_json(b),
+                "bootstrap": bootstrap_json(b),
             },
             {
                 "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
@@ -383,6 +386,83 @@ pub(crate) fn config_dump(cfg: &ProxyConfig) -> String {
             {
                 "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
                 "static_route_configs": routes,
+            },
+        ]
+    });
+    serde_json::to_string_pretty(&dump).unwrap_or_default()
+}
+
+const BOOTSTRAP: &str = "envoy.config.bootstrap.v3.Bootstrap";
+
+/// The bootstrap as `/config_dump` shows it (`.proto` field names).
+fn bootstrap_json(b: &crate::pb::bootstrap::Bootstrap) -> serde_json::Value {
+    wasmesh_xds::descriptors::to_json_proto_names(BOOTSTRAP, &b.encode_to_vec())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// `/config_dump` of a proxy configured over xDS, in Envoy's shape: the bootstrap file, its
+/// static clusters and listeners, and the resources from xDS under `dynamic_active_clusters`,
+/// `dynamic_listeners[].active_state`, `dynamic_route_configs` and `ecds_filters`, each with the
+/// version and time of the response that brought it (what `istioctl proxy-config` reads).
+fn dynamic_config_dump(d: &crate::xds::XdsDump) -> String {
+    use serde_json::json;
+    use wasmesh_xds::type_url;
+    let res = &d.resources;
+    let version = |t: &str| -> (String, String) {
+        res.versions.get(t).map_or_else(
+            || (String::new(), String::new()),
+            |(v, at)| (v.clone(), crate::access_log::format_start_time(*at)),
+        )
+    };
+    let sr = d.bootstrap.static_resources.clone().unwrap_or_default();
+    let (cds_v, cds_at) = version(type_url::CLUSTER);
+    let (lds_v, lds_at) = version(type_url::LISTENER);
+    let (rds_v, rds_at) = version(type_url::ROUTE);
+    let (ecds_v, ecds_at) = version(type_url::EXTENSION_CONFIG);
+    let cluster = |c: &crate::pb::cluster::Cluster| {
+        any_json("envoy.config.cluster.v3.Cluster", &c.encode_to_vec())
+    };
+    let listener = |l: &crate::pb::listener::Listener| {
+        any_json("envoy.config.listener.v3.Listener", &l.encode_to_vec())
+    };
+    let dump = json!({
+        "configs": [
+            {
+                "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
+                "bootstrap": bootstrap_json(&d.bootstrap),
+            },
+            {
+                "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
+                "version_info": cds_v,
+                "static_clusters": sr.clusters.iter().map(|c| json!({"cluster": cluster(c)})).collect::<Vec<_>>(),
+                "dynamic_active_clusters": res.clusters.values().map(|c| json!({
+                    "version_info": cds_v, "cluster": cluster(c), "last_updated": cds_at,
+                })).collect::<Vec<_>>(),
+            },
+            {
+                "@type": "type.googleapis.com/envoy.admin.v3.EcdsConfigDump",
+                "ecds_filters": res.extensions.values().map(|e| json!({
+                    "version_info": ecds_v,
+                    "ecds_filter": any_json("envoy.config.core.v3.TypedExtensionConfig", &e.encode_to_vec()),
+                    "last_updated": ecds_at,
+                })).collect::<Vec<_>>(),
+            },
+            {
+                "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
+                "version_info": lds_v,
+                "static_listeners": sr.listeners.iter().map(|l| json!({"listener": listener(l)})).collect::<Vec<_>>(),
+                "dynamic_listeners": res.listeners.values().map(|l| json!({
+                    "name": l.name,
+                    "active_state": {"version_info": lds_v, "listener": listener(l), "last_updated": lds_at},
+                })).collect::<Vec<_>>(),
+            },
+            {
+                "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
+                "dynamic_route_configs": res.routes.values().map(|r| json!({
+                    "version_info": rds_v,
+                    "route_config": any_json("envoy.config.route.v3.RouteConfiguration", &r.encode_to_vec()),
+                    "last_updated": rds_at,
+                })).collect::<Vec<_>>(),
             },
         ]
     });

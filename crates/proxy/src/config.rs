@@ -150,6 +150,8 @@ pub struct ProxyConfig {
     /// `bootstrap_extensions` Wasm services and whether each is a singleton (main thread
     /// only) or runs on every worker.
     pub services: Vec<Service>,
+    /// Set when the config came over xDS: what `/config_dump` shows instead of `bootstrap`.
+    pub dynamic: Option<Arc<crate::xds::DynamicDump>>,
 }
 
 /// A `bootstrap_extensions` Wasm service.
@@ -272,6 +274,7 @@ pub fn build(bootstrap: &Bootstrap, opts: &BuildOptions) -> Result<ProxyConfig, 
         cluster_order,
         bootstrap: bootstrap.clone(),
         services,
+        dynamic: None,
     })
 }
 
@@ -346,6 +349,7 @@ impl ProxyConfig {
             cluster_order: Vec::new(),
             bootstrap: bootstrap.clone(),
             services: Vec::new(),
+            dynamic: None,
         })
     }
 }

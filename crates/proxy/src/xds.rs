@@ -191,6 +191,7 @@ pub async fn run(
 ) -> Result<(), XdsError> {
     let uri = ads_address(&base)?;
     let channel = channel(&uri)?;
+    let original = base.clone();
     let mut base = base;
     strip_ads_clusters(&mut base);
     let client = AdsClient::new(channel, node_proto(&base));
@@ -207,6 +208,7 @@ pub async fn run(
     };
     let mut driver = Driver {
         base,
+        original,
         opts,
         res: Resources::default(),
         running: None,
@@ -250,6 +252,8 @@ pub async fn run(
 
 struct Driver {
     base: Bootstrap,
+    /// The bootstrap as given (`/config_dump` shows it, ADS clusters included).
+    original: Bootstrap,
     opts: ProxyOptions,
     res: Resources,
     running: Option<RunningProxy>,
@@ -258,6 +262,35 @@ struct Driver {
     /// The admin API served while waiting for the first config.
     early: EarlyAdmin,
     quit: Arc<tokio::sync::Notify>,
+}
+
+/// What `/config_dump` shows of a proxy configured over xDS: the bootstrap as given and the
+/// resources with their versions (Envoy's `dynamic_*` sections).
+#[derive(Debug, Clone)]
+pub struct XdsDump {
+    /// The bootstrap file.
+    pub bootstrap: Bootstrap,
+    /// The resources the config was assembled from.
+    pub resources: Resources,
+}
+
+/// The [`XdsDump`] of a live config, refreshed when an update only changes versions.
+#[derive(Debug)]
+pub struct DynamicDump(std::sync::RwLock<Arc<XdsDump>>);
+
+impl DynamicDump {
+    fn new(d: XdsDump) -> Self {
+        Self(std::sync::RwLock::new(Arc::new(d)))
+    }
+
+    fn set(&self, d: XdsDump) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(d);
+    }
+
+    /// The current dump.
+    pub fn get(&self) -> Arc<XdsDump> {
+        Arc::clone(&self.0.read().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 /// The admin API before the first config, as Envoy serves it while initializing: `/ready`
@@ -363,11 +396,20 @@ impl Driver {
             Ok(true) => {
                 tracing::info!(type_url = kind, version = %update.version, "xDS config applied");
                 count(true);
+                self.res.versions.insert(
+                    kind.to_string(),
+                    (update.version.clone(), std::time::SystemTime::now()),
+                );
+                self.refresh_dump();
                 update.reply.ack();
             }
             Ok(false) => {
                 tracing::debug!(type_url = kind, version = %update.version, "xDS config warming (waiting for referenced resources)");
                 count(true);
+                self.res.versions.insert(
+                    kind.to_string(),
+                    (update.version.clone(), std::time::SystemTime::now()),
+                );
                 update.reply.ack();
             }
             Err(e) => {
@@ -376,6 +418,19 @@ impl Driver {
                 count(false);
                 update.reply.nack(e);
             }
+        }
+    }
+
+    /// Points the live config's `/config_dump` at the resources as they are now (their
+    /// versions are recorded after the config that uses them is swapped in).
+    fn refresh_dump(&self) {
+        let Some(running) = &self.running else { return };
+        let live = running.config().load_full();
+        if let Some(d) = &live.dynamic {
+            d.set(XdsDump {
+                bootstrap: self.original.clone(),
+                resources: self.res.clone(),
+            });
         }
     }
 
@@ -389,8 +444,12 @@ impl Driver {
             store: self.store.clone(),
             ..BuildOptions::default()
         };
-        let config =
+        let mut config =
             crate::config::build(&bootstrap, &opts).map_err(|e: ConfigError| e.to_string())?;
+        config.dynamic = Some(Arc::new(DynamicDump::new(XdsDump {
+            bootstrap: self.original.clone(),
+            resources: self.res.clone(),
+        })));
         for c in config.clusters.values() {
             c.resolve().await;
         }

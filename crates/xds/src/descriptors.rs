@@ -76,6 +76,23 @@ pub fn on_descriptor_release(hook: fn()) {
 /// Encodes protobuf `bytes` of message `type_name` (e.g. `envoy.config.listener.v3.Listener`) as
 /// proto3 JSON, the way Envoy prints `/config_dump`. Nested `Any`s are expanded with `@type`.
 pub fn to_json(type_name: &str, bytes: &[u8]) -> Result<serde_json::Value, DescriptorError> {
+    to_json_with(type_name, bytes, false)
+}
+
+/// [`to_json`] with the `.proto` field names (`connect_timeout`, not `connectTimeout`), as
+/// Envoy writes `/config_dump`.
+pub fn to_json_proto_names(
+    type_name: &str,
+    bytes: &[u8],
+) -> Result<serde_json::Value, DescriptorError> {
+    to_json_with(type_name, bytes, true)
+}
+
+fn to_json_with(
+    type_name: &str,
+    bytes: &[u8],
+    proto_names: bool,
+) -> Result<serde_json::Value, DescriptorError> {
     let desc = descriptor_pool()
         .get_message_by_name(type_name)
         .ok_or_else(|| DescriptorError::UnknownType(type_name.to_string()))?;
@@ -83,10 +100,12 @@ pub fn to_json(type_name: &str, bytes: &[u8]) -> Result<serde_json::Value, Descr
         type_name: type_name.to_string(),
         source,
     })?;
-    serde_json::to_value(&msg).map_err(|source| DescriptorError::Json {
-        type_name: type_name.to_string(),
-        source,
-    })
+    let options = prost_reflect::SerializeOptions::new().use_proto_field_name(proto_names);
+    msg.serialize_with_options(serde_json::value::Serializer, &options)
+        .map_err(|source| DescriptorError::Json {
+            type_name: type_name.to_string(),
+            source,
+        })
 }
 
 /// Decodes proto3 JSON (or YAML already turned into a JSON value) into message `type_name` and

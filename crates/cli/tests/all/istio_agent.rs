@@ -422,6 +422,67 @@ async fn istio_agent_runs_wasmesh_as_its_envoy() {
     .await
     .expect("join");
     assert_eq!(checks.0, Some((200, "LIVE\n".to_string())));
+    // `/config_dump` in Envoy's xDS shape, as `istioctl proxy-config` reads it.
+    let dump = tokio::task::spawn_blocking(move || http(admin_addr, "GET", "/config_dump"))
+        .await
+        .expect("join")
+        .expect("config_dump answers");
+    let dump: serde_json::Value = serde_json::from_str(&dump.1).expect("json");
+    let section = |t: &str| {
+        dump["configs"]
+            .as_array()
+            .and_then(|c| {
+                c.iter()
+                    .find(|c| c["@type"] == format!("type.googleapis.com/envoy.admin.v3.{t}"))
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("no {t} in {dump}"))
+    };
+    let boot = section("BootstrapConfigDump");
+    assert!(
+        boot["bootstrap"]["dynamic_resources"]["ads_config"].is_object(),
+        "the bootstrap as given: {boot}"
+    );
+    let listeners = section("ListenersConfigDump");
+    let dynamic = listeners["dynamic_listeners"]
+        .as_array()
+        .expect("dynamic_listeners");
+    assert!(
+        dynamic.iter().any(|l| {
+            l["active_state"]["listener"]["@type"]
+                == "type.googleapis.com/envoy.config.listener.v3.Listener"
+                && !l["active_state"]["version_info"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .is_empty()
+                && l["active_state"]["last_updated"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with('Z'))
+        }),
+        "{listeners}"
+    );
+    assert_eq!(
+        listeners["static_listeners"].as_array().map(Vec::len),
+        Some(3),
+        "Prometheus, health and the --config-yaml listener: {listeners}"
+    );
+    let clusters = section("ClustersConfigDump");
+    assert!(
+        clusters["dynamic_active_clusters"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty()),
+        "{clusters}"
+    );
+    let ecds = section("EcdsConfigDump");
+    assert!(
+        ecds["ecds_filters"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| {
+                f["ecds_filter"]["typed_config"]["@type"]
+                    == "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+            })),
+        "{ecds}"
+    );
     // The gateway (from xDS) runs the plugin.
     assert_eq!(version_at(gw).await, Ok(Some("istio".into())));
     // Prometheus scrapes go through the static listener to the admin API, with Istio's matcher.

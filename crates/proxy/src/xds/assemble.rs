@@ -28,6 +28,9 @@ pub struct Resources {
     pub routes: BTreeMap<String, RouteConfiguration>,
     pub endpoints: BTreeMap<String, ClusterLoadAssignment>,
     pub extensions: BTreeMap<String, TypedExtensionConfig>,
+    /// Per type URL: the version of the last accepted response and when it was accepted (for
+    /// `/config_dump`'s `version_info` and `last_updated`).
+    pub versions: BTreeMap<String, (String, std::time::SystemTime)>,
 }
 
 /// Names to subscribe to for the types that follow references.

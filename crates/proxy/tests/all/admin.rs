@@ -50,6 +50,15 @@ async fn admin_endpoints_answer_like_envoy() -> anyhow::Result<()> {
         dump["configs"][2]["static_listeners"][0]["listener"]["name"],
         "main"
     );
+    // Envoy writes the `.proto` field names, not the JSON mapping's camelCase.
+    assert!(
+        dump["configs"][0]["bootstrap"]["static_resources"].is_object(),
+        "{dump}"
+    );
+    assert!(
+        dump["configs"][1]["static_clusters"][0]["cluster"]["connect_timeout"].is_string(),
+        "{dump}"
+    );
     let clusters = admin_get(&p, "/clusters").await?.text();
     assert!(
         clusters.contains(&format!("backend::{}::rq_total::1", up.addr)),
