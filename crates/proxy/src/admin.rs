@@ -165,7 +165,17 @@ fn handle(st: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             let dump = config_dump(&st.config.load());
             // The dump needed the Envoy API descriptors; serving does not.
             wasmesh_xds::release_descriptor_pool();
-            text(StatusCode::OK, "application/json", dump)
+            match query_param(query, "resource") {
+                Some(r) => match dump_resource(&dump, &r) {
+                    Some(out) => text(StatusCode::OK, "application/json", out),
+                    None => text(
+                        StatusCode::NOT_FOUND,
+                        PLAIN,
+                        format!("{r} not found in config dump"),
+                    ),
+                },
+                None => text(StatusCode::OK, "application/json", dump),
+            }
         }
         "/clusters" => text(StatusCode::OK, PLAIN, clusters(&st.config.load())),
         "/listeners" => {
@@ -342,21 +352,22 @@ fn any_json(type_name: &str, bytes: &[u8]) -> serde_json::Value {
 pub(crate) fn config_dump(cfg: &ProxyConfig) -> String {
     use serde_json::json;
     if let Some(d) = &cfg.dynamic {
-        return dynamic_config_dump(&d.get());
+        return dynamic_config_dump(&d.get(), cfg.loaded_at);
     }
+    let loaded = crate::access_log::format_start_time(cfg.loaded_at);
     let b = &cfg.bootstrap;
     let sr = b.static_resources.clone().unwrap_or_default();
     let clusters: Vec<_> = sr
         .clusters
         .iter()
         .map(
-            |c| json!({"cluster": any_json("envoy.config.cluster.v3.Cluster", &c.encode_to_vec())}),
+            |c| json!({"cluster": any_json("envoy.config.cluster.v3.Cluster", &c.encode_to_vec()), "last_updated": loaded}),
         )
         .collect();
     let listeners: Vec<_> = sr
         .listeners
         .iter()
-        .map(|l| json!({"listener": any_json("envoy.config.listener.v3.Listener", &l.encode_to_vec())}))
+        .map(|l| json!({"listener": any_json("envoy.config.listener.v3.Listener", &l.encode_to_vec()), "last_updated": loaded}))
         .collect();
     let routes: Vec<_> = cfg
         .listeners
@@ -394,6 +405,46 @@ pub(crate) fn config_dump(cfg: &ProxyConfig) -> String {
 
 const BOOTSTRAP: &str = "envoy.config.bootstrap.v3.Bootstrap";
 
+/// Envoy's `/config_dump?resource=<field>`: the items of that repeated field of the dump's
+/// sections, each typed (`...ClustersConfigDump.DynamicCluster`); `None` for an unknown field.
+fn dump_resource(dump: &str, field: &str) -> Option<String> {
+    const ITEMS: &[(&str, &str)] = &[
+        ("static_clusters", "ClustersConfigDump.StaticCluster"),
+        (
+            "dynamic_active_clusters",
+            "ClustersConfigDump.DynamicCluster",
+        ),
+        ("static_listeners", "ListenersConfigDump.StaticListener"),
+        ("dynamic_listeners", "ListenersConfigDump.DynamicListener"),
+        ("static_route_configs", "RoutesConfigDump.StaticRouteConfig"),
+        (
+            "dynamic_route_configs",
+            "RoutesConfigDump.DynamicRouteConfig",
+        ),
+        ("ecds_filters", "EcdsConfigDump.EcdsFilterConfig"),
+    ];
+    let item_type = ITEMS.iter().find(|(f, _)| *f == field)?.1;
+    let dump: serde_json::Value = serde_json::from_str(dump).ok()?;
+    let items: Vec<serde_json::Value> = dump["configs"]
+        .as_array()?
+        .iter()
+        .filter_map(|c| c[field].as_array())
+        .flatten()
+        .map(|item| {
+            let mut m = serde_json::Map::new();
+            m.insert(
+                "@type".into(),
+                format!("type.googleapis.com/envoy.admin.v3.{item_type}").into(),
+            );
+            if let Some(o) = item.as_object() {
+                m.extend(o.clone());
+            }
+            serde_json::Value::Object(m)
+        })
+        .collect();
+    serde_json::to_string_pretty(&serde_json::json!({ "configs": items })).ok()
+}
+
 /// The bootstrap as `/config_dump` shows it (`.proto` field names).
 fn bootstrap_json(b: &crate::pb::bootstrap::Bootstrap) -> serde_json::Value {
     wasmesh_xds::descriptors::to_json_proto_names(BOOTSTRAP, &b.encode_to_vec())
@@ -404,7 +455,7 @@ fn bootstrap_json(b: &crate::pb::bootstrap::Bootstrap) -> serde_json::Value {
 /// static clusters and listeners, and the resources from xDS under `dynamic_active_clusters`,
 /// `dynamic_listeners[].active_state`, `dynamic_route_configs` and `ecds_filters`, each with the
 /// version and time of the response that brought it (what `istioctl proxy-config` reads).
-fn dynamic_config_dump(d: &crate::xds::XdsDump) -> String {
+fn dynamic_config_dump(d: &crate::xds::XdsDump, loaded_at: std::time::SystemTime) -> String {
     use serde_json::json;
     use wasmesh_xds::type_url;
     let res = &d.resources;
@@ -415,6 +466,7 @@ fn dynamic_config_dump(d: &crate::xds::XdsDump) -> String {
         )
     };
     let sr = d.bootstrap.static_resources.clone().unwrap_or_default();
+    let loaded = crate::access_log::format_start_time(loaded_at);
     let (cds_v, cds_at) = version(type_url::CLUSTER);
     let (lds_v, lds_at) = version(type_url::LISTENER);
     let (rds_v, rds_at) = version(type_url::ROUTE);
@@ -434,7 +486,7 @@ fn dynamic_config_dump(d: &crate::xds::XdsDump) -> String {
             {
                 "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
                 "version_info": cds_v,
-                "static_clusters": sr.clusters.iter().map(|c| json!({"cluster": cluster(c)})).collect::<Vec<_>>(),
+                "static_clusters": sr.clusters.iter().map(|c| json!({"cluster": cluster(c), "last_updated": loaded})).collect::<Vec<_>>(),
                 "dynamic_active_clusters": res.clusters.values().map(|c| json!({
                     "version_info": cds_v, "cluster": cluster(c), "last_updated": cds_at,
                 })).collect::<Vec<_>>(),
@@ -450,7 +502,7 @@ fn dynamic_config_dump(d: &crate::xds::XdsDump) -> String {
             {
                 "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
                 "version_info": lds_v,
-                "static_listeners": sr.listeners.iter().map(|l| json!({"listener": listener(l)})).collect::<Vec<_>>(),
+                "static_listeners": sr.listeners.iter().map(|l| json!({"listener": listener(l), "last_updated": loaded})).collect::<Vec<_>>(),
                 "dynamic_listeners": res.listeners.values().map(|l| json!({
                     "name": l.name,
                     "active_state": {"version_info": lds_v, "listener": listener(l), "last_updated": lds_at},

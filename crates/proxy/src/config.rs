@@ -152,6 +152,8 @@ pub struct ProxyConfig {
     pub services: Vec<Service>,
     /// Set when the config came over xDS: what `/config_dump` shows instead of `bootstrap`.
     pub dynamic: Option<Arc<crate::xds::DynamicDump>>,
+    /// When it was built (`last_updated` of its static resources in `/config_dump`).
+    pub loaded_at: std::time::SystemTime,
 }
 
 /// A `bootstrap_extensions` Wasm service.
@@ -275,6 +277,7 @@ pub fn build(bootstrap: &Bootstrap, opts: &BuildOptions) -> Result<ProxyConfig, 
         bootstrap: bootstrap.clone(),
         services,
         dynamic: None,
+        loaded_at: std::time::SystemTime::now(),
     })
 }
 
@@ -350,6 +353,7 @@ impl ProxyConfig {
             bootstrap: bootstrap.clone(),
             services: Vec::new(),
             dynamic: None,
+            loaded_at: std::time::SystemTime::now(),
         })
     }
 }

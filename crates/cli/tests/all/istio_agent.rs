@@ -473,6 +473,23 @@ async fn istio_agent_runs_wasmesh_as_its_envoy() {
             .is_some_and(|c| !c.is_empty()),
         "{clusters}"
     );
+    // `?resource=` as istioctl asks for one kind.
+    let only = tokio::task::spawn_blocking(move || {
+        http(admin_addr, "GET", "/config_dump?resource=dynamic_listeners")
+    })
+    .await
+    .expect("join")
+    .expect("answers");
+    let only: serde_json::Value = serde_json::from_str(&only.1).expect("json");
+    assert_eq!(
+        only["configs"].as_array().map(Vec::len),
+        Some(dynamic.len()),
+        "{only}"
+    );
+    assert_eq!(
+        only["configs"][0]["@type"],
+        "type.googleapis.com/envoy.admin.v3.ListenersConfigDump.DynamicListener"
+    );
     let ecds = section("EcdsConfigDump");
     assert!(
         ecds["ecds_filters"]
