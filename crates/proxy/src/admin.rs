@@ -1,6 +1,6 @@
 //! The admin server: Envoy's `/ready`, `/stats` (`filter`, `usedonly`), `/stats/prometheus`,
-//! `/config_dump`, `/clusters`, `/listeners`, `/drain_listeners`, `/healthcheck/fail|ok`,
-//! `/quitquitquit`, with the bootstrap's `admin.access_log`.
+//! `/config_dump`, `/server_info`, `/clusters`, `/listeners`, `/drain_listeners`,
+//! `/healthcheck/fail|ok`, `/quitquitquit`, with the bootstrap's `admin.access_log`.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -177,6 +177,7 @@ fn handle(st: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 None => text(StatusCode::OK, "application/json", dump),
             }
         }
+        "/server_info" => text(StatusCode::OK, "application/json", server_info(st)),
         "/clusters" => text(StatusCode::OK, PLAIN, clusters(&st.config.load())),
         "/listeners" => {
             let mut out = String::new();
@@ -225,6 +226,41 @@ fn handle(st: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             format!("invalid path: {path}\n"),
         ),
     }
+}
+
+/// Envoy's `/server_info`: version, state, uptime, the options that apply here and the node.
+fn server_info(st: &AdminState) -> String {
+    let uptime = format!("{}s", st.server.uptime().as_secs());
+    let cfg = st.config.load();
+    let node = cfg
+        .bootstrap
+        .node
+        .as_ref()
+        .map(|n| any_json("envoy.config.core.v3.Node", &n.encode_to_vec()))
+        .and_then(|v| match v {
+            serde_json::Value::Object(mut m) => {
+                m.remove("@type");
+                Some(serde_json::Value::Object(m))
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| serde_json::json!({}));
+    let concurrency = st.workers.lock().map_or(0, |w| w.len());
+    let info = serde_json::json!({
+        "version": format!("wasmesh/{}", env!("CARGO_PKG_VERSION")),
+        "state": st.server.state().name(),
+        "uptime_current_epoch": uptime,
+        "uptime_all_epochs": uptime,
+        "hot_restart_version": "disabled",
+        "command_line_options": {
+            "concurrency": concurrency,
+            "drain_time": format!("{}s", st.drain_time.as_secs()),
+            "mode": "Serve",
+            "disable_hot_restart": true,
+        },
+        "node": node,
+    });
+    serde_json::to_string_pretty(&info).unwrap_or_default()
 }
 
 /// Whether the query has parameter `name` (with or without a value: `?usedonly`).

@@ -117,6 +117,11 @@ impl ServerStats {
         ServerState::from_gauge(self.state.get())
     }
 
+    /// Time since the server started.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
     /// Brings `server.uptime` (seconds since start) up to date; called before rendering.
     pub fn touch_uptime(&self) {
         self.uptime

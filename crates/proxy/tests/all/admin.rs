@@ -154,6 +154,26 @@ async fn drain_and_health_check_endpoints_answer_like_envoy() -> anyhow::Result<
         seen.push(call("GET", "/ready").await?);
         anyhow::Ok(seen)
     };
+    // `/server_info`: the same state and a subset of Envoy's fields, with their types.
+    let info =
+        |admin| async move { anyhow::Ok(send(admin, get("admin", "/server_info")).await?.json()) };
+    let (their_info, my_info) = (
+        info(envoy.admin).await?,
+        info(ours.admin_addr().expect("admin")).await?,
+    );
+    assert_eq!(my_info["state"], their_info["state"]);
+    for (k, v) in my_info.as_object().expect("object") {
+        let theirs = &their_info[k];
+        assert!(
+            std::mem::discriminant(v) == std::mem::discriminant(theirs),
+            "/server_info {k}: {v} vs Envoy's {theirs}"
+        );
+    }
+    assert!(
+        my_info["uptime_current_epoch"]
+            .as_str()
+            .is_some_and(|u| u.ends_with('s'))
+    );
     let theirs = run(envoy.admin, envoy_addr).await?;
     let mine = run(ours.admin_addr().expect("admin"), ours_addr).await?;
     assert_eq!(mine, theirs, "wasmesh (left) vs Envoy (right)");
