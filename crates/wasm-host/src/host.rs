@@ -50,18 +50,28 @@ pub struct GrpcCall {
     pub timeout: Option<Duration>,
 }
 
+/// A plugin's log line as Envoy writes it, `wasm log <prefix>: <message>`, under the `wasm`
+/// tracing target at the plugin's level (critical as error).
+pub fn log_plugin_line(prefix: &str, level: LogLevel, message: &str) {
+    match level {
+        LogLevel::Trace => tracing::trace!(target: "wasm", "wasm log{prefix}: {message}"),
+        LogLevel::Debug => tracing::debug!(target: "wasm", "wasm log{prefix}: {message}"),
+        LogLevel::Info => tracing::info!(target: "wasm", "wasm log{prefix}: {message}"),
+        LogLevel::Warn => tracing::warn!(target: "wasm", "wasm log{prefix}: {message}"),
+        LogLevel::Error | LogLevel::Critical => {
+            tracing::error!(target: "wasm", "wasm log{prefix}: {message}")
+        }
+    }
+}
+
 /// What the host does for a plugin. Every method has a safe default so a host implements
 /// only what it offers.
 pub trait Host {
-    /// A log line from the plugin (`proxy_log`, or WASI stdout/stderr).
-    fn log(&mut self, plugin: &str, level: LogLevel, message: &str) {
-        match level {
-            LogLevel::Trace => tracing::trace!(plugin, "{message}"),
-            LogLevel::Debug => tracing::debug!(plugin, "{message}"),
-            LogLevel::Info => tracing::info!(plugin, "{message}"),
-            LogLevel::Warn => tracing::warn!(plugin, "{message}"),
-            LogLevel::Error | LogLevel::Critical => tracing::error!(plugin, "{message}"),
-        }
+    /// A log line from the plugin (`proxy_log`, or WASI stdout/stderr). `prefix` is the
+    /// plugin's [`PluginConfig::log_prefix`](crate::PluginConfig::log_prefix); by default the
+    /// line reads as Envoy's, `wasm log <prefix>: <message>`, under the `wasm` target.
+    fn log(&mut self, prefix: &str, level: LogLevel, message: &str) {
+        log_plugin_line(prefix, level, message);
     }
 
     /// The level `proxy_get_log_level` reports.

@@ -37,7 +37,7 @@ pub use abi::{
 pub use compiler::{Compiler, compile_worker};
 pub use error::{Error, TrapKind};
 pub use headers::{Change, HeaderMap};
-pub use host::{GrpcCall, Host, HttpCall, HttpCallResponse, NullHost};
+pub use host::{GrpcCall, Host, HttpCall, HttpCallResponse, NullHost, log_plugin_line};
 pub use metrics::{HISTOGRAM_BUCKETS, Metric, MetricValue, Metrics, envoy_bin_value};
 pub use plugin::{Backoff, FailurePolicy, Limits, Plugin, PluginConfig, PluginStats};
 pub use properties::{NoProperties, NodeInfo, PropertyValue, StreamProperties};

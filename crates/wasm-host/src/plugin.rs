@@ -61,6 +61,28 @@ pub struct PluginConfig {
     pub node: Arc<NodeInfo>,
 }
 
+impl PluginConfig {
+    /// Envoy's log prefix for the plugin's lines: ` <name> <root_id> <vm_id>`, each part only
+    /// when set (`Plugin::makeLogPrefix`), as in `wasm log <prefix>: <message>`.
+    pub fn log_prefix(&self) -> String {
+        prefix(&[&self.name, &self.root_id, &self.vm_id])
+    }
+
+    /// The prefix of its root context's lines (`on_vm_start`, `on_configure`, ticks, ...):
+    /// ` <root_id> <vm_id>`, as Envoy's `makeRootLogPrefix`.
+    pub fn root_log_prefix(&self) -> String {
+        prefix(&[&self.root_id, &self.vm_id])
+    }
+}
+
+fn prefix(parts: &[&String]) -> String {
+    parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| format!(" {p}"))
+        .collect()
+}
+
 /// Counters about a plugin's VMs (exported as stats by the proxy).
 #[derive(Debug, Default)]
 pub struct PluginStats {

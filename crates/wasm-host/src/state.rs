@@ -288,6 +288,18 @@ impl VmState {
             .unwrap_or(&self.plugin)
     }
 
+    /// Envoy's log prefix for a line from the current context: the root prefix in a root
+    /// context (or outside any), the plugin's in a stream context.
+    pub(crate) fn log_prefix(&self) -> String {
+        let cfg = &self.current_plugin().config;
+        let id = self.context_id();
+        if self.roots.contains_key(&id) || !self.contexts.contains_key(&id) {
+            cfg.root_log_prefix()
+        } else {
+            cfg.log_prefix()
+        }
+    }
+
     pub(crate) fn plugin_name(&self) -> &str {
         &self.current_plugin().config.name
     }

@@ -26,10 +26,10 @@ async fn the_log_level_flag_sets_what_plugins_log() {
     );
 }
 
-/// Plugin log lines read as Envoy's, `wasm log <name> <root_id> <vm_id>: <message>` (the ids
-/// only when set): for the
-/// same plugin, config and request, the `request headers` lines carry the same text in both
-/// logs, WASI stdout included.
+/// Plugin log lines read as Envoy's: `wasm log <name> <root_id> <vm_id>: <message>` from a
+/// stream, `wasm log <root_id> <vm_id>: ` from a root context (each part only when set). For
+/// the same plugin, config and request, the `vm start`, `configure` and `request headers` lines
+/// are the same text, as many times (every VM, every level), WASI stdout included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_log_lines_read_as_envoys() {
     use std::net::SocketAddr;
@@ -76,8 +76,12 @@ async fn plugin_log_lines_read_as_envoys() {
     let lines = |log: &str| -> Vec<String> {
         let mut v: Vec<String> = log
             .lines()
-            .filter_map(|l| l.find("wasm log ").map(|i| l[i..].trim_end().to_string()))
-            .filter(|l| l.contains("request headers: /"))
+            .filter_map(|l| l.find("wasm log").map(|i| l[i..].trim_end().to_string()))
+            .filter(|l| {
+                ["request headers: /", ": vm start", ": configure"]
+                    .iter()
+                    .any(|m| l.contains(m))
+            })
             .collect();
         v.sort();
         v

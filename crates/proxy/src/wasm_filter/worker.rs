@@ -217,31 +217,10 @@ fn timeout_response() -> HttpCallResponse {
 }
 
 impl Host for WorkerHost {
-    /// Envoy's shape, `wasm log <name> <root_id> <vm_id>: <message>`, so the lines people grep
-    /// for in Envoy's log are found in ours.
-    fn log(&mut self, plugin: &str, level: LogLevel, message: &str) {
-        let ids = self
-            .vm
-            .upgrade()
-            .and_then(|vm| vm.log_prefix(plugin))
-            .unwrap_or_else(|| format!(" {plugin}"));
-        match level {
-            LogLevel::Trace => {
-                tracing::trace!(target: "wasm", "wasm log{ids}: {message}")
-            }
-            LogLevel::Debug => {
-                tracing::debug!(target: "wasm", "wasm log{ids}: {message}")
-            }
-            LogLevel::Info => {
-                tracing::info!(target: "wasm", "wasm log{ids}: {message}")
-            }
-            LogLevel::Warn => {
-                tracing::warn!(target: "wasm", "wasm log{ids}: {message}")
-            }
-            LogLevel::Error | LogLevel::Critical => {
-                tracing::error!(target: "wasm", "wasm log{ids}: {message}")
-            }
-        }
+    /// Envoy's shape, `wasm log <name> <root_id> <vm_id>: <message>` (the host's default), so
+    /// the lines people grep for in Envoy's log are found in ours.
+    fn log(&mut self, prefix: &str, level: LogLevel, message: &str) {
+        wasm_host::log_plugin_line(prefix, level, message);
     }
 
     fn log_level(&self) -> LogLevel {
@@ -501,21 +480,6 @@ impl WorkerVm {
             Slot::Ready(vm) if !vm.is_failed() => Some(f(vm)),
             _ => None,
         }
-    }
-
-    /// Envoy's log prefix of the member plugin `name`: ` <name> <root_id> <vm_id>`, each part
-    /// only when set (`Plugin::makeLogPrefix`).
-    fn log_prefix(&self, name: &str) -> Option<String> {
-        let members = self.members.try_borrow().ok()?;
-        let m = members.iter().find(|m| m.plugin.config().name == name)?;
-        let c = m.plugin.config();
-        Some(
-            [&c.name, &c.root_id, &c.vm_id]
-                .iter()
-                .filter(|p| !p.is_empty())
-                .map(|p| format!(" {p}"))
-                .collect(),
-        )
     }
 
     /// Envoy's FAIL_RELOAD rule: a failed VM is reloaded only once the backoff's base interval

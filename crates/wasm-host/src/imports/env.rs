@@ -55,8 +55,8 @@ fn log(c: &mut C<'_>, level: i32, ptr: i32, len: i32) -> R {
     let (mem, state) = split(c)?;
     let msg = try_st!(slice(mem, ptr, len));
     let msg = String::from_utf8_lossy(msg);
-    let plugin = state.current_plugin().clone();
-    state.host.log(&plugin.config.name, level, &msg);
+    let prefix = state.log_prefix();
+    state.host.log(&prefix, level, &msg);
     st(Status::Ok)
 }
 
@@ -651,9 +651,9 @@ pub(super) fn define(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "abort",
         |mut c: C<'_>, msg: i32, file: i32, line: i32, col: i32| -> wasmtime::Result<()> {
             let _ = (msg, file);
-            let name = c.data().plugin_name().to_string();
+            let prefix = c.data().log_prefix();
             c.data_mut().host.log(
-                &name,
+                &prefix,
                 LogLevel::Critical,
                 &format!("abort called at {line}:{col}"),
             );

@@ -50,10 +50,10 @@ fn fd_write(c: &mut C<'_>, fd: i32, iovs: i32, n: i32, nwritten: i32) -> E {
     if out.last() == Some(&b'\n') {
         out.pop();
     }
-    let plugin = state.current_plugin().clone();
+    let prefix = state.log_prefix();
     state
         .host
-        .log(&plugin.config.name, level, &String::from_utf8_lossy(&out));
+        .log(&prefix, level, &String::from_utf8_lossy(&out));
     Ok(if put_u32(mem, nwritten, total).is_ok() {
         SUCCESS
     } else {
