@@ -48,6 +48,9 @@ pub(crate) struct Conn {
     pub(crate) remote: SocketAddr,
     pub(crate) tls: bool,
     pub(crate) sni: Option<String>,
+    /// The client presented a certificate (mTLS): `FORWARD_ONLY` keeps its
+    /// `x-forwarded-client-cert`.
+    pub(crate) peer_cert: bool,
 }
 
 /// A downstream connection: plain TCP or TLS.
@@ -251,6 +254,7 @@ fn current(conn: Rc<Conn>) -> Rc<Conn> {
             remote: conn.remote,
             tls: conn.tls,
             sni: conn.sni.clone(),
+            peer_cert: conn.peer_cert,
         }),
         _ => conn,
     }
@@ -338,7 +342,8 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
     // One look at the names first: most requests have nothing to clean.
     if parts.headers.keys().any(|k| may_clean(k.as_str())) {
-        clean_client_headers(&mut parts.headers, hcm.keep_xfcc);
+        let keep_xfcc = hcm.keep_xfcc || (conn.peer_cert && hcm.keep_xfcc_on_mtls);
+        clean_client_headers(&mut parts.headers, keep_xfcc);
     }
     let node = Arc::clone(&conn.worker.config.load().node);
     let mut info = StreamInfo::new(

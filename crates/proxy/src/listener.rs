@@ -268,9 +268,12 @@ pub struct HcmConfig {
     /// `use_remote_address`.
     pub use_remote_address: bool,
     /// `forward_client_cert_details` is `ALWAYS_FORWARD_ONLY`: a client's
-    /// `x-forwarded-client-cert` is kept; otherwise (the default `SANITIZE`, and every mode
-    /// on a connection without a client certificate, which we do not request) it is removed.
+    /// `x-forwarded-client-cert` is always kept; otherwise (the default `SANITIZE`, and every
+    /// mode on a connection without a client certificate) it is removed, but see
+    /// `keep_xfcc_on_mtls`.
     pub keep_xfcc: bool,
+    /// `FORWARD_ONLY`: kept on a connection whose client presented a certificate.
+    pub keep_xfcc_on_mtls: bool,
     /// Filter buffer limit (the listener's `per_connection_buffer_limit_bytes`, default 1 MiB).
     pub buffer_limit: usize,
     /// `http.<stat_prefix>.*`.
@@ -601,6 +604,8 @@ fn build_hcm(
     client_certs: bool,
     env: &BuildEnv<'_>,
 ) -> Result<HcmConfig, ConfigError> {
+    let (keep_xfcc, keep_xfcc_on_mtls) =
+        forward_client_cert(cfg.forward_client_cert_details, client_certs, path)?;
     use hcm::http_connection_manager::{CodecType, RouteSpecifier};
     let codec = match CodecType::try_from(cfg.codec_type) {
         Ok(CodecType::Auto) => Codec::Auto,
@@ -699,22 +704,30 @@ fn build_hcm(
         always_set_request_id_in_response: cfg.always_set_request_id_in_response,
         server_name,
         use_remote_address: cfg.use_remote_address.as_ref().is_some_and(|b| b.value),
-        keep_xfcc: forward_client_cert(cfg.forward_client_cert_details, client_certs, path)?,
+        keep_xfcc,
+        keep_xfcc_on_mtls,
         buffer_limit,
     })
 }
 
-/// `forward_client_cert_details`: whether a client's `x-forwarded-client-cert` is kept.
-/// On a connection without a client certificate Envoy removes it in every mode but
-/// `ALWAYS_FORWARD_ONLY` (4), so on a chain that never asks for one (`client_certs` false)
-/// `APPEND_FORWARD` and `SANITIZE_SET` (and their `set_current_client_cert_details`) act as
-/// `SANITIZE` (checked against Envoy 1.40). On a chain that may get client certificates they
-/// would add this proxy's view of the certificate, which we do not build: refused.
-fn forward_client_cert(mode: i32, client_certs: bool, path: &str) -> Result<bool, ConfigError> {
+/// `forward_client_cert_details`: whether a client's `x-forwarded-client-cert` is kept (always,
+/// and on a connection whose client presented a certificate). On a connection without a client
+/// certificate Envoy removes it in every mode but `ALWAYS_FORWARD_ONLY` (4); `FORWARD_ONLY` (1)
+/// keeps it on mTLS connections. So on a chain that never asks for a certificate
+/// (`client_certs` false) `APPEND_FORWARD` and `SANITIZE_SET` (and their
+/// `set_current_client_cert_details`) act as `SANITIZE` (checked against Envoy 1.40). On a chain
+/// that may get client certificates they would add this proxy's view of the certificate, which
+/// we do not build: refused.
+fn forward_client_cert(
+    mode: i32,
+    client_certs: bool,
+    path: &str,
+) -> Result<(bool, bool), ConfigError> {
     match mode {
-        0 | 1 => Ok(false),
-        4 => Ok(true),
-        2 | 3 if !client_certs => Ok(false),
+        0 => Ok((false, false)),
+        1 => Ok((false, true)),
+        4 => Ok((true, true)),
+        2 | 3 if !client_certs => Ok((false, false)),
         _ => Err(ConfigError::unsupported(
             format!("{path}.forward_client_cert_details"),
             "APPEND_FORWARD and SANITIZE_SET on a filter chain whose TLS asks for client \

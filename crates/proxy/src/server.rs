@@ -685,12 +685,13 @@ async fn accept_loop(
 }
 
 /// What a connection is served with: its filter chain, the stream (TLS terminated if the chain
-/// says so), whether ALPN chose h2, and the SNI.
+/// says so), whether ALPN chose h2, the SNI, and whether the client presented a certificate.
 type Accepted = (
     Arc<FilterChain>,
     crate::hcm::ServerIo,
     Option<bool>,
     Option<String>,
+    bool,
 );
 
 /// Chooses the filter chain for a new connection and runs its TLS handshake. `None` closes the
@@ -742,7 +743,7 @@ async fn accept_chain(
         return None;
     };
     match chain.tls.clone() {
-        None => Some((chain, crate::hcm::ServerIo::Plain(sock), None, None)),
+        None => Some((chain, crate::hcm::ServerIo::Plain(sock), None, None, false)),
         Some(tls) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls);
             let s = tokio::time::timeout(HANDSHAKE, acceptor.accept(sock))
@@ -762,7 +763,14 @@ fn tls_accepted(
     let conn = s.get_ref().1;
     let h2 = conn.alpn_protocol().map(|p| p == b"h2");
     let sni = conn.server_name().map(str::to_string);
-    (chain, crate::hcm::ServerIo::Tls(Box::new(s)), h2, sni)
+    let peer_cert = conn.peer_certificates().is_some_and(|c| !c.is_empty());
+    (
+        chain,
+        crate::hcm::ServerIo::Tls(Box::new(s)),
+        h2,
+        sni,
+        peer_cert,
+    )
 }
 
 async fn handle_connection(
@@ -783,7 +791,7 @@ async fn handle_connection(
     );
     // Filter chain choice (peeking at the TLS ClientHello when a chain match needs it) and the
     // TLS handshake.
-    let Some((chain, io, alpn_h2, sni)) = accept_chain(sock, local, &lcfg).await else {
+    let Some((chain, io, alpn_h2, sni, peer_cert)) = accept_chain(sock, local, &lcfg).await else {
         return;
     };
     info.downstream_tls = chain.tls.is_some();
@@ -815,6 +823,7 @@ async fn handle_connection(
                 remote,
                 tls: chain.tls.is_some(),
                 sni,
+                peer_cert,
             });
             if chain
                 .network_filters

@@ -59,3 +59,85 @@ async fn client_cert_header_modes_on_plain_text_match_envoy() -> anyhow::Result<
     );
     Ok(())
 }
+
+/// On a TLS chain that accepts (optional) client certificates, against Envoy 1.40:
+/// `FORWARD_ONLY` keeps a client's header only when the client presented a certificate;
+/// `SANITIZE` never keeps it, `ALWAYS_FORWARD_ONLY` always.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_cert_header_modes_with_mtls_match_envoy() -> anyhow::Result<()> {
+    let up = start_upstream("up").await?;
+    let dir = tempfile::tempdir()?;
+    let (server_dir, client_dir) = (dir.path().join("server"), dir.path().join("client"));
+    std::fs::create_dir_all(&server_dir)?;
+    std::fs::create_dir_all(&client_dir)?;
+    let (cert, key) = self_signed_cert(&server_dir, "proxy.test", "DNS:proxy.test")?;
+    let (client_cert, client_key) =
+        self_signed_cert(&client_dir, "client", "URI:spiffe://test/client")?;
+    let tls = format!(
+        r#"    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificates: [{{certificate_chain: {{filename: "{}"}}, private_key: {{filename: "{}"}}}}]
+            validation_context: {{trusted_ca: {{filename: "{}"}}}}
+      filters:
+"#,
+        cert.display(),
+        key.display(),
+        client_cert.display()
+    );
+    let mut seen = Vec::new();
+    for mode in ["SANITIZE", "FORWARD_ONLY", "ALWAYS_FORWARD_ONLY"] {
+        let boot = |admin, listen| {
+            bootstrap(admin, listen, up.addr.port(), mode)
+                .replace("    - filters:\n", &tls)
+                .replace(
+                    "          set_current_client_cert_details: {cert: true, subject: true, uri: true, dns: true}\n",
+                    "",
+                )
+        };
+        let (ours, ours_addr, envoy, envoy_addr) = start_both(boot).await?;
+        for with_cert in [true, false] {
+            let mut got = Vec::new();
+            for addr in [ours_addr, envoy_addr] {
+                let mut cmd = std::process::Command::new("curl");
+                cmd.args([
+                    "-sk",
+                    "-H",
+                    "x-forwarded-client-cert: By=spiffe://a;Hash=abc",
+                ]);
+                if with_cert {
+                    cmd.arg("--cert")
+                        .arg(&client_cert)
+                        .arg("--key")
+                        .arg(&client_key);
+                }
+                let out = cmd
+                    .arg(format!("https://127.0.0.1:{}/", addr.port()))
+                    .output()?;
+                let body = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+                anyhow::ensure!(body.contains("\"path\""), "{mode} {with_cert}: {body}");
+                got.push(body.contains("x-forwarded-client-cert"));
+            }
+            seen.push((mode, with_cert, got[0], got[1]));
+        }
+        drop((ours, envoy));
+    }
+    for (mode, with_cert, ours, envoy) in &seen {
+        assert_eq!(
+            ours, envoy,
+            "{mode}, client certificate {with_cert}: upstream saw the header (wasmesh, Envoy)"
+        );
+    }
+    let kept: Vec<_> = seen.iter().filter(|s| s.3).map(|s| (s.0, s.1)).collect();
+    assert_eq!(
+        kept,
+        [
+            ("FORWARD_ONLY", true),
+            ("ALWAYS_FORWARD_ONLY", true),
+            ("ALWAYS_FORWARD_ONLY", false)
+        ]
+    );
+    Ok(())
+}
