@@ -48,9 +48,9 @@ pub(crate) struct Conn {
     pub(crate) remote: SocketAddr,
     pub(crate) tls: bool,
     pub(crate) sni: Option<String>,
-    /// The client presented a certificate (mTLS): `FORWARD_ONLY` keeps its
-    /// `x-forwarded-client-cert`.
-    pub(crate) peer_cert: bool,
+    /// The certificate chain the client presented (mTLS): `FORWARD_ONLY` keeps its
+    /// `x-forwarded-client-cert`, `APPEND_FORWARD` and `SANITIZE_SET` describe it there.
+    pub(crate) peer_cert: Option<Arc<Vec<Vec<u8>>>>,
 }
 
 /// A downstream connection: plain TCP or TLS.
@@ -254,7 +254,7 @@ fn current(conn: Rc<Conn>) -> Rc<Conn> {
             remote: conn.remote,
             tls: conn.tls,
             sni: conn.sni.clone(),
-            peer_cert: conn.peer_cert,
+            peer_cert: conn.peer_cert.clone(),
         }),
         _ => conn,
     }
@@ -329,6 +329,26 @@ fn clean_client_headers(headers: &mut http::HeaderMap, keep_xfcc: bool) {
     }
 }
 
+/// `APPEND_FORWARD` / `SANITIZE_SET` on an mTLS connection: this proxy's view of the client's
+/// certificate, appended to the client's header or in its place.
+fn set_client_cert(
+    headers: &mut http::HeaderMap,
+    set: &crate::xfcc::SetCurrent,
+    chain: &[Vec<u8>],
+) {
+    let element = set.element(chain);
+    let value = match headers
+        .get(X_FORWARDED_CLIENT_CERT)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(old) if set.append && !old.is_empty() => format!("{old},{element}"),
+        _ => element,
+    };
+    if let Ok(v) = http::HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_CLIENT_CERT, v);
+    }
+}
+
 async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Response<Body> {
     let conn = current(conn);
     let hcm = Arc::clone(&conn.hcm);
@@ -342,8 +362,12 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
     // One look at the names first: most requests have nothing to clean.
     if parts.headers.keys().any(|k| may_clean(k.as_str())) {
-        let keep_xfcc = hcm.keep_xfcc || (conn.peer_cert && hcm.keep_xfcc_on_mtls);
+        let mtls = conn.peer_cert.is_some();
+        let keep_xfcc = hcm.keep_xfcc || (mtls && hcm.keep_xfcc_on_mtls);
         clean_client_headers(&mut parts.headers, keep_xfcc);
+    }
+    if let (Some(set), Some(chain)) = (&hcm.xfcc_set, &conn.peer_cert) {
+        set_client_cert(&mut parts.headers, set, chain);
     }
     let node = Arc::clone(&conn.worker.config.load().node);
     let mut info = StreamInfo::new(

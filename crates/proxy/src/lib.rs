@@ -31,6 +31,7 @@ pub mod upstream;
 pub mod wasm_filter;
 mod worker;
 pub mod xds;
+pub mod xfcc;
 
 pub use config::{BuildOptions, ConfigError, ProxyConfig};
 pub use server::{ProxyOptions, RunningProxy, StartError, start, start_with};

@@ -274,6 +274,9 @@ pub struct HcmConfig {
     pub keep_xfcc: bool,
     /// `FORWARD_ONLY`: kept on a connection whose client presented a certificate.
     pub keep_xfcc_on_mtls: bool,
+    /// `APPEND_FORWARD` / `SANITIZE_SET` on a chain that asks for client certificates: what
+    /// this proxy adds about the client's certificate.
+    pub xfcc_set: Option<crate::xfcc::SetCurrent>,
     /// Filter buffer limit (the listener's `per_connection_buffer_limit_bytes`, default 1 MiB).
     pub buffer_limit: usize,
     /// `http.<stat_prefix>.*`.
@@ -427,7 +430,7 @@ fn build_chain(
 ) -> Result<FilterChain, ConfigError> {
     let matcher = chain_match(chain.filter_chain_match.as_ref(), cpath)?;
     let (tls, client_certs) = match &chain.transport_socket {
-        None => (None, false),
+        None => (None, None),
         Some(ts) => {
             let (cfg, client_certs) = downstream_tls(ts, &format!("{cpath}.transport_socket"))?;
             (Some(cfg), client_certs)
@@ -463,7 +466,7 @@ fn build_chain(
                     &tpath,
                     &name,
                     buffer_limit,
-                    client_certs,
+                    client_certs.clone(),
                     env,
                 )?)));
             }
@@ -566,12 +569,12 @@ fn known<'a>(mut registered: Vec<&'a str>, builtin: &[&'a str]) -> String {
     registered.join(", ")
 }
 
-/// The chain's TLS server config, and whether it may ask clients for a certificate (it has a
-/// validation context).
+/// The chain's TLS server config and, when it may ask clients for a certificate (it has a
+/// validation context), its own certificate's URI SANs.
 fn downstream_tls(
     ts: &core::TransportSocket,
     path: &str,
-) -> Result<(Arc<rustls::ServerConfig>, bool), ConfigError> {
+) -> Result<(Arc<rustls::ServerConfig>, Option<Vec<String>>), ConfigError> {
     use core::transport_socket::ConfigType;
     let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
         return Err(ConfigError::invalid(
@@ -593,7 +596,12 @@ fn downstream_tls(
         .common_tls_context
         .as_ref()
         .is_some_and(|c| c.validation_context_type.is_some());
-    Ok((crate::tls::server_config(&ctx, &tpath)?, client_certs))
+    let by = if client_certs {
+        Some(crate::tls::local_uri_sans(&ctx, &tpath)?)
+    } else {
+        None
+    };
+    Ok((crate::tls::server_config(&ctx, &tpath)?, by))
 }
 
 fn build_hcm(
@@ -601,11 +609,10 @@ fn build_hcm(
     path: &str,
     listener: &str,
     buffer_limit: usize,
-    client_certs: bool,
+    client_certs: Option<Vec<String>>,
     env: &BuildEnv<'_>,
 ) -> Result<HcmConfig, ConfigError> {
-    let (keep_xfcc, keep_xfcc_on_mtls) =
-        forward_client_cert(cfg.forward_client_cert_details, client_certs, path)?;
+    let (keep_xfcc, keep_xfcc_on_mtls, xfcc_set) = forward_client_cert(cfg, client_certs)?;
     use hcm::http_connection_manager::{CodecType, RouteSpecifier};
     let codec = match CodecType::try_from(cfg.codec_type) {
         Ok(CodecType::Auto) => Codec::Auto,
@@ -706,35 +713,42 @@ fn build_hcm(
         use_remote_address: cfg.use_remote_address.as_ref().is_some_and(|b| b.value),
         keep_xfcc,
         keep_xfcc_on_mtls,
+        xfcc_set,
         buffer_limit,
     })
 }
 
 /// `forward_client_cert_details`: whether a client's `x-forwarded-client-cert` is kept (always,
-/// and on a connection whose client presented a certificate). On a connection without a client
-/// certificate Envoy removes it in every mode but `ALWAYS_FORWARD_ONLY` (4); `FORWARD_ONLY` (1)
-/// keeps it on mTLS connections. So on a chain that never asks for a certificate
-/// (`client_certs` false) `APPEND_FORWARD` and `SANITIZE_SET` (and their
-/// `set_current_client_cert_details`) act as `SANITIZE` (checked against Envoy 1.40). On a chain
-/// that may get client certificates they would add this proxy's view of the certificate, which
-/// we do not build: refused.
+/// and on a connection whose client presented a certificate), and what this proxy sets there
+/// on such a connection. On a connection without a client certificate Envoy removes the header
+/// in every mode but `ALWAYS_FORWARD_ONLY` (4); `FORWARD_ONLY` (1) keeps it on mTLS
+/// connections; `APPEND_FORWARD` (2) and `SANITIZE_SET` (3) add or set this proxy's view of the
+/// client's certificate (`set_current_client_cert_details`), which needs a chain that asks for
+/// one (`client_certs`: our certificate's URI SANs, for `By=`). Checked against Envoy 1.40.
 fn forward_client_cert(
-    mode: i32,
-    client_certs: bool,
-    path: &str,
-) -> Result<(bool, bool), ConfigError> {
-    match mode {
-        0 => Ok((false, false)),
-        1 => Ok((false, true)),
-        4 => Ok((true, true)),
-        2 | 3 if !client_certs => Ok((false, false)),
-        _ => Err(ConfigError::unsupported(
-            format!("{path}.forward_client_cert_details"),
-            "APPEND_FORWARD and SANITIZE_SET on a filter chain whose TLS asks for client \
-             certificates (x-forwarded-client-cert is not built; SANITIZE, FORWARD_ONLY and \
-             ALWAYS_FORWARD_ONLY are supported)",
-        )),
-    }
+    cfg: &hcm::HttpConnectionManager,
+    client_certs: Option<Vec<String>>,
+) -> Result<(bool, bool, Option<crate::xfcc::SetCurrent>), ConfigError> {
+    let details = cfg
+        .set_current_client_cert_details
+        .as_ref()
+        .map(crate::xfcc::Detail::from_config)
+        .unwrap_or_default();
+    Ok(match (cfg.forward_client_cert_details, client_certs) {
+        (1, _) => (false, true, None),
+        (4, _) => (true, true, None),
+        // APPEND_FORWARD keeps the client's header on an mTLS connection and appends to it.
+        (mode @ (2 | 3), Some(by)) => (
+            false,
+            mode == 2,
+            Some(crate::xfcc::SetCurrent {
+                append: mode == 2,
+                by,
+                details,
+            }),
+        ),
+        _ => (false, false, None),
+    })
 }
 
 /// The `access_log` entries of an HTTP connection manager or TCP proxy at `path`.

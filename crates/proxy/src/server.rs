@@ -685,13 +685,13 @@ async fn accept_loop(
 }
 
 /// What a connection is served with: its filter chain, the stream (TLS terminated if the chain
-/// says so), whether ALPN chose h2, the SNI, and whether the client presented a certificate.
+/// says so), whether ALPN chose h2, the SNI, and the certificate chain the client presented.
 type Accepted = (
     Arc<FilterChain>,
     crate::hcm::ServerIo,
     Option<bool>,
     Option<String>,
-    bool,
+    Option<Arc<Vec<Vec<u8>>>>,
 );
 
 /// Chooses the filter chain for a new connection and runs its TLS handshake. `None` closes the
@@ -743,7 +743,7 @@ async fn accept_chain(
         return None;
     };
     match chain.tls.clone() {
-        None => Some((chain, crate::hcm::ServerIo::Plain(sock), None, None, false)),
+        None => Some((chain, crate::hcm::ServerIo::Plain(sock), None, None, None)),
         Some(tls) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls);
             let s = tokio::time::timeout(HANDSHAKE, acceptor.accept(sock))
@@ -763,7 +763,10 @@ fn tls_accepted(
     let conn = s.get_ref().1;
     let h2 = conn.alpn_protocol().map(|p| p == b"h2");
     let sni = conn.server_name().map(str::to_string);
-    let peer_cert = conn.peer_certificates().is_some_and(|c| !c.is_empty());
+    let peer_cert = conn
+        .peer_certificates()
+        .filter(|c| !c.is_empty())
+        .map(|c| Arc::new(c.iter().map(|d| d.as_ref().to_vec()).collect::<Vec<_>>()));
     (
         chain,
         crate::hcm::ServerIo::Tls(Box::new(s)),

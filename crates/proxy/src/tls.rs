@@ -85,6 +85,26 @@ fn cert_and_key(
     }
 }
 
+/// The URI subject alternative names of a listener's own certificate (the `By=` of the
+/// `x-forwarded-client-cert` Envoy builds).
+pub fn local_uri_sans(
+    ctx: &tls::DownstreamTlsContext,
+    path: &str,
+) -> Result<Vec<String>, ConfigError> {
+    let Some(common) = &ctx.common_tls_context else {
+        return Ok(Vec::new());
+    };
+    Ok(
+        match cert_and_key(common, &format!("{path}.common_tls_context"))? {
+            Some((chain, _)) => chain
+                .first()
+                .map(|c| crate::xfcc::sans(c.as_ref()).0)
+                .unwrap_or_default(),
+            None => Vec::new(),
+        },
+    )
+}
+
 /// A listener's TLS server config.
 pub fn server_config(
     ctx: &tls::DownstreamTlsContext,
