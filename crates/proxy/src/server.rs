@@ -218,13 +218,7 @@ impl RunningProxy {
                 fresh.or_else(kept).map(|a| (Arc::clone(&l.name), a))
             })
             .collect();
-        let server = crate::stats::ServerStats::new(&self.store);
-        server
-            .listeners_active
-            .set(i64::try_from(bound.len()).unwrap_or(i64::MAX));
-        server
-            .clusters_active
-            .set(i64::try_from(config.clusters.len()).unwrap_or(i64::MAX));
+        crate::stats::ServerStats::new(&self.store).set_sizes(bound.len(), config.clusters.len());
         self.config.store(Arc::new(config));
         for w in self.workers.iter().chain(&self.main_cmds) {
             let _ = w.send(ListenerCmd::Warm);
@@ -402,12 +396,7 @@ pub(crate) fn start_prebound(
             per_worker.push((Arc::clone(&l.name), s));
         }
     }
-    server
-        .listeners_active
-        .set(i64::try_from(bound.len()).unwrap_or(i64::MAX));
-    server
-        .clusters_active
-        .set(i64::try_from(config.clusters.len()).unwrap_or(i64::MAX));
+    server.set_sizes(bound.len(), config.clusters.len());
     let bound: BoundListeners = Arc::new(ArcSwap::from_pointee(bound));
     let admin = match &admin_sock {
         Some(s) => Some(admin_bound(s, opts)?),

@@ -119,6 +119,11 @@ impl Store {
         &self.tags
     }
 
+    /// This store's identity (one per proxy; its clones share it).
+    pub fn id(&self) -> usize {
+        Arc::as_ptr(&self.entries) as usize
+    }
+
     /// The bootstrap's `stats_config.stats_matcher`.
     pub fn matcher(&self) -> &StatsMatcher {
         &self.matcher

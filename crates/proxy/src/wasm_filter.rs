@@ -53,14 +53,17 @@ fn decode_error(cx: &BuildContext, e: prost::DecodeError) -> ConfigError {
     }
 }
 
-/// Live filter configs by (typed_config bytes, node id): a rebuilt config (an xDS update to
-/// anything) reuses an unchanged plugin with its VMs and their state instead of restarting it.
+/// Live filter configs by (typed_config bytes, node id, clusters, stats store): a rebuilt config
+/// (an xDS update to anything) reuses an unchanged plugin with its VMs and their state instead of
+/// restarting it. The store keeps another proxy in the same process (tests, `wasmesh up`) from
+/// taking this one's plugin, whose metrics are registered in this one's store only.
 fn reuse(any: &crate::pb::Any, cx: &BuildContext) -> (u64, Option<Arc<WasmFilterConfig>>) {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     any.value.hash(&mut h);
     cx.node.id.hash(&mut h);
     cx.cluster_names.hash(&mut h);
+    cx.stats.id().hash(&mut h);
     let key = h.finish();
     let cache = LIVE.get_or_init(Default::default);
     let mut g = cache.lock().unwrap_or_else(|e| e.into_inner());

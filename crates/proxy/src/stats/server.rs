@@ -117,6 +117,14 @@ impl ServerStats {
         ServerState::from_gauge(self.state.get())
     }
 
+    /// `listener_manager.total_listeners_active` and `cluster_manager.active_clusters` for a
+    /// config being served.
+    pub fn set_sizes(&self, listeners: usize, clusters: usize) {
+        let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        self.listeners_active.set(n(listeners));
+        self.clusters_active.set(n(clusters));
+    }
+
     /// Time since the server started.
     pub fn uptime(&self) -> std::time::Duration {
         self.started.elapsed()

@@ -114,20 +114,28 @@ async fn observe_tags(addr: SocketAddr, admin: SocketAddr, tags: &[&str]) -> any
     })
 }
 
+/// Both proxies with the `trace` plugin (`tr`) and `stats_config` (a YAML section) before it.
+async fn start_trace_plugin(
+    stats_config: &str,
+    up: u16,
+) -> anyhow::Result<(
+    wasmesh_proxy::RunningProxy,
+    SocketAddr,
+    test_support::proxy_peers::Envoy,
+    SocketAddr,
+)> {
+    start_both(|admin, listen| {
+        let yaml = one_plugin((admin, listen, up), test_plugins::TRACE, "tr", "", "");
+        format!("{stats_config}{yaml}")
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn istio_stats_config_names_and_filters_stats_like_envoy() -> anyhow::Result<()> {
     let up = start_upstream("up").await?;
-    let (ours, ours_addr, envoy_proc, envoy_addr) = start_both(|admin, listen| {
-        let yaml = one_plugin(
-            (admin, listen, up.addr.port()),
-            test_plugins::TRACE,
-            "tr",
-            "",
-            "",
-        );
-        format!("{ISTIO_STATS_CONFIG}{yaml}")
-    })
-    .await?;
+    let (ours, ours_addr, envoy_proc, envoy_addr) =
+        start_trace_plugin(ISTIO_STATS_CONFIG, up.addr.port()).await?;
     let envoy = observe(envoy_addr, envoy_proc.admin).await?;
     let wasmesh = observe(ours_addr, ours.admin_addr().expect("admin")).await?;
     for key in SAME {
@@ -178,17 +186,8 @@ async fn the_stats_matcher_sees_plugin_metrics_as_envoy_does() -> anyhow::Result
       - prefix: wasmcustom.trace.imc
       - prefix: server.state
 ";
-    let (ours, ours_addr, envoy_proc, envoy_addr) = start_both(|admin, listen| {
-        let yaml = one_plugin(
-            (admin, listen, up.addr.port()),
-            test_plugins::TRACE,
-            "tr",
-            "",
-            "",
-        );
-        format!("{matcher}{yaml}")
-    })
-    .await?;
+    let (ours, ours_addr, envoy_proc, envoy_addr) =
+        start_trace_plugin(matcher, up.addr.port()).await?;
     let tags = ["ima", "imb", "imc"];
     let envoy = observe_tags(envoy_addr, envoy_proc.admin, &tags).await?;
     let wasmesh = observe_tags(ours_addr, ours.admin_addr().expect("admin"), &tags).await?;
