@@ -138,28 +138,32 @@ fn handle(st: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 .split('&')
                 .any(|kv| kv.split('=').next() == Some("usedonly"));
             let all = st.store.render_text_with(used_only);
-            match query_param(query, "filter") {
+            let lines = match query_param(query, "filter") {
                 // Envoy's `/stats?filter=<regex>` (searched anywhere in the name).
                 Some(f) => match regex::Regex::new(&f) {
-                    Ok(re) => {
-                        let lines: Vec<&str> = all
-                            .lines()
-                            .filter(|l| l.split(": ").next().is_some_and(|n| re.is_match(n)))
-                            .collect();
-                        let mut out = lines.join("\n");
-                        if !out.is_empty() {
-                            out.push('\n');
-                        }
-                        text(StatusCode::OK, PLAIN, out)
+                    Ok(re) => all
+                        .lines()
+                        .filter(|l| l.split(": ").next().is_some_and(|n| re.is_match(n)))
+                        .map(str::to_string)
+                        .collect::<Vec<_>>(),
+                    Err(e) => {
+                        return text(
+                            StatusCode::BAD_REQUEST,
+                            PLAIN,
+                            format!("Invalid re2 regex: {e}\n"),
+                        );
                     }
-                    Err(e) => text(
-                        StatusCode::BAD_REQUEST,
-                        PLAIN,
-                        format!("Invalid re2 regex: {e}\n"),
-                    ),
                 },
-                None => text(StatusCode::OK, PLAIN, all),
+                None => all.lines().map(str::to_string).collect(),
+            };
+            if query_param(query, "format").as_deref() == Some("json") {
+                return text(StatusCode::OK, "application/json", stats_json(&lines));
             }
+            let mut out = lines.join("\n");
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            text(StatusCode::OK, PLAIN, out)
         }
         "/config_dump" => {
             let dump = config_dump(&st.config.load());
@@ -261,6 +265,54 @@ fn server_info(st: &AdminState) -> String {
         "node": node,
     });
     serde_json::to_string_pretty(&info).unwrap_or_default()
+}
+
+/// Envoy's `/stats?format=json` from `/stats` text lines: `{"stats": [{"name", "value"}...,
+/// {"histograms": {"supported_quantiles", "computed_quantiles": [{"name", "values":
+/// [{"cumulative", "interval"}...]}]}}]}`, a quantile with no samples as `null`.
+fn stats_json(lines: &[String]) -> String {
+    use serde_json::{Value, json};
+    let number = |v: &str| -> Value {
+        match v.parse::<f64>() {
+            Ok(x) if x.is_finite() && x.fract() == 0.0 && x.abs() < 1e15 => json!(x as i64),
+            Ok(x) if x.is_finite() => json!(x),
+            _ => Value::Null,
+        }
+    };
+    let mut stats = Vec::new();
+    let mut hists = Vec::new();
+    for l in lines {
+        let Some((name, v)) = l.split_once(": ") else {
+            continue;
+        };
+        if v == "No recorded values" {
+            let nulls = vec![json!({"cumulative": null, "interval": null}); 10];
+            hists.push(json!({"name": name, "values": nulls}));
+        } else if v.starts_with("P0(") {
+            let values: Vec<Value> = v
+                .split(' ')
+                .filter_map(|p| {
+                    let inner = p.split_once('(')?.1.strip_suffix(')')?;
+                    let (i, c) = inner.split_once(',')?;
+                    Some(json!({"cumulative": number(c), "interval": number(i)}))
+                })
+                .collect();
+            hists.push(json!({"name": name, "values": values}));
+        } else {
+            stats.push(json!({"name": name, "value": number(v)}));
+        }
+    }
+    if !hists.is_empty() {
+        let supported: Vec<Value> = wasm_host::QUANTILE_LABELS
+            .iter()
+            .map(|q| number(q))
+            .collect();
+        stats.push(json!({"histograms": {
+            "supported_quantiles": supported,
+            "computed_quantiles": hists,
+        }}));
+    }
+    json!({ "stats": stats }).to_string()
 }
 
 /// Whether the query has parameter `name` (with or without a value: `?usedonly`).

@@ -192,6 +192,18 @@ pub fn build(bootstrap: &Bootstrap, opts: &BuildOptions) -> Result<ProxyConfig, 
         };
         opts.store.matcher().set(matcher);
     }
+    if let Some(d) = &bootstrap.stats_flush_interval {
+        // Envoy's bounds: at least 1 ms, under 300 s.
+        let ms = d.seconds.saturating_mul(1000) + i64::from(d.nanos / 1_000_000);
+        if !(1..300_000).contains(&ms) {
+            return Err(ConfigError::invalid(
+                "stats_flush_interval",
+                "must be at least 1ms and under 300s",
+            ));
+        }
+        opts.store
+            .set_flush_interval(std::time::Duration::from_millis(ms.unsigned_abs()));
+    }
     let admin = admin_address(bootstrap)?;
     let admin_logs = admin_access_logs(bootstrap)?;
     let default_sr = pb::bootstrap::bootstrap::StaticResources::default();

@@ -449,8 +449,9 @@ pub trait HttpFilterConfig: Send + Sync {
 /// Plugin metrics exported next to the proxy's at `/stats` and `/stats/prometheus`.
 pub trait StatsSource: Send + Sync {
     /// Appends `name: value` lines (Envoy's `/stats` text format) of the stats whose flat
-    /// name `keep` accepts (the bootstrap's `stats_matcher`).
-    fn append_text(&self, out: &mut String, keep: &dyn Fn(&str) -> bool);
+    /// name `keep` accepts (the bootstrap's `stats_matcher`); with `used_only`, only those
+    /// written since start (`/stats?usedonly`).
+    fn append_text(&self, out: &mut String, keep: &dyn Fn(&str) -> bool, used_only: bool);
     /// Appends Prometheus text exposition lines (with `# TYPE` lines) of the stats whose flat
     /// name `keep` accepts.
     fn append_prometheus(&self, out: &mut String, keep: &dyn Fn(&str) -> bool);

@@ -106,6 +106,10 @@ pub struct Store {
     hooks: StatsHooks,
     tags: TagSpecs,
     matcher: StatsMatcher,
+    /// `stats_flush_interval` in ms (0: Envoy's default, 5 s).
+    flush_ms: Arc<AtomicU64>,
+    /// The metrics this proxy's plugins define (`wasmcustom.*`).
+    plugin_metrics: Arc<wasm_host::Metrics>,
 }
 
 impl Store {
@@ -122,6 +126,27 @@ impl Store {
     /// This store's identity (one per proxy; its clones share it).
     pub fn id(&self) -> usize {
         Arc::as_ptr(&self.entries) as usize
+    }
+
+    /// The bootstrap's `stats_flush_interval`: how often histograms are flushed (what the
+    /// admin API shows of them changes only then, as in Envoy).
+    pub fn set_flush_interval(&self, d: std::time::Duration) {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.flush_ms.store(ms, Ordering::Relaxed);
+        self.plugin_metrics.set_flush_interval(d);
+    }
+
+    /// The registry of the metrics this proxy's plugins define.
+    pub fn plugin_metrics(&self) -> &Arc<wasm_host::Metrics> {
+        &self.plugin_metrics
+    }
+
+    /// See [`Store::set_flush_interval`]; 5 s unless the bootstrap says otherwise.
+    pub fn flush_interval(&self) -> std::time::Duration {
+        match self.flush_ms.load(Ordering::Relaxed) {
+            0 => std::time::Duration::from_secs(5),
+            ms => std::time::Duration::from_millis(ms),
+        }
     }
 
     /// The bootstrap's `stats_config.stats_matcher`.
@@ -208,16 +233,8 @@ impl Store {
             let _ = writeln!(out, "{name}: {v}");
         }
         let keep = |name: &str| self.matcher.accepts(name);
-        let mut plugins = String::new();
         for s in self.hooks.sources() {
-            s.append_text(&mut plugins, &keep);
-        }
-        for line in plugins.lines() {
-            if used_only && (line.ends_with(": 0") || line.contains(" count=0 ")) {
-                continue;
-            }
-            out.push_str(line);
-            out.push('\n');
+            s.append_text(&mut out, &keep, used_only);
         }
         sorted_like_envoy(&out)
     }

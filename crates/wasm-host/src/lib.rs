@@ -15,6 +15,7 @@
 //! and the caller applies the plugin's [`FailurePolicy`].
 
 mod abi;
+mod circllhist;
 mod compiler;
 mod error;
 mod headers;
@@ -34,11 +35,12 @@ pub use abi::{
     AbiVersion, BufferType, DataAction, FilterAction, HeadersAction, LogLevel, MapType, MetricType,
     PeerType, Status, StreamType,
 };
+pub use circllhist::{QUANTILE_LABELS, QUANTILES};
 pub use compiler::{Compiler, compile_worker};
 pub use error::{Error, TrapKind};
 pub use headers::{Change, HeaderMap};
 pub use host::{GrpcCall, Host, HttpCall, HttpCallResponse, NullHost, log_plugin_line};
-pub use metrics::{HISTOGRAM_BUCKETS, Metric, MetricValue, Metrics, envoy_bin_value};
+pub use metrics::{FlushedHistogram, HISTOGRAM_BUCKETS, Metric, MetricValue, Metrics};
 pub use plugin::{Backoff, FailurePolicy, Limits, Plugin, PluginConfig, PluginStats};
 pub use properties::{NoProperties, NodeInfo, PropertyValue, StreamProperties};
 pub use runtime::{CompiledModule, Origin, Runtime, RuntimeConfig};

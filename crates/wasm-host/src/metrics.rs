@@ -2,10 +2,12 @@
 //! The proxy reads them with [`Metrics::snapshot`] for `/stats` and `/stats/prometheus`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use crate::abi::{MetricType, Status};
+use crate::circllhist::{self, Bin, Bins};
 
 /// Envoy's default histogram bucket bounds.
 pub const HISTOGRAM_BUCKETS: [f64; 19] = [
@@ -19,40 +21,87 @@ pub struct Metric {
     name: String,
     kind: MetricType,
     value: AtomicI64,
+    /// Written at least once (Envoy's "used" flag: `/stats?usedonly`).
+    used: AtomicBool,
     hist: Option<Histogram>,
 }
 
+/// A histogram as Envoy keeps one: samples go to the current interval; each stats flush
+/// (every `stats_flush_interval`, 5 s by default) makes them the last interval and adds them to
+/// the cumulative histogram. The admin API shows only what was flushed.
 #[derive(Debug)]
 struct Histogram {
-    buckets: Vec<AtomicU64>,
-    count: AtomicU64,
-    sum: AtomicU64,
-    /// Envoy's sum (f64 bits): each value counted as its log-linear bin's representative.
-    approx_sum: AtomicU64,
+    clock: Arc<FlushClock>,
+    state: Mutex<HistState>,
 }
 
-/// What Envoy's histogram (libcircllhist: two significant digits per bin) counts `v` as in its
-/// sum: the bin's lower edge `l` plus `w·l/(l+r)` for width `w` and upper edge `r` (checked
-/// against Envoy 1.40's `_sum` output to the last digit).
-pub fn envoy_bin_value(v: u64) -> f64 {
-    if v == 0 {
-        return 0.0;
+#[derive(Debug, Default)]
+struct HistState {
+    /// Samples since the last flush.
+    pending: Bins,
+    /// Exact count and sum of every sample (tests and `plugin trial` read them at once).
+    count: u64,
+    sum: u64,
+    /// The flush period this state was last brought up to.
+    period: u64,
+    /// Flushed at least once after a sample (Envoy's `ParentHistogram::used()`).
+    merged: bool,
+    interval: Bins,
+    cumulative: Bins,
+}
+
+impl HistState {
+    /// Performs the flushes due by `period` (Envoy merges only a histogram that has samples;
+    /// a later flush with none leaves an empty interval).
+    fn catch_up(&mut self, period: u64) {
+        if period <= self.period {
+            return;
+        }
+        if self.count > 0 {
+            let passed = period - self.period;
+            self.interval = std::mem::take(&mut self.pending);
+            for (b, c) in &self.interval {
+                *self.cumulative.entry(*b).or_default() += c;
+            }
+            if passed > 1 {
+                self.interval.clear();
+            }
+            self.merged = true;
+        }
+        self.period = period;
     }
-    let digits = v.ilog10() + 1;
-    let (val, exp) = if digits == 1 {
-        (v * 10, 0i32)
-    } else {
-        (
-            v / 10u64.pow(digits - 2),
-            i32::try_from(digits).unwrap_or(i32::MAX) - 1,
-        )
-    };
-    // circllhist keeps a table of correctly rounded powers of ten.
-    let pow10 = |e: i32| format!("1e{e}").parse::<f64>().unwrap_or(f64::NAN);
-    let l = val as f64 / 10.0 * pow10(exp);
-    let w = pow10(exp - 1);
-    let r = l + w;
-    l + w * l / (l + r)
+}
+
+/// When stats flushes happen: every `interval` from `start` (Envoy's flush timer, armed at
+/// start-up). Flushes are computed when a histogram is written or read, so no thread runs them.
+#[derive(Debug)]
+struct FlushClock {
+    start: Instant,
+    interval_ms: AtomicU64,
+}
+
+impl FlushClock {
+    fn period(&self) -> u64 {
+        let ms = self.interval_ms.load(Ordering::Relaxed).max(1);
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX) / ms
+    }
+}
+
+/// What Envoy's admin API shows of a histogram: the statistics of its last flush.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlushedHistogram {
+    /// Flushed with samples at least once; Envoy prints `No recorded values` until then.
+    pub used: bool,
+    /// Samples at or below each [`HISTOGRAM_BUCKETS`] bound (the bound's whole bin counts).
+    pub buckets: Vec<u64>,
+    /// Cumulative sample count.
+    pub count: u64,
+    /// Cumulative sum, each sample at its bin's midpoint (Envoy's `_sum`).
+    pub sum: f64,
+    /// [`QUANTILES`](crate::circllhist::QUANTILES) of the last interval (NaN: no samples).
+    pub interval: [f64; 10],
+    /// The same over every flushed sample.
+    pub cumulative: [f64; 10],
 }
 
 /// A metric's value at one moment.
@@ -60,21 +109,35 @@ pub fn envoy_bin_value(v: u64) -> f64 {
 pub enum MetricValue {
     Counter(u64),
     Gauge(i64),
-    /// Cumulative counts per [`HISTOGRAM_BUCKETS`] bound, total count and sum (exact, and as
-    /// Envoy's histogram approximates it).
+    /// Every sample so far (exact count and sum), and what Envoy's admin API shows.
     Histogram {
-        buckets: Vec<u64>,
         count: u64,
         sum: u64,
-        approx_sum: f64,
+        flushed: Box<FlushedHistogram>,
     },
 }
 
 /// All plugin metrics of a process.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     inner: RwLock<Registry>,
+    clock: Arc<FlushClock>,
 }
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            inner: RwLock::default(),
+            clock: Arc::new(FlushClock {
+                start: Instant::now(),
+                interval_ms: AtomicU64::new(DEFAULT_FLUSH_MS),
+            }),
+        }
+    }
+}
+
+/// Envoy's default `stats_flush_interval`.
+const DEFAULT_FLUSH_MS: u64 = 5000;
 
 #[derive(Debug, Default)]
 struct Registry {
@@ -89,6 +152,12 @@ impl Metrics {
         Arc::new(Self::default())
     }
 
+    /// The bootstrap's `stats_flush_interval`: how often histograms are flushed.
+    pub fn set_flush_interval(&self, d: std::time::Duration) {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.clock.interval_ms.store(ms, Ordering::Relaxed);
+    }
+
     /// Defines (or finds) a metric; the id encodes the kind in its low 2 bits like cpp-host.
     pub fn define(&self, kind: MetricType, name: &str) -> (u32, Arc<Metric>) {
         let mut g = self.inner.write().unwrap_or_else(|e| e.into_inner());
@@ -97,18 +166,17 @@ impl Metrics {
             return (((idx as u32) << 2) | m.kind as u32, m);
         }
         let hist = (kind == MetricType::Histogram).then(|| Histogram {
-            buckets: HISTOGRAM_BUCKETS
-                .iter()
-                .map(|_| AtomicU64::new(0))
-                .collect(),
-            count: AtomicU64::new(0),
-            sum: AtomicU64::new(0),
-            approx_sum: AtomicU64::new(0f64.to_bits()),
+            clock: self.clock.clone(),
+            state: Mutex::new(HistState {
+                period: self.clock.period(),
+                ..HistState::default()
+            }),
         });
         let m = Arc::new(Metric {
             name: name.to_string(),
             kind,
             value: AtomicI64::new(0),
+            used: AtomicBool::new(false),
             hist,
         });
         let idx = g.all.len();
@@ -131,6 +199,23 @@ impl Metrics {
         let g = self.inner.read().unwrap_or_else(|e| e.into_inner());
         g.all.iter().map(|m| (m.name.clone(), m.value())).collect()
     }
+
+    /// Like [`Metrics::snapshot`], with each metric's used flag (Envoy's `/stats?usedonly`:
+    /// counters and gauges ever written, histograms flushed with samples).
+    pub fn snapshot_used(&self) -> Vec<(String, MetricValue, bool)> {
+        let g = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        g.all
+            .iter()
+            .map(|m| {
+                let v = m.value();
+                let used = match &v {
+                    MetricValue::Histogram { flushed, .. } => flushed.used,
+                    _ => m.used.load(Ordering::Relaxed),
+                };
+                (m.name.clone(), v, used)
+            })
+            .collect()
+    }
 }
 
 impl Metric {
@@ -144,15 +229,23 @@ impl Metric {
         self.kind
     }
 
+    fn mark(&self) {
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// `proxy_increment_metric`: counters take positive deltas only, histograms none.
     pub fn increment(&self, delta: i64) -> Status {
         match self.kind {
             MetricType::Counter if delta > 0 => {
                 self.value.fetch_add(delta, Ordering::Relaxed);
+                self.mark();
                 Status::Ok
             }
             MetricType::Gauge => {
                 self.value.fetch_add(delta, Ordering::Relaxed);
+                self.mark();
                 Status::Ok
             }
             _ => Status::BadArgument,
@@ -168,21 +261,16 @@ impl Metric {
             MetricType::Gauge => self.value.store(value as i64, Ordering::Relaxed),
             MetricType::Histogram => {
                 if let Some(h) = &self.hist {
-                    let v = value as f64;
-                    if let Some(i) = HISTOGRAM_BUCKETS.iter().position(|b| v <= *b) {
-                        h.buckets[i].fetch_add(1, Ordering::Relaxed);
-                    }
-                    h.count.fetch_add(1, Ordering::Relaxed);
-                    h.sum.fetch_add(value, Ordering::Relaxed);
-                    let add = envoy_bin_value(value);
-                    let _ =
-                        h.approx_sum
-                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                                Some((f64::from_bits(bits) + add).to_bits())
-                            });
+                    let period = h.clock.period();
+                    let mut st = h.state.lock().unwrap_or_else(|e| e.into_inner());
+                    st.catch_up(period);
+                    *st.pending.entry(Bin::of(value)).or_default() += 1;
+                    st.count += 1;
+                    st.sum = st.sum.saturating_add(value);
                 }
             }
         }
+        self.mark();
         Status::Ok
     }
 
@@ -202,27 +290,37 @@ impl Metric {
             }
             (MetricType::Gauge, _) => MetricValue::Gauge(self.value.load(Ordering::Relaxed)),
             (MetricType::Histogram, Some(h)) => {
-                let mut acc = 0;
-                let buckets = h
-                    .buckets
-                    .iter()
-                    .map(|b| {
-                        acc += b.load(Ordering::Relaxed);
-                        acc
-                    })
-                    .collect();
+                let period = h.clock.period();
+                let mut st = h.state.lock().unwrap_or_else(|e| e.into_inner());
+                st.catch_up(period);
+                let flushed = FlushedHistogram {
+                    used: st.merged,
+                    buckets: HISTOGRAM_BUCKETS
+                        .iter()
+                        .map(|t| circllhist::count_below(&st.cumulative, *t))
+                        .collect(),
+                    count: st.cumulative.values().sum(),
+                    sum: circllhist::approx_sum(&st.cumulative),
+                    interval: circllhist::quantiles(&st.interval),
+                    cumulative: circllhist::quantiles(&st.cumulative),
+                };
                 MetricValue::Histogram {
-                    buckets,
-                    count: h.count.load(Ordering::Relaxed),
-                    sum: h.sum.load(Ordering::Relaxed),
-                    approx_sum: f64::from_bits(h.approx_sum.load(Ordering::Relaxed)),
+                    count: st.count,
+                    sum: st.sum,
+                    flushed: Box::new(flushed),
                 }
             }
             (MetricType::Histogram, None) => MetricValue::Histogram {
-                buckets: vec![],
                 count: 0,
                 sum: 0,
-                approx_sum: 0.0,
+                flushed: Box::new(FlushedHistogram {
+                    used: false,
+                    buckets: vec![0; HISTOGRAM_BUCKETS.len()],
+                    count: 0,
+                    sum: 0.0,
+                    interval: [f64::NAN; 10],
+                    cumulative: [f64::NAN; 10],
+                }),
             },
         }
     }
@@ -259,27 +357,69 @@ mod tests {
         h.record(3);
         h.record(20);
         let MetricValue::Histogram {
-            buckets,
             count,
             sum,
-            ..
+            flushed,
         } = h.value()
         else {
             panic!("histogram");
         };
-        assert_eq!((count, sum), (2, 23));
-        assert_eq!(buckets[2], 1, "3 <= 5");
-        assert_eq!(buckets[4], 2, "20 <= 25, cumulative");
-        assert!(m.get(cid + 1).is_none(), "kind bits must match");
-        // Envoy 1.40 prints 3.0491803278688522915729208762059 for one 3, and 9.1475... for
-        // three: the bin [3.0, 3.1)'s value.
-        assert_eq!(
-            format!("{:.31e}", envoy_bin_value(3)),
-            "3.0491803278688522915729208762059e0"
+        assert_eq!((count, sum), (2, 23), "every sample, at once");
+        assert!(
+            !flushed.used,
+            "nothing flushed yet: Envoy shows no recorded values"
         );
-        assert_eq!(envoy_bin_value(0), 0.0);
-        let v = envoy_bin_value(123);
-        assert!((120.0..130.0).contains(&v), "{v}");
+        assert_eq!((flushed.count, flushed.buckets[4]), (0, 0));
+        assert!(m.get(cid + 1).is_none(), "kind bits must match");
         assert_eq!(m.snapshot().len(), 4);
+    }
+}
+
+#[cfg(test)]
+mod flush_tests {
+    use super::*;
+
+    fn flushed(h: &Metric) -> FlushedHistogram {
+        match h.value() {
+            MetricValue::Histogram { flushed, .. } => *flushed,
+            _ => panic!("histogram"),
+        }
+    }
+
+    /// Envoy's sequence: samples show after the next flush, as both the last interval and the
+    /// cumulative; one flush later the interval is empty and the cumulative stays.
+    #[test]
+    fn samples_show_after_a_flush() {
+        let m = Metrics::new();
+        m.set_flush_interval(std::time::Duration::from_millis(200));
+        let (_, h) = m.define(MetricType::Histogram, "h");
+        let (_, unused) = m.define(MetricType::Histogram, "u");
+        // Start just after a flush so the samples fall in one period.
+        let p = m.clock.period();
+        while m.clock.period() == p {
+            std::thread::yield_now();
+        }
+        h.record(3);
+        h.record(20);
+        assert!(!flushed(&h).used);
+        let p = m.clock.period();
+        while m.clock.period() == p {
+            std::thread::yield_now();
+        }
+        let f = flushed(&h);
+        assert!(f.used);
+        assert_eq!((f.count, f.buckets[2], f.buckets[4]), (2, 1, 2));
+        assert_eq!(f.interval, f.cumulative);
+        assert_eq!(f.cumulative[0], 3.05);
+        let p = m.clock.period();
+        while m.clock.period() == p {
+            std::thread::yield_now();
+        }
+        let f = flushed(&h);
+        assert!(f.interval.iter().all(|q| q.is_nan()), "{:?}", f.interval);
+        assert_eq!((f.count, f.cumulative[0]), (2, 3.05));
+        assert!(!flushed(&unused).used, "never recorded: never merged");
+        let used: Vec<bool> = m.snapshot_used().into_iter().map(|(_, _, u)| u).collect();
+        assert_eq!(used, [true, false]);
     }
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::metrics::Metrics;
 use crate::properties::NodeInfo;
 use crate::runtime::{CompiledModule, Runtime};
 
@@ -115,17 +116,36 @@ pub struct Plugin {
     pub(crate) module: CompiledModule,
     pub(crate) config: PluginConfig,
     pub(crate) stats: Arc<PluginStats>,
+    /// Where its `proxy_define_metric` metrics live.
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Plugin {
-    /// Binds a module to a configuration.
+    /// Binds a module to a configuration; its metrics go to the runtime's registry.
     pub fn new(runtime: &Runtime, module: CompiledModule, config: PluginConfig) -> Arc<Self> {
+        Self::with_metrics(runtime, module, config, runtime.metrics().clone())
+    }
+
+    /// Binds a module to a configuration, with its metrics in `metrics` (a proxy's own stats,
+    /// as each Envoy server has its stats store).
+    pub fn with_metrics(
+        runtime: &Runtime,
+        module: CompiledModule,
+        config: PluginConfig,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             runtime: runtime.clone(),
             module,
             config,
             stats: Arc::default(),
+            metrics,
         })
+    }
+
+    /// The registry of the metrics it defines.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The configuration.

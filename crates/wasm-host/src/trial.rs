@@ -92,7 +92,7 @@ pub fn run(plugin: &Arc<Plugin>, input: &TrialInput) -> TrialReport {
     }
     report.logs = rec.logs.borrow().clone();
     report.callouts = rec.calls.borrow().clone();
-    report.metrics = plugin.runtime().metrics().snapshot();
+    report.metrics = plugin.metrics().snapshot();
     report
 }
 

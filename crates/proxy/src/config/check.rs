@@ -18,6 +18,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "layered_runtime",
             "bootstrap_extensions",
             "stats_config",
+            "stats_flush_interval",
         ],
     ),
     (

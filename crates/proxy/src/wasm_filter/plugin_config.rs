@@ -250,7 +250,7 @@ pub(crate) fn build_plugin(pb: &PbPlugin, cx: &BuildContext) -> Result<Arc<Plugi
         limits: Default::default(),
         node: Arc::new(host_node(&cx.node)),
     };
-    let plugin = Plugin::new(rt, module, config);
+    let plugin = Plugin::with_metrics(rt, module, config, cx.stats.plugin_metrics().clone());
     plugin
         .instantiate(Box::new(wasm_host::NullHost))
         .map_err(|e| {

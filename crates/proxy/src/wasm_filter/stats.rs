@@ -7,7 +7,9 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use wasm_host::{HISTOGRAM_BUCKETS, MetricValue, Metrics, Plugin};
+use wasm_host::{
+    FlushedHistogram, HISTOGRAM_BUCKETS, MetricValue, Metrics, Plugin, QUANTILE_LABELS,
+};
 
 use crate::filter::StatsSource;
 use crate::stats::{Store, TagSpecs, labels};
@@ -27,9 +29,9 @@ fn prom_name(name: &str) -> String {
 }
 
 impl StatsSource for CustomMetrics {
-    fn append_text(&self, out: &mut String, keep: &dyn Fn(&str) -> bool) {
-        for (name, value) in self.0.snapshot() {
-            if !keep(&format!("wasmcustom.{name}")) {
+    fn append_text(&self, out: &mut String, keep: &dyn Fn(&str) -> bool, used_only: bool) {
+        for (name, value, used) in self.0.snapshot_used() {
+            if !keep(&format!("wasmcustom.{name}")) || (used_only && !used) {
                 continue;
             }
             match value {
@@ -39,8 +41,8 @@ impl StatsSource for CustomMetrics {
                 MetricValue::Gauge(v) => {
                     let _ = writeln!(out, "wasmcustom.{name}: {v}");
                 }
-                MetricValue::Histogram { count, sum, .. } => {
-                    let _ = writeln!(out, "wasmcustom.{name}: P0(nan,0) count={count} sum={sum}");
+                MetricValue::Histogram { flushed, .. } => {
+                    let _ = writeln!(out, "wasmcustom.{name}: {}", quantile_summary(&flushed));
                 }
             }
         }
@@ -74,14 +76,16 @@ impl StatsSource for CustomMetrics {
             let (kind, lines) = match value {
                 MetricValue::Counter(v) => ("counter", format!("{n}{} {v}\n", with(""))),
                 MetricValue::Gauge(v) => ("gauge", format!("{n}{} {v}\n", with(""))),
-                MetricValue::Histogram {
-                    buckets,
-                    count,
-                    approx_sum,
-                    ..
-                } => {
-                    // Envoy's sum is its histogram's approximation, written `%.32g`.
-                    let sum = format_g32(approx_sum);
+                MetricValue::Histogram { flushed, .. } => {
+                    // As of the last stats flush; Envoy's sum is its histogram's
+                    // approximation, written `%.32g`.
+                    let FlushedHistogram {
+                        buckets,
+                        count,
+                        sum,
+                        ..
+                    } = *flushed;
+                    let sum = format_g32(sum);
                     let mut s = String::new();
                     for (le, c) in HISTOGRAM_BUCKETS.iter().zip(&buckets) {
                         let _ = writeln!(s, "{n}_bucket{} {c}", with(&format!("le=\"{le}\"")));
@@ -102,6 +106,40 @@ impl StatsSource for CustomMetrics {
             let _ = write!(out, "# TYPE {n} {kind}\n{lines}");
         }
     }
+}
+
+/// Envoy's `/stats` line for a histogram (`ParentHistogramImpl::quantileSummary`):
+/// `P0(<interval>,<cumulative>) P25(...) ...`, or `No recorded values` until a flush had samples.
+fn quantile_summary(h: &FlushedHistogram) -> String {
+    if !h.used {
+        return "No recorded values".into();
+    }
+    let parts: Vec<String> = QUANTILE_LABELS
+        .iter()
+        .zip(h.interval.iter().zip(&h.cumulative))
+        .map(|(q, (i, c))| format!("P{q}({},{})", format_fmt(*i), format_fmt(*c)))
+        .collect();
+    parts.join(" ")
+}
+
+/// A double as fmt's `{}` writes it (what Envoy's admin uses): the shortest digits that read
+/// back the same, `nan`, and exponent notation from 1e16 (or below 1e-4).
+pub(crate) fn format_fmt(x: f64) -> String {
+    if x.is_nan() {
+        return "nan".into();
+    }
+    if x.is_infinite() {
+        return if x > 0.0 { "inf".into() } else { "-inf".into() };
+    }
+    let a = x.abs();
+    if a != 0.0 && !(1e-4..1e16).contains(&a) {
+        let s = format!("{x:e}");
+        let (m, e) = s.split_once('e').unwrap_or((&s, "0"));
+        let e: i32 = e.parse().unwrap_or(0);
+        let sign = if e < 0 { '-' } else { '+' };
+        return format!("{m}e{sign}{:02}", e.abs());
+    }
+    x.to_string()
 }
 
 /// `%.32g`: 32 significant digits, trailing zeros dropped, scientific notation only for
@@ -170,7 +208,7 @@ impl VmStats {
 }
 
 impl StatsSource for VmStats {
-    fn append_text(&self, out: &mut String, keep: &dyn Fn(&str) -> bool) {
+    fn append_text(&self, out: &mut String, keep: &dyn Fn(&str) -> bool, used_only: bool) {
         let Some(p) = self.0.upgrade() else { return };
         let name = &p.config().name;
         let s = p.stats();
@@ -182,12 +220,13 @@ impl StatsSource for VmStats {
             ("restarts", &s.restarts),
         ] {
             let flat = format!("wasmesh.wasm.{name}.vm.{stat}");
-            if keep(&flat) {
-                let _ = writeln!(out, "{flat}: {}", v.load(Ordering::Relaxed));
+            let v = v.load(Ordering::Relaxed);
+            if keep(&flat) && !(used_only && v == 0) {
+                let _ = writeln!(out, "{flat}: {v}");
             }
         }
         for (flat, v) in Self::envoy_counters(&p) {
-            if keep(&flat) {
+            if keep(&flat) && !(used_only && v == 0) {
                 let _ = writeln!(out, "{flat}: {v}");
             }
         }
@@ -296,9 +335,9 @@ impl RuntimeStats {
 }
 
 impl StatsSource for RuntimeStats {
-    fn append_text(&self, out: &mut String, keep: &dyn Fn(&str) -> bool) {
+    fn append_text(&self, out: &mut String, keep: &dyn Fn(&str) -> bool, used_only: bool) {
         for (flat, _, v) in Self::stats() {
-            if keep(&flat) {
+            if keep(&flat) && !(used_only && v == 0) {
                 let _ = writeln!(out, "{flat}: {v}");
             }
         }
@@ -338,7 +377,7 @@ pub(crate) fn register(store: &Store, plugin: &Arc<Plugin>, runtime: &str) {
     let mut keep = custom.lock().unwrap_or_else(|e| e.into_inner());
     if !keep.iter().any(|k| live.iter().any(|l| Arc::ptr_eq(k, l))) {
         let src: Arc<dyn StatsSource> = Arc::new(CustomMetrics(
-            plugin.runtime().metrics().clone(),
+            store.plugin_metrics().clone(),
             store.tag_specs().clone(),
         ));
         hooks.register(&src);
@@ -357,21 +396,29 @@ pub(crate) fn register(store: &Store, plugin: &Arc<Plugin>, runtime: &str) {
 
 #[cfg(test)]
 mod tests {
+    use super::format_fmt;
     use super::format_g32;
 
-    /// The `_sum` values Envoy 1.40 printed for the envoy-wasm stats test plugin.
+    /// The `_sum` values Envoy 1.40 printed for the envoy-wasm stats test plugin (one and
+    /// three samples of 3, each counted as its bin's midpoint).
     #[test]
     fn sums_are_written_as_envoy_writes_them() {
-        assert_eq!(
-            format_g32(wasm_host::envoy_bin_value(3)),
-            "3.0491803278688522915729208762059"
-        );
-        assert_eq!(
-            format_g32(3.0 * wasm_host::envoy_bin_value(3)),
-            "9.1475409836065573188079724786803"
-        );
+        let mid = 3.0 + 0.1 * (3.0 / (3.0 + 3.1));
+        assert_eq!(format_g32(mid), "3.0491803278688522915729208762059");
+        assert_eq!(format_g32(3.0 * mid), "9.1475409836065573188079724786803");
         assert_eq!(format_g32(0.0), "0");
         assert_eq!(format_g32(250.0), "250");
         assert_eq!(format_g32(0.5), "0.5");
+    }
+
+    /// Quantiles as Envoy's admin writes them (fmt's `{}`).
+    #[test]
+    fn quantiles_are_written_as_fmt_writes_them() {
+        assert_eq!(format_fmt(f64::NAN), "nan");
+        assert_eq!(format_fmt(0.0), "0");
+        assert_eq!(format_fmt(50500.0), "50500");
+        assert_eq!(format_fmt(1033.3333333333333), "1033.3333333333333");
+        assert_eq!(format_fmt(1.05), "1.05");
+        assert_eq!(format_fmt(1.5e19), "1.5e+19");
     }
 }

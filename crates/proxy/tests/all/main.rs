@@ -12,6 +12,7 @@ mod filter_chains;
 mod filters;
 mod grpc_replies;
 mod header_order;
+mod histograms;
 mod http1_codec;
 mod istio_stats;
 mod listeners;

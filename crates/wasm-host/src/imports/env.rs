@@ -249,7 +249,7 @@ fn define_metric(c: &mut C<'_>, kind: i32, np: i32, nl: i32, idp: i32) -> R {
     };
     let (mem, state) = split(c)?;
     let name = String::from_utf8_lossy(try_st!(slice(mem, np, nl))).into_owned();
-    let (id, metric) = state.plugin.runtime.inner.metrics.define(kind, &name);
+    let (id, metric) = state.plugin.metrics.define(kind, &name);
     state.metric_cache.insert(id, metric);
     write_u32(c, idp, id).map(|s| s as i32)
 }
@@ -259,7 +259,7 @@ fn metric(c: &mut C<'_>, id: i32) -> Option<Arc<crate::metrics::Metric>> {
     if let Some(m) = state.metric_cache.get(&(id as u32)) {
         return Some(m.clone());
     }
-    let m = state.plugin.runtime.inner.metrics.get(id as u32)?;
+    let m = state.plugin.metrics.get(id as u32)?;
     state.metric_cache.insert(id as u32, m.clone());
     Some(m)
 }
