@@ -291,6 +291,9 @@ pub(crate) struct FilterBody<B> {
     hook_end: bool,
     /// The hooks had to wait for that frame (a filter paused it).
     hook_waited: bool,
+    /// A response that a filter ended after its headers went out: the error that resets it,
+    /// held for one poll so the codec writes what it has first.
+    reset: Option<BoxError>,
 }
 
 impl<B> FilterBody<B>
@@ -327,6 +330,7 @@ where
             done,
             hook_end: false,
             hook_waited: false,
+            reset: None,
         })
     }
 
@@ -375,6 +379,9 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(e) = this.reset.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
         loop {
             if this.hook.is_none() && this.end_due {
                 this.end_due = false;
@@ -403,7 +410,16 @@ where
                     ),
                     FrameFlow::Reply(r) => {
                         let at_end = this.hook_end || this.hook_waited;
-                        return Poll::Ready(Some(Err(this.stop(PumpStop::Reply(r, at_end)))));
+                        let e = this.stop(PumpStop::Reply(r, at_end));
+                        if this.pass.as_ref().is_some_and(|p| p.dir == Dir::Response) {
+                            // The response headers went out already: like Envoy, the client
+                            // gets them, then the stream is reset (the reply cannot be sent).
+                            // Pending once lets the codec flush them before the error.
+                            this.reset = Some(e);
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
+                        return Poll::Ready(Some(Err(e)));
                     }
                     FrameFlow::TooLarge => {
                         return Poll::Ready(Some(Err(this.stop(PumpStop::TooLarge))));

@@ -15,6 +15,7 @@ mod header_order;
 mod histograms;
 mod http1_codec;
 mod istio_stats;
+mod late_failure;
 mod listeners;
 mod properties;
 mod routing;

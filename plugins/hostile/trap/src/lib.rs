@@ -1,5 +1,7 @@
-//! `trap`: panics (a Wasm trap) on request headers when `x-trap` is present; otherwise adds
-//! `x-hostile: ok` to the response. Behaviour: plugins/README.md.
+//! `trap`: panics (a Wasm trap) on request headers when `x-trap` is present (with the value
+//! `response-body`: in the first response body callback instead; with `response-reply`, that
+//! callback sends a local reply); otherwise adds `x-hostile: ok` to the response. Behaviour:
+//! plugins/README.md.
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -19,21 +21,44 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Trap))
+        Some(Box::new(Trap { on_body: None }))
     }
 }
 
-struct Trap;
+/// What the first response body callback does.
+#[derive(Clone, Copy)]
+enum OnBody {
+    Trap,
+    Reply,
+}
+
+struct Trap {
+    on_body: Option<OnBody>,
+}
 
 impl Context for Trap {}
 
 impl HttpContext for Trap {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if self.get_http_request_header("x-trap").is_some() {
+        match self.get_http_request_header("x-trap").as_deref() {
+            None => {}
+            Some("response-body") => self.on_body = Some(OnBody::Trap),
+            Some("response-reply") => self.on_body = Some(OnBody::Reply),
             // The SDK's panic hook logs this at critical, then `unreachable` traps.
-            panic!("trap requested");
+            Some(_) => panic!("trap requested"),
         }
         Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        match self.on_body.take() {
+            Some(OnBody::Trap) => panic!("trap requested in the response body"),
+            Some(OnBody::Reply) => {
+                self.send_http_response(418, vec![], Some(b"late reply"));
+                Action::Pause
+            }
+            None => Action::Continue,
+        }
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {

@@ -1,0 +1,52 @@
+//! A plugin that fails in `proxy_on_response_body` (a trap, or a local reply it can no longer
+//! send) after the response headers went on: against real Envoy 1.40 over HTTP/1.1, the client
+//! gets the headers and then the connection closes, with none of the body.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use test_support::proxy_peers::start_upstream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+/// Everything the client reads until the proxy closes the connection, `date` and the
+/// upstream service time left out.
+async fn raw_exchange(addr: SocketAddr, trap: &str) -> anyhow::Result<String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: x\r\nx-trap: {trap}\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await??;
+    Ok(String::from_utf8_lossy(&out)
+        .split("\r\n")
+        .filter(|l| !l.starts_with("date:") && !l.starts_with("x-envoy-upstream-service-time:"))
+        .collect::<Vec<_>>()
+        .join("\r\n"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_body_failures_reset_after_the_headers_like_envoy() -> anyhow::Result<()> {
+    let up = start_upstream("up").await?;
+    for trap in ["response-body", "response-reply"] {
+        // A fresh plugin each time: the failure leaves the VM failed.
+        let (ours, ours_addr, envoy_proc, envoy_addr) = start_both(|admin, listen| {
+            one_plugin(
+                (admin, listen, up.addr.port()),
+                test_plugins::TRAP,
+                "t",
+                "",
+                "",
+            )
+        })
+        .await?;
+        let envoy = raw_exchange(envoy_addr, trap).await?;
+        let wasmesh = raw_exchange(ours_addr, trap).await?;
+        assert_eq!(wasmesh, envoy, "{trap}: wasmesh (left) vs Envoy (right)");
+        assert!(envoy.starts_with("HTTP/1.1 200 OK\r\n"), "{trap}: {envoy}");
+        assert!(envoy.contains("\r\nx-hostile: ok\r\n"), "{trap}: {envoy}");
+        assert!(envoy.ends_with("\r\n\r\n"), "{trap}: no body byte: {envoy}");
+        drop((ours, envoy_proc));
+    }
+    Ok(())
+}
