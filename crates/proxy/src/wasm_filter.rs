@@ -226,6 +226,7 @@ impl crate::access_log::PluginLog for WasmAccessLog {
         let Ok(root) = vm.ensure_ready() else { return };
         let facts = Rc::new(RefCell::new(Facts::default()));
         facts.borrow_mut().refresh(info);
+        facts.borrow_mut().wasm_state.clone_from(&info.wasm_state);
         let props = Box::new(StreamProps(facts));
         if let Some(Err(e)) = vm.with_vm(|v| v.log_on_root(root, props)) {
             tracing::debug!(plugin = %self.slot.plugin.config().name, error = %e, "access log plugin failed");
@@ -317,13 +318,13 @@ fn convert_reply(r: wasm_host::LocalReply) -> LocalReply {
 
 impl WasmFilter {
     /// The stream's context in the live VM, creating it on first use.
-    fn context(&mut self, info: &StreamInfo) -> Result<u32, Unavailable> {
+    fn context(&mut self, cx: &mut FilterCx) -> Result<u32, Unavailable> {
         if self.skip {
             return Err(Unavailable::Skip);
         }
         if let Some((ctx, generation)) = self.ctx {
             if generation == self.vm.generation() && self.vm.with_vm(|_| ()).is_some() {
-                self.facts.borrow_mut().refresh(info);
+                self.facts.borrow_mut().refresh(cx.stream_info());
                 return Ok(ctx);
             }
             return Err(self.unavailable());
@@ -335,7 +336,12 @@ impl WasmFilter {
             .vm
             .ensure_ready()
             .inspect_err(|u| self.unavailable = Some(*u))?;
-        self.facts.borrow_mut().refresh(info);
+        {
+            let state = cx.wasm_state();
+            let mut f = self.facts.borrow_mut();
+            f.refresh(cx.stream_info());
+            f.wasm_state = Some(state);
+        }
         let props = Box::new(StreamProps(self.facts.clone()));
         match self.vm.with_vm(|vm| vm.new_http_context_in(root, props)) {
             Some(Ok(ctx)) => {
@@ -543,7 +549,7 @@ impl WasmFilter {
         request: bool,
         apply: &mut dyn FnMut(&wasm_host::HeaderMap),
     ) -> (HeadersStatus, bool) {
-        let ctx = match self.context(cx.stream_info()) {
+        let ctx = match self.context(cx) {
             Ok(ctx) => ctx,
             Err(Unavailable::FailStream) if request => {
                 return (HeadersStatus::LocalReply(fail_stream()), false);
@@ -635,7 +641,7 @@ impl WasmFilter {
         end_stream: bool,
         request: bool,
     ) -> DataStatus {
-        let ctx = match self.context(cx.stream_info()) {
+        let ctx = match self.context(cx) {
             Ok(ctx) => ctx,
             Err(Unavailable::Skip) => return DataStatus::Continue,
             Err(Unavailable::FailStream) if request => return DataStatus::LocalReply(fail_stream()),
@@ -706,7 +712,7 @@ impl WasmFilter {
         trailers: &mut http::HeaderMap,
         request: bool,
     ) -> TrailersStatus {
-        let ctx = match self.context(cx.stream_info()) {
+        let ctx = match self.context(cx) {
             Ok(ctx) => ctx,
             Err(Unavailable::Skip) => return TrailersStatus::Continue,
             Err(Unavailable::FailStream) if request => {

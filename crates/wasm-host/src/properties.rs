@@ -127,6 +127,18 @@ pub trait StreamProperties {
     fn headers(&self, _map: crate::MapType) -> Option<crate::HeaderMap> {
         None
     }
+
+    /// The stream's filter state object `key` (Envoy's `FilterState`: what any plugin of the
+    /// stream stored with `proxy_set_property`, under `wasm.<path>`).
+    fn filter_state(&self, _key: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Stores filter state `key` for the whole stream; `false` when the stream has no shared
+    /// filter state (the context then keeps the value to itself).
+    fn set_filter_state(&self, _key: Vec<u8>, _value: Vec<u8>) -> bool {
+        false
+    }
 }
 
 /// A stream with no proxy-provided properties (tests, root contexts).

@@ -16,11 +16,20 @@ proxy_wasm::main! {{
 #[serde(deny_unknown_fields)]
 struct Config {
     paths: Vec<String>,
+    /// Properties to set (`proxy_set_property`) in request headers before the reads.
+    #[serde(default)]
+    set: std::collections::BTreeMap<String, String>,
+    /// Response header prefix (`x-probe-<name>-`; default `x-probe-`), so two probes in one
+    /// chain do not overwrite each other's headers.
+    #[serde(default)]
+    name: String,
 }
 
 #[derive(Default)]
 struct ProbeRoot {
     paths: Rc<Vec<String>>,
+    set: Rc<Vec<(String, String)>>,
+    prefix: Rc<str>,
 }
 
 impl Context for ProbeRoot {}
@@ -31,6 +40,12 @@ impl RootContext for ProbeRoot {
         match serde_json::from_slice::<Config>(&raw) {
             Ok(c) => {
                 self.paths = Rc::new(c.paths);
+                self.set = Rc::new(c.set.into_iter().collect());
+                self.prefix = if c.name.is_empty() {
+                    "x-probe-".into()
+                } else {
+                    format!("x-probe-{}-", c.name).into()
+                };
                 true
             }
             Err(e) => {
@@ -47,6 +62,8 @@ impl RootContext for ProbeRoot {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Probe {
             paths: Rc::clone(&self.paths),
+            set: Rc::clone(&self.set),
+            prefix: Rc::clone(&self.prefix),
             request: Vec::new(),
             header_at_body: None,
             request_names: String::new(),
@@ -56,6 +73,8 @@ impl RootContext for ProbeRoot {
 
 struct Probe {
     paths: Rc<Vec<String>>,
+    set: Rc<Vec<(String, String)>>,
+    prefix: Rc<str>,
     request: Vec<String>,
     /// Request header `x-probe-h` as read from the request body callback.
     header_at_body: Option<String>,
@@ -95,10 +114,7 @@ fn request_header() -> String {
 /// ASCII, else `hex:<bytes>` (both cut at 96 characters, then `...`); `<missing>` for
 /// NotFound, `<empty>` for an empty value, `<error:Status>` for another status.
 fn read(path: &str) -> String {
-    // Segments are separated by `/` when the path has one (segments with dots, like
-    // `envoy.filters.http.wasm`), else by `.`.
-    let sep = if path.contains('/') { '/' } else { '.' };
-    let v = match proxy_wasm::hostcalls::get_property(path.split(sep).collect()) {
+    let v = match proxy_wasm::hostcalls::get_property(segments(path)) {
         Err(status) => return format!("<error:{status:?}>"),
         Ok(None) => return "<missing>".into(),
         Ok(Some(v)) if v.is_empty() => return "<empty>".into(),
@@ -116,6 +132,13 @@ fn read(path: &str) -> String {
     text
 }
 
+/// Segments are separated by `/` when the path has one (segments with dots, like
+/// `envoy.filters.http.wasm`), else by `.`.
+fn segments(path: &str) -> Vec<&str> {
+    let sep = if path.contains('/') { '/' } else { '.' };
+    path.split(sep).collect()
+}
+
 fn hex(v: &[u8]) -> String {
     v.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -124,6 +147,11 @@ impl Context for Probe {}
 
 impl HttpContext for Probe {
     fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
+        for (path, value) in self.set.iter() {
+            if let Err(status) = proxy_wasm::hostcalls::set_property(segments(path), Some(value.as_bytes())) {
+                log::warn!("props_probe: set_property({path}) failed: {status:?}");
+            }
+        }
         self.request = self.paths.iter().map(|p| read(p)).collect();
         let names: Vec<String> = self
             .get_http_request_headers()
@@ -147,15 +175,16 @@ impl HttpContext for Probe {
             .into_iter()
             .map(|(k, _)| k)
             .collect();
-        self.set_http_response_header("x-probe-request-names", Some(&self.request_names.clone()));
-        self.set_http_response_header("x-probe-response-names", Some(&response_names.join(",")));
+        let pre = Rc::clone(&self.prefix);
+        self.set_http_response_header(&format!("{pre}request-names"), Some(&self.request_names.clone()));
+        self.set_http_response_header(&format!("{pre}response-names"), Some(&response_names.join(",")));
         let at_body = self.header_at_body.clone().unwrap_or_else(|| "<no-body>".into());
-        self.set_http_response_header("x-probe-header-at-body", Some(&at_body));
-        self.set_http_response_header("x-probe-header-at-response", Some(&request_header()));
+        self.set_http_response_header(&format!("{pre}header-at-body"), Some(&at_body));
+        self.set_http_response_header(&format!("{pre}header-at-response"), Some(&request_header()));
         for (i, p) in self.paths.iter().enumerate() {
             let q = self.request.get(i).cloned().unwrap_or_else(|| "<not-read>".into());
             let s = read(p);
-            self.set_http_response_header(&format!("x-probe-{i}"), Some(&format!("{q} | {s}")));
+            self.set_http_response_header(&format!("{pre}{i}"), Some(&format!("{q} | {s}")));
         }
         Action::Continue
     }

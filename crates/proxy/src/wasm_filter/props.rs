@@ -42,6 +42,8 @@ pub(crate) struct Facts {
     /// The final request and response headers, for `on_log` maps built on demand.
     pub(crate) request: Option<Arc<http::request::Parts>>,
     pub(crate) response: Option<Arc<http::HeaderMap>>,
+    /// The stream's filter state (`proxy_set_property`), shared by its plugins.
+    pub(crate) wasm_state: Option<crate::filter::WasmState>,
 }
 
 impl Facts {
@@ -160,6 +162,27 @@ impl StreamProperties for StreamProps {
             [b"xds", b"listener_name"] => Some(PropertyValue::string(&*f.listener_name)),
             _ => None,
         }
+    }
+
+    fn filter_state(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let f = self.0.borrow();
+        let state = f.wasm_state.as_ref()?.lock().ok()?;
+        state
+            .iter()
+            .find(|(k, _)| k.as_slice() == key)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn set_filter_state(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        let f = self.0.borrow();
+        let Some(Ok(mut state)) = f.wasm_state.as_ref().map(|s| s.lock()) else {
+            return false;
+        };
+        match state.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => *v = value,
+            None => state.push((key, value)),
+        }
+        true
     }
 
     fn headers(&self, map: MapType) -> Option<HeaderMap> {

@@ -270,3 +270,65 @@ async fn property_answers_match_envoy() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A props_probe filter item named `name` with plugin configuration `config` (JSON).
+fn probe_filter(name: &str, config: &str) -> String {
+    format!(
+        r#"          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: {name}
+                root_id: {name}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{config}'
+                vm_config:
+                  vm_id: {name}
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: "{path}"}}}}
+"#,
+        path = test_plugins::path(test_plugins::PROPS_PROBE).display()
+    )
+}
+
+/// `proxy_set_property` stores Envoy filter state `wasm.<path>` for the whole stream: a later
+/// plugin reads it as property `<path>` (single segment) or `filter_state/wasm.<path>`; a name
+/// Envoy knows (`plugin_name`, `request.path`) still answers the real value, and a path of
+/// several segments is not readable back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_properties_are_stream_filter_state_like_envoy() -> anyhow::Result<()> {
+    let up = start_upstream("up").await?;
+    let reads = r#"["shared","wasm.shared","filter_state/wasm.shared","plugin_name","filter_state/wasm.plugin_name","request.path","two.seg","filter_state/wasm.two"]"#;
+    let a = probe_filter(
+        "a",
+        &format!(
+            r#"{{"name":"a","set":{{"shared":"from-a","plugin_name":"spoof","request.path":"/spoof","two.seg":"v2"}},"paths":{reads}}}"#
+        ),
+    );
+    let b = probe_filter("b", &format!(r#"{{"name":"b","paths":{reads}}}"#));
+    let filters = format!("{a}{b}");
+    let (_ours, ours_addr, _envoy, envoy_addr) = start_both(|admin, listen| {
+        hcm_bootstrap((admin, listen, up.addr.port()), "", &filters, "")
+    })
+    .await?;
+    let probes = |r: &Resp| -> BTreeMap<String, String> {
+        r.headers
+            .iter()
+            .filter(|(k, _)| {
+                let k = k.as_str();
+                (k.starts_with("x-probe-a-") || k.starts_with("x-probe-b-"))
+                    && k.chars().last().is_some_and(|c| c.is_ascii_digit())
+            })
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+            .collect()
+    };
+    let envoy = probes(&send(envoy_addr, get("h.example", "/p")).await?);
+    let wasmesh = probes(&send(ours_addr, get("h.example", "/p")).await?);
+    assert_eq!(wasmesh, envoy, "wasmesh (left) vs Envoy (right)");
+    assert_eq!(envoy.len(), 16, "{envoy:?}");
+    assert_eq!(envoy["x-probe-b-0"], "from-a | from-a", "{envoy:?}");
+    assert_eq!(envoy["x-probe-b-4"], "spoof | spoof", "{envoy:?}");
+    assert_eq!(envoy["x-probe-a-3"], "a | a", "{envoy:?}");
+    Ok(())
+}

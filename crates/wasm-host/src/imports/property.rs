@@ -145,13 +145,6 @@ pub(crate) fn resolve(state: &VmState, raw_path: &[u8]) -> Option<PropertyValue>
     if ctx.kind == ContextKind::Root {
         return None;
     }
-    if let Some((_, v)) = ctx
-        .filter_state
-        .iter()
-        .find(|(k, _)| k.as_slice() == raw_path)
-    {
-        return Some(PropertyValue::Bytes(v.clone()));
-    }
     // Envoy: the headers' byte size (every name and value, pseudo-headers included, while
     // the map is available) plus the body bytes received or sent so far.
     let byte_size = |slot: usize| {
@@ -184,7 +177,26 @@ pub(crate) fn resolve(state: &VmState, raw_path: &[u8]) -> Option<PropertyValue>
         [b"response", rest @ ..] => from_response(ctx, rest),
         _ => None,
     };
-    derived.or_else(|| ctx.props.get(&path))
+    derived
+        .or_else(|| ctx.props.get(&path))
+        .or_else(|| match path.as_slice() {
+            // Envoy: the filter state object of that key (`filter_state/wasm.<name>`).
+            [b"filter_state", key] => state_object(ctx, key).map(PropertyValue::Bytes),
+            // Envoy: a name it does not know is looked up as `wasm.<name>` in the filter state
+            // (what `proxy_set_property([name])` stored); the value has no fields to select.
+            [name] => state_object(ctx, &[b"wasm.", *name].concat()).map(PropertyValue::Bytes),
+            _ => None,
+        })
+}
+
+/// Filter state object `key`: the stream's, or this context's own when the stream has none.
+fn state_object(ctx: &crate::state::Context, key: &[u8]) -> Option<Vec<u8>> {
+    ctx.props.filter_state(key).or_else(|| {
+        ctx.filter_state
+            .iter()
+            .find(|(k, _)| k.as_slice() == key)
+            .map(|(_, v)| v.clone())
+    })
 }
 
 fn get_property(c: &mut C<'_>, pp: i32, pl: i32, vpp: i32, vlp: i32) -> R {
@@ -212,9 +224,18 @@ fn set_property(c: &mut C<'_>, pp: i32, pl: i32, vp: i32, vl: i32) -> R {
     let Some(ctx) = state.context_mut().filter(|c| c.kind != ContextKind::Root) else {
         return st(Status::NotFound);
     };
-    match ctx.filter_state.iter_mut().find(|(k, _)| *k == path) {
-        Some((_, v)) => *v = value,
-        None => ctx.filter_state.push((path, value)),
+    // Envoy stores it as filter state `wasm.<path>` (segments still NUL-separated), for the
+    // whole stream: later plugins read it as property `<path>` or `filter_state/wasm.<path>`.
+    let mut end = path.len();
+    while end > 0 && path[end - 1] == 0 {
+        end -= 1;
+    }
+    let key = [b"wasm.", &path[..end]].concat();
+    if !ctx.props.set_filter_state(key.clone(), value.clone()) {
+        match ctx.filter_state.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => *v = value,
+            None => ctx.filter_state.push((key, value)),
+        }
     }
     st(Status::Ok)
 }
