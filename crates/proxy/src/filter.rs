@@ -194,6 +194,8 @@ pub struct StreamInfo {
     pub request_headers: Option<Arc<http::request::Parts>>,
     /// Response headers as sent downstream; filled only when the chain has filters, for `on_log`.
     pub response_headers: Option<Arc<HeaderMap>>,
+    /// The downstream TLS connection's facts (`connection.*` properties), if it is TLS.
+    pub tls: Option<Arc<crate::xfcc::TlsFacts>>,
     /// Objects Wasm plugins stored with `proxy_set_property` (Envoy's filter state, keys
     /// `wasm.<path>`), shared by every plugin of the stream; made by the first plugin.
     pub wasm_state: Option<WasmState>,
@@ -253,6 +255,7 @@ impl StreamInfo {
             upstream_service_time: None,
             node,
             request_headers: None,
+            tls: None,
             wasm_state: None,
             version: 0,
             response_headers: None,

@@ -51,12 +51,28 @@ pub(crate) struct Conn {
     /// The certificate chain the client presented (mTLS): `FORWARD_ONLY` keeps its
     /// `x-forwarded-client-cert`, `APPEND_FORWARD` and `SANITIZE_SET` describe it there.
     pub(crate) peer_cert: Option<Arc<Vec<Vec<u8>>>>,
+    /// What plugins see of the TLS connection (`connection.*`).
+    pub(crate) tls_facts: Option<Arc<crate::xfcc::TlsFacts>>,
 }
 
 /// A downstream connection: plain TCP or TLS.
 pub(crate) enum ServerIo {
     Plain(tokio::net::TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl ServerIo {
+    /// The negotiated TLS version as Envoy names it (`TLSv1.3`).
+    pub(crate) fn tls_version(&self) -> Option<&'static str> {
+        match self {
+            ServerIo::Plain(_) => None,
+            ServerIo::Tls(s) => match s.get_ref().1.protocol_version()? {
+                rustls::ProtocolVersion::TLSv1_3 => Some("TLSv1.3"),
+                rustls::ProtocolVersion::TLSv1_2 => Some("TLSv1.2"),
+                _ => None,
+            },
+        }
+    }
 }
 
 impl AsyncRead for ServerIo {
@@ -255,6 +271,7 @@ fn current(conn: Rc<Conn>) -> Rc<Conn> {
             tls: conn.tls,
             sni: conn.sni.clone(),
             peer_cert: conn.peer_cert.clone(),
+            tls_facts: conn.tls_facts.clone(),
         }),
         _ => conn,
     }
@@ -381,6 +398,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Response<Body> {
     info.filter_chain_name = Some(Arc::clone(&conn.chain_name));
     info.listener_direction = conn.direction;
     info.requested_server_name = conn.sni.clone();
+    info.tls.clone_from(&conn.tls_facts);
     // The authority of an absolute-form HTTP/1.1 target (or h2's `:authority`) is the host,
     // over any `Host` header (RFC 9112 §3.2.2; Envoy's codecs do the same).
     if let Some(a) = parts.uri.authority()

@@ -39,6 +39,9 @@ pub struct ListenerConfig {
     pub cx_total: Counter,
     /// `traffic_direction` (0 unspecified, 1 inbound, 2 outbound): `xds.listener_direction`.
     pub direction: i64,
+    /// `listener_filters` has the TLS inspector: only then does a stream know the SNI
+    /// (`%REQUESTED_SERVER_NAME%`, `connection.requested_server_name`), as in Envoy.
+    pub tls_inspector: bool,
 }
 
 /// One filter chain of a listener.
@@ -51,6 +54,8 @@ pub struct FilterChain {
     pub matcher: ChainMatch,
     /// TLS server config, if the chain has a TLS transport socket.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Its certificate as plugins see it (`connection.*_local_certificate`).
+    pub local_cert: Option<Arc<crate::xfcc::CertFacts>>,
     /// Network filters in front of the terminal filter.
     pub network_filters: Vec<NamedNetworkFilter>,
     /// The terminal filter.
@@ -416,6 +421,7 @@ pub(crate) fn build(
         default_chain,
         cx_total,
         direction: i64::from(l.traffic_direction),
+        tls_inspector: !l.listener_filters.is_empty(),
     })
 }
 
@@ -429,11 +435,12 @@ fn build_chain(
     env: &BuildEnv<'_>,
 ) -> Result<FilterChain, ConfigError> {
     let matcher = chain_match(chain.filter_chain_match.as_ref(), cpath)?;
-    let (tls, client_certs) = match &chain.transport_socket {
-        None => (None, None),
+    let (tls, client_certs, local_cert) = match &chain.transport_socket {
+        None => (None, None, None),
         Some(ts) => {
-            let (cfg, client_certs) = downstream_tls(ts, &format!("{cpath}.transport_socket"))?;
-            (Some(cfg), client_certs)
+            let (cfg, client_certs, local) =
+                downstream_tls(ts, &format!("{cpath}.transport_socket"))?;
+            (Some(cfg), client_certs, local)
         }
     };
     if tls.is_none() && matcher.transport_protocol.as_deref() == Some("tls") {
@@ -508,6 +515,7 @@ fn build_chain(
         name: chain.name.clone(),
         matcher,
         tls,
+        local_cert,
         network_filters,
         terminal,
     })
@@ -574,7 +582,14 @@ fn known<'a>(mut registered: Vec<&'a str>, builtin: &[&'a str]) -> String {
 fn downstream_tls(
     ts: &core::TransportSocket,
     path: &str,
-) -> Result<(Arc<rustls::ServerConfig>, Option<Vec<String>>), ConfigError> {
+) -> Result<
+    (
+        Arc<rustls::ServerConfig>,
+        Option<Vec<String>>,
+        Option<Arc<crate::xfcc::CertFacts>>,
+    ),
+    ConfigError,
+> {
     use core::transport_socket::ConfigType;
     let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
         return Err(ConfigError::invalid(
@@ -601,7 +616,10 @@ fn downstream_tls(
     } else {
         None
     };
-    Ok((crate::tls::server_config(&ctx, &tpath)?, by))
+    let local = crate::tls::local_cert(&ctx, &tpath)?
+        .and_then(|der| crate::xfcc::CertFacts::from_der(&der))
+        .map(Arc::new);
+    Ok((crate::tls::server_config(&ctx, &tpath)?, by, local))
 }
 
 fn build_hcm(

@@ -787,7 +787,20 @@ async fn handle_connection(
         return;
     };
     info.downstream_tls = chain.tls.is_some();
-    info.requested_server_name = sni.clone();
+    if lcfg.tls_inspector {
+        info.requested_server_name = sni.clone();
+    }
+    let tls_facts = chain.tls.as_ref().map(|_| {
+        Arc::new(crate::xfcc::TlsFacts {
+            version: io.tls_version().unwrap_or_default(),
+            peer: peer_cert
+                .as_ref()
+                .and_then(|c| c.first())
+                .and_then(|d| crate::xfcc::CertFacts::from_der(d)),
+            local: chain.local_cert.clone(),
+        })
+    });
+    info.tls.clone_from(&tls_facts);
     let filters: Vec<_> = chain
         .network_filters
         .iter()
@@ -814,8 +827,9 @@ async fn handle_connection(
                 local,
                 remote,
                 tls: chain.tls.is_some(),
-                sni,
+                sni: sni.filter(|_| lcfg.tls_inspector),
                 peer_cert,
+                tls_facts,
             });
             if chain
                 .network_filters

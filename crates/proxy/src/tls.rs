@@ -85,6 +85,18 @@ fn cert_and_key(
     }
 }
 
+/// A listener's own certificate (the first of its chain), DER.
+pub fn local_cert(
+    ctx: &tls::DownstreamTlsContext,
+    path: &str,
+) -> Result<Option<Vec<u8>>, ConfigError> {
+    let Some(common) = &ctx.common_tls_context else {
+        return Ok(None);
+    };
+    Ok(cert_and_key(common, &format!("{path}.common_tls_context"))?
+        .and_then(|(chain, _)| chain.first().map(|c| c.as_ref().to_vec())))
+}
+
 /// The URI subject alternative names of a listener's own certificate (the `By=` of the
 /// `x-forwarded-client-cert` Envoy builds).
 pub fn local_uri_sans(

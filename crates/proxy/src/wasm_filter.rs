@@ -452,7 +452,7 @@ impl HttpFilter for WasmFilter {
         end_stream: bool,
     ) -> LocalBoxFuture<'a, HeadersStatus> {
         Box::pin(async move {
-            let map = convert::request_map(headers);
+            let map = convert::request_map_on(headers, cx.stream_info().downstream_tls);
             let (status, modified) = self
                 .headers(cx, map, end_stream, true, &mut |m| {
                     convert::apply_request(m, headers)

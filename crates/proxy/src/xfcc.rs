@@ -3,6 +3,8 @@
 //! `By=<our URI SAN>;Hash=<sha256 of the client certificate>` then the
 //! `set_current_client_cert_details` the config asks for, `;`-separated.
 
+use std::sync::Arc;
+
 use base64::Engine as _;
 use sha2::Digest as _;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
@@ -90,6 +92,44 @@ impl SetCurrent {
         }
         parts.join(";")
     }
+}
+
+/// What Envoy's `connection.*` properties tell of one certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertFacts {
+    /// The subject, RFC 2253 (`subject_*_certificate`).
+    pub subject: String,
+    /// The first URI SAN (`uri_san_*_certificate`).
+    pub uri_san: Option<String>,
+    /// The first DNS SAN (`dns_san_*_certificate`).
+    pub dns_san: Option<String>,
+    /// SHA-256 of the DER, lower-case hex (`sha256_peer_certificate_digest`).
+    pub sha256: String,
+}
+
+impl CertFacts {
+    /// The facts of a DER certificate (`None` if it does not parse).
+    pub fn from_der(der: &[u8]) -> Option<Self> {
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        let (uris, dns) = sans(der);
+        Some(Self {
+            subject: rfc2253(&cert),
+            uri_san: uris.into_iter().next(),
+            dns_san: dns.into_iter().next(),
+            sha256: hex::encode(sha2::Sha256::digest(der)),
+        })
+    }
+}
+
+/// A downstream TLS connection as plugins see it (`connection.*`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFacts {
+    /// `TLSv1.3` or `TLSv1.2` (`connection.tls_version`).
+    pub version: &'static str,
+    /// The client's certificate, when it presented one (`connection.mtls`).
+    pub peer: Option<CertFacts>,
+    /// The listener's own certificate.
+    pub local: Option<Arc<CertFacts>>,
 }
 
 /// (URI SANs, DNS SANs) of a certificate.

@@ -7,8 +7,12 @@ use http::header::{HOST, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
 use wasm_host::{Change, HeaderMap};
 
-/// The entries a plugin sees for a request head, borrowed (no allocation).
-fn request_entries(parts: &http::request::Parts) -> impl Iterator<Item = (&[u8], &[u8])> {
+/// The entries a plugin sees for a request head, borrowed (no allocation); `:scheme` is the
+/// request's, else `https` on a TLS connection (`tls`), else `http`.
+fn request_entries(
+    parts: &http::request::Parts,
+    tls: bool,
+) -> impl Iterator<Item = (&[u8], &[u8])> {
     let authority: &[u8] = parts
         .uri
         .authority()
@@ -25,7 +29,11 @@ fn request_entries(parts: &http::request::Parts) -> impl Iterator<Item = (&[u8],
     let method = (&b":method"[..], parts.method.as_str().as_bytes());
     let scheme = (
         &b":scheme"[..],
-        parts.uri.scheme_str().unwrap_or("http").as_bytes(),
+        parts
+            .uri
+            .scheme_str()
+            .unwrap_or(if tls { "https" } else { "http" })
+            .as_bytes(),
     );
     // Envoy keeps an h2 request's pseudo-headers in the order they came; the h2 codec does not
     // tell it, so the order curl and nghttp2 send is used. HTTP/1.1: Envoy's codec order.
@@ -53,9 +61,15 @@ fn response_entries<'a>(
         .chain(h.iter().map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes())))
 }
 
-/// Request head → plugin map.
+/// Request head → plugin map (plain text).
+#[cfg(test)]
 pub(crate) fn request_map(parts: &http::request::Parts) -> HeaderMap {
-    HeaderMap::from_lowercase_entries(request_entries(parts))
+    request_map_on(parts, false)
+}
+
+/// Request head → plugin map, for a request that came over TLS when `tls`.
+pub(crate) fn request_map_on(parts: &http::request::Parts, tls: bool) -> HeaderMap {
+    HeaderMap::from_lowercase_entries(request_entries(parts, tls))
 }
 
 /// The plugin's edits of a request map → request head: only the edits when they can be

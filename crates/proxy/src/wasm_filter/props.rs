@@ -42,6 +42,8 @@ pub(crate) struct Facts {
     /// The final request and response headers, for `on_log` maps built on demand.
     pub(crate) request: Option<Arc<http::request::Parts>>,
     pub(crate) response: Option<Arc<http::HeaderMap>>,
+    /// The downstream TLS connection (`connection.*`).
+    pub(crate) tls_facts: Option<Arc<crate::xfcc::TlsFacts>>,
     /// The stream's filter state (`proxy_set_property`), shared by its plugins.
     pub(crate) wasm_state: Option<crate::filter::WasmState>,
 }
@@ -58,6 +60,7 @@ impl Facts {
         self.remote = Some(info.downstream_remote_addr);
         self.protocol = Some(info.protocol);
         self.tls = info.downstream_tls;
+        self.tls_facts.clone_from(&info.tls);
         if self.sni != info.requested_server_name {
             self.sni.clone_from(&info.requested_server_name);
         }
@@ -122,9 +125,31 @@ impl StreamProperties for StreamProps {
             [b"response", b"code"] => f.response_code.map(|c| PropertyValue::Int(c as i64)),
             [b"response", b"code_details"] => s(&f.details),
             [b"response", b"size"] => Some(PropertyValue::Int(f.bytes_sent as i64)),
-            [b"connection", b"mtls"] => Some(PropertyValue::Bool(false)),
+            [b"connection", b"mtls"] => Some(PropertyValue::Bool(
+                f.tls_facts.as_ref().is_some_and(|t| t.peer.is_some()),
+            )),
+            [b"connection", b"tls_version"] => f
+                .tls_facts
+                .as_ref()
+                .filter(|t| !t.version.is_empty())
+                .map(|t| PropertyValue::string(t.version)),
             [b"connection", b"requested_server_name"] => {
                 f.sni.as_deref().map(PropertyValue::string)
+            }
+            [b"connection", attr] => {
+                let t = f.tls_facts.as_ref()?;
+                let (peer, local) = (t.peer.as_ref(), t.local.as_deref());
+                let v = match *attr {
+                    b"subject_peer_certificate" => peer.map(|c| c.subject.clone()),
+                    b"subject_local_certificate" => local.map(|c| c.subject.clone()),
+                    b"uri_san_peer_certificate" => peer.and_then(|c| c.uri_san.clone()),
+                    b"uri_san_local_certificate" => local.and_then(|c| c.uri_san.clone()),
+                    b"dns_san_peer_certificate" => peer.and_then(|c| c.dns_san.clone()),
+                    b"dns_san_local_certificate" => local.and_then(|c| c.dns_san.clone()),
+                    b"sha256_peer_certificate_digest" => peer.map(|c| c.sha256.clone()),
+                    _ => None,
+                };
+                v.map(PropertyValue::string)
             }
             [b"upstream", b"address"] => f.upstream.map(|a| PropertyValue::string(a.to_string())),
             [b"upstream", b"port"] => f.upstream.map(|a| PropertyValue::Int(a.port() as i64)),
@@ -188,7 +213,10 @@ impl StreamProperties for StreamProps {
     fn headers(&self, map: MapType) -> Option<HeaderMap> {
         let f = self.0.borrow();
         match map {
-            MapType::RequestHeaders => f.request.as_deref().map(super::convert::request_map),
+            MapType::RequestHeaders => f
+                .request
+                .as_deref()
+                .map(|r| super::convert::request_map_on(r, f.tls)),
             MapType::ResponseHeaders => f.response.as_deref().map(|h| {
                 let code = f
                     .response_code

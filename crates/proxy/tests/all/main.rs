@@ -26,6 +26,7 @@ mod tcp;
 mod tcp_wasm;
 mod ticks;
 mod tls;
+mod tls_properties;
 mod trailers;
 mod vm_share;
 mod wasm_access_log;
