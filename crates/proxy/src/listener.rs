@@ -579,17 +579,15 @@ fn known<'a>(mut registered: Vec<&'a str>, builtin: &[&'a str]) -> String {
 
 /// The chain's TLS server config and, when it may ask clients for a certificate (it has a
 /// validation context), its own certificate's URI SANs.
-fn downstream_tls(
-    ts: &core::TransportSocket,
-    path: &str,
-) -> Result<
-    (
-        Arc<rustls::ServerConfig>,
-        Option<Vec<String>>,
-        Option<Arc<crate::xfcc::CertFacts>>,
-    ),
-    ConfigError,
-> {
+/// A chain's TLS server config, its certificate's URI SANs when it verifies client
+/// certificates (for `x-forwarded-client-cert`), and its certificate's facts.
+type DownstreamTls = (
+    Arc<rustls::ServerConfig>,
+    Option<Vec<String>>,
+    Option<Arc<crate::xfcc::CertFacts>>,
+);
+
+fn downstream_tls(ts: &core::TransportSocket, path: &str) -> Result<DownstreamTls, ConfigError> {
     use core::transport_socket::ConfigType;
     let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
         return Err(ConfigError::invalid(
