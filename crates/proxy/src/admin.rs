@@ -182,7 +182,30 @@ fn handle(st: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             }
         }
         "/server_info" => text(StatusCode::OK, "application/json", server_info(st)),
+        "/clusters" if query_param(query, "format").as_deref() == Some("json") => text(
+            StatusCode::OK,
+            "application/json",
+            clusters_json(&st.config.load()),
+        ),
         "/clusters" => text(StatusCode::OK, PLAIN, clusters(&st.config.load())),
+        "/listeners" if query_param(query, "format").as_deref() == Some("json") => {
+            let statuses: Vec<serde_json::Value> = st
+                .listeners
+                .load()
+                .iter()
+                .map(|(name, addr)| {
+                    serde_json::json!({"name": &**name, "local_address": {"socket_address": {
+                        "address": addr.ip().to_string(), "port_value": addr.port(),
+                    }}})
+                })
+                .collect();
+            let body = serde_json::json!({ "listener_statuses": statuses });
+            text(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string_pretty(&body).unwrap_or_default(),
+            )
+        }
         "/listeners" => {
             let mut out = String::new();
             for (name, addr) in st.listeners.load().iter() {
@@ -388,6 +411,45 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Per-host counters and gauges as Envoy's `/clusters` lists them (name, value, gauge).
+fn host_stats(h: &crate::cluster::Host) -> [(&'static str, i64, bool); 9] {
+    let c = |a: &std::sync::atomic::AtomicU64| {
+        i64::try_from(a.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
+    };
+    [
+        (
+            "cx_active",
+            h.cx_active.load(Ordering::Relaxed).max(0),
+            true,
+        ),
+        ("cx_connect_fail", c(&h.cx_connect_fail), false),
+        ("cx_total", c(&h.cx_total), false),
+        ("rq_active", c(&h.active_rq), true),
+        ("rq_error", c(&h.rq_error), false),
+        // (no request waits in a queue for a connection here)
+        ("rq_pending_active", 0, true),
+        ("rq_success", c(&h.rq_success), false),
+        ("rq_timeout", c(&h.rq_timeout), false),
+        ("rq_total", c(&h.rq_total), false),
+    ]
+}
+
+/// Whether a cluster came over CDS (`added_via_api`).
+fn via_api(cfg: &ProxyConfig, name: &str) -> bool {
+    cfg.dynamic
+        .as_ref()
+        .is_some_and(|d| d.get().resources.clusters.contains_key(name))
+}
+
+/// Envoy's default circuit breaker thresholds (none are configurable here).
+const THRESHOLDS: [(&str, u32); 4] = [
+    ("max_connections", 1024),
+    ("max_pending_requests", 1024),
+    ("max_requests", 1024),
+    ("max_retries", 3),
+];
+
+/// Envoy's `/clusters` text: per cluster its thresholds, then per host its stats and state.
 fn clusters(cfg: &ProxyConfig) -> String {
     let mut out = String::new();
     for name in &cfg.cluster_order {
@@ -395,33 +457,103 @@ fn clusters(cfg: &ProxyConfig) -> String {
             continue;
         };
         let _ = writeln!(out, "{name}::observability_name::{name}");
+        for prio in ["default_priority", "high_priority"] {
+            for (t, v) in THRESHOLDS {
+                let _ = writeln!(out, "{name}::{prio}::{t}::{v}");
+            }
+        }
+        let _ = writeln!(out, "{name}::added_via_api::{}", via_api(cfg, name));
         for h in c.hosts().iter() {
             let a = h.addr;
-            let _ = writeln!(
-                out,
-                "{name}::{a}::cx_connect_fail::{}",
-                h.cx_connect_fail.load(Ordering::Relaxed)
-            );
-            let _ = writeln!(
-                out,
-                "{name}::{a}::rq_active::{}",
-                h.active_rq.load(Ordering::Relaxed)
-            );
-            let _ = writeln!(
-                out,
-                "{name}::{a}::rq_total::{}",
-                h.rq_total.load(Ordering::Relaxed)
-            );
+            for (stat, v, _) in host_stats(h) {
+                let _ = writeln!(out, "{name}::{a}::{stat}::{v}");
+            }
             let flags = if h.healthy() {
                 "healthy"
             } else {
                 "/failed_outlier_check"
             };
+            let _ = writeln!(out, "{name}::{a}::hostname::");
             let _ = writeln!(out, "{name}::{a}::health_flags::{flags}");
             let _ = writeln!(out, "{name}::{a}::weight::1");
+            for z in ["region", "zone", "sub_zone"] {
+                let _ = writeln!(out, "{name}::{a}::{z}::");
+            }
+            let _ = writeln!(out, "{name}::{a}::canary::false");
+            let _ = writeln!(out, "{name}::{a}::priority::0");
+            let _ = writeln!(out, "{name}::{a}::success_rate::-1");
+            let _ = writeln!(out, "{name}::{a}::local_origin_success_rate::-1");
         }
     }
     out
+}
+
+/// Envoy's `/clusters?format=json` (`envoy.admin.v3.Clusters`; what `istioctl proxy-config
+/// endpoint` reads): counters first, then gauges, a zero value left out as proto3 JSON does.
+fn clusters_json(cfg: &ProxyConfig) -> String {
+    use serde_json::json;
+    let mut statuses = Vec::new();
+    for name in &cfg.cluster_order {
+        let Some(c) = cfg.clusters.get(name) else {
+            continue;
+        };
+        let hosts: Vec<serde_json::Value> = c
+            .hosts()
+            .iter()
+            .map(|h| {
+                let mut stats = host_stats(h);
+                stats.sort_by_key(|(n, _, gauge)| (*gauge, *n));
+                let stats: Vec<serde_json::Value> = stats
+                    .iter()
+                    .map(|(n, v, gauge)| {
+                        let mut s = serde_json::Map::new();
+                        if *gauge {
+                            s.insert("type".into(), json!("GAUGE"));
+                        }
+                        if *v != 0 {
+                            s.insert("value".into(), json!(v.to_string()));
+                        }
+                        s.insert("name".into(), json!(n));
+                        serde_json::Value::Object(s)
+                    })
+                    .collect();
+                let health = if h.healthy() { "HEALTHY" } else { "UNHEALTHY" };
+                json!({
+                    "address": {"socket_address": {
+                        "address": h.addr.ip().to_string(),
+                        "port_value": h.addr.port(),
+                    }},
+                    "stats": stats,
+                    "health_status": {"eds_health_status": health},
+                    "weight": 1,
+                    "locality": {},
+                })
+            })
+            .collect();
+        let threshold = |high: bool| {
+            let mut t = serde_json::Map::new();
+            if high {
+                t.insert("priority".into(), json!("HIGH"));
+            }
+            for (k, v) in THRESHOLDS {
+                t.insert(k.into(), json!(v));
+            }
+            serde_json::Value::Object(t)
+        };
+        let mut status = serde_json::Map::new();
+        status.insert("name".into(), json!(name));
+        if via_api(cfg, name) {
+            status.insert("added_via_api".into(), json!(true));
+        }
+        status.insert("host_statuses".into(), json!(hosts));
+        status.insert(
+            "circuit_breakers".into(),
+            json!({"thresholds": [threshold(false), threshold(true)]}),
+        );
+        status.insert("observability_name".into(), json!(name));
+        statuses.push(serde_json::Value::Object(status));
+    }
+    serde_json::to_string_pretty(&json!({ "cluster_statuses": statuses })).unwrap_or_default()
 }
 
 fn any_json(type_name: &str, bytes: &[u8]) -> serde_json::Value {

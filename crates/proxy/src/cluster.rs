@@ -75,6 +75,14 @@ pub struct Host {
     pub rq_total: AtomicU64,
     /// Connection failures.
     pub cx_connect_fail: AtomicU64,
+    /// Connections opened, and open now.
+    pub cx_total: AtomicU64,
+    pub cx_active: std::sync::atomic::AtomicI64,
+    /// Responses below 500, and failed requests (5xx, resets, connect failures).
+    pub rq_success: AtomicU64,
+    pub rq_error: AtomicU64,
+    /// Requests that timed out.
+    pub rq_timeout: AtomicU64,
     failed_at: std::sync::Mutex<Option<Instant>>,
 }
 
@@ -85,6 +93,11 @@ impl Host {
             active_rq: AtomicU64::new(0),
             rq_total: AtomicU64::new(0),
             cx_connect_fail: AtomicU64::new(0),
+            cx_total: AtomicU64::new(0),
+            cx_active: std::sync::atomic::AtomicI64::new(0),
+            rq_success: AtomicU64::new(0),
+            rq_error: AtomicU64::new(0),
+            rq_timeout: AtomicU64::new(0),
             failed_at: std::sync::Mutex::new(None),
         }
     }

@@ -132,6 +132,7 @@ const MAX_IDLE_PER_HOST: usize = 128;
 /// Opens a connection (TCP + optional TLS) to `addr` for `cluster`.
 pub async fn connect(cluster: &Cluster, host: &Host) -> Result<(MaybeTls, bool), ProxyError> {
     cluster.stats.cx_total.inc();
+    host.cx_total.fetch_add(1, Ordering::Relaxed);
     let tcp =
         match tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(host.addr)).await {
             Ok(Ok(s)) => s,
@@ -273,9 +274,12 @@ impl Pools {
                         .map_err(|e| classify(&e))?;
                     let stats = cluster.stats.clone();
                     stats.cx_active.inc();
+                    host.cx_active.fetch_add(1, Ordering::Relaxed);
+                    let h = Arc::clone(host);
                     tokio::task::spawn_local(async move {
                         let _ = conn.await;
                         stats.cx_active.dec();
+                        h.cx_active.fetch_sub(1, Ordering::Relaxed);
                     });
                     self.inner.borrow_mut().h2.insert(key, sender.clone());
                     set_h2_uri(&mut req);
@@ -287,9 +291,12 @@ impl Pools {
                     .map_err(|e| classify(&e))?;
                 let stats = cluster.stats.clone();
                 stats.cx_active.inc();
+                host.cx_active.fetch_add(1, Ordering::Relaxed);
+                let h = Arc::clone(host);
                 tokio::task::spawn_local(async move {
                     let _ = conn.await;
                     stats.cx_active.dec();
+                    h.cx_active.fetch_sub(1, Ordering::Relaxed);
                 });
                 sender
             }

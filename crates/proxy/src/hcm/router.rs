@@ -724,6 +724,8 @@ async fn forward(
                 Ok(r) => r,
                 Err(_) => {
                     cluster.stats.rq_timeout.inc();
+                    host.rq_timeout
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     Err(ProxyError::new(ErrorKind::UpstreamTimeout))
                 }
             },
@@ -734,6 +736,12 @@ async fn forward(
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 cluster.stats.record_status(status);
+                let outcome = if status >= 500 {
+                    &host.rq_error
+                } else {
+                    &host.rq_success
+                };
+                outcome.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if can_retry
                     && action
                         .retry
@@ -752,6 +760,10 @@ async fn forward(
             Err(mut e) => {
                 host.active_rq
                     .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                if !matches!(e.kind, ErrorKind::UpstreamTimeout) {
+                    host.rq_error
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 let policy_allows = action.retry.as_ref().is_some_and(|r| match e.kind {
                     ErrorKind::ConnectFailure(_) => r.on_connect_failure,
                     ErrorKind::UpstreamReset(_) => r.on_reset,

@@ -187,3 +187,59 @@ async fn drain_and_health_check_endpoints_answer_like_envoy() -> anyhow::Result<
     );
     Ok(())
 }
+
+/// `/clusters` (text and `format=json`, which `istioctl proxy-config endpoint` reads) and
+/// `/listeners?format=json` after one proxied request, against Envoy 1.40: per-host counters
+/// and gauges, default thresholds, health; ports normalized.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clusters_and_listeners_match_envoy() -> anyhow::Result<()> {
+    let up = test_support::proxy_peers::start_upstream("up").await?;
+    let (ours, ours_addr, envoy, envoy_addr) =
+        start_both(|admin, listen| hcm_bootstrap((admin, listen, up.addr.port()), "", "", ""))
+            .await?;
+    let mut seen = Vec::new();
+    for (addr, admin) in [
+        (ours_addr, ours.admin_addr().expect("admin")),
+        (envoy_addr, envoy.admin),
+    ] {
+        let r = send(addr, get("c.example", "/")).await?;
+        anyhow::ensure!(r.status == 200, "status {}", r.status);
+        let text = send(admin, get("admin", "/clusters")).await?.text();
+        let text = text.replace(&up.addr.to_string(), "UP");
+        let json: serde_json::Value = serde_json::from_str(
+            &send(admin, get("admin", "/clusters?format=json"))
+                .await?
+                .text(),
+        )?;
+        let mut listeners: serde_json::Value = serde_json::from_str(
+            &send(admin, get("admin", "/listeners?format=json"))
+                .await?
+                .text(),
+        )?;
+        listeners["listener_statuses"][0]["local_address"]["socket_address"]["port_value"] =
+            serde_json::json!(0);
+        seen.push((
+            text,
+            json.to_string().replace(&up.addr.port().to_string(), "UP"),
+            listeners,
+        ));
+    }
+    assert_eq!(
+        seen[0].0, seen[1].0,
+        "/clusters: wasmesh (left) vs Envoy (right)"
+    );
+    assert_eq!(
+        seen[0].1, seen[1].1,
+        "/clusters?format=json: wasmesh vs Envoy"
+    );
+    assert_eq!(
+        seen[0].2, seen[1].2,
+        "/listeners?format=json: wasmesh vs Envoy"
+    );
+    assert!(
+        seen[1].0.contains("up::UP::rq_success::1\n"),
+        "{}",
+        seen[1].0
+    );
+    Ok(())
+}
