@@ -127,6 +127,7 @@ pub(crate) struct BuildEnv<'a> {
     pub(crate) store: &'a Store,
     pub(crate) node: &'a Arc<NodeInfo>,
     pub(crate) cluster_names: &'a [String],
+    pub(crate) cluster_endpoints: &'a Arc<HashMap<String, SocketAddr>>,
     pub(crate) concurrency: usize,
 }
 
@@ -221,11 +222,18 @@ pub fn build(bootstrap: &Bootstrap, opts: &BuildOptions) -> Result<ProxyConfig, 
         }
         cluster_order.push(c.name.clone());
     }
+    let cluster_endpoints: Arc<HashMap<String, SocketAddr>> = Arc::new(
+        clusters
+            .iter()
+            .filter_map(|(n, c)| Some((n.clone(), c.hosts().first()?.addr)))
+            .collect(),
+    );
     let env = BuildEnv {
         registry: &opts.registry,
         store: &opts.store,
         node: &node,
         cluster_names: &cluster_order,
+        cluster_endpoints: &cluster_endpoints,
         concurrency: opts.concurrency,
     };
     let mut listeners: Vec<Arc<ListenerConfig>> = Vec::new();
@@ -273,6 +281,7 @@ pub fn build(bootstrap: &Bootstrap, opts: &BuildOptions) -> Result<ProxyConfig, 
             stat_prefix: String::new(),
             field_path: path,
             cluster_names: Arc::from(cluster_order.as_slice()),
+            cluster_endpoints: Arc::clone(&cluster_endpoints),
             stats: opts.store.clone(),
             concurrency: opts.concurrency,
         };

@@ -519,6 +519,9 @@ pub struct BuildContext {
     pub field_path: String,
     /// Names of the configured clusters (to validate callout targets at build time).
     pub cluster_names: Arc<[String]>,
+    /// The first endpoint of each cluster that has one at build time (where Envoy would
+    /// fetch `remote` plugin code from).
+    pub cluster_endpoints: Arc<HashMap<String, SocketAddr>>,
     /// The proxy's metric store: `stats.counter(..)`/`gauge(..)` for metrics with Envoy names,
     /// `stats.hooks()` to export anything else (e.g. plugin histograms).
     pub stats: crate::stats::Store,

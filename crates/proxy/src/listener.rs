@@ -871,6 +871,7 @@ impl BuildEnv<'_> {
             stat_prefix: stat_prefix.to_string(),
             field_path: path.to_string(),
             cluster_names: Arc::from(self.cluster_names),
+            cluster_endpoints: Arc::clone(self.cluster_endpoints),
             stats: self.store.clone(),
             concurrency: self.concurrency,
         }

@@ -11,6 +11,7 @@ mod grpc;
 mod network;
 pub(crate) mod plugin_config;
 mod props;
+mod remote_code;
 mod stats;
 mod worker;
 
@@ -85,11 +86,54 @@ fn build_http(
         return Ok(live);
     }
     let pb = PbWasm::decode(&*any.value).map_err(|e| decode_error(cx, e))?;
+    if let Some(pc) = &pb.config
+        && let Err(reason) = plugin_config::prefetch_remote(pc, cx)
+    {
+        // Envoy fetches remote code after start-up: a failure leaves the filter in place with
+        // the plugin unloaded, and its failure policy decides each stream.
+        let fail_open = plugin_config::failure_policy(pc) == wasm_host::FailurePolicy::FailOpen;
+        tracing::error!(target: "wasm", plugin = %pc.name, %reason, "Plugin {} failed to load", pc.name);
+        return Ok(Arc::new(Unloaded { fail_open }));
+    }
     let stop_iteration = pb
         .config
         .as_ref()
         .is_some_and(|pc| pc.allow_on_headers_stop_iteration.is_some_and(|b| b.value));
     Ok(new_config(key, pb.config, cx, stop_iteration)?)
+}
+
+/// A plugin whose remote code could not be loaded: FAIL_OPEN skips it, any other policy
+/// answers every stream 503 (Envoy's fail-stream filter).
+struct Unloaded {
+    fail_open: bool,
+}
+
+impl HttpFilterConfig for Unloaded {
+    fn create_filter(&self, _worker: &WorkerContext) -> Box<dyn HttpFilter> {
+        Box::new(UnloadedFilter(self.fail_open))
+    }
+
+    fn uses_bodies(&self) -> bool {
+        false
+    }
+}
+
+struct UnloadedFilter(bool);
+
+impl HttpFilter for UnloadedFilter {
+    fn on_request_headers<'a>(
+        &'a mut self,
+        _cx: &'a mut FilterCx,
+        _headers: &'a mut http::request::Parts,
+        _end_stream: bool,
+    ) -> LocalBoxFuture<'a, HeadersStatus> {
+        let status = if self.0 {
+            HeadersStatus::Continue
+        } else {
+            HeadersStatus::LocalReply(fail_stream())
+        };
+        Box::pin(std::future::ready(status))
+    }
 }
 
 /// A `envoy.bootstrap.wasm` bootstrap extension (`WasmService`): a plugin that has only its

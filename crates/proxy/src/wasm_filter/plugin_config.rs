@@ -3,6 +3,7 @@
 //! the raw bytes of any other message, as Envoy's `anyToBytes`), environment variables, the
 //! failure policy. Compilation happens here, at config time, never on the request path.
 
+use envoy_types::pb::envoy::config::core::v3::http_uri::HttpUpstreamType;
 use std::sync::{Arc, OnceLock};
 
 use envoy_types::pb::envoy::config::core::v3::{AsyncDataSource, async_data_source, data_source};
@@ -120,13 +121,21 @@ fn code_bytes(cx: &BuildContext, code: &Option<AsyncDataSource>) -> Result<Vec<u
                 })
             }
         },
-        async_data_source::Specifier::Remote(r) => Err(ConfigError::Unsupported {
-            path: format!("{}.{field}.remote", cx.field_path),
-            detail: format!(
-                "remote code ({}) is fetched by `wasmesh agent`, which rewrites it to a local file",
-                r.http_uri.as_ref().map(|u| u.uri.as_str()).unwrap_or("")
-            ),
-        }),
+        async_data_source::Specifier::Remote(r) => {
+            // (fetched by `prefetch_remote` already: from the cache now)
+            let cluster = match r
+                .http_uri
+                .as_ref()
+                .and_then(|u| u.http_upstream_type.as_ref())
+            {
+                Some(HttpUpstreamType::Cluster(c)) => c.as_str(),
+                None => "",
+            };
+            let endpoint = cx.cluster_endpoints.get(cluster).copied();
+            super::remote_code::fetch(r, endpoint)
+                .map(|(code, _)| code)
+                .map_err(|e| invalid(cx, &format!("{field}.remote"), e))
+        }
     }
 }
 
@@ -227,18 +236,7 @@ pub(crate) fn build_plugin(pb: &PbPlugin, cx: &BuildContext) -> Result<Arc<Plugi
         kv.sort();
         env.extend(kv);
     }
-    let failure_policy = match PbPolicy::try_from(pb.failure_policy)
-        .unwrap_or(PbPolicy::Unspecified)
-    {
-        PbPolicy::FailOpen => FailurePolicy::FailOpen,
-        PbPolicy::FailReload => FailurePolicy::FailReload,
-        PbPolicy::FailClosed => FailurePolicy::FailClosed,
-        PbPolicy::Unspecified if legacy_fail_open(pb) => FailurePolicy::FailOpen,
-        PbPolicy::Unspecified if DEFAULT_FAIL_RELOAD.load(std::sync::atomic::Ordering::Relaxed) => {
-            FailurePolicy::FailReload
-        }
-        PbPolicy::Unspecified => FailurePolicy::FailClosed,
-    };
+    let failure_policy = failure_policy(pb);
     let config = PluginConfig {
         name: pb.name.clone(),
         root_id: pb.root_id.clone(),
@@ -261,6 +259,86 @@ pub(crate) fn build_plugin(pb: &PbPlugin, cx: &BuildContext) -> Result<Arc<Plugi
             )
         })?;
     Ok(plugin)
+}
+
+/// Envoy's `remote` code: fetched (or found in the cache) now, counting Envoy's
+/// `wasm.remote_load_*` stats. `Err` is why it could not be loaded; `Ok(false)`: not remote.
+pub(crate) fn prefetch_remote(pb: &PbPlugin, cx: &BuildContext) -> Result<bool, String> {
+    let Some(plugin_config::Vm::VmConfig(vm)) = &pb.vm else {
+        return Ok(false);
+    };
+    let Some(async_data_source::Specifier::Remote(r)) =
+        vm.code.as_ref().and_then(|c| c.specifier.as_ref())
+    else {
+        return Ok(false);
+    };
+    let cluster = match r
+        .http_uri
+        .as_ref()
+        .and_then(|u| u.http_upstream_type.as_ref())
+    {
+        Some(HttpUpstreamType::Cluster(c)) => c.as_str(),
+        None => "",
+    };
+    let c = |n: &str| {
+        cx.stats
+            .counter(&format!("wasm.{n}"), &format!("envoy_wasm_{n}"), &[])
+    };
+    let entries = cx.stats.gauge(
+        "wasm.remote_load_cache_entries",
+        "envoy_wasm_remote_load_cache_entries",
+        &[],
+    );
+    for n in ["remote_load_cache_hits", "remote_load_cache_negative_hits"] {
+        let _ = c(n);
+    }
+    let (hits, misses, failures, successes) = (
+        c("remote_load_cache_hits"),
+        c("remote_load_cache_misses"),
+        c("remote_load_fetch_failures"),
+        c("remote_load_fetch_successes"),
+    );
+    let endpoint = cx.cluster_endpoints.get(cluster).copied();
+    if endpoint.is_none() && !cx.cluster_names.iter().any(|n| n == cluster) {
+        return Err(format!("unknown cluster {cluster:?}"));
+    }
+    if super::remote_code::recently_failed(r) {
+        c("remote_load_cache_negative_hits").inc();
+        return Err("fetch failed recently (cached failure)".into());
+    }
+    match super::remote_code::fetch(r, endpoint) {
+        Ok((_, true)) => {
+            hits.inc();
+            Ok(true)
+        }
+        Ok((_, false)) => {
+            misses.inc();
+            successes.inc();
+            entries.set(super::remote_code::cached() as i64);
+            Ok(true)
+        }
+        Err(e) => {
+            misses.inc();
+            failures.inc();
+            entries.set(super::remote_code::cached() as i64);
+            let uri = r.http_uri.as_ref().map_or("", |u| u.uri.as_str());
+            Err(format!("cannot fetch {uri} from cluster {cluster:?}: {e}"))
+        }
+    }
+}
+
+/// The plugin's failure policy (`failure_policy`, the legacy `fail_open`, the proxy default).
+pub(crate) fn failure_policy(pb: &PbPlugin) -> FailurePolicy {
+    match PbPolicy::try_from(pb.failure_policy).unwrap_or(PbPolicy::Unspecified) {
+        PbPolicy::FailOpen => FailurePolicy::FailOpen,
+        PbPolicy::FailReload => FailurePolicy::FailReload,
+        PbPolicy::FailClosed => FailurePolicy::FailClosed,
+        PbPolicy::Unspecified if legacy_fail_open(pb) => FailurePolicy::FailOpen,
+        PbPolicy::Unspecified if DEFAULT_FAIL_RELOAD.load(std::sync::atomic::Ordering::Relaxed) => {
+            FailurePolicy::FailReload
+        }
+        PbPolicy::Unspecified => FailurePolicy::FailClosed,
+    }
 }
 
 /// The deprecated `fail_open` flag, still honoured when `failure_policy` is unset (as Envoy).

@@ -114,6 +114,7 @@ fn build_cx() -> BuildContext {
         stat_prefix: "test".into(),
         field_path: "http_filters[0]".into(),
         cluster_names: Arc::from(vec!["auth".to_string()]),
+        cluster_endpoints: Default::default(),
         stats: crate::stats::Store::new(),
         concurrency: 1,
     }

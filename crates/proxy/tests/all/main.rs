@@ -18,6 +18,7 @@ mod istio_stats;
 mod late_failure;
 mod listeners;
 mod properties;
+mod remote_code;
 mod routing;
 mod sdk_configs;
 mod stats_tags;
