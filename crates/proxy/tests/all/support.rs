@@ -218,6 +218,56 @@ pub(crate) fn self_signed_cert(
     Ok((cert, key))
 }
 
+/// A TLS filter chain that accepts (optional) client certificates, and a client certificate
+/// for it. The server's certificate is for `proxy.test` (SANs `DNS:proxy.test`,
+/// `URI:spiffe://test/proxy`); the client's is `CN=client` (`URI:spiffe://test/client`,
+/// `DNS:client.test`, `DNS:alt.test`).
+pub(crate) struct Mtls {
+    /// Holds the files.
+    pub(crate) _dir: tempfile::TempDir,
+    /// Replaces a bootstrap's `    - filters:\n` to make that chain TLS.
+    pub(crate) chain: String,
+    pub(crate) client_cert: std::path::PathBuf,
+    pub(crate) client_key: std::path::PathBuf,
+}
+
+pub(crate) fn mtls() -> anyhow::Result<Mtls> {
+    let dir = tempfile::tempdir()?;
+    let (server_dir, client_dir) = (dir.path().join("server"), dir.path().join("client"));
+    std::fs::create_dir_all(&server_dir)?;
+    std::fs::create_dir_all(&client_dir)?;
+    let (cert, key) = self_signed_cert(
+        &server_dir,
+        "proxy.test",
+        "DNS:proxy.test,URI:spiffe://test/proxy",
+    )?;
+    let (client_cert, client_key) = self_signed_cert(
+        &client_dir,
+        "client",
+        "URI:spiffe://test/client,DNS:client.test,DNS:alt.test",
+    )?;
+    let chain = format!(
+        r#"    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificates: [{{certificate_chain: {{filename: "{}"}}, private_key: {{filename: "{}"}}}}]
+            validation_context: {{trusted_ca: {{filename: "{}"}}}}
+      filters:
+"#,
+        cert.display(),
+        key.display(),
+        client_cert.display()
+    );
+    Ok(Mtls {
+        _dir: dir,
+        chain,
+        client_cert,
+        client_key,
+    })
+}
+
 /// A bootstrap with one listener, `main`, running one Wasm plugin (its `name`, `root_id` and
 /// `vm_id` are `name`; `config` is its plugin configuration, JSON) before the router, which
 /// sends everything to cluster `up` at port `up`; `extra_clusters` (YAML list items) are

@@ -68,34 +68,8 @@ async fn client_cert_header_modes_on_plain_text_match_envoy() -> anyhow::Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_cert_header_modes_with_mtls_match_envoy() -> anyhow::Result<()> {
     let up = start_upstream("up").await?;
-    let dir = tempfile::tempdir()?;
-    let (server_dir, client_dir) = (dir.path().join("server"), dir.path().join("client"));
-    std::fs::create_dir_all(&server_dir)?;
-    std::fs::create_dir_all(&client_dir)?;
-    let (cert, key) = self_signed_cert(
-        &server_dir,
-        "proxy.test",
-        "DNS:proxy.test,URI:spiffe://test/proxy",
-    )?;
-    let (client_cert, client_key) = self_signed_cert(
-        &client_dir,
-        "client",
-        "URI:spiffe://test/client,DNS:client.test,DNS:alt.test",
-    )?;
-    let tls = format!(
-        r#"    - transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          common_tls_context:
-            tls_certificates: [{{certificate_chain: {{filename: "{}"}}, private_key: {{filename: "{}"}}}}]
-            validation_context: {{trusted_ca: {{filename: "{}"}}}}
-      filters:
-"#,
-        cert.display(),
-        key.display(),
-        client_cert.display()
-    );
+    let m = mtls()?;
+    let (tls, client_cert, client_key) = (&m.chain, &m.client_cert, &m.client_key);
     let mut seen = Vec::new();
     for mode in [
         "SANITIZE",
@@ -105,7 +79,7 @@ async fn client_cert_header_modes_with_mtls_match_envoy() -> anyhow::Result<()> 
         "ALWAYS_FORWARD_ONLY",
     ] {
         let boot = |admin, listen| {
-            bootstrap(admin, listen, up.addr.port(), mode).replace("    - filters:\n", &tls)
+            bootstrap(admin, listen, up.addr.port(), mode).replace("    - filters:\n", tls)
         };
         let (ours, ours_addr, envoy, envoy_addr) = start_both(boot).await?;
         for with_cert in [true, false] {
