@@ -53,9 +53,9 @@ async fn tls_connection_properties_match_envoy() -> anyhow::Result<()> {
                 .arg(format!("proxy.test:{port}:127.0.0.1"));
             if with_cert {
                 cmd.arg("--cert")
-                    .arg(&client_cert)
+                    .arg(client_cert)
                     .arg("--key")
-                    .arg(&client_key);
+                    .arg(client_key);
             }
             let out = cmd.arg(format!("https://proxy.test:{port}/")).output()?;
             let head = String::from_utf8_lossy(&out.stdout).to_string();

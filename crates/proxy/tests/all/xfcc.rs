@@ -93,9 +93,9 @@ async fn client_cert_header_modes_with_mtls_match_envoy() -> anyhow::Result<()> 
                 ]);
                 if with_cert {
                     cmd.arg("--cert")
-                        .arg(&client_cert)
+                        .arg(client_cert)
                         .arg("--key")
-                        .arg(&client_key);
+                        .arg(client_key);
                 }
                 let out = cmd
                     .arg(format!("https://127.0.0.1:{}/", addr.port()))
