@@ -86,20 +86,35 @@ fn build_http(
         return Ok(live);
     }
     let pb = PbWasm::decode(&*any.value).map_err(|e| decode_error(cx, e))?;
-    if let Some(pc) = &pb.config
-        && let Err(reason) = plugin_config::prefetch_remote(pc, cx)
-    {
-        // Envoy fetches remote code after start-up: a failure leaves the filter in place with
-        // the plugin unloaded, and its failure policy decides each stream.
+    // Envoy loads remote code after start-up: a module it cannot fetch, or cannot start,
+    // leaves the filter in place with the plugin unloaded, and its failure policy decides
+    // each stream (local code that fails is a config error, in both).
+    let unloaded = |pc: &envoy_types::pb::envoy::extensions::wasm::v3::PluginConfig,
+                    reason: &dyn std::fmt::Display|
+     -> Arc<dyn HttpFilterConfig> {
         let fail_open = plugin_config::failure_policy(pc) == wasm_host::FailurePolicy::FailOpen;
         tracing::error!(target: "wasm", plugin = %pc.name, %reason, "Plugin {} failed to load", pc.name);
-        return Ok(Arc::new(Unloaded { fail_open }));
-    }
+        Arc::new(Unloaded { fail_open })
+    };
+    let remote = match &pb.config {
+        Some(pc) => match plugin_config::prefetch_remote(pc, cx) {
+            Ok(remote) => remote,
+            Err(reason) => return Ok(unloaded(pc, &reason)),
+        },
+        None => false,
+    };
     let stop_iteration = pb
         .config
         .as_ref()
         .is_some_and(|pc| pc.allow_on_headers_stop_iteration.is_some_and(|b| b.value));
-    Ok(new_config(key, pb.config, cx, stop_iteration)?)
+    match new_config(key, pb.config.clone(), cx, stop_iteration) {
+        Ok(c) => Ok(c),
+        Err(e) if remote => match &pb.config {
+            Some(pc) => Ok(unloaded(pc, &e)),
+            None => Err(e),
+        },
+        Err(e) => Err(e),
+    }
 }
 
 /// A plugin whose remote code could not be loaded: FAIL_OPEN skips it, any other policy
