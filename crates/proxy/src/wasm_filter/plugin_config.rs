@@ -123,15 +123,7 @@ fn code_bytes(cx: &BuildContext, code: &Option<AsyncDataSource>) -> Result<Vec<u
         },
         async_data_source::Specifier::Remote(r) => {
             // (fetched by `prefetch_remote` already: from the cache now)
-            let cluster = match r
-                .http_uri
-                .as_ref()
-                .and_then(|u| u.http_upstream_type.as_ref())
-            {
-                Some(HttpUpstreamType::Cluster(c)) => c.as_str(),
-                None => "",
-            };
-            let endpoint = cx.cluster_endpoints.get(cluster).copied();
+            let endpoint = cx.cluster_endpoints.get(remote_cluster(r)).copied();
             super::remote_code::fetch(r, endpoint)
                 .map(|(code, _)| code)
                 .map_err(|e| invalid(cx, &format!("{field}.remote"), e))
@@ -261,6 +253,18 @@ pub(crate) fn build_plugin(pb: &PbPlugin, cx: &BuildContext) -> Result<Arc<Plugi
     Ok(plugin)
 }
 
+/// The cluster `remote` code is fetched through (`http_uri.cluster`).
+fn remote_cluster(r: &envoy_types::pb::envoy::config::core::v3::RemoteDataSource) -> &str {
+    match r
+        .http_uri
+        .as_ref()
+        .and_then(|u| u.http_upstream_type.as_ref())
+    {
+        Some(HttpUpstreamType::Cluster(c)) => c.as_str(),
+        None => "",
+    }
+}
+
 /// Envoy's `remote` code: fetched (or found in the cache) now, counting Envoy's
 /// `wasm.remote_load_*` stats. `Err` is why it could not be loaded; `Ok(false)`: not remote.
 pub(crate) fn prefetch_remote(pb: &PbPlugin, cx: &BuildContext) -> Result<bool, String> {
@@ -272,14 +276,7 @@ pub(crate) fn prefetch_remote(pb: &PbPlugin, cx: &BuildContext) -> Result<bool, 
     else {
         return Ok(false);
     };
-    let cluster = match r
-        .http_uri
-        .as_ref()
-        .and_then(|u| u.http_upstream_type.as_ref())
-    {
-        Some(HttpUpstreamType::Cluster(c)) => c.as_str(),
-        None => "",
-    };
+    let cluster = remote_cluster(r);
     let c = |n: &str| {
         cx.stats
             .counter(&format!("wasm.{n}"), &format!("envoy_wasm_{n}"), &[])

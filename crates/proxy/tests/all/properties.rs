@@ -271,27 +271,6 @@ async fn property_answers_match_envoy() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A props_probe filter item named `name` with plugin configuration `config` (JSON).
-fn probe_filter(name: &str, config: &str) -> String {
-    format!(
-        r#"          - name: envoy.filters.http.wasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: {name}
-                root_id: {name}
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: '{config}'
-                vm_config:
-                  vm_id: {name}
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{local: {{filename: "{path}"}}}}
-"#,
-        path = test_plugins::path(test_plugins::PROPS_PROBE).display()
-    )
-}
-
 /// `proxy_set_property` stores Envoy filter state `wasm.<path>` for the whole stream: a later
 /// plugin reads it as property `<path>` (single segment) or `filter_state/wasm.<path>`; a name
 /// Envoy knows (`plugin_name`, `request.path`) still answers the real value, and a path of
@@ -300,13 +279,18 @@ fn probe_filter(name: &str, config: &str) -> String {
 async fn set_properties_are_stream_filter_state_like_envoy() -> anyhow::Result<()> {
     let up = start_upstream("up").await?;
     let reads = r#"["shared","wasm.shared","filter_state/wasm.shared","plugin_name","filter_state/wasm.plugin_name","request.path","two.seg","filter_state/wasm.two"]"#;
-    let a = probe_filter(
+    let a = wasm_filter(
         "a",
+        test_plugins::PROPS_PROBE,
         &format!(
             r#"{{"name":"a","set":{{"shared":"from-a","plugin_name":"spoof","request.path":"/spoof","two.seg":"v2"}},"paths":{reads}}}"#
         ),
     );
-    let b = probe_filter("b", &format!(r#"{{"name":"b","paths":{reads}}}"#));
+    let b = wasm_filter(
+        "b",
+        test_plugins::PROPS_PROBE,
+        &format!(r#"{{"name":"b","paths":{reads}}}"#),
+    );
     let filters = format!("{a}{b}");
     let (_ours, ours_addr, _envoy, envoy_addr) = start_both(|admin, listen| {
         hcm_bootstrap((admin, listen, up.addr.port()), "", &filters, "")

@@ -218,6 +218,28 @@ pub(crate) fn self_signed_cert(
     Ok((cert, key))
 }
 
+/// An `envoy.filters.http.wasm` item of `http_filters` (indented 10) running test plugin
+/// `plugin` with `name` as its name, `root_id` and `vm_id`, and plugin configuration `config`.
+pub(crate) fn wasm_filter(name: &str, plugin: &str, config: &str) -> String {
+    format!(
+        r#"          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: {name}
+                root_id: {name}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{config}'
+                vm_config:
+                  vm_id: {name}
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: "{path}"}}}}
+"#,
+        path = test_plugins::path(plugin).display(),
+    )
+}
+
 /// A TLS filter chain that accepts (optional) client certificates, and a client certificate
 /// for it. The server's certificate is for `proxy.test` (SANs `DNS:proxy.test`,
 /// `URI:spiffe://test/proxy`); the client's is `CN=client` (`URI:spiffe://test/client`,
@@ -279,23 +301,7 @@ pub(crate) fn one_plugin(
     config: &str,
     extra_clusters: &str,
 ) -> String {
-    let filter = format!(
-        r#"          - name: envoy.filters.http.wasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: {name}
-                root_id: {name}
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: '{config}'
-                vm_config:
-                  vm_id: {name}
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{local: {{filename: "{path}"}}}}
-"#,
-        path = test_plugins::path(plugin).display(),
-    );
+    let filter = wasm_filter(name, plugin, config);
     hcm_bootstrap(ports, "", &filter, extra_clusters)
 }
 

@@ -7,6 +7,15 @@ use test_support::proxy_peers::start_upstream;
 
 use crate::support::*;
 
+/// Every `forward_client_cert_details` mode.
+const MODES: [&str; 5] = [
+    "SANITIZE",
+    "FORWARD_ONLY",
+    "APPEND_FORWARD",
+    "SANITIZE_SET",
+    "ALWAYS_FORWARD_ONLY",
+];
+
 fn bootstrap(admin: u16, listen: u16, up: u16, mode: &str) -> String {
     hcm_bootstrap(
         (admin, listen, up),
@@ -22,13 +31,7 @@ fn bootstrap(admin: u16, listen: u16, up: u16, mode: &str) -> String {
 async fn client_cert_header_modes_on_plain_text_match_envoy() -> anyhow::Result<()> {
     let up = start_upstream("up").await?;
     let mut seen = Vec::new();
-    for mode in [
-        "SANITIZE",
-        "FORWARD_ONLY",
-        "APPEND_FORWARD",
-        "SANITIZE_SET",
-        "ALWAYS_FORWARD_ONLY",
-    ] {
+    for mode in MODES {
         let (ours, ours_addr, envoy, envoy_addr) =
             start_both(|admin, listen| bootstrap(admin, listen, up.addr.port(), mode)).await?;
         let mut got = Vec::new();
@@ -71,13 +74,7 @@ async fn client_cert_header_modes_with_mtls_match_envoy() -> anyhow::Result<()> 
     let m = mtls()?;
     let (tls, client_cert, client_key) = (&m.chain, &m.client_cert, &m.client_key);
     let mut seen = Vec::new();
-    for mode in [
-        "SANITIZE",
-        "FORWARD_ONLY",
-        "APPEND_FORWARD",
-        "SANITIZE_SET",
-        "ALWAYS_FORWARD_ONLY",
-    ] {
+    for mode in MODES {
         let boot = |admin, listen| {
             bootstrap(admin, listen, up.addr.port(), mode).replace("    - filters:\n", tls)
         };
