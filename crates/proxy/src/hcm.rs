@@ -568,12 +568,13 @@ pub(crate) fn finalize_response_headers(
     parts: &mut http::response::Parts,
     request_id: Option<&str>,
 ) {
-    parts.headers.insert(SERVER, hcm.server_name.clone());
     // Envoy keeps an upstream's date and adds one when absent (local replies), in the map
-    // filters and the access log see.
+    // filters and the access log see; then it sets `server`. A header already there keeps its
+    // place: a local reply ends `date`, `server`, an upstream's keeps its own order.
     if !parts.headers.contains_key(http::header::DATE) {
         parts.headers.insert(http::header::DATE, date_now());
     }
+    parts.headers.insert(SERVER, hcm.server_name.clone());
     crate::header_order::remove(&mut parts.headers, &router::HOP_BY_HOP);
     if hcm.always_set_request_id_in_response
         && let Some(id) = request_id

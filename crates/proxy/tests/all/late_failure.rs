@@ -10,8 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
 
-/// Everything the client reads until the proxy closes the connection, `date` and the
-/// upstream service time left out.
+/// Everything the client reads until the proxy closes the connection, with the values of
+/// `date` and the upstream service time masked.
 async fn raw_exchange(addr: SocketAddr, trap: &str) -> anyhow::Result<String> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     s.write_all(format!("GET / HTTP/1.1\r\nHost: x\r\nx-trap: {trap}\r\n\r\n").as_bytes())
@@ -20,7 +20,12 @@ async fn raw_exchange(addr: SocketAddr, trap: &str) -> anyhow::Result<String> {
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await??;
     Ok(String::from_utf8_lossy(&out)
         .split("\r\n")
-        .filter(|l| !l.starts_with("date:") && !l.starts_with("x-envoy-upstream-service-time:"))
+        .map(|l| match l.split_once(": ") {
+            Some((k, _)) if k == "date" || k == "x-envoy-upstream-service-time" => {
+                format!("{k}: *")
+            }
+            _ => l.to_string(),
+        })
         .collect::<Vec<_>>()
         .join("\r\n"))
 }
@@ -28,24 +33,44 @@ async fn raw_exchange(addr: SocketAddr, trap: &str) -> anyhow::Result<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_body_failures_reset_after_the_headers_like_envoy() -> anyhow::Result<()> {
     let up = start_upstream("up").await?;
-    for trap in ["response-body", "response-reply"] {
-        // A fresh plugin each time: the failure leaves the VM failed.
+    let direct = r#"direct_response: {status: 200, body: {inline_string: "direct"}}"#;
+    for (trap, local) in [
+        ("response-body", false),
+        ("response-reply", false),
+        ("response-body", true),
+        ("response-reply", true),
+    ] {
+        // A fresh plugin each time: the failure leaves the VM failed. `local`: the response is
+        // the route's direct response (a local reply, which ends `date`, `server`).
         let (ours, ours_addr, envoy_proc, envoy_addr) = start_both(|admin, listen| {
-            one_plugin(
+            let b = one_plugin(
                 (admin, listen, up.addr.port()),
                 test_plugins::TRAP,
                 "t",
                 "",
                 "",
-            )
+            );
+            if local {
+                b.replace("route: {cluster: up}", direct)
+            } else {
+                b
+            }
         })
         .await?;
         let envoy = raw_exchange(envoy_addr, trap).await?;
         let wasmesh = raw_exchange(ours_addr, trap).await?;
-        assert_eq!(wasmesh, envoy, "{trap}: wasmesh (left) vs Envoy (right)");
+        assert_eq!(
+            wasmesh, envoy,
+            "{trap} {local}: wasmesh (left) vs Envoy (right)"
+        );
         assert!(envoy.starts_with("HTTP/1.1 200 OK\r\n"), "{trap}: {envoy}");
         assert!(envoy.contains("\r\nx-hostile: ok\r\n"), "{trap}: {envoy}");
         assert!(envoy.ends_with("\r\n\r\n"), "{trap}: no body byte: {envoy}");
+        assert_eq!(
+            envoy.contains("\r\ndate: *\r\nserver: envoy\r\n"),
+            local,
+            "{trap} {local}: {envoy}"
+        );
         drop((ours, envoy_proc));
     }
     Ok(())
