@@ -390,3 +390,31 @@ pub fn wait_ready(admin: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Serves `body` to every request on a loopback port, as a plain HTTP file server (a module
+/// source for `remote` code or `plugin pull`). The task ends with the runtime; abort the handle
+/// to stop it sooner.
+pub async fn serve_bytes(
+    body: Vec<u8>,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(&body).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    Ok((addr, task))
+}

@@ -204,37 +204,11 @@ async fn push_with_credentials_from_stdin() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves `body` to every request on a loopback port, as a plain HTTP module source.
-async fn serve_bytes(
-    body: Vec<u8>,
-) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let body = body.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = s.write_all(head.as_bytes()).await;
-                let _ = s.write_all(&body).await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    Ok((addr, task))
-}
-
 // Multi-threaded: the module server keeps answering while the test blocks on the binary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_over_http_verifies_the_module_sha256() -> anyhow::Result<()> {
     let module = test_plugins::bytes(test_plugins::HEADERS);
-    let (addr, server) = serve_bytes(module.clone()).await?;
+    let (addr, server) = test_support::proxy_peers::serve_bytes(module.clone()).await?;
     let url = format!("http://{addr}/headers.wasm");
     let dir = tempfile::tempdir()?;
     let out_file = dir.path().join("m.wasm");

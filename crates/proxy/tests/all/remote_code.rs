@@ -6,32 +6,9 @@
 use std::net::SocketAddr;
 
 use sha2::Digest as _;
-use test_support::proxy_peers::start_upstream;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use test_support::proxy_peers::{serve_bytes, start_upstream};
 
 use crate::support::*;
-
-/// An HTTP server answering every request with `body`.
-async fn serve_bytes(body: Vec<u8>) -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let body = body.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = s.write_all(head.as_bytes()).await;
-                let _ = s.write_all(&body).await;
-            });
-        }
-    });
-    Ok(addr)
-}
 
 fn bootstrap(ports: (u16, u16, u16), code_port: u16, sha: &str, policy: &str) -> String {
     let filter = format!(
@@ -81,7 +58,7 @@ async fn remote_code_loads_and_fails_like_envoy() -> anyhow::Result<()> {
     let up = start_upstream("up").await?;
     let code = std::fs::read(test_plugins::path(test_plugins::HEADERS))?;
     let sha = hex::encode(sha2::Sha256::digest(&code));
-    let code_addr = serve_bytes(code).await?;
+    let (code_addr, _code) = serve_bytes(code).await?;
     // Two wrong hashes: a failure is cached (per process, as in Envoy) and this process runs
     // every case.
     let wrong = |c: char| format!("{c}{}", &sha[1..]);
