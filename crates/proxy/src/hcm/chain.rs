@@ -302,17 +302,15 @@ where
     B::Error: Into<BoxError>,
 {
     /// The body; `src: None` for a body that is all in `pending`.
-    pub(crate) fn boxed(
+    pub(crate) fn new(
         pending: Vec<Frame<Bytes>>,
         src: Option<B>,
         stream: Rc<super::local_lock::LocalLock<Stream>>,
         pass: Pass,
         from: usize,
-        counter: Option<Rc<std::cell::Cell<u64>>>,
-        on_stop: Option<Box<dyn FnOnce(PumpStop)>>,
-    ) -> Body {
+    ) -> Self {
         let done = src.is_none();
-        Box::pin(Self {
+        Self {
             pending: pending
                 .into_iter()
                 .filter(|f| f.data_ref().is_none_or(|d| !d.is_empty()))
@@ -321,8 +319,8 @@ where
             stream,
             pass: Some(pass),
             from,
-            counter,
-            on_stop,
+            counter: None,
+            on_stop: None,
             hook: None,
             src_ended: done,
             ahead: None,
@@ -331,7 +329,23 @@ where
             hook_end: false,
             hook_waited: false,
             reset: None,
-        })
+        }
+    }
+
+    /// Counts the bytes read from the source into `counter`.
+    pub(crate) fn counting(mut self, counter: Rc<std::cell::Cell<u64>>) -> Self {
+        self.counter = Some(counter);
+        self
+    }
+
+    /// Tells `on_stop` how the body ended when a filter ends it.
+    pub(crate) fn on_stop(mut self, f: Box<dyn FnOnce(PumpStop)>) -> Self {
+        self.on_stop = Some(f);
+        self
+    }
+
+    pub(crate) fn boxed(self) -> Body {
+        Box::pin(self)
     }
 
     fn run_hooks(&mut self, fr: Frame<Bytes>, end: bool) {
@@ -414,7 +428,9 @@ where
                         if this.pass.as_ref().is_some_and(|p| p.dir == Dir::Response) {
                             // The response headers went out already: like Envoy, the client
                             // gets them, then the stream is reset (the reply cannot be sent).
-                            // Pending once lets the codec flush them before the error.
+                            // Pending once lets the codec flush them before the error (h2 too:
+                            // a reset in the same poll would drop the queued HEADERS, while
+                            // Envoy sends HEADERS, then RST_STREAM).
                             this.reset = Some(e);
                             cx.waker().wake_by_ref();
                             return Poll::Pending;

@@ -374,17 +374,12 @@ pub(super) async fn run(
             let from = if hcm.filters_use_bodies { 0 } else { n };
             let slot = Rc::clone(&stop_slot);
             let pass = Pass::new(Dir::Request, n, hcm.buffer_limit);
-            FilterBody::boxed(
-                pending,
-                src,
-                Rc::clone(&stream),
-                pass,
-                from,
-                Some(Rc::clone(&counter)),
-                Some(Box::new(move |s| {
+            FilterBody::new(pending, src, Rc::clone(&stream), pass, from)
+                .counting(Rc::clone(&counter))
+                .on_stop(Box::new(move |s| {
                     *slot.borrow_mut() = Some(s);
-                })),
-            )
+                }))
+                .boxed()
         }
     };
     routes.mutate_request(vhost, route, &mut parts.headers);
@@ -933,15 +928,17 @@ where
         }
     }
     let drop_trailers;
+    let h1;
     {
         let mut st = stream.lock().await;
         let info = st.cx.stream_info_mut();
         info.response_code = Some(parts.status.as_u16());
+        h1 = info.protocol < http::Version::HTTP_2;
         drop_trailers = super::trailers::dropped_on(info.protocol);
         finalize_response_headers(&hcm, &mut parts, info.request_id.as_deref());
         // A response that starts before the whole request was read closes an HTTP/1.1
         // connection (Envoy's HCM: the rest of the request is not waited for).
-        if info.protocol < http::Version::HTTP_2 && (!fin.request_done.get() || fin.close) {
+        if h1 && (!fin.request_done.get() || fin.close) {
             parts
                 .headers
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
@@ -958,7 +955,7 @@ where
         src => {
             let from = if hcm.filters_use_bodies { 0 } else { seen };
             let pass = Pass::new(Dir::Response, seen, hcm.buffer_limit);
-            FilterBody::boxed(pending, src, Rc::clone(stream), pass, from, None, None)
+            FilterBody::new(pending, src, Rc::clone(stream), pass, from).boxed()
         }
     };
     let body = Box::pin(FinalBody::new(body, fin, drop_trailers, &parts.headers)) as Body;

@@ -75,3 +75,57 @@ async fn response_body_failures_reset_after_the_headers_like_envoy() -> anyhow::
     }
     Ok(())
 }
+
+/// What an h2 client sees of one request: the reset before any HEADERS, or the status and
+/// how the body ended.
+async fn h2_outcome(addr: SocketAddr, trap: &str) -> anyhow::Result<String> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await?;
+    tokio::spawn(conn);
+    let mut req = get_h2(addr, "x", "/");
+    req.headers_mut().insert("x-trap", trap.parse()?);
+    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req)).await?;
+    Ok(match resp {
+        Err(e) => format!(
+            "reset before headers ({})",
+            e.is_canceled() || e.is_closed()
+        ),
+        Ok(r) => {
+            let status = r.status();
+            match r.into_body().collect().await {
+                Ok(b) => format!("{status} with a {}-byte body", b.to_bytes().len()),
+                Err(_) => format!("{status}, then a reset"),
+            }
+        }
+    })
+}
+
+/// Over h2, Envoy 1.40 sends the response HEADERS, then RST_STREAM (curl 7.88 shows nothing
+/// of such a stream when both come in one read, but the headers are on the wire).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_response_body_failures_reset_after_the_headers_like_envoy() -> anyhow::Result<()> {
+    let up = start_upstream("up").await?;
+    for trap in ["response-body", "response-reply"] {
+        let (ours, ours_addr, envoy_proc, envoy_addr) = start_both(|admin, listen| {
+            one_plugin(
+                (admin, listen, up.addr.port()),
+                test_plugins::TRAP,
+                "t",
+                "",
+                "",
+            )
+        })
+        .await?;
+        let envoy = h2_outcome(envoy_addr, trap).await?;
+        let wasmesh = h2_outcome(ours_addr, trap).await?;
+        assert_eq!(wasmesh, envoy, "{trap}: wasmesh (left) vs Envoy (right)");
+        assert_eq!(envoy, "200 OK, then a reset", "{trap}");
+        drop((ours, envoy_proc));
+    }
+    Ok(())
+}
