@@ -139,6 +139,7 @@ pub(crate) async fn serve<IO>(
     IO: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let stats = conn.hcm.stats.clone();
+    let opened = Instant::now();
     stats.cx_total.inc();
     stats.cx_active.inc();
     let codec = conn.hcm.codec;
@@ -188,6 +189,7 @@ pub(crate) async fn serve<IO>(
         }
     }
     stats.cx_active.dec();
+    stats.cx_length_ms.record_ms(opened.elapsed());
 }
 
 /// A client's claim to be internal, which the proxy removes (a constant: no name parse per
@@ -599,6 +601,9 @@ pub(crate) struct Finisher {
     /// trailers-only responses, as Envoy sends them.
     pub(crate) grpc: bool,
     pub(crate) upstream: Option<(Arc<crate::cluster::Cluster>, Arc<crate::cluster::Host>)>,
+    /// When the answered upstream attempt started, and whether it was an internal request
+    /// (`upstream_rq_time` and its `internal.`/`external.` copy).
+    pub(crate) upstream_timing: Option<(Instant, bool)>,
     /// The request as it went upstream, for access log formats that print any header.
     log_request: Option<http::request::Parts>,
     done: bool,
@@ -619,6 +624,7 @@ impl Drop for Finisher {
                 close: self.close,
                 grpc: self.grpc,
                 upstream: self.upstream.take(),
+                upstream_timing: self.upstream_timing.take(),
                 log_request: self.log_request.take(),
                 done: false,
             };
@@ -640,6 +646,7 @@ impl Finisher {
             close: false,
             grpc: false,
             upstream: None,
+            upstream_timing: None,
             log_request: None,
             done: false,
         }
@@ -672,6 +679,12 @@ impl Finisher {
             }
             let code = info.response_code.unwrap_or(0);
             hcm.stats.record_status(code);
+            hcm.stats.rq_time.record_ms(this.start.elapsed());
+            if let (true, Some((cluster, _)), Some((started, internal))) =
+                (complete, &this.upstream, this.upstream_timing)
+            {
+                cluster.stats.record_time(started.elapsed(), internal);
+            }
             hcm.stats.rq_active.dec();
             if let Some((_, host)) = &this.upstream {
                 host.active_rq

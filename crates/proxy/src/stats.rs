@@ -11,13 +11,15 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::filter::StatsHooks;
 
+pub(crate) mod histogram;
 mod matcher;
 mod server;
 mod tags;
+pub use histogram::Histogram;
 pub use matcher::{Matcher, StatsMatcher};
 pub use server::{ServerState, ServerStats, XdsUpdateStats};
 pub use tags::{TagSpec, TagSpecs, build as build_tag_specs};
@@ -90,6 +92,7 @@ impl Gauge {
 enum Metric {
     Counter(Counter),
     Gauge(Gauge),
+    Histogram(Histogram),
 }
 
 #[derive(Debug, Clone)]
@@ -110,6 +113,8 @@ pub struct Store {
     flush_ms: Arc<AtomicU64>,
     /// The metrics this proxy's plugins define (`wasmcustom.*`).
     plugin_metrics: Arc<wasm_host::Metrics>,
+    /// Where the proxy's own histograms live (the same flush model as plugins' histograms).
+    histograms: Arc<wasm_host::Metrics>,
 }
 
 impl Store {
@@ -134,6 +139,7 @@ impl Store {
         let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
         self.flush_ms.store(ms, Ordering::Relaxed);
         self.plugin_metrics.set_flush_interval(d);
+        self.histograms.set_flush_interval(d);
     }
 
     /// The registry of the metrics this proxy's plugins define.
@@ -167,7 +173,7 @@ impl Store {
             Metric::Counter(c) => c,
             // A name registered as a gauge asked for as a counter: a programming error; hand out
             // a detached counter rather than panic on the request path.
-            Metric::Gauge(_) => Counter::default(),
+            _ => Counter::default(),
         }
     }
 
@@ -175,7 +181,25 @@ impl Store {
     pub fn gauge(&self, flat: &str, prom: &str, tags: &[(&str, &str)]) -> Gauge {
         match self.get_or_insert(flat, prom, tags, || Metric::Gauge(Gauge::default())) {
             Metric::Gauge(g) => g,
-            Metric::Counter(_) => Gauge::default(),
+            _ => Gauge::default(),
+        }
+    }
+
+    /// The histogram named `flat`.
+    pub fn histogram(&self, flat: &str, prom: &str, tags: &[(&str, &str)]) -> Histogram {
+        let make = || {
+            let (_, m) = self
+                .histograms
+                .define(wasm_host::MetricType::Histogram, flat);
+            Metric::Histogram(Histogram(m))
+        };
+        match self.get_or_insert(flat, prom, tags, make) {
+            Metric::Histogram(h) => h,
+            _ => Histogram(
+                self.histograms
+                    .define(wasm_host::MetricType::Histogram, "")
+                    .1,
+            ),
         }
     }
 
@@ -229,6 +253,13 @@ impl Store {
                 Metric::Gauge(g) if used_only && !g.used() => continue,
                 Metric::Counter(c) => c.get().to_string(),
                 Metric::Gauge(g) => g.get().to_string(),
+                Metric::Histogram(h) => {
+                    let f = h.flushed();
+                    if used_only && !f.used {
+                        continue;
+                    }
+                    histogram::quantile_summary(&f)
+                }
             };
             let _ = writeln!(out, "{name}: {v}");
         }
@@ -252,8 +283,9 @@ impl Store {
                 continue;
             }
             let (rank, v) = match &e.metric {
-                Metric::Counter(c) => (0, c.get().to_string()),
-                Metric::Gauge(g) => (1, g.get().to_string()),
+                Metric::Counter(c) => (0, Some(c.get().to_string())),
+                Metric::Gauge(g) => (1, Some(g.get().to_string())),
+                Metric::Histogram(_) => (2, None),
             };
             let (prom_name, tags) = if !defaults {
                 // Only the bootstrap's tags: the name is what they leave of the flat name
@@ -271,13 +303,19 @@ impl Store {
                 tags.extend(e.tags.iter().cloned());
                 (e.prom_name.clone(), tags)
             };
-            // Envoy writes `{}` for a stat without tags.
-            let labels = if tags.is_empty() {
-                "{}".to_string()
-            } else {
-                labels(&tags)
+            let line = match (v, &e.metric) {
+                // Envoy writes `{}` for a stat without tags.
+                (Some(v), _) if tags.is_empty() => format!("{prom_name}{{}} {v}"),
+                (Some(v), _) => format!("{prom_name}{} {v}", labels(&tags)),
+                (None, Metric::Histogram(h)) => {
+                    let l = labels(&tags);
+                    let inner = l.trim_start_matches('{').trim_end_matches('}');
+                    histogram::prometheus_lines(&prom_name, inner, &h.flushed())
+                        .trim_end()
+                        .to_string()
+                }
+                (None, _) => continue,
             };
-            let line = format!("{prom_name}{labels} {v}");
             groups.entry((rank, prom_name)).or_default().push(line);
         }
         let keep = |name: &str| self.matcher.accepts(name);
@@ -393,6 +431,10 @@ pub struct HcmStats {
     pub rq_direct_response: Counter,
     /// `rq_redirect` (internal redirects; always 0 here, as in Envoy without them)
     pub rq_redirect: Counter,
+    /// `downstream_rq_time`: ms from a request's first byte to its stream's end.
+    pub rq_time: Histogram,
+    /// `downstream_cx_length_ms`
+    pub cx_length_ms: Histogram,
 }
 
 impl HcmStats {
@@ -408,6 +450,13 @@ impl HcmStats {
         };
         let g = |n: &str| {
             store.gauge(
+                &format!("http.{stat_prefix}.{n}"),
+                &format!("envoy_http_{n}"),
+                &tag,
+            )
+        };
+        let h = |n: &str| {
+            store.histogram(
                 &format!("http.{stat_prefix}.{n}"),
                 &format!("envoy_http_{n}"),
                 &tag,
@@ -438,6 +487,8 @@ impl HcmStats {
             rq_too_large: c("downstream_rq_too_large"),
             rq_direct_response: c("rq_direct_response"),
             rq_redirect: c("rq_redirect"),
+            rq_time: h("downstream_rq_time"),
+            cx_length_ms: h("downstream_cx_length_ms"),
         }
     }
 
@@ -458,8 +509,6 @@ impl HcmStats {
 pub struct ClusterStats {
     /// `upstream_rq_total`
     pub rq_total: Counter,
-    /// `upstream_rq_1xx` .. `upstream_rq_5xx`
-    pub rq_class: [Counter; 5],
     /// `upstream_rq_timeout`
     pub rq_timeout: Counter,
     /// `upstream_rq_retry`
@@ -478,6 +527,110 @@ pub struct ClusterStats {
     pub membership_total: Gauge,
     /// `membership_healthy`
     pub membership_healthy: Gauge,
+    /// `upstream_cx_connect_ms`
+    pub cx_connect_ms: Histogram,
+    /// `upstream_cx_length_ms`
+    pub cx_length_ms: Histogram,
+    /// What Envoy's router charges per upstream response (`upstream_rq_<class>xx`,
+    /// `upstream_rq_<code>`, `upstream_rq_completed`, `upstream_rq_time`), and again under
+    /// `external.` or `internal.` (`x-envoy-internal: true`).
+    codes: Arc<CodeStats>,
+}
+
+/// The router's per-response stats of one cluster, made on first use as Envoy's are (a
+/// cluster that never answered a 5xx has no `upstream_rq_5xx`): plain, then the `external.`
+/// and `internal.` copies.
+#[derive(Debug)]
+struct CodeStats {
+    store: Store,
+    name: Arc<str>,
+    completed: [OnceLock<Counter>; 3],
+    rq_time: [OnceLock<Histogram>; 3],
+    class: [[OnceLock<Counter>; 5]; 3],
+    /// `upstream_rq_<code>` by (scope, code).
+    by_code: Mutex<Vec<((usize, u16), Counter)>>,
+}
+
+const SCOPES: [&str; 3] = ["", "external.", "internal."];
+
+impl CodeStats {
+    fn new(store: &Store, name: &str) -> Self {
+        Self {
+            store: store.clone(),
+            name: Arc::from(name),
+            completed: Default::default(),
+            rq_time: Default::default(),
+            class: Default::default(),
+            by_code: Mutex::default(),
+        }
+    }
+
+    /// `stat` under `scope` (an index of [`SCOPES`]): the flat name and the Prometheus name.
+    fn names(&self, scope: usize, stat: &str, prom_stat: &str) -> (String, String) {
+        let sc = SCOPES.get(scope).copied().unwrap_or_default();
+        (
+            format!("cluster.{}.{sc}{stat}", self.name),
+            format!("envoy_cluster_{}{prom_stat}", sc.replace('.', "_")),
+        )
+    }
+
+    fn completed(&self, scope: usize) -> Option<&Counter> {
+        let cell = self.completed.get(scope)?;
+        Some(cell.get_or_init(|| {
+            let (flat, prom) = self.names(scope, "upstream_rq_completed", "upstream_rq_completed");
+            self.store
+                .counter(&flat, &prom, &[("envoy_cluster_name", &self.name)])
+        }))
+    }
+
+    fn rq_time(&self, scope: usize) -> Option<&Histogram> {
+        let cell = self.rq_time.get(scope)?;
+        Some(cell.get_or_init(|| {
+            let (flat, prom) = self.names(scope, "upstream_rq_time", "upstream_rq_time");
+            self.store
+                .histogram(&flat, &prom, &[("envoy_cluster_name", &self.name)])
+        }))
+    }
+
+    /// `upstream_rq_<d>xx` for class index `i` (0: 1xx).
+    fn class(&self, scope: usize, i: usize) -> Option<&Counter> {
+        let cell = self.class.get(scope)?.get(i)?;
+        Some(cell.get_or_init(|| {
+            let d = (i + 1).to_string();
+            let (flat, prom) = self.names(scope, &format!("upstream_rq_{d}xx"), "upstream_rq_xx");
+            self.store.counter(
+                &flat,
+                &prom,
+                &[
+                    ("envoy_response_code_class", &d),
+                    ("envoy_cluster_name", &self.name),
+                ],
+            )
+        }))
+    }
+
+    /// Adds one to `upstream_rq_<code>` under `scope`.
+    fn count_code(&self, scope: usize, code: u16) {
+        let mut v = match self.by_code.lock() {
+            Ok(v) => v,
+            Err(p) => p.into_inner(),
+        };
+        if let Some((_, c)) = v.iter().find(|(k, _)| *k == (scope, code)) {
+            c.inc();
+            return;
+        }
+        let (flat, prom) = self.names(scope, &format!("upstream_rq_{code}"), "upstream_rq");
+        let c = self.store.counter(
+            &flat,
+            &prom,
+            &[
+                ("envoy_response_code", &code.to_string()),
+                ("envoy_cluster_name", &self.name),
+            ],
+        );
+        c.inc();
+        v.push(((scope, code), c));
+    }
 }
 
 impl ClusterStats {
@@ -498,20 +651,15 @@ impl ClusterStats {
                 &tag,
             )
         };
-        let class = |d: u8| {
-            let code = d.to_string();
-            store.counter(
-                &format!("cluster.{name}.upstream_rq_{d}xx"),
-                "envoy_cluster_upstream_rq_xx",
-                &[
-                    ("envoy_response_code_class", &code),
-                    ("envoy_cluster_name", name),
-                ],
+        let h = |n: &str| {
+            store.histogram(
+                &format!("cluster.{name}.{n}"),
+                &format!("envoy_cluster_{n}"),
+                &tag,
             )
         };
         Self {
             rq_total: c("upstream_rq_total"),
-            rq_class: [class(1), class(2), class(3), class(4), class(5)],
             rq_timeout: c("upstream_rq_timeout"),
             rq_retry: c("upstream_rq_retry"),
             cx_total: c("upstream_cx_total"),
@@ -521,16 +669,35 @@ impl ClusterStats {
             cx_none_healthy: c("upstream_cx_none_healthy"),
             membership_total: g("membership_total"),
             membership_healthy: g("membership_healthy"),
+            cx_connect_ms: h("upstream_cx_connect_ms"),
+            cx_length_ms: h("upstream_cx_length_ms"),
+            codes: Arc::new(CodeStats::new(store, name)),
         }
     }
 
-    /// Counts an upstream response with `status`.
-    pub fn record_status(&self, status: u16) {
-        if let Some(c) = (status / 100)
-            .checked_sub(1)
-            .and_then(|i| self.rq_class.get(usize::from(i)))
-        {
-            c.inc();
+    /// Counts an upstream response with `status` (at its headers, as Envoy's router does):
+    /// `upstream_rq_<class>xx`, `upstream_rq_<code>`, `upstream_rq_completed`, each also under
+    /// `external.` or, for `x-envoy-internal: true` requests, `internal.`.
+    pub fn record_status(&self, status: u16, internal: bool) {
+        let class = (status / 100).checked_sub(1).map(usize::from);
+        for scope in [0, if internal { 2 } else { 1 }] {
+            if let Some(c) = class.and_then(|i| self.codes.class(scope, i)) {
+                c.inc();
+            }
+            self.codes.count_code(scope, status);
+            if let Some(c) = self.codes.completed(scope) {
+                c.inc();
+            }
+        }
+    }
+
+    /// Records `upstream_rq_time` (and its `external.`/`internal.` copy) for a response that
+    /// completed.
+    pub fn record_time(&self, d: std::time::Duration, internal: bool) {
+        for scope in [0, if internal { 2 } else { 1 }] {
+            if let Some(h) = self.codes.rq_time(scope) {
+                h.record_ms(d);
+            }
         }
     }
 }

@@ -133,6 +133,7 @@ const MAX_IDLE_PER_HOST: usize = 128;
 pub async fn connect(cluster: &Cluster, host: &Host) -> Result<(MaybeTls, bool), ProxyError> {
     cluster.stats.cx_total.inc();
     host.cx_total.fetch_add(1, Ordering::Relaxed);
+    let connecting = std::time::Instant::now();
     let tcp =
         match tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(host.addr)).await {
             Ok(Ok(s)) => s,
@@ -150,6 +151,7 @@ pub async fn connect(cluster: &Cluster, host: &Host) -> Result<(MaybeTls, bool),
             }
         };
     host.connected();
+    cluster.stats.cx_connect_ms.record_ms(connecting.elapsed());
     let _ = tcp.set_nodelay(true);
     match &cluster.tls {
         None => Ok((
@@ -276,9 +278,11 @@ impl Pools {
                     stats.cx_active.inc();
                     host.cx_active.fetch_add(1, Ordering::Relaxed);
                     let h = Arc::clone(host);
+                    let opened = std::time::Instant::now();
                     tokio::task::spawn_local(async move {
                         let _ = conn.await;
                         stats.cx_active.dec();
+                        stats.cx_length_ms.record_ms(opened.elapsed());
                         h.cx_active.fetch_sub(1, Ordering::Relaxed);
                     });
                     self.inner.borrow_mut().h2.insert(key, sender.clone());
@@ -293,9 +297,11 @@ impl Pools {
                 stats.cx_active.inc();
                 host.cx_active.fetch_add(1, Ordering::Relaxed);
                 let h = Arc::clone(host);
+                let opened = std::time::Instant::now();
                 tokio::task::spawn_local(async move {
                     let _ = conn.await;
                     stats.cx_active.dec();
+                    stats.cx_length_ms.record_ms(opened.elapsed());
                     h.cx_active.fetch_sub(1, Ordering::Relaxed);
                 });
                 sender

@@ -115,7 +115,7 @@ impl HttpCallDispatcher for Callouts {
                         .extensions
                         .insert(crate::filter::CalloutTrailers(t.clone()));
                 }
-                c.stats.record_status(parts.status.as_u16());
+                c.stats.record_status(parts.status.as_u16(), false);
                 Ok(http::Response::from_parts(parts, collected.to_bytes()))
             };
             match timeout {

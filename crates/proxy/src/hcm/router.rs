@@ -703,6 +703,10 @@ async fn forward(
         let req = b
             .body(this_body)
             .map_err(|e| ProxyError::new(ErrorKind::Internal(e.to_string())))?;
+        let internal = req
+            .headers()
+            .get(super::X_ENVOY_INTERNAL)
+            .is_some_and(|v| v.as_bytes() == b"true");
         cluster.stats.rq_total.inc();
         host.active_rq
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -730,7 +734,7 @@ async fn forward(
         match result {
             Ok(resp) => {
                 let status = resp.status().as_u16();
-                cluster.stats.record_status(status);
+                cluster.stats.record_status(status, internal);
                 let outcome = if status >= 500 {
                     &host.rq_error
                 } else {
@@ -750,6 +754,7 @@ async fn forward(
                     continue;
                 }
                 fin.upstream = Some((Arc::clone(&cluster), host));
+                fin.upstream_timing = Some((started, internal));
                 return Ok((resp, started.elapsed()));
             }
             Err(mut e) => {
