@@ -830,6 +830,7 @@ async fn handle_connection(
                 sni: sni.filter(|_| lcfg.tls_inspector),
                 peer_cert,
                 tls_facts,
+                read_ahead: Rc::default(),
             });
             if chain
                 .network_filters

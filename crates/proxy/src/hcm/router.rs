@@ -226,6 +226,10 @@ pub(super) async fn run(
     } else {
         // (the end as a separate frame only matters to filters that see the body)
         let filtered = n > 0 && hcm.filters_use_bodies;
+        // Filters see one chunk per socket read, as Envoy's HTTP/1.1 codec makes them.
+        let ahead = (filtered && parts.version < http::Version::HTTP_2)
+            .then(|| Rc::clone(&conn.read_ahead));
+        let body = super::read_ahead::Coalesce::new(body, ahead);
         Some(
             NoTrailers::decoded(body, parts.version, filtered).notify(Rc::clone(&fin.request_done)),
         )

@@ -2,6 +2,7 @@
 //! hyper and curl clients, and differential tests against real Envoy 1.40.
 
 mod admin;
+mod body_chunks;
 mod callout;
 mod config_errors;
 mod conformance;

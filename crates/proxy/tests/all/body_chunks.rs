@@ -1,0 +1,82 @@
+//! Request body chunks as plugins see them, against real Envoy 1.40: Envoy's HTTP/1.1 codec
+//! hands a filter everything one socket read got (it reads until the socket would block), so a
+//! body the client wrote at once comes as one `on_http_request_body` call, not as the reader's
+//! 8, 16, 32 ... KiB pieces. The `trace` plugin records each call's `body_size` (`qb<n>`, `e`
+//! at the end of stream) in its `x-trace` response header.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use test_support::proxy_peers::start_upstream;
+
+use crate::support::*;
+
+/// Writes a POST with a `len`-byte body in one write; returns the `x-trace` response header.
+fn traced_post(addr: SocketAddr, len: usize, chunked: bool) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let body = vec![b'x'; len];
+    let mut req = if chunked {
+        // One chunk per 16 KiB, as a client streaming a file writes them.
+        let mut r = b"POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_vec();
+        for c in body.chunks(16 * 1024) {
+            r.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+            r.extend_from_slice(c);
+            r.extend_from_slice(b"\r\n");
+        }
+        r.extend_from_slice(b"0\r\n\r\n");
+        r
+    } else {
+        format!("POST / HTTP/1.1\r\nhost: h\r\ncontent-length: {len}\r\nconnection: close\r\n\r\n")
+            .into_bytes()
+    };
+    if !chunked {
+        req.extend_from_slice(&body);
+    }
+    s.write_all(&req)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let text = String::from_utf8_lossy(&out);
+    anyhow::ensure!(
+        text.starts_with("HTTP/1.1 200"),
+        "{}",
+        text.lines().next().unwrap_or_default()
+    );
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("x-trace: "))
+        .unwrap_or_default()
+        .to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_read_at_once_is_one_callback_like_envoy() -> anyhow::Result<()> {
+    let up = start_upstream("up").await?;
+    let (ours, ours_addr, envoy_proc, envoy_addr) = start_both(|admin, listen| {
+        one_plugin(
+            (admin, listen, up.addr.port()),
+            test_plugins::TRACE,
+            "tr",
+            "",
+            "",
+        )
+    })
+    .await?;
+    for (len, chunked) in [(60_000, false), (60_000, true), (100, false)] {
+        let envoy =
+            tokio::task::spawn_blocking(move || traced_post(envoy_addr, len, chunked)).await??;
+        let wasmesh =
+            tokio::task::spawn_blocking(move || traced_post(ours_addr, len, chunked)).await??;
+        assert_eq!(
+            wasmesh, envoy,
+            "{len} bytes, chunked {chunked}: wasmesh (left) vs Envoy (right)"
+        );
+        assert!(
+            envoy.contains(&format!("qb{len} ")),
+            "{len} {chunked}: {envoy}"
+        );
+    }
+    drop((ours, envoy_proc));
+    Ok(())
+}
