@@ -535,10 +535,14 @@ pub(crate) fn local_reply_parts(reply: &LocalReply) -> http::response::Parts {
     let (mut parts, ()) = Response::new(()).into_parts();
     parts.status = reply.status;
     parts.headers = reply.headers.clone();
-    // Envoy's order: the reply's own headers, then content-length, then content-type.
-    parts
-        .headers
-        .insert(CONTENT_LENGTH, HeaderValue::from(reply.body.len()));
+    // Envoy's order: the reply's own headers, then content-length, then content-type; an
+    // empty reply has no content-length (the HTTP/1.1 codec writes `content-length: 0` after
+    // the other headers; h2 sends none).
+    if !reply.body.is_empty() {
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(reply.body.len()));
+    }
     if !reply.body.is_empty() && !parts.headers.contains_key(CONTENT_TYPE) {
         parts
             .headers
@@ -602,6 +606,8 @@ pub(crate) struct Finisher {
     pub(crate) request_done: Rc<std::cell::Cell<bool>>,
     /// The response closes an HTTP/1.1 connection (a local 400, as Envoy's HCM decides).
     pub(crate) close: bool,
+    /// A HEAD request: the response goes without its body.
+    pub(crate) head: bool,
     /// A gRPC request (`content-type: application/grpc...`): local replies are gRPC
     /// trailers-only responses, as Envoy sends them.
     pub(crate) grpc: bool,
@@ -627,6 +633,7 @@ impl Drop for Finisher {
                 bytes_received: Rc::clone(&self.bytes_received),
                 request_done: Rc::clone(&self.request_done),
                 close: self.close,
+                head: self.head,
                 grpc: self.grpc,
                 upstream: self.upstream.take(),
                 upstream_timing: self.upstream_timing.take(),
@@ -649,6 +656,7 @@ impl Finisher {
             bytes_received: Rc::default(),
             request_done: Rc::default(),
             close: false,
+            head: false,
             grpc: false,
             upstream: None,
             upstream_timing: None,

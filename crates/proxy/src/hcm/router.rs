@@ -180,6 +180,7 @@ pub(super) async fn run(
     let hcm = Arc::clone(&conn.hcm);
     let n = hcm.filters.len();
     let counter = Rc::clone(&fin.bytes_received);
+    fin.head = parts.method == http::Method::HEAD;
     // Envoy answers these before any filter runs: HTTP/1.0 (and 0.9) with 426
     // (`accept_http_10` is off by default; setting it is rejected as unsupported), headers over
     // `max_request_headers_kb` (60) with 431 (both from its HTTP/1 codec, which closes the
@@ -871,7 +872,7 @@ async fn respond_local(
         return respond(conn, stream, fin, parts, None::<Body>, seen).await;
     }
     let parts = local_reply_parts(&reply);
-    let src = if reply.body.is_empty() {
+    let src = if reply.body.is_empty() || fin.head {
         None
     } else {
         Some(full(reply.body))
@@ -920,6 +921,9 @@ where
                 } else {
                     parts = local_reply_parts(&r);
                     pending = vec![Frame::data(r.body.clone())];
+                }
+                if fin.head {
+                    pending = Vec::new();
                 }
                 src = None;
                 let mut st = stream.lock().await;

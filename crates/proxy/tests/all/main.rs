@@ -18,6 +18,7 @@ mod http1_codec;
 mod istio_stats;
 mod late_failure;
 mod listeners;
+mod local_replies;
 mod properties;
 mod remote_code;
 mod routing;
