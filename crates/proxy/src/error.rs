@@ -96,8 +96,24 @@ impl ProxyError {
             ErrorKind::NoCluster(_)
             | ErrorKind::NoHealthyUpstream
             | ErrorKind::ConnectFailure(_)
-            | ErrorKind::UpstreamReset(_)
-            | ErrorKind::UpstreamProtocol(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | ErrorKind::UpstreamReset(_) => StatusCode::SERVICE_UNAVAILABLE,
+            // Envoy's `return_502_for_upstream_protocol_errors` (on by default).
+            ErrorKind::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// An h2 upstream reset the stream (RST_STREAM), rather than the connection ending: the
+    /// reason Envoy names (`remote reset`, or `remote refused stream reset`).
+    fn remote_reset(&self) -> Option<&'static str> {
+        match &self.kind {
+            ErrorKind::UpstreamReset(why) if why.contains("stream error received") => {
+                Some(if why.contains("refused stream") {
+                    "remote refused stream reset"
+                } else {
+                    "remote reset"
+                })
+            }
+            _ => None,
         }
     }
 
@@ -109,6 +125,9 @@ impl ProxyError {
             ErrorKind::NoHealthyUpstream => ResponseFlags::NO_HEALTHY_UPSTREAM,
             ErrorKind::ConnectFailure(_) => ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
             ErrorKind::UpstreamTimeout => ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+            ErrorKind::UpstreamReset(_) if self.remote_reset().is_some() => {
+                ResponseFlags::UPSTREAM_REMOTE_RESET
+            }
             ErrorKind::UpstreamReset(_) => ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
             ErrorKind::UpstreamProtocol(_) => ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
             ErrorKind::DownstreamProtocol(_) => ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
@@ -125,7 +144,10 @@ impl ProxyError {
                 "connection timeout".to_string()
             }
             ErrorKind::ConnectFailure(_) => "remote connection failure".to_string(),
-            ErrorKind::UpstreamReset(_) => "connection termination".to_string(),
+            ErrorKind::UpstreamReset(_) => self
+                .remote_reset()
+                .unwrap_or("connection termination")
+                .to_string(),
             ErrorKind::UpstreamProtocol(_) => "protocol error".to_string(),
             _ => String::new(),
         }
@@ -171,9 +193,10 @@ impl ProxyError {
                 "upstream_reset_before_response_started{{remote_connection_failure|delayed_connect_error:_{}}}",
                 why.replace(' ', "_")
             ),
-            ErrorKind::UpstreamReset(_) => {
-                "upstream_reset_before_response_started{connection_termination}".to_string()
-            }
+            ErrorKind::UpstreamReset(_) => format!(
+                "upstream_reset_before_response_started{{{}}}",
+                self.reset_reason().replace(' ', "_")
+            ),
             ErrorKind::UpstreamProtocol(_) => {
                 "upstream_reset_before_response_started{protocol_error}".to_string()
             }

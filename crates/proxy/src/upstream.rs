@@ -208,7 +208,15 @@ fn classify(e: &hyper::Error) -> ProxyError {
     if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
         ProxyError::new(ErrorKind::UpstreamProtocol(e.to_string()))
     } else {
-        ProxyError::new(ErrorKind::UpstreamReset(e.to_string()))
+        // The causes too: an h2 stream reset by the peer shows only in hyper's source.
+        let mut why = e.to_string();
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            why.push_str(": ");
+            why.push_str(&c.to_string());
+            cause = c.source();
+        }
+        ProxyError::new(ErrorKind::UpstreamReset(why))
     }
 }
 

@@ -31,6 +31,7 @@ mod ticks;
 mod tls;
 mod tls_properties;
 mod trailers;
+mod upstream_errors;
 mod vm_share;
 mod wasm_access_log;
 mod wasm_differential;
