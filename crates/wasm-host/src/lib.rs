@@ -18,6 +18,7 @@ mod abi;
 mod circllhist;
 mod compiler;
 mod error;
+mod expr;
 mod headers;
 mod host;
 mod imports;

@@ -214,6 +214,8 @@ pub struct VmState {
     pub(crate) exited: Option<i32>,
     /// Roots whose `on_done` returned false, waiting for `proxy_done`.
     pub(crate) pending_done: Vec<u32>,
+    /// Expressions made with the `expr_create` foreign function.
+    pub(crate) expressions: crate::expr::Expressions,
 }
 
 impl VmState {
@@ -245,6 +247,7 @@ impl VmState {
             metric_cache: HashMap::new(),
             exited: None,
             pending_done: Vec::new(),
+            expressions: Default::default(),
         }
     }
 

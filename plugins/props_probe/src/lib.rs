@@ -23,6 +23,10 @@ struct Config {
     /// chain do not overwrite each other's headers.
     #[serde(default)]
     name: String,
+    /// CEL expressions run through Envoy's `expr_create` / `expr_evaluate` / `expr_delete`
+    /// foreign functions in `on_http_response_headers`.
+    #[serde(default)]
+    exprs: Vec<String>,
 }
 
 #[derive(Default)]
@@ -30,6 +34,7 @@ struct ProbeRoot {
     paths: Rc<Vec<String>>,
     set: Rc<Vec<(String, String)>>,
     prefix: Rc<str>,
+    exprs: Rc<Vec<String>>,
 }
 
 impl Context for ProbeRoot {}
@@ -41,6 +46,7 @@ impl RootContext for ProbeRoot {
             Ok(c) => {
                 self.paths = Rc::new(c.paths);
                 self.set = Rc::new(c.set.into_iter().collect());
+                self.exprs = Rc::new(c.exprs);
                 self.prefix = if c.name.is_empty() {
                     "x-probe-".into()
                 } else {
@@ -64,6 +70,8 @@ impl RootContext for ProbeRoot {
             paths: Rc::clone(&self.paths),
             set: Rc::clone(&self.set),
             prefix: Rc::clone(&self.prefix),
+            exprs: Rc::clone(&self.exprs),
+            expr_request: Vec::new(),
             request: Vec::new(),
             header_at_body: None,
             request_names: String::new(),
@@ -75,6 +83,9 @@ struct Probe {
     paths: Rc<Vec<String>>,
     set: Rc<Vec<(String, String)>>,
     prefix: Rc<str>,
+    exprs: Rc<Vec<String>>,
+    /// The expressions' values in `on_http_request_headers`.
+    expr_request: Vec<String>,
     request: Vec<String>,
     /// Request header `x-probe-h` as read from the request body callback.
     header_at_body: Option<String>,
@@ -120,10 +131,37 @@ fn read(path: &str) -> String {
         Ok(Some(v)) if v.is_empty() => return "<empty>".into(),
         Ok(Some(v)) => v,
     };
+    printable(&v)
+}
+
+/// Runs `expr` through the expression foreign functions: the value shown as [`read`] shows
+/// property values, or `<create:Status>` / `<eval:Status>`; then `; <delete:Status>` if the
+/// delete failed.
+fn eval(expr: &str) -> String {
+    use proxy_wasm::hostcalls::call_foreign_function as call;
+    let token = match call("expr_create", Some(expr.as_bytes())) {
+        Ok(Some(t)) => t,
+        Ok(None) => return "<create:no-token>".into(),
+        Err(s) => return format!("<create:{s:?}>"),
+    };
+    let mut out = match call("expr_evaluate", Some(&token)) {
+        Ok(Some(v)) if v.is_empty() => "<empty>".into(),
+        Ok(Some(v)) => printable(&v),
+        Ok(None) => "<empty>".into(),
+        Err(s) => format!("<eval:{s:?}>"),
+    };
+    if let Err(s) = call("expr_delete", Some(&token)) {
+        out.push_str(&format!("; <delete:{s:?}>"));
+    }
+    out
+}
+
+/// Text when every byte is printable ASCII, else `hex:<bytes>`, cut at 96 characters.
+fn printable(v: &[u8]) -> String {
     let mut text = if v.iter().all(|b| (0x20..0x7f).contains(b)) {
-        String::from_utf8_lossy(&v).into_owned()
+        String::from_utf8_lossy(v).into_owned()
     } else {
-        format!("hex:{}", hex(&v))
+        format!("hex:{}", hex(v))
     };
     if text.len() > 96 {
         text.truncate(96);
@@ -153,6 +191,7 @@ impl HttpContext for Probe {
             }
         }
         self.request = self.paths.iter().map(|p| read(p)).collect();
+        self.expr_request = self.exprs.iter().map(|e| eval(e)).collect();
         let names: Vec<String> = self
             .get_http_request_headers()
             .into_iter()
@@ -185,6 +224,11 @@ impl HttpContext for Probe {
             let q = self.request.get(i).cloned().unwrap_or_else(|| "<not-read>".into());
             let s = read(p);
             self.set_http_response_header(&format!("{pre}{i}"), Some(&format!("{q} | {s}")));
+        }
+        for (i, e) in self.exprs.iter().enumerate() {
+            let q = self.expr_request.get(i).cloned().unwrap_or_else(|| "<not-read>".into());
+            let s = eval(e);
+            self.set_http_response_header(&format!("{pre}expr-{i}"), Some(&format!("{q} | {s}")));
         }
         Action::Continue
     }

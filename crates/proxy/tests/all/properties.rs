@@ -316,3 +316,65 @@ async fn set_properties_are_stream_filter_state_like_envoy() -> anyhow::Result<(
     assert_eq!(envoy["x-probe-a-3"], "a | a", "{envoy:?}");
     Ok(())
 }
+
+/// Envoy's CEL foreign functions (`expr_create`, `expr_evaluate`, `expr_delete`) over the
+/// stream's attributes, at request headers and at response headers: the same values
+/// (serialized as property values) and the same statuses for what does not parse
+/// (BadArgument) or fails at evaluation (InternalFailure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expressions_evaluate_like_envoy() -> anyhow::Result<()> {
+    let up = start_upstream("up").await?;
+    // (no `'` in them: the configuration sits in a single-quoted YAML scalar)
+    let exprs = [
+        r#""server is " + request.headers["x-who"]"#,
+        "request.path",
+        r#"request.method == "GET" ? "get" : "other""#,
+        "size(request.path) + 1",
+        r#"request.path.startsWith("/p") && !has(request.headers.nope)"#,
+        r#""x-who" in request.headers"#,
+        "response.code",
+        r#"request.headers["nope"]"#,
+        "1 +",
+        r#"envoy.api.v2.core.GrpcService{envoy_grpc: envoy.api.v2.core.GrpcService.EnvoyGrpc{cluster_name: "x"}}"#,
+        r#"string(response.code) + "/" + request.url_path"#,
+        "[1, 2, 3][1] * 2",
+        r#"source.address != """#,
+    ];
+    let config = serde_json::json!({"paths": [], "exprs": exprs}).to_string();
+    let filter = wasm_filter("x", test_plugins::PROPS_PROBE, &config);
+    let (_ours, ours_addr, _envoy, envoy_addr) =
+        start_both(|admin, listen| hcm_bootstrap((admin, listen, up.addr.port()), "", &filter, ""))
+            .await?;
+    let answers = |r: &Resp| -> Vec<String> {
+        (0..exprs.len())
+            .map(|i| {
+                r.headers
+                    .get(format!("x-probe-expr-{i}"))
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("<no header>")
+                    .to_string()
+            })
+            .collect()
+    };
+    let req = || {
+        let mut r = get("h.example", "/p?q=1");
+        r.headers_mut()
+            .insert("x-who", http::HeaderValue::from_static("me"));
+        r
+    };
+    let envoy = answers(&send(envoy_addr, req()).await?);
+    let wasmesh = answers(&send(ours_addr, req()).await?);
+    assert_eq!(wasmesh, envoy, "wasmesh (left) vs Envoy (right)");
+    // Request attributes only while the request headers are the plugin's (Envoy's CEL
+    // activation wraps the filter's header pointers).
+    assert_eq!(
+        envoy[0], "server is me | <eval:InternalFailure>",
+        "{envoy:?}"
+    );
+    assert_eq!(envoy[5], "hex:01 | hex:00", "{envoy:?}");
+    assert_eq!(
+        envoy[8], "<create:BadArgument> | <create:BadArgument>",
+        "{envoy:?}"
+    );
+    Ok(())
+}

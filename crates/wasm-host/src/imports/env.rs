@@ -12,6 +12,7 @@ use crate::abi::{LogLevel, MetricType, Status, StreamType};
 use crate::headers::HeaderMap;
 use crate::host::{GrpcCall, HttpCall};
 use crate::pairs;
+use crate::properties::PropertyValue;
 use crate::shared::QueueNotifier;
 use crate::state::{Effect, LocalReply, VmState};
 
@@ -277,6 +278,13 @@ fn foreign(c: &mut C<'_>, a: [i32; 4], rpp: i32, rlp: i32) -> R {
     if name == "set_envoy_filter_state" {
         return st(set_envoy_filter_state(state, &args));
     }
+    if let Some(result) = expression(state, &name, &args) {
+        return match result {
+            Ok(bytes) if rpp != 0 => copy_out(c, &bytes, rpp, rlp).map(|s| s as i32),
+            Ok(_) => st(Status::Ok),
+            Err(s) => st(s),
+        };
+    }
     // Envoy's built-in foreign functions: zlib `compress` / `uncompress`.
     let builtin = match name.as_str() {
         "compress" => Some(zlib(&args, true)),
@@ -296,6 +304,57 @@ fn foreign(c: &mut C<'_>, a: [i32; 4], rpp: i32, rlp: i32) -> R {
         Some(Ok(result)) if rpp != 0 => copy_out(c, &result, rpp, rlp).map(|s| s as i32),
         Some(Ok(_)) => st(Status::Ok),
     }
+}
+
+/// Envoy's CEL foreign functions (`crate::expr`): `expr_create` (the expression text; answers
+/// a 4-byte token, BadArgument when it does not parse), `expr_evaluate` (a token; answers the
+/// serialized value, NotFound for an unknown token, InternalFailure when evaluation fails, as
+/// for a missing attribute), `expr_delete`. `None` for other names.
+fn expression(state: &mut VmState, name: &str, args: &[u8]) -> Option<Result<Vec<u8>, Status>> {
+    let token = || -> Result<u32, Status> {
+        Ok(u32::from_le_bytes(
+            args.try_into().map_err(|_| Status::BadArgument)?,
+        ))
+    };
+    Some(match name {
+        "expr_create" => std::str::from_utf8(args)
+            .map_err(|_| Status::BadArgument)
+            .and_then(|src| {
+                state
+                    .expressions
+                    .create(src)
+                    .map_err(|_| Status::BadArgument)
+            })
+            .map(|t| t.to_le_bytes().to_vec()),
+        "expr_evaluate" => token().and_then(|t| {
+            let e = state.expressions.get(t).ok_or(Status::NotFound)?.clone();
+            state.materialize_maps();
+            let state = &*state;
+            // A header map the plugin can no longer see is an empty map to CEL (Envoy's
+            // activation wraps the filter's own header pointers, null once they continued).
+            let attr = |path: &[String]| {
+                let raw = path.join("\0");
+                super::property::resolve(state, raw.as_bytes()).or_else(|| {
+                    matches!(
+                        raw.as_str(),
+                        "request\0headers" | "response\0headers" | "response\0trailers"
+                    )
+                    .then(|| PropertyValue::Map(Vec::new()))
+                })
+            };
+            crate::expr::eval(&e, &attr)
+                .and_then(|v| v.encode())
+                .map_err(|_| Status::InternalFailure)
+        }),
+        "expr_delete" => token().and_then(|t| {
+            if state.expressions.delete(t) {
+                Ok(Vec::new())
+            } else {
+                Err(Status::NotFound)
+            }
+        }),
+        _ => return None,
+    })
 }
 
 /// Envoy's `SetEnvoyFilterStateArguments` (source/extensions/common/wasm/ext).
