@@ -104,6 +104,20 @@ pub struct FlushedHistogram {
     pub cumulative: [f64; 10],
 }
 
+impl FlushedHistogram {
+    /// A histogram never flushed with samples (`No recorded values`).
+    pub fn empty() -> Self {
+        Self {
+            used: false,
+            buckets: vec![0; HISTOGRAM_BUCKETS.len()],
+            count: 0,
+            sum: 0.0,
+            interval: [f64::NAN; 10],
+            cumulative: [f64::NAN; 10],
+        }
+    }
+}
+
 /// A metric's value at one moment.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MetricValue {
@@ -313,14 +327,7 @@ impl Metric {
             (MetricType::Histogram, None) => MetricValue::Histogram {
                 count: 0,
                 sum: 0,
-                flushed: Box::new(FlushedHistogram {
-                    used: false,
-                    buckets: vec![0; HISTOGRAM_BUCKETS.len()],
-                    count: 0,
-                    sum: 0.0,
-                    interval: [f64::NAN; 10],
-                    cumulative: [f64::NAN; 10],
-                }),
+                flushed: Box::new(FlushedHistogram::empty()),
             },
         }
     }

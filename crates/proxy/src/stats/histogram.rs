@@ -27,14 +27,7 @@ impl Histogram {
     pub(crate) fn flushed(&self) -> Box<FlushedHistogram> {
         match self.0.value() {
             MetricValue::Histogram { flushed, .. } => flushed,
-            _ => Box::new(FlushedHistogram {
-                used: false,
-                buckets: vec![0; HISTOGRAM_BUCKETS.len()],
-                count: 0,
-                sum: 0.0,
-                interval: [f64::NAN; 10],
-                cumulative: [f64::NAN; 10],
-            }),
+            _ => Box::new(FlushedHistogram::empty()),
         }
     }
 }
