@@ -6,7 +6,6 @@
 mod chain;
 mod linger;
 mod local_lock;
-mod read_ahead;
 mod router;
 mod trailers;
 
@@ -54,8 +53,8 @@ pub(crate) struct Conn {
     pub(crate) peer_cert: Option<Arc<Vec<Vec<u8>>>>,
     /// What plugins see of the TLS connection (`connection.*`).
     pub(crate) tls_facts: Option<Arc<crate::xfcc::TlsFacts>>,
-    /// What the connection's reads tell request bodies ([`read_ahead::ReadAhead`]).
-    pub(crate) read_ahead: Rc<read_ahead::ReadState>,
+    /// What the connection's reads tell request bodies ([`crate::read_ahead::ReadAhead`]).
+    pub(crate) read_ahead: Arc<crate::read_ahead::ReadState>,
 }
 
 /// A downstream connection: plain TCP or TLS.
@@ -169,7 +168,8 @@ pub(crate) async fn serve<IO>(
         (Codec::Http2, _) | (Codec::Auto, Some(true)) => builder.http2_only(),
         (Codec::Auto, None) => builder,
     };
-    let io = read_ahead::ReadAhead::new(io, conn.hcm.buffer_limit, Rc::clone(&conn.read_ahead));
+    let io =
+        crate::read_ahead::ReadAhead::new(io, conn.hcm.buffer_limit, Arc::clone(&conn.read_ahead));
     let fut = builder.serve_connection(TokioIo::new(linger::Linger::new(io)), svc);
     tokio::pin!(fut);
     let mut draining = *drain.borrow();
@@ -278,7 +278,7 @@ fn current(conn: Rc<Conn>) -> Rc<Conn> {
             sni: conn.sni.clone(),
             peer_cert: conn.peer_cert.clone(),
             tls_facts: conn.tls_facts.clone(),
-            read_ahead: Rc::clone(&conn.read_ahead),
+            read_ahead: Arc::clone(&conn.read_ahead),
         }),
         _ => conn,
     }

@@ -21,6 +21,7 @@ pub mod listener;
 pub mod network_filter;
 pub mod pb;
 pub mod rbac;
+pub(crate) mod read_ahead;
 pub mod response_flags;
 pub mod route;
 mod server;

@@ -830,7 +830,7 @@ async fn handle_connection(
                 sni: sni.filter(|_| lcfg.tls_inspector),
                 peer_cert,
                 tls_facts,
-                read_ahead: Rc::default(),
+                read_ahead: Arc::default(),
             });
             if chain
                 .network_filters

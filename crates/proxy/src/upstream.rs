@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 
 use crate::cluster::{Cluster, Host, UpstreamProtocol};
 use crate::error::{ErrorKind, ProxyError};
+use crate::read_ahead::{ReadAhead, ReadState, UpstreamReads};
 
 /// Boxed error for bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -116,9 +117,12 @@ type Key = (Arc<str>, SocketAddr);
 
 #[derive(Default)]
 struct Inner {
-    idle_h1: HashMap<Key, Vec<http1::SendRequest<Body>>>,
+    idle_h1: HashMap<Key, Vec<IdleH1>>,
     h2: HashMap<Key, http2::SendRequest<Body>>,
 }
+
+/// An idle HTTP/1.1 connection: its sender and what its reads tell response bodies.
+type IdleH1 = (http1::SendRequest<Body>, Arc<ReadState>);
 
 /// The pools of one worker.
 #[derive(Clone, Default)]
@@ -264,15 +268,15 @@ impl Pools {
             let mut inner = self.inner.borrow_mut();
             let list = inner.idle_h1.entry(key.clone()).or_default();
             let mut found = None;
-            while let Some(s) = list.pop() {
+            while let Some((s, reads)) = list.pop() {
                 if !s.is_closed() && s.is_ready() {
-                    found = Some(s);
+                    found = Some((s, reads));
                     break;
                 }
             }
             found
         };
-        let mut sender = match idle {
+        let (mut sender, reads) = match idle {
             Some(s) => s,
             None => {
                 let (io, h2) = connect(cluster, host).await?;
@@ -297,6 +301,10 @@ impl Pools {
                     set_h2_uri(&mut req);
                     return sender.send_request(req).await.map_err(|e| classify(&e));
                 }
+                // Read as Envoy reads an upstream: until the socket would block (its 1 MiB
+                // connection buffer limit by default), for response body chunks like Envoy's.
+                let reads = Arc::<ReadState>::default();
+                let io = ReadAhead::new(io, 1024 * 1024, Arc::clone(&reads));
                 let (sender, conn) = http1::Builder::new()
                     .handshake(TokioIo::new(io))
                     .await
@@ -312,11 +320,13 @@ impl Pools {
                     stats.cx_length_ms.record_ms(opened.elapsed());
                     h.cx_active.fetch_sub(1, Ordering::Relaxed);
                 });
-                sender
+                (sender, reads)
             }
         };
         set_h1_uri(&mut req);
-        let resp = sender.send_request(req).await.map_err(|e| classify(&e))?;
+        let mut resp = sender.send_request(req).await.map_err(|e| classify(&e))?;
+        resp.extensions_mut()
+            .insert(UpstreamReads(Arc::clone(&reads)));
         // Back to the pool once this response is fully read.
         let inner = Rc::clone(&self.inner);
         tokio::task::spawn_local(async move {
@@ -324,7 +334,7 @@ impl Pools {
                 let mut inner = inner.borrow_mut();
                 let list = inner.idle_h1.entry(key).or_default();
                 if list.len() < MAX_IDLE_PER_HOST {
-                    list.push(sender);
+                    list.push((sender, reads));
                 }
             }
         });

@@ -229,8 +229,8 @@ pub(super) async fn run(
         let filtered = n > 0 && hcm.filters_use_bodies;
         // Filters see one chunk per socket read, as Envoy's HTTP/1.1 codec makes them.
         let ahead = (filtered && parts.version < http::Version::HTTP_2)
-            .then(|| Rc::clone(&conn.read_ahead));
-        let body = super::read_ahead::Coalesce::new(body, ahead);
+            .then(|| Arc::clone(&conn.read_ahead));
+        let body = crate::read_ahead::Coalesce::new(body, ahead);
         Some(
             NoTrailers::decoded(body, parts.version, filtered).notify(Rc::clone(&fin.request_done)),
         )
@@ -446,13 +446,20 @@ pub(super) async fn run(
                 info.response_code_details = Some(Arc::clone(&VIA_UPSTREAM));
             }
             let end = rbody.is_end_stream();
+            let filtered = n > 0 && hcm.filters_use_bodies;
+            // Filters see one chunk per upstream read, as Envoy's HTTP/1.1 codec makes them.
+            let reads = rparts
+                .extensions
+                .remove::<crate::read_ahead::UpstreamReads>()
+                .filter(|_| filtered)
+                .map(|r| r.0);
             let rsrc = if end {
                 None
             } else {
                 Some(NoTrailers::decoded(
-                    rbody,
+                    crate::read_ahead::Coalesce::new(rbody, reads),
                     version,
-                    n > 0 && hcm.filters_use_bodies,
+                    filtered,
                 ))
             };
             respond(&conn, &stream, fin, rparts, rsrc, n).await

@@ -80,3 +80,62 @@ async fn a_body_read_at_once_is_one_callback_like_envoy() -> anyhow::Result<()> 
     drop((ours, envoy_proc));
     Ok(())
 }
+
+/// A raw HTTP/1.1 upstream answering every request with a `len`-byte body, head and body in
+/// one write.
+fn one_write_upstream(len: usize) -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = l.local_addr()?.port();
+    let mut answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n").into_bytes();
+    answer.extend(std::iter::repeat_n(b'y', len));
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                while matches!(s.read(&mut buf), Ok(n) if n > 0) {
+                    if s.write_all(&answer).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(port)
+}
+
+/// The same for a response body: Envoy's upstream codec reads what the upstream wrote at once
+/// and the plugin gets it in one `on_http_response_body`. The `trace` plugin's `on_log` counter
+/// name holds every callback (`...sb60000_sb0e` or the pieces).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_body_read_at_once_is_one_callback_like_envoy() -> anyhow::Result<()> {
+    let port = one_write_upstream(60_000)?;
+    let (ours, ours_addr, envoy_proc, envoy_addr) = start_both(|admin, listen| {
+        one_plugin((admin, listen, port), test_plugins::TRACE, "tr", "", "")
+    })
+    .await?;
+    let trace = |text: String| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("wasmcustom.trace."))
+            .map(|l| l.split(':').next().unwrap_or_default().to_string())
+            .collect()
+    };
+    let mut seen = Vec::new();
+    for (addr, admin) in [
+        (envoy_addr, envoy_proc.admin),
+        (ours_addr, ours.admin_addr().expect("admin")),
+    ] {
+        let r = send(addr, get("h", "/")).await?;
+        assert_eq!((r.status, r.body.len()), (200, 60_000));
+        seen.push(trace(send(admin, get("admin", "/stats")).await?.text()));
+    }
+    assert_eq!(seen[1], seen[0], "wasmesh (left) vs Envoy (right)");
+    assert!(
+        seen[0].iter().any(|n| n.contains("_sb60000_")),
+        "{:?}",
+        seen[0]
+    );
+    drop((ours, envoy_proc));
+    Ok(())
+}

@@ -1,13 +1,14 @@
 //! Body chunks as Envoy's HTTP/1.1 codec makes them: Envoy reads a socket until it would block
 //! (or its buffer limit) and hands everything it read to the codec at once, so a filter sees
-//! one `decodeData` per read event: a 150 KB body sent at once is one `on_request_body` of
-//! 150 KB, not hyper's 8, 16, 32 ... KB reads. [`ReadAhead`] reads the downstream socket the
-//! same way and says how much of it the codec has not taken yet; [`Coalesce`] merges the
-//! body frames the codec makes of one such read before the filters see them.
+//! one `decodeData` / `encodeData` per read event: a 150 KB body sent at once is one
+//! `on_request_body` (or `on_response_body`) of 150 KB, not hyper's 8, 16, 32 ... KB reads.
+//! [`ReadAhead`] reads a connection (downstream, or an HTTP/1.1 upstream) the same way and
+//! says when the codec has decoded all it read; [`Coalesce`] merges the body frames the codec
+//! makes of one such read before the filters see them.
 
-use std::cell::Cell;
 use std::pin::Pin;
-use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -22,37 +23,56 @@ const READ: usize = 16 * 1024;
 /// The most one merged frame holds (Envoy's default connection buffer limit).
 const LIMIT: usize = 1024 * 1024;
 
-/// What [`Coalesce`] learns from the connection's reads.
-#[derive(Default)]
+/// What [`Coalesce`] learns from the connection's reads (shared with a response through its
+/// extensions, hence `Sync`).
+#[derive(Default, Debug)]
 pub(crate) struct ReadState {
     /// The codec asked for more input and the socket had none: everything read so far has
     /// been decoded (the codec's own buffer is empty too).
-    starved: Cell<bool>,
+    starved: AtomicBool,
     /// Woken when the codec gets starved.
-    waiter: Cell<Option<std::task::Waker>>,
+    waiter: Mutex<Option<std::task::Waker>>,
 }
 
 impl ReadState {
     fn set_starved(&self, yes: bool) {
-        self.starved.set(yes);
-        if yes && let Some(w) = self.waiter.take() {
-            w.wake();
+        self.starved.store(yes, Ordering::Relaxed);
+        if yes {
+            let w = self.waiter.lock().map(|mut w| w.take()).unwrap_or_default();
+            if let Some(w) = w {
+                w.wake();
+            }
+        }
+    }
+
+    fn starved(&self) -> bool {
+        self.starved.load(Ordering::Relaxed)
+    }
+
+    fn wait(&self, w: &std::task::Waker) {
+        if let Ok(mut slot) = self.waiter.lock() {
+            *slot = Some(w.clone());
         }
     }
 }
+
+/// The [`ReadState`] of the HTTP/1.1 upstream connection a response came on (in the
+/// response's extensions).
+#[derive(Clone, Debug)]
+pub(crate) struct UpstreamReads(pub(crate) Arc<ReadState>);
 
 /// A connection read until it would block (at most `limit` bytes ahead of the codec).
 pub(crate) struct ReadAhead<IO> {
     io: IO,
     buf: BytesMut,
     limit: usize,
-    state: Rc<ReadState>,
+    state: Arc<ReadState>,
     /// The end of input (or an error) met while reading ahead, reported once `buf` is empty.
     end: Option<std::io::Result<()>>,
 }
 
 impl<IO> ReadAhead<IO> {
-    pub(crate) fn new(io: IO, limit: usize, state: Rc<ReadState>) -> Self {
+    pub(crate) fn new(io: IO, limit: usize, state: Arc<ReadState>) -> Self {
         Self {
             io,
             buf: BytesMut::new(),
@@ -148,20 +168,20 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for ReadAhead<IO> {
     }
 }
 
-/// A request body whose data frames are merged while the connection has read-ahead bytes the
+/// A body whose data frames are merged while the connection has read-ahead bytes the
 /// codec will turn into more of them (one frame per socket read event, as Envoy's codec).
 pub(crate) struct Coalesce<B> {
     src: B,
     /// `None`: frames pass as they are (h2, whose frames Envoy's codec also hands on one by
     /// one, or no filter that sees bodies).
-    reads: Option<Rc<ReadState>>,
+    reads: Option<Arc<ReadState>>,
     acc: BytesMut,
     /// A frame that came after merged data (trailers, an error, or the end).
     next: Option<Option<Result<Frame<Bytes>, BoxError>>>,
 }
 
 impl<B> Coalesce<B> {
-    pub(crate) fn new(src: B, reads: Option<Rc<ReadState>>) -> Self {
+    pub(crate) fn new(src: B, reads: Option<Arc<ReadState>>) -> Self {
         Self {
             src,
             reads,
@@ -237,10 +257,10 @@ where
                     // More of this read is on its way unless the codec has decoded all it read
                     // and found the socket empty.
                     if !this.acc.is_empty() {
-                        if reads.starved.get() {
+                        if reads.starved() {
                             return this.take();
                         }
-                        reads.waiter.set(Some(cx.waker().clone()));
+                        reads.wait(cx.waker());
                     }
                     return Poll::Pending;
                 }
