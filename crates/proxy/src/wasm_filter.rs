@@ -388,6 +388,16 @@ impl WasmFilter {
             }
             return Err(self.unavailable());
         }
+        let state = cx.wasm_state();
+        self.create_context(cx.stream_info(), Some(state))
+    }
+
+    /// Makes the plugin's stream context (`proxy_on_context_create`).
+    fn create_context(
+        &mut self,
+        info: &StreamInfo,
+        wasm_state: Option<crate::filter::WasmState>,
+    ) -> Result<u32, Unavailable> {
         if let Some(u) = self.unavailable {
             return Err(u);
         }
@@ -396,10 +406,9 @@ impl WasmFilter {
             .ensure_ready()
             .inspect_err(|u| self.unavailable = Some(*u))?;
         {
-            let state = cx.wasm_state();
             let mut f = self.facts.borrow_mut();
-            f.refresh(cx.stream_info());
-            f.wasm_state = Some(state);
+            f.refresh(info);
+            f.wasm_state = wasm_state;
         }
         let props = Box::new(StreamProps(self.facts.clone()));
         match self.vm.with_vm(|vm| vm.new_http_context_in(root, props)) {
@@ -573,6 +582,14 @@ impl HttpFilter for WasmFilter {
     }
 
     fn on_log(&mut self, info: &StreamInfo) {
+        // A plugin the stream never reached (an earlier filter replied, or the codec refused
+        // the request) still logs it: Envoy creates the context in its access-log call.
+        if self.ctx.is_none()
+            && !self.skip
+            && self.create_context(info, info.wasm_state.clone()).is_err()
+        {
+            return;
+        }
         let Some((ctx, generation)) = self.ctx.take() else {
             return;
         };

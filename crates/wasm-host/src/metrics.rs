@@ -160,6 +160,17 @@ struct Registry {
     all: Vec<Arc<Metric>>,
 }
 
+/// Envoy's `Stats::Utility::sanitizeStatsName`: one leading and one trailing `.` dropped,
+/// `://`, `:/`, `:` and NUL each replaced by `_`.
+pub fn sanitize_stat_name(name: &str) -> String {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let name = name.strip_prefix('.').unwrap_or(name);
+    name.replace("://", "_")
+        .replace(":/", "_")
+        .replace(':', "_")
+        .replace('\0', "_")
+}
+
 impl Metrics {
     /// An empty registry.
     pub fn new() -> Arc<Self> {
@@ -173,7 +184,10 @@ impl Metrics {
     }
 
     /// Defines (or finds) a metric; the id encodes the kind in its low 2 bits like cpp-host.
+    /// The name is cleaned as Envoy's `Stats::Utility::sanitizeStatsName` cleans it.
     pub fn define(&self, kind: MetricType, name: &str) -> (u32, Arc<Metric>) {
+        let clean = sanitize_stat_name(name);
+        let name = clean.as_str();
         let mut g = self.inner.write().unwrap_or_else(|e| e.into_inner());
         if let Some(&idx) = g.by_name.get(&(kind, name.to_string())) {
             let m = g.all[idx].clone();
@@ -336,6 +350,18 @@ impl Metric {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_sanitized_as_envoy_sanitizes_them() {
+        assert_eq!(sanitize_stat_name("trace.none."), "trace.none");
+        assert_eq!(sanitize_stat_name(".a.b"), "a.b");
+        assert_eq!(sanitize_stat_name("a..b"), "a..b");
+        assert_eq!(sanitize_stat_name("x://y:/z:w"), "x_y_z_w");
+        let m = Metrics::new();
+        let (a, _) = m.define(MetricType::Counter, "c.");
+        let (b, _) = m.define(MetricType::Counter, "c");
+        assert_eq!(a, b, "one metric, as in Envoy");
+    }
 
     #[test]
     fn semantics_follow_envoy() {

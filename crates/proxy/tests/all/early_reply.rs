@@ -192,3 +192,49 @@ async fn a_reply_from_a_body_callback_closes_like_envoy() -> anyhow::Result<()> 
     )
     .await
 }
+
+/// A plugin after the one that replied never sees the request, yet Envoy still logs the stream
+/// in it: its access-log call creates the plugin's context and runs `on_log` (the `trace`
+/// plugin's counter records no callback). Logging and telemetry plugins count these requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_after_a_local_reply_still_log_like_envoy() -> anyhow::Result<()> {
+    let up = start_upstream("up").await?;
+    let filters = format!(
+        "{}{}",
+        wasm_filter("auth", test_plugins::AUTH, r#"{"value": "secret"}"#),
+        wasm_filter("tr", test_plugins::TRACE, "")
+    );
+    let (ours, ours_addr, envoy_proc, envoy_addr) = start_both(|admin, listen| {
+        hcm_bootstrap((admin, listen, up.addr.port()), "", &filters, "")
+    })
+    .await?;
+    let mut seen = Vec::new();
+    for (addr, admin) in [
+        (envoy_addr, envoy_proc.admin),
+        (ours_addr, ours.admin_addr().expect("admin")),
+    ] {
+        let denied = send(addr, get("h", "/")).await?;
+        let mut ok = get("h", "/");
+        ok.headers_mut()
+            .insert("x-api-key", http::HeaderValue::from_static("secret"));
+        let allowed = send(addr, ok).await?;
+        let traces: Vec<String> = send(admin, get("admin", "/stats"))
+            .await?
+            .text()
+            .lines()
+            .filter(|l| l.starts_with("wasmcustom.trace."))
+            .map(str::to_string)
+            .collect();
+        seen.push((denied.status, allowed.status, traces));
+    }
+    assert_eq!(seen[1], seen[0], "wasmesh (left) vs Envoy (right)");
+    assert_eq!((seen[0].0, seen[0].1), (401, 200));
+    assert_eq!(
+        seen[0].2.len(),
+        2,
+        "one counter per request: {:?}",
+        seen[0].2
+    );
+    drop((ours, envoy_proc));
+    Ok(())
+}
