@@ -162,13 +162,12 @@ struct Registry {
 
 /// Envoy's `Stats::Utility::sanitizeStatsName`: one leading and one trailing `.` dropped,
 /// `://`, `:/`, `:` and NUL each replaced by `_`.
-pub fn sanitize_stat_name(name: &str) -> String {
+pub(crate) fn sanitize_stat_name(name: &str) -> String {
     let name = name.strip_suffix('.').unwrap_or(name);
     let name = name.strip_prefix('.').unwrap_or(name);
     name.replace("://", "_")
         .replace(":/", "_")
-        .replace(':', "_")
-        .replace('\0', "_")
+        .replace([':', '\0'], "_")
 }
 
 impl Metrics {
