@@ -284,6 +284,23 @@ fn current(conn: Rc<Conn>) -> Rc<Conn> {
     }
 }
 
+/// h2 sends each cookie as its own `cookie` field; Envoy's codec joins them with `; ` into one
+/// header (RFC 9113 8.2.3), which plugins and the upstream then see.
+fn join_cookies(headers: &mut http::HeaderMap) {
+    let mut all = headers.get_all(http::header::COOKIE).iter();
+    let (Some(first), Some(_)) = (all.next(), all.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in headers.get_all(http::header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(http::header::COOKIE, v);
+    }
+}
+
 /// Whether a client header name is one [`clean_client_headers`] may remove.
 fn may_clean(name: &str) -> bool {
     matches!(
@@ -384,6 +401,9 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Response<Body> {
         hcm.stats.rq_http1_total.inc();
     }
     let (mut parts, body) = req.into_parts();
+    if parts.version == http::Version::HTTP_2 {
+        join_cookies(&mut parts.headers);
+    }
     // One look at the names first: most requests have nothing to clean.
     if parts.headers.keys().any(|k| may_clean(k.as_str())) {
         let mtls = conn.peer_cert.is_some();

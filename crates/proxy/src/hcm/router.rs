@@ -425,6 +425,8 @@ pub(super) async fn run(
         }
         (Ok((resp, service_time)), None) => {
             let (mut rparts, rbody) = resp.into_parts();
+            // Envoy writes the standard reason phrase, whatever the upstream's was.
+            rparts.extensions.remove::<hyper::ext::ReasonPhrase>();
             // An HTTP/1.1 upstream's trailers are dropped before the filters, and its
             // `transfer-encoding` is the codec's business (Envoy's removes it).
             let version = rparts.version;

@@ -75,3 +75,30 @@ async fn an_h2_stream_reset_by_the_upstream_is_a_remote_reset() -> anyhow::Resul
     drop((ours, envoy_proc));
     Ok(())
 }
+
+/// Envoy writes the standard reason phrase whatever the upstream sent (`204 X` → `204 No
+/// Content`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reason_phrase_is_the_standard_one() -> anyhow::Result<()> {
+    let port = raw_upstream(b"HTTP/1.1 204 X\r\nx-a: 1\r\n\r\n")?;
+    let (ours, ours_addr, envoy_proc, envoy_addr) =
+        start_both(|admin, listen| hcm_bootstrap((admin, listen, port), "", "", "")).await?;
+    let status_line = |addr: std::net::SocketAddr| -> anyhow::Result<String> {
+        let mut s = std::net::TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        s.write_all(b"GET / HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n")?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out)?;
+        Ok(String::from_utf8_lossy(&out)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string())
+    };
+    let envoy = tokio::task::spawn_blocking(move || status_line(envoy_addr)).await??;
+    let wasmesh = tokio::task::spawn_blocking(move || status_line(ours_addr)).await??;
+    assert_eq!(wasmesh, envoy, "wasmesh (left) vs Envoy (right)");
+    assert_eq!(envoy, "HTTP/1.1 204 No Content");
+    drop((ours, envoy_proc));
+    Ok(())
+}
