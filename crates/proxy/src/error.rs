@@ -153,6 +153,17 @@ impl ProxyError {
         }
     }
 
+    /// Envoy's upstream transport failure reason (`upstream.transport_failure_reason`,
+    /// `%UPSTREAM_TRANSPORT_FAILURE_REASON%`): set when the connection could not be made.
+    pub fn transport_failure_reason(&self) -> Option<String> {
+        match &self.kind {
+            ErrorKind::ConnectFailure(why) if !why.contains("timed out") => {
+                Some(format!("delayed connect error: {why}"))
+            }
+            _ => None,
+        }
+    }
+
     /// The local reply body Envoy sends.
     pub fn body(&self) -> String {
         match &self.kind {

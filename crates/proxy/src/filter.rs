@@ -187,6 +187,8 @@ pub struct StreamInfo {
     pub duration: Option<Duration>,
     /// Time until the upstream response headers arrived.
     pub upstream_service_time: Option<Duration>,
+    /// Why the connection to the upstream failed (`upstream.transport_failure_reason`).
+    pub upstream_transport_failure_reason: Option<Arc<str>>,
     /// The node the proxy runs as.
     pub node: Arc<NodeInfo>,
     /// Request headers as they went upstream (or as they were when the stream ended); filled
@@ -253,6 +255,7 @@ impl StreamInfo {
             listener_direction: 0,
             duration: None,
             upstream_service_time: None,
+            upstream_transport_failure_reason: None,
             node,
             request_headers: None,
             tls: None,

@@ -467,6 +467,10 @@ pub(super) async fn run(
             respond(&conn, &stream, fin, rparts, rsrc, n).await
         }
         (Err(e), None) => {
+            if let Some(why) = e.transport_failure_reason() {
+                let mut st = stream.lock().await;
+                st.cx.stream_info_mut().upstream_transport_failure_reason = Some(Arc::from(why));
+            }
             // The router's local replies carry the route's response header mutations.
             let flags = e.response_flags();
             let mut reply = error_reply(&e);

@@ -378,3 +378,39 @@ async fn expressions_evaluate_like_envoy() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// After the upstream refused the connection: Envoy's transport failure reason and what the
+/// plugin reads of the upstream, at response headers and in `on_log`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failure_properties_match_envoy() -> anyhow::Result<()> {
+    let closed = test_support::proxy_peers::free_ports(1)?[0];
+    let filter = wasm_filter(
+        "x",
+        test_plugins::PROPS_PROBE,
+        r#"{"paths": ["upstream.transport_failure_reason", "response.code", "response.code_details"]}"#,
+    );
+    let (ours, ours_addr, envoy_proc, envoy_addr) =
+        start_both(|admin, listen| hcm_bootstrap((admin, listen, closed), "", &filter, "")).await?;
+    let mut seen = Vec::new();
+    for addr in [envoy_addr, ours_addr] {
+        let r = send(addr, get("h", "/")).await?;
+        let a: BTreeMap<String, String> = (0..3)
+            .map(|i| {
+                let k = format!("x-probe-{i}");
+                let v = r.headers.get(&k).and_then(|v| v.to_str().ok());
+                (k, v.unwrap_or("<no header>").to_string())
+            })
+            .collect();
+        seen.push((r.status, a));
+    }
+    assert_eq!(seen[1], seen[0], "wasmesh (left) vs Envoy (right)");
+    assert_eq!(seen[0].0, 503);
+    assert_eq!(
+        seen[0].1.get("x-probe-0").map(String::as_str),
+        Some("<missing> | delayed connect error: Connection refused"),
+        "{:?}",
+        seen[0]
+    );
+    drop((ours, envoy_proc));
+    Ok(())
+}
