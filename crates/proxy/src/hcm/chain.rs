@@ -294,6 +294,9 @@ pub(crate) struct FilterBody<B> {
     /// A response that a filter ended after its headers went out: the error that resets it,
     /// held for one poll so the codec writes what it has first.
     reset: Option<BoxError>,
+    /// The first frame carries the end of stream when the end is already there (no separate
+    /// empty end callback): what a filter holding the headers made Envoy buffer.
+    merge_end: bool,
 }
 
 impl<B> FilterBody<B>
@@ -329,7 +332,16 @@ where
             hook_end: false,
             hook_waited: false,
             reset: None,
+            merge_end: false,
         }
+    }
+
+    /// The body arrived while a filter held the headers: Envoy buffered it, end of stream
+    /// included, and the next filters get it in one callback with `end_of_stream` set (not the
+    /// HTTP/1.1 codec's separate empty end).
+    pub(crate) fn buffered_while_held(mut self, yes: bool) -> Self {
+        self.merge_end = yes;
+        self
     }
 
     /// Counts the bytes read from the source into `counter`.
@@ -466,7 +478,8 @@ where
                     if let (Some(c), Some(d)) = (&this.counter, f.data_ref()) {
                         c.set(c.get() + d.len() as u64);
                     }
-                    let end = f.is_trailers() || src.is_end_stream();
+                    let mut end = f.is_trailers() || src.is_end_stream();
+                    let merge_end = std::mem::take(&mut this.merge_end);
                     if end {
                         this.src = None;
                         this.src_ended = true;
@@ -474,6 +487,11 @@ where
                         // One frame of look-ahead: an end that is already there runs through
                         // the hooks before this frame is handed on.
                         match Pin::new(&mut *src).poll_frame(cx) {
+                            Poll::Ready(None) if merge_end && f.is_data() => {
+                                this.src = None;
+                                this.src_ended = true;
+                                end = true;
+                            }
                             Poll::Ready(None) => {
                                 this.src = None;
                                 this.end_due = true;

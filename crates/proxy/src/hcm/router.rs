@@ -260,6 +260,7 @@ pub(super) async fn run(
         info.route_metadata = selected.as_ref().and_then(|(_, r)| r.metadata.clone());
     }
     let mut pending = Vec::new();
+    let mut headers_waited = false;
     if n > 0 {
         let mut pass = Pass::new(Dir::Request, n, hcm.buffer_limit);
         let waited = std::cell::Cell::new(false);
@@ -274,6 +275,7 @@ pub(super) async fn run(
             pending: &waited,
         }
         .await;
+        headers_waited = waited.get();
         match phase {
             Phase::Done(p) => pending = p,
             Phase::Reply(r, pos) => {
@@ -380,6 +382,7 @@ pub(super) async fn run(
             let slot = Rc::clone(&stop_slot);
             let pass = Pass::new(Dir::Request, n, hcm.buffer_limit);
             FilterBody::new(pending, src, Rc::clone(&stream), pass, from)
+                .buffered_while_held(headers_waited)
                 .counting(Rc::clone(&counter))
                 .on_stop(Box::new(move |s| {
                     *slot.borrow_mut() = Some(s);

@@ -139,3 +139,39 @@ async fn a_response_body_read_at_once_is_one_callback_like_envoy() -> anyhow::Re
     drop((ours, envoy_proc));
     Ok(())
 }
+
+/// A body that arrives while a plugin holds the request headers (here: waiting for a 300 ms
+/// callout) is buffered by Envoy, end of stream included, and the next plugin gets it in one
+/// callback with `end_of_stream` set (`qb5e`), not the HTTP/1.1 codec's data-then-empty-end
+/// (`qb5 qb0e`) that a body streaming past an idle chain gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_buffered_while_headers_are_held_comes_in_one_callback_like_envoy()
+-> anyhow::Result<()> {
+    let up = start_upstream("up").await?;
+    let filters = format!(
+        "{}{}",
+        wasm_filter(
+            "co",
+            test_plugins::CALLOUT,
+            r#"{"cluster": "up", "path": "/delay/300"}"#
+        ),
+        wasm_filter("tr", test_plugins::TRACE, "")
+    );
+    let (ours, ours_addr, envoy_proc, envoy_addr) = start_both(|admin, listen| {
+        hcm_bootstrap((admin, listen, up.addr.port()), "", &filters, "")
+    })
+    .await?;
+    for len in [5, 60_000] {
+        let envoy =
+            tokio::task::spawn_blocking(move || traced_post(envoy_addr, len, false)).await??;
+        let wasmesh =
+            tokio::task::spawn_blocking(move || traced_post(ours_addr, len, false)).await??;
+        assert_eq!(
+            wasmesh, envoy,
+            "{len} bytes: wasmesh (left) vs Envoy (right)"
+        );
+        assert!(envoy.contains(&format!("qb{len}e")), "{len}: {envoy}");
+    }
+    drop((ours, envoy_proc));
+    Ok(())
+}
