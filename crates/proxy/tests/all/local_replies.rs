@@ -91,3 +91,43 @@ async fn local_replies_are_framed_like_envoy() -> anyhow::Result<()> {
     drop((ours, envoy_proc));
     Ok(())
 }
+
+/// Envoy's `max_headers_count` (100 client headers): one more is a 431 with Envoy's body, the
+/// same reply as for headers over 60 KiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_request_headers_get_envoys_431() -> anyhow::Result<()> {
+    let (ours, ours_addr, envoy_proc, envoy_addr) = start_both(bootstrap).await?;
+    let raw = |addr: SocketAddr, n: usize| -> anyhow::Result<String> {
+        let mut req = String::from("GET /body HTTP/1.1\r\nhost: h\r\nconnection: close\r\n");
+        for i in 0..n {
+            req.push_str(&format!("x-h{i}: v\r\n"));
+        }
+        req.push_str("\r\n");
+        let mut s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(req.as_bytes())?;
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        Ok(String::from_utf8_lossy(&out)
+            .split("\r\n")
+            .filter(|l| !l.starts_with("date: "))
+            .collect::<Vec<_>>()
+            .join("\r\n"))
+    };
+    // (`n` headers, plus `host` and `connection`)
+    for n in [98, 99, 150] {
+        let envoy = tokio::task::spawn_blocking(move || raw(envoy_addr, n)).await??;
+        let wasmesh = tokio::task::spawn_blocking(move || raw(ours_addr, n)).await??;
+        assert_eq!(
+            wasmesh, envoy,
+            "{n} + 2 headers: wasmesh (left) vs Envoy (right)"
+        );
+        assert_eq!(
+            envoy.starts_with("HTTP/1.1 431"),
+            n + 2 > 100,
+            "{n}: {envoy}"
+        );
+    }
+    drop((ours, envoy_proc));
+    Ok(())
+}
