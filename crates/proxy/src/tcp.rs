@@ -162,6 +162,9 @@ pub(crate) async fn relay<D, U>(
     let mut dbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut ubuf = BytesMut::with_capacity(READ_CHUNK);
     let (mut d_open, mut u_open) = (true, true);
+    // The client half-closed while the upstream was open: as Envoy, the connection closes
+    // (locally) once the upstream is done too, and filters hear of it then.
+    let mut d_close_due = false;
     while d_open || u_open {
         tokio::select! {
             r = dr.read_buf(&mut dbuf), if d_open => {
@@ -182,8 +185,12 @@ pub(crate) async fn relay<D, U>(
                 if end {
                     d_open = false;
                     let _ = uw.shutdown().await;
-                    for f in filters.iter_mut() {
-                        f.on_downstream_close(cx, CloseType::Remote);
+                    if u_open {
+                        d_close_due = true;
+                    } else {
+                        for f in filters.iter_mut() {
+                            f.on_downstream_close(cx, CloseType::Remote);
+                        }
                     }
                 }
             }
@@ -207,6 +214,11 @@ pub(crate) async fn relay<D, U>(
                     let _ = dw.shutdown().await;
                     for f in filters.iter_mut() {
                         f.on_upstream_close(cx, CloseType::Remote);
+                    }
+                    if std::mem::take(&mut d_close_due) {
+                        for f in filters.iter_mut() {
+                            f.on_downstream_close(cx, CloseType::Local);
+                        }
                     }
                 }
             }

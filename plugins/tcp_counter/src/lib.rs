@@ -162,7 +162,16 @@ impl StreamContext for TcpCounter {
         Action::Continue
     }
 
-    fn on_downstream_close(&mut self, _peer_type: PeerType) {
+    fn on_downstream_close(&mut self, peer_type: PeerType) {
         info!("connection closed: down={} up={}", self.down, self.up);
+        let who = match peer_type {
+            PeerType::Local => "local",
+            PeerType::Remote => "remote",
+            _ => "unknown",
+        };
+        let name = format!("tcp_counter_closed_{who}");
+        if let Ok(id) = proxy_wasm::hostcalls::define_metric(MetricType::Counter, &name) {
+            let _ = proxy_wasm::hostcalls::increment_metric(id, 1);
+        }
     }
 }

@@ -125,3 +125,62 @@ async fn a_network_plugin_routes_the_tcp_proxy_like_envoy() -> anyhow::Result<()
     }
     Ok(())
 }
+
+/// Which side ended a proxied TCP connection, as a network plugin hears it
+/// (`on_downstream_connection_close`): when the upstream ends last, Envoy closes the client's
+/// side itself (local); when the client's FIN comes last, the client closed it (remote). The
+/// `tcp_counter` plugin counts each kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downstream_close_kinds_match_envoy() -> anyhow::Result<()> {
+    let a = start_upstream("a").await?;
+    let pa = a.addr.port();
+    let ports = free_ports(2)?;
+    let dir = tempfile::tempdir()?;
+    let log = |n: &str| dir.path().join(n).display().to_string();
+    let envoy_yaml = bootstrap(ports[1], ports[0], pa, pa, "", &log("envoy.log"));
+    let admin: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+    let envoy = tokio::task::spawn_blocking(move || start_envoy(&envoy_yaml, admin)).await??;
+    let ours = start_proxy(&bootstrap(0, 0, pa, pa, "", &log("ours.log")))?;
+    let envoy_addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+    let ours_addr = ours.listener_addr("main").expect("listener");
+    // The client half-closes right after its request (the upstream ends last), then a client
+    // that reads the whole answer first (its FIN comes last).
+    let exchange = |addr: SocketAddr, half_close: bool| -> anyhow::Result<()> {
+        let mut s = std::net::TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")?;
+        if half_close {
+            s.shutdown(std::net::Shutdown::Write)?;
+        }
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        Ok(())
+    };
+    let mut seen = Vec::new();
+    for (addr, admin) in [
+        (envoy_addr, envoy.admin),
+        (ours_addr, ours.admin_addr().expect("admin")),
+    ] {
+        for half_close in [true, false] {
+            tokio::task::spawn_blocking(move || exchange(addr, half_close)).await??;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let closes: Vec<String> = send(admin, get("admin", "/stats"))
+            .await?
+            .text()
+            .lines()
+            .filter(|l| l.contains("tcp_counter_closed_"))
+            .map(str::to_string)
+            .collect();
+        seen.push(closes);
+    }
+    assert_eq!(seen[1], seen[0], "wasmesh (left) vs Envoy (right)");
+    assert!(
+        seen[0]
+            .iter()
+            .any(|l| l.ends_with("tcp_counter_closed_local: 1")),
+        "{:?}",
+        seen[0]
+    );
+    Ok(())
+}
