@@ -888,6 +888,8 @@ async fn respond_local(
         let info = st.cx.stream_info_mut();
         info.response_code_details = Some(Arc::from(reply.details.as_str()));
         info.response_flags.insert(flags);
+        // What was read of the request so far (`request.size` for the response hooks).
+        info.bytes_received = fin.bytes_received.get();
     }
     if fin.grpc {
         let parts = super::grpc_local_reply_parts(&reply);

@@ -414,3 +414,56 @@ async fn upstream_failure_properties_match_envoy() -> anyhow::Result<()> {
     drop((ours, envoy_proc));
     Ok(())
 }
+
+/// A plugin that answers from the request body (`auth` with `body_deny`): the response hooks
+/// of the plugin before it read `request.size` and `request.total_size` with the body counted,
+/// as in Envoy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_size_after_a_body_reply_matches_envoy() -> anyhow::Result<()> {
+    let up = start_upstream("up").await?;
+    let filters = format!(
+        "{}{}",
+        wasm_filter(
+            "p",
+            test_plugins::PROPS_PROBE,
+            r#"{"paths": ["request.size", "request.total_size"]}"#
+        ),
+        wasm_filter(
+            "a",
+            test_plugins::AUTH,
+            r#"{"value": "k", "body_deny": "DENY"}"#
+        )
+    );
+    let (_ours, ours_addr, _envoy, envoy_addr) = start_both(|admin, listen| {
+        hcm_bootstrap((admin, listen, up.addr.port()), "", &filters, "")
+    })
+    .await?;
+    let mut seen = Vec::new();
+    for addr in [envoy_addr, ours_addr] {
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/")
+            .header("host", "h")
+            .header("x-api-key", "k")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                b"xxDENYxx",
+            )))?;
+        let r = send(addr, req).await?;
+        let h = |n: &str| {
+            r.headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("<no header>")
+                .to_string()
+        };
+        seen.push((r.status, h("x-probe-0"), h("x-probe-1")));
+    }
+    assert_eq!(seen[1], seen[0], "wasmesh (left) vs Envoy (right)");
+    assert_eq!(seen[0].0, 403);
+    assert!(
+        seen[0].1.ends_with("| hex:0800000000000000"),
+        "{:?}",
+        seen[0]
+    );
+    Ok(())
+}
