@@ -642,6 +642,8 @@ pub(crate) struct Finisher {
     /// When the answered upstream attempt started, and whether it was an internal request
     /// (`upstream_rq_time` and its `internal.`/`external.` copy).
     pub(crate) upstream_timing: Option<(Instant, bool)>,
+    /// What the answering HTTP/1.1 upstream connection's reads tell the response body.
+    pub(crate) upstream_reads: Option<Arc<crate::read_ahead::ReadState>>,
     /// The request as it went upstream, for access log formats that print any header.
     log_request: Option<http::request::Parts>,
     done: bool,
@@ -665,6 +667,7 @@ impl Drop for Finisher {
                 grpc: self.grpc,
                 upstream: self.upstream.take(),
                 upstream_timing: self.upstream_timing.take(),
+                upstream_reads: self.upstream_reads.take(),
                 log_request: self.log_request.take(),
                 done: false,
             };
@@ -689,6 +692,7 @@ impl Finisher {
             grpc: false,
             upstream: None,
             upstream_timing: None,
+            upstream_reads: None,
             log_request: None,
             done: false,
         }

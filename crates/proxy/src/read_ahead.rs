@@ -23,13 +23,14 @@ const READ: usize = 16 * 1024;
 /// The most one merged frame holds (Envoy's default connection buffer limit).
 const LIMIT: usize = 1024 * 1024;
 
-/// What [`Coalesce`] learns from the connection's reads (shared with a response through its
-/// extensions, hence `Sync`).
+/// What [`Coalesce`] learns from the connection's reads.
 #[derive(Default, Debug)]
 pub(crate) struct ReadState {
     /// The codec asked for more input and the socket had none: everything read so far has
     /// been decoded (the codec's own buffer is empty too).
     starved: AtomicBool,
+    /// A body waits in `waiter` (the lock is taken only then: most reads have no waiter).
+    waiting: AtomicBool,
     /// Woken when the codec gets starved.
     waiter: Mutex<Option<std::task::Waker>>,
 }
@@ -37,7 +38,7 @@ pub(crate) struct ReadState {
 impl ReadState {
     fn set_starved(&self, yes: bool) {
         self.starved.store(yes, Ordering::Relaxed);
-        if yes {
+        if yes && self.waiting.swap(false, Ordering::AcqRel) {
             let w = self.waiter.lock().map(|mut w| w.take()).unwrap_or_default();
             if let Some(w) = w {
                 w.wake();
@@ -53,13 +54,9 @@ impl ReadState {
         if let Ok(mut slot) = self.waiter.lock() {
             *slot = Some(w.clone());
         }
+        self.waiting.store(true, Ordering::Release);
     }
 }
-
-/// The [`ReadState`] of the HTTP/1.1 upstream connection a response came on (in the
-/// response's extensions).
-#[derive(Clone, Debug)]
-pub(crate) struct UpstreamReads(pub(crate) Arc<ReadState>);
 
 /// A connection read until it would block (at most `limit` bytes ahead of the codec).
 pub(crate) struct ReadAhead<IO> {

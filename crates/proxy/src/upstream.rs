@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 
 use crate::cluster::{Cluster, Host, UpstreamProtocol};
 use crate::error::{ErrorKind, ProxyError};
-use crate::read_ahead::{ReadAhead, ReadState, UpstreamReads};
+use crate::read_ahead::{ReadAhead, ReadState};
 
 /// Boxed error for bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -248,8 +248,22 @@ impl Pools {
         cluster: &Arc<Cluster>,
         cluster_name: &Arc<str>,
         host: &Arc<Host>,
-        mut req: http::Request<Body>,
+        req: http::Request<Body>,
     ) -> Result<http::Response<Incoming>, ProxyError> {
+        self.send_with_reads(cluster, cluster_name, host, req)
+            .await
+            .map(|(r, _)| r)
+    }
+
+    /// [`Pools::send`], with what the HTTP/1.1 connection's reads tell the response body
+    /// ([`crate::read_ahead::Coalesce`]; `None` over h2).
+    pub(crate) async fn send_with_reads(
+        &self,
+        cluster: &Arc<Cluster>,
+        cluster_name: &Arc<str>,
+        host: &Arc<Host>,
+        mut req: http::Request<Body>,
+    ) -> Result<(http::Response<Incoming>, Option<Arc<ReadState>>), ProxyError> {
         host.rq_total.fetch_add(1, Ordering::Relaxed);
         let key: Key = (Arc::clone(cluster_name), host.addr);
         // h2: one multiplexed connection per host.
@@ -262,7 +276,11 @@ impl Pools {
             .cloned();
         if let Some(mut sender) = existing_h2 {
             set_h2_uri(&mut req);
-            return sender.send_request(req).await.map_err(|e| classify(&e));
+            return sender
+                .send_request(req)
+                .await
+                .map(|r| (r, None))
+                .map_err(|e| classify(&e));
         }
         let idle = {
             let mut inner = self.inner.borrow_mut();
@@ -299,7 +317,11 @@ impl Pools {
                     });
                     self.inner.borrow_mut().h2.insert(key, sender.clone());
                     set_h2_uri(&mut req);
-                    return sender.send_request(req).await.map_err(|e| classify(&e));
+                    return sender
+                        .send_request(req)
+                        .await
+                        .map(|r| (r, None))
+                        .map_err(|e| classify(&e));
                 }
                 // Read as Envoy reads an upstream: until the socket would block (its 1 MiB
                 // connection buffer limit by default), for response body chunks like Envoy's.
@@ -324,9 +346,8 @@ impl Pools {
             }
         };
         set_h1_uri(&mut req);
-        let mut resp = sender.send_request(req).await.map_err(|e| classify(&e))?;
-        resp.extensions_mut()
-            .insert(UpstreamReads(Arc::clone(&reads)));
+        let resp = sender.send_request(req).await.map_err(|e| classify(&e))?;
+        let for_body = Arc::clone(&reads);
         // Back to the pool once this response is fully read.
         let inner = Rc::clone(&self.inner);
         tokio::task::spawn_local(async move {
@@ -338,7 +359,7 @@ impl Pools {
                 }
             }
         });
-        Ok(resp)
+        Ok((resp, Some(for_body)))
     }
 }
 

@@ -456,11 +456,7 @@ pub(super) async fn run(
             let end = rbody.is_end_stream();
             let filtered = n > 0 && hcm.filters_use_bodies;
             // Filters see one chunk per upstream read, as Envoy's HTTP/1.1 codec makes them.
-            let reads = rparts
-                .extensions
-                .remove::<crate::read_ahead::UpstreamReads>()
-                .filter(|_| filtered)
-                .map(|r| r.0);
+            let reads = fin.upstream_reads.take().filter(|_| filtered);
             let rsrc = if end {
                 None
             } else {
@@ -744,7 +740,10 @@ async fn forward(
             (None, Some(p)) => Some(Instant::now() + p),
             (None, None) => None,
         };
-        let send = conn.worker.pools.send(&cluster, &cname, &host, req);
+        let send = conn
+            .worker
+            .pools
+            .send_with_reads(&cluster, &cname, &host, req);
         let result = match limit {
             Some(l) => match tokio::time::timeout_at(l.into(), send).await {
                 Ok(r) => r,
@@ -759,7 +758,8 @@ async fn forward(
         };
         let can_retry = attempt <= retries;
         match result {
-            Ok(resp) => {
+            Ok((resp, reads)) => {
+                fin.upstream_reads = reads;
                 let status = resp.status().as_u16();
                 cluster.stats.record_status(status, internal);
                 let outcome = if status >= 500 {
