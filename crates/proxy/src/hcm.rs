@@ -157,9 +157,6 @@ pub(crate) async fn serve<IO>(
         // Room above Envoy's 60 KiB header limit, which the router checks (431 with Envoy's
         // body); hyper's own 431 (no body) only past this.
         .max_buf_size(256 * 1024)
-        // Room above Envoy's `max_headers_count` (100), which the router checks (431 with
-        // Envoy's body); hyper's own 431 (no body) only past this.
-        .max_headers(256)
         .preserve_header_case(false);
     builder
         .http2()
@@ -404,7 +401,6 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Response<Body> {
         hcm.stats.rq_http1_total.inc();
     }
     let (mut parts, body) = req.into_parts();
-    let client_headers = parts.headers.len();
     if parts.version == http::Version::HTTP_2 {
         join_cookies(&mut parts.headers);
     }
@@ -470,7 +466,6 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Response<Body> {
     }));
     let start = Instant::now();
     let mut fin = Finisher::new(Rc::clone(&conn), Rc::clone(&stream), start);
-    fin.client_headers = client_headers;
     fin.grpc = is_grpc(&parts.headers);
     router::run(conn, stream, parts, body, fin).await
 }
@@ -633,8 +628,6 @@ pub(crate) struct Finisher {
     pub(crate) close: bool,
     /// A HEAD request: the response goes without its body.
     pub(crate) head: bool,
-    /// How many headers the client sent (Envoy's `max_headers_count` applies to those).
-    pub(crate) client_headers: usize,
     /// A gRPC request (`content-type: application/grpc...`): local replies are gRPC
     /// trailers-only responses, as Envoy sends them.
     pub(crate) grpc: bool,
@@ -663,7 +656,6 @@ impl Drop for Finisher {
                 request_done: Rc::clone(&self.request_done),
                 close: self.close,
                 head: self.head,
-                client_headers: self.client_headers,
                 grpc: self.grpc,
                 upstream: self.upstream.take(),
                 upstream_timing: self.upstream_timing.take(),
@@ -688,7 +680,6 @@ impl Finisher {
             request_done: Rc::default(),
             close: false,
             head: false,
-            client_headers: 0,
             grpc: false,
             upstream: None,
             upstream_timing: None,

@@ -191,9 +191,6 @@ pub(super) async fn run(
     } else if h11 && header_bytes(&parts) > MAX_HEADER_BYTES {
         let too_large = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
         Some((too_large, "http1.headers_too_large", true))
-    } else if h11 && fin.client_headers > MAX_HEADERS_COUNT {
-        let too_large = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
-        Some((too_large, "http1.too_many_headers", true))
     } else if h11 && !parts.headers.contains_key(HOST) {
         Some((http::StatusCode::BAD_REQUEST, "missing_host_header", false))
     } else if parts.headers.contains_key(http::header::UPGRADE) {
@@ -495,9 +492,6 @@ pub(super) fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
 
 /// Envoy's default `max_request_headers_kb`, in bytes.
 const MAX_HEADER_BYTES: usize = 60 * 1024;
-
-/// Envoy's `max_headers_count` default.
-const MAX_HEADERS_COUNT: usize = 100;
 
 /// The size Envoy checks against `max_request_headers_kb`: names and values, the request
 /// target included.
