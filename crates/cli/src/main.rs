@@ -35,6 +35,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod agent_cmd;
 mod control_plane_cmd;
+mod envoy_log;
 mod plugin_cmd;
 mod proxy_cmd;
 mod status_cmd;
@@ -140,8 +141,14 @@ fn main() -> anyhow::Result<()> {
     // debug) would only fill the pipe its parent reads the reason from.
     match &cli.command {
         Command::CompileWasm(_) => {}
-        Command::Proxy(args) => init_logging(args.log_level.as_deref(), args.log_path.as_deref()),
-        _ => init_logging(None, None),
+        Command::Proxy(args) => init_logging(
+            args.log_level.as_deref(),
+            args.log_path.as_deref(),
+            Some(envoy_log::EnvoyFormat::new(
+                args.log_format().unwrap_or(envoy_log::ENVOY_DEFAULT),
+            )),
+        ),
+        _ => init_logging(None, None, None),
     }
     match cli.command {
         Command::Version => println!("wasmesh {}", env!("CARGO_PKG_VERSION")),
@@ -168,8 +175,13 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// `RUST_LOG`-style filter, to stderr; without `RUST_LOG`, the level given as Envoy's `-l`
-/// (`warning` is `warn`, `critical` is `error`), else `info`.
-fn init_logging(level: Option<&str>, path: Option<&std::path::Path>) {
+/// (`warning` is `warn`, `critical` is `error`), else `info`. The proxy's lines are in Envoy's
+/// format (`envoy`), the other commands' in `tracing`'s.
+fn init_logging(
+    level: Option<&str>,
+    path: Option<&std::path::Path>,
+    envoy: Option<envoy_log::EnvoyFormat>,
+) {
     let level = match level {
         Some("warning") => "warn",
         Some("critical") => "error",
@@ -195,9 +207,14 @@ fn init_logging(level: Option<&str>, path: Option<&std::path::Path>) {
         }
     });
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = match file {
-        Some(f) => builder.with_ansi(false).with_writer(f).try_init(),
-        None => builder
+    let _ = match (file, envoy) {
+        (Some(f), Some(e)) => builder.event_format(e).with_writer(f).try_init(),
+        (None, Some(e)) => builder
+            .event_format(e)
+            .with_writer(std::io::stderr)
+            .try_init(),
+        (Some(f), None) => builder.with_ansi(false).with_writer(f).try_init(),
+        (None, None) => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .try_init(),

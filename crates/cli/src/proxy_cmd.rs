@@ -41,6 +41,10 @@ pub(crate) struct ProxyArgs {
         value_parser = ["trace", "debug", "info", "warning", "warn", "error", "critical", "off"]
     )]
     pub(crate) log_level: Option<String>,
+    /// Log line format, an spdlog pattern as Envoy's `--log-format` (default Envoy's
+    /// `[%Y-%m-%d %T.%e][%t][%l][%n] [%g:%#] %v`; times in UTC).
+    #[arg(long = "log-format", env = "WASMESH_PROXY_LOG_FORMAT")]
+    log_format: Option<String>,
     /// Write logs to this file instead of stderr (Envoy's `--log-path`).
     #[arg(long = "log-path")]
     pub(crate) log_path: Option<PathBuf>,
@@ -72,6 +76,13 @@ pub(crate) struct ProxyArgs {
     envoy: EnvoyOnly,
 }
 
+impl ProxyArgs {
+    /// The `--log-format` pattern, if given.
+    pub(crate) fn log_format(&self) -> Option<&str> {
+        self.log_format.as_deref()
+    }
+}
+
 /// Envoy flags accepted and without effect here, so command lines written for Envoy (such as
 /// istio-agent's) start wasmesh unchanged.
 #[derive(Debug, Args)]
@@ -80,9 +91,6 @@ struct EnvoyOnly {
     /// Envoy's shared-memory id (no hot restart here).
     #[arg(long = "base-id", env = "WASMESH_PROXY_BASE_ID")]
     base_id: Option<u32>,
-    /// Envoy's log line format.
-    #[arg(long = "log-format", env = "WASMESH_PROXY_LOG_FORMAT")]
-    log_format: Option<String>,
     /// Envoy's per-component log levels (`misc:error,...`).
     #[arg(long = "component-log-level")]
     component_log_level: Option<String>,

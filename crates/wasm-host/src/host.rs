@@ -51,15 +51,16 @@ pub struct GrpcCall {
 }
 
 /// A plugin's log line as Envoy writes it, `wasm log <prefix>: <message>`, under the `wasm`
-/// tracing target at the plugin's level (critical as error).
+/// tracing target at the plugin's level (critical as error, with the field `critical`).
 pub fn log_plugin_line(prefix: &str, level: LogLevel, message: &str) {
     match level {
         LogLevel::Trace => tracing::trace!(target: "wasm", "wasm log{prefix}: {message}"),
         LogLevel::Debug => tracing::debug!(target: "wasm", "wasm log{prefix}: {message}"),
         LogLevel::Info => tracing::info!(target: "wasm", "wasm log{prefix}: {message}"),
         LogLevel::Warn => tracing::warn!(target: "wasm", "wasm log{prefix}: {message}"),
-        LogLevel::Error | LogLevel::Critical => {
-            tracing::error!(target: "wasm", "wasm log{prefix}: {message}")
+        LogLevel::Error => tracing::error!(target: "wasm", "wasm log{prefix}: {message}"),
+        LogLevel::Critical => {
+            tracing::error!(target: "wasm", critical = true, "wasm log{prefix}: {message}")
         }
     }
 }

@@ -8,28 +8,33 @@ use crate::compile::one_request;
 async fn plugin_lines(level: &str) -> Vec<String> {
     let module = test_plugins::path(test_plugins::LOGGING);
     let (_, log) = one_request(&module, &["-l", level], None).await;
-    let levels = ["TRACE", "DEBUG", " INFO", " WARN", "ERROR"];
     log.lines()
         .filter(|l| l.contains("request headers: /") && !l.contains("stdout:"))
-        .filter_map(|l| levels.iter().find(|lv| l.contains(*lv)))
-        .map(|lv| lv.trim().to_string())
+        .filter_map(|l| {
+            // `[date][thread][level][wasm] ...`, as Envoy writes it
+            let mut parts = l.split(']');
+            parts.nth(2).map(|p| p.trim_start_matches('[').to_string())
+        })
         .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_level_flag_sets_what_plugins_log() {
-    // critical is logged as an error line
-    assert_eq!(plugin_lines("warning").await, ["WARN", "ERROR", "ERROR"]);
+    assert_eq!(
+        plugin_lines("warning").await,
+        ["warning", "error", "critical"]
+    );
     assert_eq!(
         plugin_lines("debug").await,
-        ["DEBUG", "INFO", "WARN", "ERROR", "ERROR"]
+        ["debug", "info", "warning", "error", "critical"]
     );
 }
 
-/// Plugin log lines read as Envoy's: `wasm log <name> <root_id> <vm_id>: <message>` from a
-/// stream, `wasm log <root_id> <vm_id>: ` from a root context (each part only when set). For
-/// the same plugin, config and request, the `vm start`, `configure` and `request headers` lines
-/// are the same text, as many times (every VM, every level), WASI stdout included.
+/// Plugin log lines read as Envoy's: `[time][thread][level][wasm] [source location] wasm log
+/// <name> <root_id> <vm_id>: <message>` from a stream, `wasm log <root_id> <vm_id>: ` from a
+/// root context (each part only when set). For the same plugin, config and request, the `vm
+/// start`, `configure` and `request headers` lines are the same text apart from the time and
+/// thread, as many times (every VM, every level), WASI stdout included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_log_lines_read_as_envoys() {
     use std::net::SocketAddr;
@@ -76,7 +81,9 @@ async fn plugin_log_lines_read_as_envoys() {
     let lines = |log: &str| -> Vec<String> {
         let mut v: Vec<String> = log
             .lines()
-            .filter_map(|l| l.find("wasm log").map(|i| l[i..].trim_end().to_string()))
+            .filter(|l| l.contains("wasm log"))
+            // without `[time][thread]`
+            .filter_map(|l| l.splitn(3, ']').nth(2).map(|r| r.trim_end().to_string()))
             .filter(|l| {
                 ["request headers: /", ": vm start", ": configure"]
                     .iter()
@@ -88,9 +95,9 @@ async fn plugin_log_lines_read_as_envoys() {
     };
     let theirs = lines(&envoy.1);
     assert!(
-        theirs
-            .iter()
-            .any(|l| l == "wasm log headers: request headers: /"),
+        theirs.iter().any(|l| l
+            == "[info][wasm] [source/extensions/common/wasm/context.cc:1151] \
+                    wasm log headers: request headers: /"),
         "{theirs:?}"
     );
     assert_eq!(lines(&ours), theirs, "wasmesh (left) vs Envoy (right)");
