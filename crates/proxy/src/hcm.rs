@@ -285,20 +285,32 @@ fn current(conn: Rc<Conn>) -> Rc<Conn> {
 }
 
 /// h2 sends each cookie as its own `cookie` field; Envoy's codec joins them with `; ` into one
-/// header (RFC 9113 8.2.3), which plugins and the upstream then see.
+/// header (RFC 9113 8.2.3), which plugins and the upstream then see. It adds that header when
+/// the header block is complete, so an h2 client's `cookie` (even a single one) comes after
+/// its other headers.
 fn join_cookies(headers: &mut http::HeaderMap) {
     let mut all = headers.get_all(http::header::COOKIE).iter();
-    let (Some(first), Some(_)) = (all.next(), all.next()) else {
+    let Some(first) = all.next() else {
         return;
     };
-    let mut joined = first.as_bytes().to_vec();
-    for v in headers.get_all(http::header::COOKIE).iter().skip(1) {
-        joined.extend_from_slice(b"; ");
-        joined.extend_from_slice(v.as_bytes());
-    }
-    if let Ok(v) = HeaderValue::from_bytes(&joined) {
-        headers.insert(http::header::COOKIE, v);
-    }
+    let joined = if all.next().is_none() {
+        if headers.keys().last() == Some(&http::header::COOKIE) {
+            return;
+        }
+        first.clone()
+    } else {
+        let mut joined = first.as_bytes().to_vec();
+        for v in headers.get_all(http::header::COOKIE).iter().skip(1) {
+            joined.extend_from_slice(b"; ");
+            joined.extend_from_slice(v.as_bytes());
+        }
+        match HeaderValue::from_bytes(&joined) {
+            Ok(v) => v,
+            Err(_) => return,
+        }
+    };
+    crate::header_order::remove(headers, &["cookie"]);
+    headers.insert(http::header::COOKIE, joined);
 }
 
 /// Whether a client header name is one [`clean_client_headers`] may remove.

@@ -98,7 +98,8 @@ async fn plugins_see_pseudo_headers_in_envoys_order() -> anyhow::Result<()> {
 }
 
 /// An h2 client's separate `cookie` fields reach plugins (and the upstream) as one header,
-/// joined with `; `, as Envoy's codec joins them.
+/// joined with `; `, as Envoy's codec joins them, after the client's other headers (the codec
+/// adds it when the header block is complete).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_cookies_are_joined_like_envoy() -> anyhow::Result<()> {
     let up = test_support::proxy_peers::start_upstream("up").await?;
@@ -117,6 +118,8 @@ async fn h2_cookies_are_joined_like_envoy() -> anyhow::Result<()> {
             .append("cookie", http::HeaderValue::from_static("a=1"));
         req.headers_mut()
             .append("cookie", http::HeaderValue::from_static("b=2"));
+        req.headers_mut()
+            .append("x-a", http::HeaderValue::from_static("1"));
         let r = send_h2(addr, req).await?;
         let h = |n: &str| {
             r.headers
@@ -136,7 +139,10 @@ async fn h2_cookies_are_joined_like_envoy() -> anyhow::Result<()> {
     }
     assert_eq!(seen[1], seen[0], "wasmesh (left) vs Envoy (right)");
     assert_eq!(seen[0].1, "a=1; b=2 | <missing>", "{:?}", seen[0]);
-    assert_eq!(seen[0].0, ["cookie", "x-forwarded-proto", "x-request-id"]);
+    assert_eq!(
+        seen[0].0,
+        ["x-a", "cookie", "x-forwarded-proto", "x-request-id"]
+    );
     drop((ours, envoy_proc));
     Ok(())
 }
