@@ -178,6 +178,11 @@ impl Cluster {
         self.hosts.store(Arc::new(new));
     }
 
+    /// Whether the cluster has any host (healthy or not).
+    pub fn has_hosts(&self) -> bool {
+        !self.hosts.load().is_empty()
+    }
+
     /// Picks a host, or `None` if the cluster has none.
     pub fn pick(&self, rand: u32) -> Option<Arc<Host>> {
         let hosts = self.hosts.load();

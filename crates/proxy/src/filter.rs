@@ -547,6 +547,11 @@ pub enum CalloutError {
     /// The connection was reset or the response was malformed.
     #[error("callout reset: {0}")]
     Reset(String),
+    /// The router answered the call itself, before any upstream response (connection refused,
+    /// reset before headers): Envoy's async client hands this local reply to the plugin as the
+    /// call's response.
+    #[error("callout answered locally: {status} {body}")]
+    Local { status: u16, body: String },
 }
 
 /// The trailers of a callout's response, in its extensions.
@@ -567,6 +572,14 @@ pub trait HttpCallDispatcher {
         request: http::Request<Bytes>,
         timeout: Option<Duration>,
     ) -> LocalBoxFuture<'_, Result<http::Response<Bytes>, CalloutError>>;
+
+    /// Whether `cluster` has any host now. A call to a cluster with none is answered by the
+    /// router while it is being sent (503, no healthy upstream), so Envoy's async client
+    /// refuses it there and then.
+    fn has_hosts(&self, cluster: &str) -> bool {
+        let _ = cluster;
+        true
+    }
 }
 
 /// A worker thread as filters see it: its index, HTTP callouts, and per-worker state slots
@@ -594,6 +607,11 @@ impl WorkerContext {
                 slots: RefCell::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Whether `cluster` has any host now (see [`HttpCallDispatcher::has_hosts`]).
+    pub fn cluster_has_hosts(&self, cluster: &str) -> bool {
+        self.inner.dispatcher.has_hosts(cluster)
     }
 
     /// Index of the worker, `0..concurrency`.

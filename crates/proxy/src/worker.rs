@@ -43,6 +43,14 @@ struct Callouts {
 }
 
 impl HttpCallDispatcher for Callouts {
+    fn has_hosts(&self, cluster: &str) -> bool {
+        self.config
+            .load()
+            .clusters
+            .get(cluster)
+            .is_some_and(|c| c.has_hosts())
+    }
+
     fn http_call(
         &self,
         cluster: &str,
@@ -91,16 +99,16 @@ impl HttpCallDispatcher for Callouts {
             let name: Arc<str> = Arc::from(cluster.as_str());
             c.stats.rq_total.inc();
             let fut = async {
-                let resp =
-                    self.pools
-                        .send(&c, &name, &host, req)
-                        .await
-                        .map_err(|e| match e.kind {
-                            crate::error::ErrorKind::ConnectFailure(_) => {
-                                CalloutError::NoHealthyUpstream(cluster.clone())
-                            }
-                            other => CalloutError::Reset(format!("{other:?}")),
-                        })?;
+                let resp = self
+                    .pools
+                    .send(&c, &name, &host, req)
+                    .await
+                    // Connection refused, reset before headers, a malformed response:
+                    // the router's local reply, as Envoy's async client gets it.
+                    .map_err(|e| CalloutError::Local {
+                        status: e.status().as_u16(),
+                        body: e.body(),
+                    })?;
                 let (mut parts, body) = resp.into_parts();
                 if let Ok(v) = http::HeaderValue::from_str(&start.elapsed().as_millis().to_string())
                 {

@@ -73,6 +73,10 @@ pub(crate) fn outcome(
     let resp = match answer {
         Ok(r) => r,
         Err(CalloutError::Timeout) => return Err((DEADLINE_EXCEEDED, "timeout".into())),
+        // (the router's gRPC local reply: the HTTP status mapped, the text as grpc-message)
+        Err(CalloutError::Local { status, body }) => {
+            return Err((crate::hcm::http_to_grpc(status), body));
+        }
         Err(e) => return Err((UNAVAILABLE, e.to_string())),
     };
     let (parts, body) = resp.into_parts();

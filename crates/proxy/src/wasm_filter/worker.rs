@@ -208,10 +208,16 @@ fn to_call_response(resp: http::Response<Bytes>) -> HttpCallResponse {
 }
 
 /// Envoy answers a timed-out callout with a synthesized 504, delivered as a success.
-fn timeout_response() -> HttpCallResponse {
+/// The router's local reply to a call, as Envoy's async client hands it to the plugin:
+/// `:status`, `content-length`, `content-type: text/plain` and the text.
+fn local_response(status: u16, body: &str) -> HttpCallResponse {
     HttpCallResponse {
-        headers: HeaderMap::from_entries([(":status", "504"), ("content-type", "text/plain")]),
-        body: b"upstream request timeout".to_vec(),
+        headers: HeaderMap::from_entries([
+            (":status", status.to_string().as_str()),
+            ("content-length", body.len().to_string().as_str()),
+            ("content-type", "text/plain"),
+        ]),
+        body: body.as_bytes().to_vec(),
         trailers: HeaderMap::new(),
     }
 }
@@ -242,6 +248,12 @@ impl Host for WorkerHost {
             return Err(Status::BadArgument);
         }
         let request = to_http_request(&call).ok_or(Status::BadArgument)?;
+        // (Envoy: the router's no-healthy-upstream reply comes while the call is sent; its
+        // async client then returns no request, and the plugin gets InternalFailure and no
+        // callback)
+        if !self.worker.cluster_has_hosts(&call.upstream) {
+            return Err(Status::InternalFailure);
+        }
         let (vm, worker, token) = (self.vm.clone(), self.worker.clone(), call.token);
         tokio::task::spawn_local(async move {
             let answer = match worker
@@ -249,7 +261,8 @@ impl Host for WorkerHost {
                 .await
             {
                 Ok(resp) => Some(to_call_response(resp)),
-                Err(CalloutError::Timeout) => Some(timeout_response()),
+                Err(CalloutError::Timeout) => Some(local_response(504, "upstream request timeout")),
+                Err(CalloutError::Local { status, body }) => Some(local_response(status, &body)),
                 Err(e) => {
                     tracing::debug!(cluster = %call.upstream, error = %e, "plugin callout failed");
                     None

@@ -123,3 +123,93 @@ async fn grpc_callouts_match_envoy() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A listener that accepts connections and then either closes them at once (`close`) or
+/// holds them without answering.
+async fn silent_upstream(close: bool) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            if !close {
+                held.push(sock);
+            }
+        }
+    });
+    Ok(addr)
+}
+
+/// A failed callout as the plugin sees it, against Envoy 1.40. Envoy's async client gets the
+/// router's local reply as the call's response: a refused connection or a connection closed
+/// before the response are a 503 (`upstream connect error ...`), a timeout a 504. A cluster with
+/// no host at all is refused while the call is dispatched (InternalFailure: the `callout`
+/// plugin answers 500 itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callout_failures_reach_the_plugin_as_envoys_local_replies() -> anyhow::Result<()> {
+    let up = start_upstream("up").await?;
+    let refused = free_ports(1)?[0];
+    let closer = silent_upstream(true).await?.port();
+    let hole = silent_upstream(false).await?.port();
+    let no_hosts = "  - name: empty\n    connect_timeout: 1s\n    load_assignment: {cluster_name: empty, endpoints: []}\n";
+    let clusters = format!(
+        "{}{}{}{no_hosts}",
+        cluster_yaml("refused", refused, false),
+        cluster_yaml("closer", closer, false),
+        cluster_yaml("hole", hole, false),
+    );
+    let filter = |cluster: &str| {
+        wasm_filter(
+            &format!("c_{cluster}"),
+            test_plugins::CALLOUT,
+            &format!(r#"{{"cluster":"{cluster}","timeout_ms":400}}"#),
+        )
+    };
+    let routes = ["refused", "closer", "hole", "empty"];
+    // (a proxy per case: one plugin, calling that cluster)
+    let mut seen: Vec<Vec<(u16, String)>> = Vec::new();
+    for which in ["envoy", "ours"] {
+        let mut got = Vec::new();
+        for cluster in routes {
+            let f = filter(cluster);
+            let yaml = |admin: u16, listen: u16| {
+                hcm_bootstrap((admin, listen, up.addr.port()), "", &f, &clusters)
+            };
+            let addr;
+            let _keep: Box<dyn std::any::Any>;
+            if which == "envoy" {
+                let ports = free_ports(2)?;
+                let y = yaml(ports[1], ports[0]);
+                let admin: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+                let envoy = tokio::task::spawn_blocking(move || start_envoy(&y, admin)).await??;
+                addr = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+                _keep = Box::new(envoy);
+            } else {
+                let ours = start_proxy(&yaml(0, 0))?;
+                addr = ours.listener_addr("main").expect("listener");
+                _keep = Box::new(ours);
+            }
+            let r = send(addr, get("h", "/")).await?;
+            let status = r
+                .headers
+                .get("x-callout-status")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string();
+            got.push((r.status, status));
+        }
+        seen.push(got);
+    }
+    assert_eq!(seen[1], seen[0], "wasmesh (left) vs Envoy (right)");
+    assert_eq!(
+        seen[0],
+        [
+            (403, "503".to_string()),
+            (403, "503".to_string()),
+            (403, "504".to_string()),
+            (500, "-".to_string()),
+        ],
+        "envoy"
+    );
+    Ok(())
+}
