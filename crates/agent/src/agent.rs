@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use prometheus_client::registry::Registry;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::info;
@@ -127,7 +126,7 @@ pub struct Agent {
 impl Agent {
     /// Opens the cache, binds the listeners and starts serving.
     pub async fn start(config: AgentConfig) -> Result<Self, AgentError> {
-        let mut registry = Registry::default();
+        let mut registry = metrics::registry();
         let metrics = Metrics::register(&mut registry);
         let cache = ModuleCache::open(config.cache.clone(), metrics.clone())?;
         let mut background = vec![cache.spawn_purger()];

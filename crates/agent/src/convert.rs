@@ -1,7 +1,8 @@
 //! ECDS conversion, as Istio's `pkg/wasm/convert.go`: remote Wasm code becomes a local file
 //! from the cache; `ISTIO_META_*` VM env entries are consumed and stripped; a fetch failure
 //! turns the resource into an RBAC filter of the same name (allow-all for FAIL_OPEN,
-//! deny-all otherwise).
+//! deny-all otherwise). Anything else (local code, other filters) is forwarded byte for byte;
+//! a Wasm filter with no code at all is malformed and NACKed.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use envoy_types::pb::envoy::extensions::wasm::v3::{
     FailurePolicy, PluginConfig, VmConfig, plugin_config,
 };
 use envoy_types::pb::google::protobuf::Any;
-use prost::{Message, Name};
+use prost::Message;
 use tracing::error;
 
 use crate::cache::{CacheError, GetOptions, ModuleCache, PullPolicy};
@@ -54,8 +55,13 @@ pub enum ConvertError {
     Unmarshal { type_url: String, reason: String },
     #[error("ECDS resource {resource} has no typed_config")]
     NoTypedConfig { resource: String },
-    #[error("Wasm config {resource} has no remote and no local code")]
-    NoCode { resource: String },
+    /// Istio's `tryUnmarshal` message: no `config`, no `vm_config` or no `code`.
+    #[error("no remote and local load found in Wasm {filter} filter of ECDS resource {resource}")]
+    NoCode {
+        resource: String,
+        /// `HTTP` or `Network`.
+        filter: &'static str,
+    },
 }
 
 /// Why the module of a remote Wasm config could not be made local (leads to the RBAC fallback).
@@ -234,12 +240,21 @@ impl Converter {
     }
 
     /// Converts all resources of one ECDS response in parallel. An error means a resource is
-    /// malformed and the whole response must be NACKed.
+    /// malformed and the whole response must be NACKed. Records
+    /// `wasm_config_conversion_duration` once for the response, as Istio's
+    /// `MaybeConvertWasmExtensionConfig`.
     pub async fn convert_all(&self, resources: &[Any]) -> Result<Vec<Converted>, ConvertError> {
-        futures::future::join_all(resources.iter().map(|r| self.convert_one(r)))
+        let start = Instant::now();
+        let out = futures::future::join_all(resources.iter().map(|r| self.convert_one(r)))
             .await
             .into_iter()
-            .collect()
+            .collect();
+        if self.enabled {
+            self.cache
+                .metrics()
+                .conversion_duration(start.elapsed().as_millis());
+        }
+        out
     }
 
     /// Converts one ECDS resource (an `Any` holding a `TypedExtensionConfig`).
@@ -251,7 +266,6 @@ impl Converter {
                 outcome: Outcome::Passthrough,
             });
         }
-        let start = Instant::now();
         let result = self.convert_inner(resource).await;
         let label = match &result {
             Ok(Converted {
@@ -263,14 +277,20 @@ impl Converter {
                 ..
             }) => ConversionResult::NoRemoteLoad,
             Ok(Converted {
+                outcome:
+                    Outcome::Fallback {
+                        error: RewriteError::NoHttpUri,
+                        ..
+                    },
+                ..
+            }) => ConversionResult::MissRemoteFetchHint,
+            Ok(Converted {
                 outcome: Outcome::Fallback { .. },
                 ..
             }) => ConversionResult::FetchFailure,
             Err(_) => ConversionResult::UnmarshalFailure,
         };
-        self.cache
-            .metrics()
-            .conversion(label, start.elapsed().as_secs_f64() * 1000.0);
+        self.cache.metrics().conversion(label);
         if let Ok(Converted {
             outcome:
                 Outcome::Fallback {
@@ -318,28 +338,29 @@ impl Converter {
         let mut wasm =
             HttpWasm::decode(typed.value.as_slice()).map_err(|e| decode_err(&typed.type_url, e))?;
         let type_url = typed.type_url.clone();
+        let no_code = |resource: String| ConvertError::NoCode {
+            resource,
+            filter: match kind {
+                WasmKind::Http => "HTTP",
+                WasmKind::Network => "Network",
+            },
+        };
         let Some(pc) = wasm.config.as_mut() else {
-            return Ok(passthrough(name));
+            return Err(no_code(name));
         };
         let plugin = pc.name.clone();
         let fail_open = is_fail_open(pc);
         let Some(plugin_config::Vm::VmConfig(vm)) = pc.vm.as_mut() else {
-            return Ok(passthrough(name));
+            return Err(no_code(name));
         };
-        let env = take_istio_env(vm);
         let remote = match vm.code.as_ref().and_then(|c| c.specifier.as_ref()) {
             Some(async_data_source::Specifier::Remote(r)) => r.clone(),
-            Some(async_data_source::Specifier::Local(_)) => {
-                // Local code passes through, without the agent's env entries.
-                ec.typed_config = Some(pack(&type_url, &wasm));
-                return Ok(Converted {
-                    resource: pack(&TypedExtensionConfig::type_url(), &ec),
-                    name,
-                    outcome: Outcome::Passthrough,
-                });
-            }
-            None => return Err(ConvertError::NoCode { resource: name }),
+            // Local code is forwarded as received, `ISTIO_META_*` env included (Istio's
+            // `tryUnmarshal` leaves it alone).
+            Some(async_data_source::Specifier::Local(_)) => return Ok(passthrough(name)),
+            None => return Err(no_code(name)),
         };
+        let env = take_istio_env(vm);
         let target = Target {
             name: name.clone(),
             plugin,
@@ -407,22 +428,20 @@ impl Converter {
             NETWORK_WASM_TYPE_URL => true,
             _ => return Ok(passthrough()),
         };
+        let no_code = || ConvertError::NoCode {
+            resource: name.clone(),
+            filter: if network { "Network" } else { "HTTP" },
+        };
         let Some(value) = ts.value.as_mut() else {
-            return Ok(passthrough());
+            return Err(no_code());
         };
         let Some(plugin) = typed_struct::read(value) else {
-            return Ok(passthrough());
+            return Err(no_code());
         };
         let (uri, sha256, timeout) = match plugin.code {
-            typed_struct::Code::None => return Err(ConvertError::NoCode { resource: name }),
-            typed_struct::Code::Local => {
-                ec.typed_config = Some(pack(&typed.type_url, &ts));
-                return Ok(Converted {
-                    resource: pack(ECDS_TYPE_URL, &ec),
-                    name,
-                    outcome: Outcome::Passthrough,
-                });
-            }
+            typed_struct::Code::None => return Err(no_code()),
+            // Forwarded as received, as Istio does.
+            typed_struct::Code::Local => return Ok(passthrough()),
             typed_struct::Code::Remote {
                 uri,
                 sha256,

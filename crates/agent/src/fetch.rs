@@ -44,8 +44,6 @@ pub fn is_wasm_binary(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == WASM_MAGIC
 }
 
-/// Registries (`host[:port]`) allowed without TLS verification (and, for OCI, over plain
-/// HTTP). `*` allows every registry, as Istio's `WASM_INSECURE_REGISTRIES`.
 #[cfg(test)]
 #[test]
 fn credentials_in_urls_are_redacted() {
@@ -57,6 +55,8 @@ fn credentials_in_urls_are_redacted() {
     assert_eq!(redact_url("oci://reg.io/ns/p:v1"), "oci://reg.io/ns/p:v1");
 }
 
+/// Registries (`host[:port]`) allowed without TLS verification (and, for OCI, over plain
+/// HTTP). `*` allows every registry, as Istio's `WASM_INSECURE_REGISTRIES`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InsecureRegistries {
     all: bool,
@@ -149,10 +149,9 @@ pub enum FetchError {
     NotWasm { url: String },
     #[error("cannot read the image manifest of {url}: {reason}")]
     Manifest { url: String, reason: String },
-    #[error(
-        "the image {url} is in no supported Wasm format (docker image, OCI image, Wasm OCI artifact): {reason}"
-    )]
-    UnsupportedImage { url: String, reason: String },
+    /// The image is in no Wasm format. Istio's message (the url is in the log line around it).
+    #[error("could not fetch Wasm binary: {reason}")]
+    InvalidImage { url: String, reason: String },
     #[error("cannot download layer {digest} of {url}: {reason}")]
     Blob {
         url: String,

@@ -9,7 +9,7 @@ use envoy_types::pb::google::protobuf::Duration as PbDuration;
 
 use super::*;
 use crate::cache::CacheOptions;
-use crate::metrics::Metrics;
+use crate::metrics::{ConversionResult, Metrics};
 use crate::testutil::{FileServer, Route, fetch_options, module, sha};
 
 const NAME: &str = "extensions.istio.io/wasmplugin/default.headers";
@@ -179,17 +179,24 @@ async fn local_code_and_other_filters_pass_through() {
     );
     let out = conv.convert_one(&res).await.unwrap();
     assert!(matches!(out.outcome, Outcome::Passthrough));
+    // Byte for byte, `ISTIO_META_*` env included, as Istio's `tryUnmarshal` leaves it.
+    assert_eq!(out.resource, res);
     let (_, pc) = decode_plugin(&out.resource);
-    assert_eq!(vm(&pc).code, Some(local("/opt/plugin.wasm")));
     assert_eq!(
         vm(&pc)
             .environment_variables
             .as_ref()
             .unwrap()
             .key_values
-            .len(),
-        1
+            .get(RESOURCE_VERSION_ENV)
+            .map(String::as_str),
+        Some("1")
     );
+    // Also inside a TypedStruct (file:// plugin written as an EnvoyFilter).
+    let ts = typed_struct_local("/opt/plugin.wasm");
+    let out = conv.convert_one(&ts).await.unwrap();
+    assert!(matches!(out.outcome, Outcome::Passthrough));
+    assert_eq!(out.resource, ts);
 
     let rbac = pack(ECDS_TYPE_URL, &fallback_filter("other", false, true));
     let out = conv.convert_one(&rbac).await.unwrap();
@@ -348,6 +355,65 @@ async fn malformed_resources_are_errors_to_nack() {
         conv.convert_one(&no_code).await,
         Err(ConvertError::NoCode { .. })
     ));
+    // No `config`, or a `config` without `vm_config`: Istio NACKs these too.
+    let http_no_config = pack(
+        ECDS_TYPE_URL,
+        &TypedExtensionConfig {
+            name: NAME.into(),
+            typed_config: Some(pack(HTTP_WASM_TYPE_URL, &HttpWasm { config: None })),
+        },
+    );
+    let err = conv.convert_one(&http_no_config).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("no remote and local load found in Wasm HTTP filter of ECDS resource {NAME}")
+    );
+    let network_no_vm = pack(
+        ECDS_TYPE_URL,
+        &TypedExtensionConfig {
+            name: NAME.into(),
+            typed_config: Some(pack(
+                NETWORK_WASM_TYPE_URL,
+                &NetworkWasm {
+                    config: Some(PluginConfig::default()),
+                },
+            )),
+        },
+    );
+    let err = conv.convert_one(&network_no_vm).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConvertError::NoCode {
+                filter: "Network",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let ts_no_config = pack(
+        ECDS_TYPE_URL,
+        &TypedExtensionConfig {
+            name: NAME.into(),
+            typed_config: Some(pack(
+                typed_struct::UDPA,
+                &typed_struct::TypedStruct {
+                    type_url: HTTP_WASM_TYPE_URL.into(),
+                    value: Some(Default::default()),
+                },
+            )),
+        },
+    );
+    assert!(matches!(
+        conv.convert_one(&ts_no_config).await,
+        Err(ConvertError::NoCode { filter: "HTTP", .. })
+    ));
+    assert_eq!(
+        conv.cache()
+            .metrics()
+            .conversion_count(ConversionResult::UnmarshalFailure),
+        6
+    );
     // One bad resource fails the whole response.
     let good = istiod_resource(
         Some(local("/x.wasm")),
@@ -554,4 +620,92 @@ async fn conversion_can_be_switched_off_as_in_istio() {
     let out = conv.convert_one(&res).await.unwrap();
     assert!(matches!(out.outcome, Outcome::Passthrough));
     assert_eq!(out.resource, res);
+}
+
+/// A file:// plugin inside a `udpa.type.v1.TypedStruct`, with Istio's env entries.
+fn typed_struct_local(path: &str) -> Any {
+    let json = serde_json::json!({
+        "config": {
+            "name": "default.headers",
+            "vm_config": {
+                "runtime": "envoy.wasm.runtime.v8",
+                "code": {"local": {"filename": path}},
+                "environment_variables": {"key_values": {
+                    "ISTIO_META_WASM_PLUGIN_RESOURCE_VERSION": "3",
+                    "KEEP": "x"
+                }}
+            }
+        }
+    });
+    let ts = typed_struct::TypedStruct {
+        type_url: HTTP_WASM_TYPE_URL.into(),
+        value: Some(json_to_struct(json)),
+    };
+    pack(
+        ECDS_TYPE_URL,
+        &TypedExtensionConfig {
+            name: NAME.into(),
+            typed_config: Some(pack(typed_struct::UDPA, &ts)),
+        },
+    )
+}
+
+#[tokio::test]
+async fn a_remote_without_http_uri_counts_as_miss_remote_fetch_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let conv = converter(dir.path());
+    let no_uri = AsyncDataSource {
+        specifier: Some(async_data_source::Specifier::Remote(RemoteDataSource {
+            http_uri: None,
+            sha256: String::new(),
+            retry_policy: None,
+        })),
+    };
+    let res = istiod_resource(Some(no_uri), &[], FailurePolicy::FailOpen, false);
+    let out = conv.convert_one(&res).await.unwrap();
+    assert!(
+        matches!(
+            out.outcome,
+            Outcome::Fallback {
+                error: RewriteError::NoHttpUri,
+                fail_open: true,
+                ..
+            }
+        ),
+        "{:?}",
+        out.outcome
+    );
+    let m = conv.cache().metrics();
+    assert_eq!(m.conversion_count(ConversionResult::MissRemoteFetchHint), 1);
+    assert_eq!(m.conversion_count(ConversionResult::FetchFailure), 0);
+}
+
+#[tokio::test]
+async fn conversion_duration_is_recorded_once_per_ecds_response() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = crate::metrics::registry();
+    let metrics = Metrics::register(&mut registry);
+    let mut o = CacheOptions::new(dir.path());
+    o.fetch = fetch_options();
+    let conv = Converter::new(ModuleCache::open(o, metrics).unwrap());
+    let resources: Vec<Any> = (0..3)
+        .map(|i| {
+            istiod_resource(
+                Some(local(&format!("/opt/{i}.wasm"))),
+                &[],
+                FailurePolicy::FailClosed,
+                false,
+            )
+        })
+        .collect();
+    conv.convert_all(&resources).await.unwrap();
+    let text = crate::metrics::encode(&registry).unwrap();
+    assert!(
+        text.contains("\nistio_agent_wasm_config_conversion_duration_count 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nistio_agent_wasm_config_conversion_count{result=\"no_remote_load\"} 3\n"),
+        "{text}"
+    );
 }

@@ -77,7 +77,7 @@ fn fail_open(config: &Struct) -> bool {
 }
 
 /// Reads the plugin out of a Wasm filter's JSON and strips the `ISTIO_META_*` VM env entries.
-/// `None` when there is no `config.vm_config` (nothing to convert).
+/// `None` when there is no `config.vm_config` (a malformed Wasm config).
 pub(super) fn read(value: &mut Struct) -> Option<Plugin> {
     let config = obj_mut(value, "config")?;
     let name = string(config, "name").unwrap_or_default();

@@ -1,12 +1,17 @@
-//! OCI registry fetcher: the three formats Istio accepts, in its order, plus the single-layer
-//! and CNCF Wasm artifacts Istio rejects.
+//! OCI registry fetcher: the three formats Istio accepts, in its order and with its rules, plus
+//! the single-layer and CNCF Wasm artifacts Istio rejects.
 //!
-//! 1. Docker image: last layer `application/vnd.docker.image.rootfs.diff.tar.gzip` holding `plugin.wasm`.
-//! 2. OCI image: last layer `application/vnd.oci.image.layer.v1.tar+gzip` holding `plugin.wasm`.
-//! 3. Wasm OCI artifact: a layer `application/vnd.module.wasm.content.layer.v1+wasm` (any layer count).
-//! 4. CNCF Wasm artifact: a layer `application/vnd.wasm.content.layer.v1+wasm`.
+//! 1. Docker image (Docker manifest): the last layer must be
+//!    `application/vnd.docker.image.rootfs.diff.tar.gzip`, holding `plugin.wasm`.
+//! 2. OCI image: last layer `application/vnd.oci.image.layer.v1.tar+gzip` holding `plugin.wasm`
+//!    (an uncompressed `...layer.v1.tar` is refused, as in Istio).
+//! 3. Wasm OCI artifact: a layer `application/vnd.module.wasm.content.layer.v1+wasm` among
+//!    exactly 2 (Istio) or as the only layer (ours).
+//! 4. CNCF Wasm artifact: a layer `application/vnd.wasm.content.layer.v1+wasm` (ours).
 //!
-//! The checksum of an OCI module is the image manifest digest, as in Istio.
+//! The checksum of an OCI module is the image manifest digest, as in Istio. Registries are
+//! tried over HTTPS first and over plain HTTP where go-containerregistry would (see
+//! [`plain_http_allowed`]) or when the server answered in plain HTTP.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,6 +25,9 @@ use serde::Deserialize;
 
 use super::http::error_chain;
 use super::{FetchError, FetchOptions, unbox};
+use format::pick_format;
+
+mod format;
 
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -166,6 +174,9 @@ pub enum ImageFormat {
     WasmArtifact,
     /// CNCF Wasm artifact layer (raw module).
     CncfWasm,
+    /// No Wasm format recognised: [`OciFetcher::fetch_module`] fails with the reason. As in
+    /// Istio, this is found out after the checksum check and counts as a download failure.
+    Invalid,
 }
 
 /// The result of reading a manifest: its digest (the module checksum) and the layer to download.
@@ -173,7 +184,8 @@ pub struct Prepared {
     client: Client,
     reference: Reference,
     url: String,
-    layer: Descriptor,
+    /// The module layer, or why the image is in no Wasm format.
+    layer: Result<Descriptor, String>,
     /// Recognised format.
     pub format: ImageFormat,
     /// Manifest digest, lowercase hex without `sha256:`.
@@ -194,7 +206,7 @@ impl fmt::Debug for Prepared {
 #[derive(Clone)]
 pub struct OciFetcher {
     opts: Arc<FetchOptions>,
-    /// Insecure registries found to speak plain HTTP, so the HTTPS try is skipped next time.
+    /// Registries found to speak plain HTTP, so the HTTPS try is skipped next time.
     plain_http: Arc<Mutex<HashMap<String, bool>>>,
     /// Clients per (registry, protocol, credentials): building one costs ~20 ms (TLS roots)
     /// and each keeps its connection pool and registry tokens.
@@ -281,34 +293,33 @@ pub struct Module {
     pub sha256: Option<String>,
 }
 
-fn pick_format(m: &RawManifest) -> Result<(ImageFormat, Descriptor), String> {
-    let last = m
-        .layers
-        .last()
-        .ok_or_else(|| "the manifest has no layers".to_owned())?;
-    if m.media_type == DOCKER_MANIFEST {
-        return if last.media_type == DOCKER_LAYER {
-            Ok((ImageFormat::Docker, last.clone()))
-        } else {
-            Err(format!(
-                "docker image whose last layer is {} (want {DOCKER_LAYER})",
-                last.media_type
-            ))
-        };
-    }
-    if last.media_type == OCI_LAYER_TAR_GZIP || last.media_type == OCI_LAYER_TAR {
-        return Ok((ImageFormat::OciImage, last.clone()));
-    }
-    if let Some(l) = m.layers.iter().find(|l| l.media_type == ISTIO_WASM_LAYER) {
-        return Ok((ImageFormat::WasmArtifact, l.clone()));
-    }
-    if let Some(l) = m.layers.iter().find(|l| l.media_type == CNCF_WASM_LAYER) {
-        return Ok((ImageFormat::CncfWasm, l.clone()));
-    }
-    let types: Vec<&str> = m.layers.iter().map(|l| l.media_type.as_str()).collect();
-    Err(format!(
-        "no layer of a Wasm media type; layers are {types:?}"
-    ))
+/// go-containerregistry's `name.Registry.Scheme()`: registries it may reach over plain HTTP
+/// without being told (RFC 1918 addresses, `localhost:<port>`, `*.local`/`*.localhost`, and
+/// names containing `127.0.0.1` or `::1`). It still tries HTTPS first.
+pub fn plain_http_allowed(registry: &str) -> bool {
+    let host = registry.split(':').next().unwrap_or(registry);
+    let rfc1918 = host
+        .parse::<std::net::Ipv4Addr>()
+        .is_ok_and(|ip| ip.is_private());
+    // `.*\.local(?:host)?(?::\d{1,5})?$`
+    let name = match registry.rsplit_once(':') {
+        Some((n, p)) if (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()) => n,
+        _ => registry,
+    };
+    let local_name = name.ends_with(".local") || name.ends_with(".localhost");
+    rfc1918
+        || registry.starts_with("localhost:")
+        || local_name
+        || registry.contains("127.0.0.1")
+        || registry.contains("::1")
+}
+
+/// Whether a failed HTTPS request met a server that answered in plain HTTP (Go's "server gave
+/// HTTP response to HTTPS client"; rustls reports the `HTTP/` bytes as a bad record type).
+fn answered_in_plain_http(error: &str) -> bool {
+    error.contains("InvalidContentType")
+        || error.contains("server gave HTTP response")
+        || error.contains("HTTP response to HTTPS client")
 }
 
 impl OciFetcher {
@@ -402,34 +413,39 @@ impl OciFetcher {
             DOCKER_MANIFEST_LIST,
         ];
 
-        let mut attempts: Vec<bool> = match (insecure, known_plain) {
-            (false, _) => vec![false],
-            (true, Some(true)) => vec![true],
-            (true, _) => vec![false, true],
+        // HTTPS first, then plain HTTP as Istio (go-containerregistry) does: for the registries
+        // `name.Registry.Scheme()` allows, for listed insecure ones, and for any registry that
+        // answered the HTTPS request in plain HTTP (`PrepareFetch`'s "server gave HTTP
+        // response" retry). TLS verification stays governed by the insecure list alone.
+        let may_fall_back = insecure || plain_http_allowed(reference.registry());
+        let attempts: &[bool] = if known_plain == Some(true) {
+            &[true]
+        } else {
+            &[false, true]
         };
         let mut errors = Vec::new();
         let mut found = None;
-        for plain in attempts.drain(..) {
+        for &plain in attempts {
             // A refused realm is final; a failed probe is left to the pull to report.
             self.check_realm(&registry, plain, insecure, url).await?;
             let client = self.client(&registry, plain, insecure, &auth);
             match client.pull_manifest_raw(&reference, &auth, &accept).await {
                 Ok((body, digest)) => {
-                    if insecure && let Ok(mut m) = self.plain_http.lock() {
+                    if let Ok(mut m) = self.plain_http.lock() {
                         m.insert(registry.clone(), plain);
                     }
                     found = Some((client, body, digest));
                     break;
                 }
                 Err(e) => {
-                    errors.push(format!(
-                        "{}: {}",
-                        if plain { "http" } else { "https" },
-                        error_chain(&e)
-                    ));
+                    let chain = error_chain(&e);
                     // Only a transport failure (e.g. TLS to a plain-HTTP registry) is worth
                     // retrying over plain HTTP; the registry answered otherwise.
-                    if !matches!(e, oci_client::errors::OciDistributionError::RequestError(_)) {
+                    let retry =
+                        matches!(e, oci_client::errors::OciDistributionError::RequestError(_))
+                            && (may_fall_back || answered_in_plain_http(&chain));
+                    errors.push(format!("{}: {chain}", if plain { "http" } else { "https" }));
+                    if !retry {
                         break;
                     }
                 }
@@ -483,11 +499,10 @@ impl OciFetcher {
                 .map_err(|e| manifest_err(format!("invalid manifest JSON: {e}")))?;
             digest = d;
         }
-        let (format, layer) =
-            pick_format(&manifest).map_err(|reason| FetchError::UnsupportedImage {
-                url: url.to_owned(),
-                reason,
-            })?;
+        let (format, layer) = match pick_format(&manifest) {
+            Ok((format, layer)) => (format, Ok(layer)),
+            Err(reason) => (ImageFormat::Invalid, Err(reason)),
+        };
         let digest = digest
             .strip_prefix("sha256:")
             .unwrap_or(&digest)
@@ -597,7 +612,14 @@ impl OciFetcher {
         use futures::StreamExt;
         let max = self.opts.max_module_size;
         let url = prepared.url.as_str();
-        if prepared.layer.size > 0 && prepared.layer.size as u64 > max {
+        let layer = prepared
+            .layer
+            .clone()
+            .map_err(|reason| FetchError::InvalidImage {
+                url: url.to_owned(),
+                reason,
+            })?;
+        if layer.size > 0 && layer.size as u64 > max {
             return Err(FetchError::TooLarge {
                 url: url.to_owned(),
                 max,
@@ -605,12 +627,12 @@ impl OciFetcher {
         }
         let blob_err = |reason: String| FetchError::Blob {
             url: url.to_owned(),
-            digest: prepared.layer.digest.clone(),
+            digest: layer.digest.clone(),
             reason,
         };
         let mut stream = prepared
             .client
-            .pull_blob_stream(&prepared.reference, prepared.layer.digest.as_str())
+            .pull_blob_stream(&prepared.reference, layer.digest.as_str())
             .await
             .map_err(|e| blob_err(error_chain(&e)))?;
         if stream.content_length.is_some_and(|l| l > max) {
@@ -656,9 +678,8 @@ impl OciFetcher {
                     })
                 })
             }
-            ImageFormat::WasmArtifact | ImageFormat::CncfWasm => {
-                let sha = prepared
-                    .layer
+            ImageFormat::WasmArtifact | ImageFormat::CncfWasm | ImageFormat::Invalid => {
+                let sha = layer
                     .digest
                     .strip_prefix("sha256:")
                     .map(str::to_ascii_lowercase);
@@ -708,21 +729,6 @@ mod tests {
         assert_eq!(format!("{:?}", secret("x")), "PullSecret(<redacted>)");
     }
 
-    fn manifest(media_type: &str, layers: &[&str]) -> RawManifest {
-        RawManifest {
-            media_type: media_type.into(),
-            layers: layers
-                .iter()
-                .map(|t| Descriptor {
-                    media_type: (*t).into(),
-                    digest: format!("sha256:{t}"),
-                    size: 1,
-                })
-                .collect(),
-            manifests: vec![],
-        }
-    }
-
     #[test]
     fn bearer_realms_to_local_or_metadata_addresses_are_refused() {
         let r = bearer_realm(
@@ -745,40 +751,28 @@ mod tests {
     }
 
     #[test]
-    fn formats_in_istio_order() {
-        let f = |m: RawManifest| pick_format(&m).map(|(f, l)| (f, l.media_type));
-        assert_eq!(
-            f(manifest(DOCKER_MANIFEST, &[DOCKER_LAYER, DOCKER_LAYER]))
-                .unwrap()
-                .0,
-            ImageFormat::Docker
-        );
-        assert!(f(manifest(DOCKER_MANIFEST, &[ISTIO_WASM_LAYER])).is_err());
-        assert_eq!(
-            f(manifest(
-                OCI_MANIFEST,
-                &[ISTIO_WASM_LAYER, OCI_LAYER_TAR_GZIP]
-            ))
-            .unwrap()
-            .0,
-            ImageFormat::OciImage
-        );
-        assert_eq!(
-            f(manifest(OCI_MANIFEST, &["x", ISTIO_WASM_LAYER]))
-                .unwrap()
-                .0,
-            ImageFormat::WasmArtifact
-        );
-        // Single-layer artifact (rejected by Istio, higress#4528) and the CNCF artifact.
-        assert_eq!(
-            f(manifest(OCI_MANIFEST, &[ISTIO_WASM_LAYER])).unwrap().0,
-            ImageFormat::WasmArtifact
-        );
-        assert_eq!(
-            f(manifest("", &[CNCF_WASM_LAYER])).unwrap().0,
-            ImageFormat::CncfWasm
-        );
-        let err = f(manifest(OCI_MANIFEST, &["application/json"])).unwrap_err();
-        assert!(err.contains("application/json"), "{err}");
+    fn registries_go_containerregistry_reaches_over_plain_http() {
+        for yes in [
+            "127.0.0.1:5000",
+            "localhost:5000",
+            "10.1.2.3:5000",
+            "172.16.0.9",
+            "192.168.1.1:443",
+            "registry.local",
+            "registry.localhost:5000",
+            "[::1]:5000",
+        ] {
+            assert!(plain_http_allowed(yes), "{yes}");
+        }
+        for no in [
+            "localhost",
+            "ghcr.io",
+            "8.8.8.8:5000",
+            "172.32.0.1",
+            "127.0.0.2:5000",
+            "local.example.com",
+        ] {
+            assert!(!plain_http_allowed(no), "{no}");
+        }
     }
 }

@@ -108,13 +108,67 @@ async fn ecds_is_rewritten_to_a_local_file_and_the_rest_is_forwarded() -> anyhow
     .text()
     .await?;
     for want in [
-        "wasm_remote_fetch_count_total{result=\"success\"} 1",
-        "wasm_config_conversion_count_total{result=\"success\"} 1",
-        "wasm_cache_entries 1",
-        "wasm_config_conversion_duration_bucket",
+        "# TYPE istio_agent_wasm_remote_fetch_count counter\n",
+        "\nistio_agent_wasm_remote_fetch_count{result=\"success\"} 1\n",
+        "\nistio_agent_wasm_config_conversion_count{result=\"success\"} 1\n",
+        "\nistio_agent_wasm_cache_lookup_count{hit=\"false\"} 1\n",
+        "\nistio_agent_wasm_cache_entries 1\n",
+        "\nistio_agent_wasm_config_conversion_duration_bucket{le=\"1.0\"}",
+        "\nistio_agent_wasm_config_conversion_duration_count 1\n",
     ] {
         assert!(metrics.contains(want), "missing {want} in:\n{metrics}");
     }
+    assert!(!metrics.contains("_total"), "{metrics}");
+    agent.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_plain_http_registry_on_loopback_is_used_without_insecure_registries()
+-> anyhow::Result<()> {
+    // As istio-agent (go-containerregistry): 127.0.0.1 may be reached over plain HTTP without
+    // WASM_INSECURE_REGISTRIES.
+    init_logs();
+    let reg = Registry::start(Options {
+        tls: false,
+        auth: false,
+    })
+    .await?;
+    let digest = reg
+        .push("p/plainhttp", "v1", Format::OciImage, &module(21))
+        .await?;
+    let fake = FakeAds::start().await?;
+    let (name, ecds) = wasm_plugin(
+        "plainhttp",
+        &reg.url("p/plainhttp", "v1"),
+        &digest,
+        "{}",
+        FailurePolicy::FailClosed,
+        &[],
+    );
+    fake.set(type_url::ECDS, vec![(name.clone(), ecds)]);
+    let dir = tempfile::tempdir()?;
+    let agent = start_agent(tcp0(), fake.addr(), dir.path(), "").await?;
+    let mut proxy = AdsClient::connect(agent_addr(&agent)).await?;
+    proxy.subscribe(type_url::ECDS, &[&name], true).await;
+    let e = proxy.recv().await;
+    let (n, seen) = inspect(&e.resources[0]);
+    assert_eq!(n, name);
+    let Seen::LocalFile(path) = seen else {
+        panic!("not rewritten (RBAC fallback?): {seen:?}")
+    };
+    assert_eq!(std::fs::read(&path)?, module(21));
+    let metrics = reqwest::get(format!(
+        "http://{}/metrics",
+        agent.metrics_addr().expect("metrics")
+    ))
+    .await?
+    .text()
+    .await?;
+    assert!(
+        metrics.contains("\nistio_agent_wasm_remote_fetch_count{result=\"success\"} 1\n"),
+        "{metrics}"
+    );
     agent.shutdown().await;
     Ok(())
 }
@@ -227,6 +281,50 @@ async fn a_control_plane_restart_keeps_the_proxy_stream_and_resubscribes() -> an
     assert_eq!(
         (first.type_url.as_str(), first.version_info.as_str()),
         (type_url::LISTENER, r.version_info.as_str())
+    );
+    agent.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_wasm_filter_without_code_is_nacked_as_istio_agent_does() -> anyhow::Result<()> {
+    use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
+    use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
+    use wasmesh_agent::convert::{ECDS_TYPE_URL, HTTP_WASM_TYPE_URL};
+    init_logs();
+    let fake = FakeAds::start().await?;
+    let name = "extensions.istio.io/wasmplugin/default.nocode".to_string();
+    // A Wasm HTTP filter with no `config` at all.
+    let ec = TypedExtensionConfig {
+        name: name.clone(),
+        typed_config: Some(crate::util::pack(
+            HTTP_WASM_TYPE_URL,
+            &Wasm { config: None },
+        )),
+    };
+    fake.set(
+        type_url::ECDS,
+        vec![(name.clone(), crate::util::pack(ECDS_TYPE_URL, &ec))],
+    );
+    let dir = tempfile::tempdir()?;
+    let agent = start_agent(tcp0(), fake.addr(), dir.path(), "").await?;
+    let mut proxy = AdsClient::connect(agent_addr(&agent)).await?;
+    proxy.subscribe(type_url::ECDS, &[&name], true).await;
+    eventually!(10, "the agent NACKs the Wasm filter without code", async {
+        fake.nacks().iter().any(|q| {
+            q.type_url == type_url::ECDS
+                && q.error_detail.as_ref().is_some_and(|d| {
+                    d.message
+                        .contains("no remote and local load found in Wasm HTTP filter")
+                })
+        })
+    });
+    // Nothing reached the proxy.
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), proxy.recv())
+            .await
+            .is_err(),
+        "the malformed ECDS was forwarded"
     );
     agent.shutdown().await;
     Ok(())
