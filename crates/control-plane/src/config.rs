@@ -60,8 +60,11 @@ pub struct Plugin {
     pub spec: WasmPlugin,
     /// `extensions.istio.io/wasmplugin/<ns>.<name>`: LDS filter name and ECDS resource name.
     pub resource_name: String,
-    /// URL with the scheme defaulted to `oci://`.
+    /// The module URL as istiod writes it into `http_uri.uri`: Go `url.Parse`, scheme defaulted
+    /// to `oci`, `URL.String()` (so `HTTPS://h/x` is `https://h/x`, `oci://` is `oci:`).
     pub url: String,
+    /// For the `file` scheme, the local filename: the url without a leading `file://`.
+    pub local_file: Option<String>,
     /// HTTP or NETWORK (UNSPECIFIED is HTTP).
     pub type_: PluginType,
     /// Phase (unset is UNSPECIFIED_PHASE).

@@ -2,6 +2,7 @@
 //! Resources are written as Envoy proto3 JSON and encoded through the Envoy descriptor pool, so
 //! what we build is what `/config_dump` shows.
 
+mod go_json;
 mod routing;
 mod wasm;
 

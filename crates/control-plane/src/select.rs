@@ -57,29 +57,44 @@ impl PhasedPlugins {
 }
 
 /// Whether `plugin` attaches to `proxy` by selector / targetRefs (`ShouldAttachPolicy`).
+///
+/// A proxy without the `gateway.networking.k8s.io/gateway-name` label takes only plugins without
+/// targetRefs whose selector (if any) matches. A Gateway API gateway takes plugins whose
+/// `Gateway` targetRef names it (same namespace) and, like istiod with its default
+/// `ENABLE_SELECTOR_BASED_K8S_GATEWAY_POLICY=true` (1.22 through 1.29), plugins without
+/// targetRefs whose selector matches, including namespace-wide ones. Waypoints (which never take
+/// selector-based plugins) are not modelled: node types other than sidecar and router are refused.
 pub fn attaches(plugin: &Plugin, proxy: &Proxy) -> bool {
     let spec = &plugin.spec;
-    let refs: Vec<_> = spec.target_ref.iter().chain(&spec.target_refs).collect();
+    // `GetTargetRefs`: the singular targetRef only when targetRefs is empty.
+    let refs: Vec<_> = if spec.target_refs.is_empty() {
+        spec.target_ref.iter().collect()
+    } else {
+        spec.target_refs.iter().collect()
+    };
+    let selected = || {
+        spec.selector
+            .as_ref()
+            .is_none_or(|s| proxy.matches(&s.match_labels))
+    };
     match proxy.labels.get(GATEWAY_NAME_LABEL) {
-        None => {
-            if !refs.is_empty() {
-                return false;
-            }
-            spec.selector
-                .as_ref()
-                .is_none_or(|s| proxy.matches(&s.match_labels))
-        }
+        None => refs.is_empty() && selected(),
+        Some(_) if refs.is_empty() => selected(),
         Some(gw) => {
-            // Gateway API gateway: only targetRefs attach (selector-based policy for Gateway API
-            // gateways is off by default in istiod: PILOT_ENABLE_SELECTOR_BASED_K8S_GATEWAY_POLICY).
-            refs.iter().any(|r| {
-                r.kind == "Gateway"
-                    && r.group == "gateway.networking.k8s.io"
-                    && &r.name == gw
-                    && plugin.meta.namespace == proxy.namespace
-            })
+            plugin.meta.namespace == proxy.namespace
+                && refs.iter().any(|r| {
+                    (r.namespace.is_empty() || r.namespace == proxy.namespace)
+                        && canonical_group(&r.group) == "gateway.networking.k8s.io"
+                        && r.kind == "Gateway"
+                        && &r.name == gw
+                })
         }
     }
+}
+
+/// `config.CanonicalGroup`: the empty group is `core`.
+pub(crate) fn canonical_group(group: &str) -> &str {
+    if group.is_empty() { "core" } else { group }
 }
 
 fn mode_matches(mode: Option<WorkloadMode>, class: ListenerClass) -> bool {

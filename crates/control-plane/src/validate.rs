@@ -1,6 +1,7 @@
 //! Parsing and validation: multi-document YAML → validated [`Resource`]s, or every error found,
 //! each naming the file, the resource, the field path and the reason.
 
+mod go_url;
 mod networking;
 mod time;
 pub(crate) mod wasm;
@@ -163,7 +164,16 @@ fn typed<T: DeserializeOwned>(
     first_line: usize,
     doc: &str,
 ) -> Result<T, ValidationError> {
-    serde_saphyr::from_str::<T>(doc).map_err(|e| yaml_error(file, resource, first_line, doc, &e))
+    serde_saphyr::from_str_with_options::<T>(doc, yaml_options())
+        .map_err(|e| yaml_error(file, resource, first_line, doc, &e))
+}
+
+/// YAML read as kubectl reads it (sigs.k8s.io/yaml, YAML 1.1 scalars): `010` is octal 8, as the
+/// API server would store it, not YAML 1.2's decimal 10.
+fn yaml_options() -> serde_saphyr::Options {
+    let mut o = serde_saphyr::Options::default();
+    o.legacy_octal_numbers = true;
+    o
 }
 
 /// Parses and validates every document of `text` (from `file`). `first_seen(kind, namespace, name)`

@@ -171,6 +171,89 @@ fn file_url_becomes_local_filename_and_defaults() {
     );
 }
 
+fn ecds_config(json: &JsonResources, name: &str) -> Value {
+    json.of(type_url::EXTENSION_CONFIG).unwrap()
+        [&format!("extensions.istio.io/wasmplugin/app.{name}")]["typed_config"]["config"]
+        .clone()
+}
+
+#[test]
+fn plugin_config_json_text_is_byte_identical_to_istiods() {
+    // istiod: protomarshal.ToJSON over google.protobuf.Struct (Go encoding/json rules).
+    let yaml = format!(
+        "{ROUTING}{}",
+        plugin(
+            "cfg",
+            "url: oci://r/x\npluginConfig: {url: \"https://a/?x=1&y=2\", html: \"<b>\", ratio: 1.0, n: 1e3}"
+        )
+    );
+    let json = gen_json(&yaml, &gateway());
+    assert_eq!(
+        ecds_config(&json, "cfg")["configuration"]["value"],
+        r#"{"html":"\u003cb\u003e","n":1000,"ratio":1,"url":"https://a/?x=1\u0026y=2"}"#
+    );
+}
+
+#[test]
+fn plugin_config_yaml_numbers_are_read_as_kubectl_reads_them() {
+    // kubectl parses YAML 1.1 (sigs.k8s.io/yaml over go-yaml v2): a leading zero is octal,
+    // underscores are dropped, 0x is hex; a digit string that is not octal is a float.
+    let yaml = format!(
+        "{ROUTING}{}",
+        plugin(
+            "nums",
+            "url: oci://r/x\npluginConfig: {octal: 010, zero: 0, under: 1_000, hex: 0x10, notoctal: 080, small: 0.0000001, big: 1e21, quoted: '010'}"
+        )
+    );
+    let json = gen_json(&yaml, &gateway());
+    assert_eq!(
+        ecds_config(&json, "nums")["configuration"]["value"],
+        r#"{"big":1e+21,"hex":16,"notoctal":80,"octal":8,"quoted":"010","small":1e-7,"under":1000,"zero":0}"#
+    );
+}
+
+#[test]
+fn image_pull_secret_names_are_parsed_like_istiod() {
+    // istiod toSecretResourceName: the namespace is always the plugin's; a name that does not
+    // parse as a credential resource name leaves no env var; other types get "".
+    let secret = |ns: &str, name: &str, cfg: &str| {
+        format!(
+            "\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\ntype: kubernetes.io/dockerconfigjson\nstringData:\n  .dockerconfigjson: '{cfg}'\n"
+        )
+    };
+    let cases: &[(&str, Option<&str>)] = &[
+        ("pull", Some("{\"auths\":{\"app\":{}}}")),
+        ("other/pull", Some("{\"auths\":{\"app\":{}}}")),
+        ("kubernetes://pull", Some("{\"auths\":{\"app\":{}}}")),
+        ("kubernetes://other/pull", Some("{\"auths\":{\"app\":{}}}")),
+        ("a/pull/extra", Some("{\"auths\":{\"app\":{}}}")),
+        ("missing", Some("")),
+        ("configmap://other/pull", Some("")),
+        ("kubernetes-gateway://other/pull", Some("")),
+        ("invalid://x", Some("")),
+        ("builtin://x", None),
+        ("configmap://pull", None),
+        ("kubernetes-gateway:///pull", None),
+    ];
+    for (name, want) in cases {
+        let yaml = [
+            ROUTING,
+            &plugin("p", &format!("url: oci://r/x\nimagePullSecret: {name:?}")),
+            &secret("app", "pull", "{\"auths\":{\"app\":{}}}"),
+            &secret("other", "pull", "{\"auths\":{\"other\":{}}}"),
+        ]
+        .concat();
+        let json = gen_json(&yaml, &gateway());
+        let env = &ecds_config(&json, "p")["vm_config"]["environment_variables"]["key_values"];
+        assert_eq!(
+            env.get("ISTIO_META_WASM_IMAGE_PULL_SECRET")
+                .map(|v| v.as_str().unwrap()),
+            *want,
+            "imagePullSecret {name:?}"
+        );
+    }
+}
+
 #[test]
 fn gateway_listener_references_plugins_by_ecds_name_in_order() {
     let yaml = [

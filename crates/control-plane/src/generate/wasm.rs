@@ -30,18 +30,73 @@ pub fn network_filter_for(p: &Plugin) -> Value {
     json!({"name": p.resource_name, "config_discovery": config_discovery([NET_WASM, NET_RBAC])})
 }
 
-/// The pull secret's docker config JSON, or "" when missing or of the wrong type (as istiod).
+/// istiod's `toSecretResourceName`: `credentials.ToResourceName` then `ParseResourceName`, with
+/// the namespace forced to the plugin's (`other/foo` and `kubernetes://foo` both mean secret
+/// `foo` of the plugin's namespace). `None` (no env var at all) when the name does not parse.
+pub(crate) fn secret_resource_name(name: &str, plugin_ns: &str) -> Option<String> {
+    if name.is_empty() {
+        return None;
+    }
+    let rn = if name.starts_with("builtin://") {
+        "default".to_string()
+    } else if name.starts_with("invalid://") {
+        "invalid://".to_string()
+    } else if ["configmap://", "kubernetes://", "kubernetes-gateway://"]
+        .iter()
+        .any(|p| name.starts_with(p))
+    {
+        name.to_string()
+    } else {
+        format!("kubernetes://{name}")
+    };
+    // `ParseResourceName`: the secret name (its namespace is replaced anyway) and the type.
+    let (ty, secret) = if let Some(res) = rn.strip_prefix("kubernetes://") {
+        let mut split = res.split('/');
+        let first = split.next().unwrap_or_default();
+        ("kubernetes", split.next().unwrap_or(first))
+    } else if let Some((ty, res)) = [
+        ("configmap", rn.strip_prefix("configmap://")),
+        (
+            "kubernetes-gateway",
+            rn.strip_prefix("kubernetes-gateway://"),
+        ),
+    ]
+    .into_iter()
+    .find_map(|(ty, res)| res.map(|r| (ty, r)))
+    {
+        let mut split = res.split('/');
+        let (ns, secret) = (split.next().unwrap_or_default(), split.next()?);
+        if ns.is_empty() || secret.is_empty() {
+            return None;
+        }
+        (ty, secret)
+    } else if rn.starts_with("invalid://") {
+        ("invalid", "")
+    } else {
+        return None;
+    };
+    Some(format!("{ty}://{plugin_ns}/{secret}"))
+}
+
+/// The `ISTIO_META_WASM_IMAGE_PULL_SECRET` value: the docker config JSON of the secret named by a
+/// `kubernetes://<ns>/<name>` resource name (istiod's `parseSecretName` + `GetDockerCredential`),
+/// or "" when it names another type, is missing, is not `kubernetes.io/dockerconfigjson`, or has
+/// no `.dockerconfigjson` key; `None` when the plugin has no (parsable) imagePullSecret.
 fn pull_secret(p: &Plugin, config: &Config) -> Option<String> {
-    let name = p.spec.image_pull_secret.as_ref()?;
-    let Some(secret) = config
-        .secrets
-        .get(&(p.meta.namespace.clone(), name.clone()))
+    let rn = secret_resource_name(p.spec.image_pull_secret.as_deref()?, &p.meta.namespace)?;
+    let Some((ns, name)) = rn
+        .strip_prefix("kubernetes://")
+        .and_then(|r| r.split_once('/'))
     else {
-        tracing::warn!(plugin = %p.resource_name, secret = %name, "imagePullSecret not found in the plugin's namespace");
+        tracing::warn!(plugin = %p.resource_name, secret = %rn, "malformed Wasm pull secret resource name");
+        return Some(String::new());
+    };
+    let Some(secret) = config.secrets.get(&(ns.to_string(), name.to_string())) else {
+        tracing::warn!(plugin = %p.resource_name, secret = %rn, "imagePullSecret not found in the plugin's namespace");
         return Some(String::new());
     };
     if secret.spec.type_.as_deref() != Some("kubernetes.io/dockerconfigjson") {
-        tracing::warn!(plugin = %p.resource_name, secret = %name, "imagePullSecret is not of type kubernetes.io/dockerconfigjson");
+        tracing::warn!(plugin = %p.resource_name, secret = %rn, "imagePullSecret is not of type kubernetes.io/dockerconfigjson");
         return Some(String::new());
     }
     let raw = secret
@@ -98,7 +153,7 @@ pub fn ecds_resource(p: &Plugin, config: &Config) -> Value {
     if !host_keys.is_empty() {
         env_json["host_env_keys"] = json!(host_keys);
     }
-    let code = match p.url.strip_prefix("file://") {
+    let code = match &p.local_file {
         Some(path) => json!({"local": {"filename": path}}),
         None => json!({"remote": {
             "http_uri": {"uri": p.url, "timeout": "30s", "cluster": "_"},
@@ -124,7 +179,7 @@ pub fn ecds_resource(p: &Plugin, config: &Config) -> Value {
     {
         plugin["configuration"] = json!({
             "@type": "type.googleapis.com/google.protobuf.StringValue",
-            "value": Value::Object(cfg.clone()).to_string(),
+            "value": super::go_json::struct_to_string(cfg),
         });
     }
     let ty = if p.type_ == PluginType::Network {

@@ -256,7 +256,7 @@ fn plugin_type() {
 }
 
 #[test]
-fn target_refs_attach_to_gateway_api_gateways_only() {
+fn gateway_api_gateways_take_target_refs_selectors_and_namespace_wide_plugins() {
     let refs = "targetRefs:\n- kind: Gateway\n  group: gateway.networking.k8s.io\n  name: edge";
     let c = [
         wp("app", "by-ref", refs),
@@ -275,7 +275,27 @@ fn target_refs_attach_to_gateway_api_gateways_only() {
         "app",
         &[("app", "web"), (GATEWAY_NAME_LABEL, "edge")],
     );
-    assert_eq!(http(&c, &k8s_gw, GW), ["app.by-ref", "app.by-singular-ref"]);
+    // istiod ShouldAttachPolicy: a Gateway API gateway falls back to the selector when the plugin
+    // has no targetRefs (ENABLE_SELECTOR_BASED_K8S_GATEWAY_POLICY, default true in 1.22-1.29).
+    assert_eq!(
+        http(&c, &k8s_gw, GW),
+        [
+            "app.by-ref",
+            "app.by-singular-ref",
+            "app.by-selector",
+            "app.everywhere"
+        ]
+    );
+    // ... but only when the selector matches its labels.
+    let k8s_gw_other_app = proxy(
+        ProxyKind::Router,
+        "app",
+        &[("app", "api"), (GATEWAY_NAME_LABEL, "edge")],
+    );
+    assert_eq!(
+        http(&c, &k8s_gw_other_app, GW),
+        ["app.by-ref", "app.by-singular-ref", "app.everywhere"]
+    );
     let istio_gw = proxy(ProxyKind::Router, "app", &[("app", "web")]);
     assert_eq!(
         http(&c, &istio_gw, GW),
@@ -288,4 +308,23 @@ fn target_refs_attach_to_gateway_api_gateways_only() {
         &[(GATEWAY_NAME_LABEL, "edge")],
     );
     assert!(http(&c, &k8s_gw_other_ns, GW).is_empty());
+}
+
+#[test]
+fn target_ref_group_core_is_the_empty_group() {
+    // istiod compares config.CanonicalGroup(group): "" and "core" are the same group.
+    let c = [
+        wp(
+            "app",
+            "core",
+            "targetRefs:\n- {kind: Service, group: core, name: web}",
+        ),
+        wp("app", "empty", "targetRefs:\n- {kind: Service, name: web}"),
+    ]
+    .concat();
+    // Service refs attach only to waypoints, which we do not model: both validate, neither
+    // attaches to a sidecar or a Gateway API gateway.
+    let k8s_gw = proxy(ProxyKind::Router, "app", &[(GATEWAY_NAME_LABEL, "web")]);
+    assert!(http(&c, &k8s_gw, GW).is_empty());
+    assert!(http(&c, &sidecar("app"), INBOUND).is_empty());
 }

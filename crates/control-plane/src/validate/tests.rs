@@ -69,59 +69,69 @@ failStrategy: FAIL_OPEN"#,
 
 #[test]
 fn webhook_and_crd_rules() {
+    // Reasons are istiod's webhook strings (pkg/config/validation ValidateWasmPlugin) where the
+    // webhook has the rule, else the CRD schema's.
     let cases: &[(&str, &str, &str)] = &[
         ("pluginName: x", "spec.url", "url field needs to be set"),
         (
             "url: ftp://x/y.wasm",
             "spec.url",
-            "unsupported scheme \"ftp\"",
+            "url contains unsupported scheme: ftp",
         ),
-        ("url: file://relative.wasm", "spec.url", "absolute path"),
-        ("url: oci://", "spec.url", "without a location"),
         (
             "url: oci://x\nsha256: ABC",
             "spec.sha256",
-            "64 lowercase hexadecimal",
+            "sha256 field must be 64 characters long",
         ),
         (
-            "url: oci://x@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\nsha256: bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+            "url: oci://x\nsha256: AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
             "spec.sha256",
-            "does not match the digest",
+            "sha256 field must match [a-f0-9]{64} pattern",
         ),
         (
             "url: oci://x\nimagePullSecret: ''",
             "spec.imagePullSecret",
-            "1 to 253",
+            "must not be empty",
+        ),
+        (
+            &format!("url: oci://x\nimagePullSecret: {}", "s".repeat(254)),
+            "spec.imagePullSecret",
+            "imagePullSecret field must be less than 253 characters long",
         ),
         (
             "url: oci://x\npluginName: ''",
             "spec.pluginName",
-            "1 to 256",
+            "must not be empty",
+        ),
+        (
+            &format!("url: oci://x\npluginName: {}", "n".repeat(257)),
+            "spec.pluginName",
+            "pluginName field must be less than 255 characters long",
         ),
         (
             "url: oci://x\nvmConfig:\n  env:\n  - value: v",
             "spec.vmConfig.env[0].name",
-            "name is required",
+            "spec.vmConfig.env invalid",
         ),
         (
             "url: oci://x\nvmConfig:\n  env:\n  - {name: A}\n  - {name: A}",
             "spec.vmConfig.env[1].name",
-            "duplicate env name",
+            "duplicate env",
         ),
         (
             "url: oci://x\nvmConfig:\n  env:\n  - {name: A, valueFrom: HOST, value: x}",
             "spec.vmConfig.env[0].value",
-            "only be set when valueFrom is INLINE",
+            "value may only be set when valueFrom is INLINE",
         ),
         (
             "url: oci://x\nmatch:\n- ports: [{number: 0}]",
             "spec.match[0].ports[0].number",
-            "1..65535",
+            "spec.Match[0].Ports[0] is out of range: 0",
         ),
         (
-            "url: oci://x\nmatch:\n- ports: [{number: 70000}]",
-            "spec.match[0].ports[0].number",
-            "1..65535",
+            "url: oci://x\nmatch:\n- {}\n- ports: [{number: 80}, {number: 70000}]",
+            "spec.match[1].ports[1].number",
+            "spec.Match[1].Ports[1] is out of range: 70000",
         ),
         (
             "url: oci://x\nmatch:\n- ports: [{number: 80}, {number: 80}]",
@@ -131,43 +141,155 @@ fn webhook_and_crd_rules() {
         (
             "url: oci://x\nselector: {matchLabels: {app: web}}\ntargetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: gw}]",
             "spec",
-            "only one of targetRefs or workloadSelector",
+            "only one of targetRefs or workloadSelector can be set",
         ),
         (
             "url: oci://x\nselector: {matchLabels: {app: '*'}}",
             "spec.selector.matchLabels.app",
-            "wildcard",
+            "wildcard is not supported in selector: \"app=*\"",
         ),
         (
-            "url: oci://x\nselector: {matchLabels: {'bad key!': a}}",
-            "spec.selector.matchLabels.bad key!",
-            "invalid label key",
+            "url: oci://x\nselector: {matchLabels: {'': web}}",
+            "spec.selector.matchLabels",
+            "empty key is not supported in selector: \"=web\"",
         ),
         (
-            "url: oci://x\nselector: {matchLabels: {app: '-web'}}",
+            &format!(
+                "url: oci://x\nselector: {{matchLabels: {{app: {}}}}}",
+                "v".repeat(64)
+            ),
             "spec.selector.matchLabels.app",
-            "invalid label value",
+            "at most 63 characters",
         ),
-        ("url: oci://x y", "spec.url", "whitespace"),
         (
             "url: oci://x\ntargetRefs: [{kind: Gateway, group: gateway.networking.k8s.io}]",
             "spec.targetRefs[0].name",
-            "required",
+            "targetRef name must be set",
+        ),
+        (
+            "url: oci://x\ntargetRef: {kind: Gateway, group: gateway.networking.k8s.io}",
+            "spec.targetRef.name",
+            "targetRef name must be set",
         ),
         (
             "url: oci://x\ntargetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: g, namespace: other}]",
             "spec.targetRefs[0].namespace",
-            "cross namespace",
+            "targetRef namespace must not be set; cross namespace referencing is not supported",
         ),
         (
             "url: oci://x\ntargetRefs: [{kind: Deployment, group: apps, name: g}]",
             "spec.targetRefs[0].kind",
-            "not supported",
+            "targetRef must be to one of [core/v1/Service networking.istio.io/v1/ServiceEntry \
+             gateway.networking.k8s.io/v1/Gateway gateway.networking.k8s.io/v1/GatewayClass] \
+             but was apps/Deployment",
+        ),
+        (
+            "url: oci://x\ntargetRefs: [{kind: Gateway, name: g}]",
+            "spec.targetRefs[0].kind",
+            "but was /Gateway",
         ),
     ];
     for (spec, path, reason) in cases {
         assert_error(spec, path, reason);
     }
+}
+
+#[test]
+fn what_istiod_accepts_is_accepted() {
+    // A plugin istiod applies must not be dropped by a stricter check of ours.
+    for spec in [
+        // istiod leaves a sha256/digest mismatch to the agent.
+        "url: oci://r/x@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\nsha256: bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+        // CanonicalGroup: "core" is the empty group.
+        "url: oci://x\ntargetRefs: [{group: core, kind: Service, name: s}]",
+        "url: oci://x\ntargetRefs: [{group: '', kind: Service, name: s}]",
+        // Label syntax is not checked by the webhook or the CRD.
+        "url: oci://x\nselector: {matchLabels: {'bad key!': '-web'}}",
+        // HOST with no value.
+        "url: oci://x\nvmConfig:\n  env:\n  - {name: A, valueFrom: HOST}",
+    ] {
+        let p = parse(&plugin(spec));
+        assert!(p.errors.is_empty(), "{spec:?}: {:#?}", p.errors);
+        assert_eq!(p.resources.len(), 1, "{spec:?}");
+    }
+}
+
+fn url_of(spec: &str) -> (String, Option<String>) {
+    let p = parse(&plugin(spec));
+    assert!(p.errors.is_empty(), "{spec:?}: {:#?}", p.errors);
+    let Some(Resource::WasmPlugin(w)) = p.resources.first() else {
+        panic!("{spec:?}: no plugin: {:#?}", p.warnings)
+    };
+    (w.url.clone(), w.local_file.clone())
+}
+
+#[test]
+fn urls_are_validated_like_istiods_webhook() {
+    // localhost:5000/x parses (ParseRequestURI) with the scheme "localhost": no http:// retry.
+    assert_error(
+        "url: localhost:5000/x",
+        "spec.url",
+        "url contains unsupported scheme: localhost",
+    );
+    assert_error(
+        "url: ftp:x/y",
+        "spec.url",
+        "url contains unsupported scheme: ftp",
+    );
+    // Neither the url nor http://url parses: the first error is reported.
+    assert_error(
+        "url: \"%zz\"",
+        "spec.url",
+        "failed to parse url: parse \"%zz\": invalid URI for request",
+    );
+    // Go lowercases the scheme; String() writes it back lowercased.
+    assert_eq!(
+        url_of("url: HTTPS://example.com/x.wasm"),
+        ("https://example.com/x.wasm".into(), None)
+    );
+    assert_eq!(url_of("url: oci://"), ("oci:".into(), None));
+    assert_eq!(
+        url_of("url: file://plugin.wasm"),
+        ("file://plugin.wasm".into(), Some("plugin.wasm".into()))
+    );
+    assert_eq!(
+        url_of("url: file:///opt/p.wasm"),
+        ("file:///opt/p.wasm".into(), Some("/opt/p.wasm".into()))
+    );
+    assert_eq!(
+        url_of("url: test.com/test"),
+        ("oci://test.com/test".into(), None)
+    );
+    // Any scheme-less host:port reference whose host is letters only reads as a scheme.
+    assert_error(
+        "url: registry:5000/a/b:v1",
+        "spec.url",
+        "url contains unsupported scheme: registry",
+    );
+}
+
+#[test]
+fn url_istiod_validates_but_cannot_build_drops_the_plugin_with_a_warning() {
+    // ParseRequestURI fails, http://127.0.0.1:5000/x passes the webhook; url.Parse then fails
+    // ("first path segment in URL cannot contain colon") and istiod discards the plugin.
+    let p = parse(&plugin("url: 127.0.0.1:5000/x"));
+    assert!(p.errors.is_empty(), "{:#?}", p.errors);
+    assert!(p.resources.is_empty(), "{:#?}", p.resources);
+    assert_eq!(p.warnings.len(), 1, "{:#?}", p.warnings);
+    let w = &p.warnings[0];
+    assert_eq!(
+        (w.resource.as_str(), w.path.as_str()),
+        ("WasmPlugin ns/p", "spec.url")
+    );
+    assert_eq!(
+        w.reason,
+        "wasmplugin ns/p discarded due to failure to parse URL: parse \"127.0.0.1:5000/x\": \
+         first path segment in URL cannot contain colon"
+    );
+    // A space in the host: the webhook's http:// retry accepts it, url.Parse does not.
+    let p = parse(&plugin("url: oci://x y"));
+    assert!(p.errors.is_empty() && p.resources.is_empty(), "{p:#?}");
+    assert!(p.warnings[0].reason.contains("in host name"), "{p:#?}");
 }
 
 #[test]
@@ -184,19 +306,6 @@ fn unknown_fields_and_enum_values_are_named() {
     assert!(errs[0].reason.contains("EARLY"), "{}", errs[0]);
     let errs = errors_of("url: oci://x\nfailStrategy: FAIL_SOMETIMES");
     assert!(errs[0].reason.contains("FAIL_SOMETIMES"), "{}", errs[0]);
-}
-
-#[test]
-fn url_scheme_defaults_to_oci() {
-    use crate::validate::wasm::normalize_url;
-    assert_eq!(normalize_url("test.com/test"), "oci://test.com/test");
-    // Better than istiod: a registry with a port is still OCI, not a scheme named "localhost".
-    assert_eq!(
-        normalize_url("localhost:5000/foo"),
-        "oci://localhost:5000/foo"
-    );
-    assert_eq!(normalize_url("file:///a.wasm"), "file:///a.wasm");
-    assert_eq!(normalize_url("https://h/a.wasm"), "https://h/a.wasm");
 }
 
 #[test]
