@@ -365,6 +365,7 @@ pub(super) async fn run(
     };
     // The request body from here on.
     let stop_slot: Rc<RefCell<Option<PumpStop>>> = Rc::default();
+    let mut retained = None;
     let body_empty = src.is_none() && pending.is_empty();
     let upstream_body: Body = match src.take() {
         // No body (a GET): nothing for the body hooks (Envoy calls no decodeData after headers
@@ -381,13 +382,20 @@ pub(super) async fn run(
             let from = if hcm.filters_use_bodies { 0 } else { n };
             let slot = Rc::clone(&stop_slot);
             let pass = Pass::new(Dir::Request, n, hcm.buffer_limit);
-            FilterBody::new(pending, src, Rc::clone(&stream), pass, from)
+            let body = FilterBody::new(pending, src, Rc::clone(&stream), pass, from)
                 .buffered_while_held(headers_waited)
                 .counting(Rc::clone(&counter))
                 .on_stop(Box::new(move |s| {
                     *slot.borrow_mut() = Some(s);
                 }))
-                .boxed()
+                .boxed();
+            if hcm.filters_use_bodies {
+                let (body, slot) = Retained::new(body);
+                retained = Some(slot);
+                Box::pin(body)
+            } else {
+                body
+            }
         }
     };
     routes.mutate_request(vhost, route, &mut parts.headers);
@@ -403,6 +411,18 @@ pub(super) async fn run(
         &mut fin,
     )
     .await;
+    if result.is_err()
+        && let Some(slot) = retained
+    {
+        // The upstream failed before reading the request body (a refused connection, say):
+        // Envoy's codec has passed what arrived through the filters meanwhile (the router
+        // buffers it), so their body hooks, `request.size` and the connection's keep-alive
+        // see it before the local reply.
+        let left = slot.borrow_mut().take();
+        if left.is_some() {
+            read_arrived(&mut { left }, hcm.buffer_limit).await;
+        }
+    }
     if n > 0 {
         // The request as far as it got, for on_log, when `forward` stopped before storing it.
         let mut st = stream.lock().await;
@@ -865,6 +885,53 @@ where
                 tokio::task::yield_now().await;
             }
         }
+    }
+}
+
+/// The request body as the upstream reads it, with the body kept reachable (`slot`) so that
+/// what a failed upstream never read can still be read through the filters.
+struct Retained {
+    slot: Rc<RefCell<Option<Body>>>,
+}
+
+impl Retained {
+    fn new(body: Body) -> (Self, Rc<RefCell<Option<Body>>>) {
+        let slot = Rc::new(RefCell::new(Some(body)));
+        (
+            Self {
+                slot: Rc::clone(&slot),
+            },
+            slot,
+        )
+    }
+}
+
+impl http_body::Body for Retained {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.slot.borrow_mut().as_mut() {
+            Some(b) => b.as_mut().poll_frame(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.slot
+            .borrow()
+            .as_ref()
+            .is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.slot
+            .borrow()
+            .as_ref()
+            .map_or_else(|| http_body::SizeHint::with_exact(0), |b| b.size_hint())
     }
 }
 

@@ -175,3 +175,63 @@ async fn a_body_buffered_while_headers_are_held_comes_in_one_callback_like_envoy
     drop((ours, envoy_proc));
     Ok(())
 }
+
+/// A POST to an upstream that refuses the connection. Envoy's codec has passed the body (read
+/// with the headers) through the filters while the router was connecting (the router buffers
+/// it), so the plugin saw it before the 503, and the request was complete, so the connection
+/// stays open. (Over h2 the client's DATA frame may come after the refusal, in Envoy and in
+/// wasmesh alike: then the plugin sees no body, `qh sh`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_reaches_the_filters_before_a_refused_upstream_like_envoy() -> anyhow::Result<()> {
+    let refused = test_support::proxy_peers::free_ports(1)?[0];
+    let (ours, ours_addr, envoy_proc, envoy_addr) = start_both(|admin, listen| {
+        one_plugin((admin, listen, refused), test_plugins::TRACE, "tr", "", "")
+    })
+    .await?;
+    let mut seen = Vec::new();
+    for addr in [envoy_addr, ours_addr] {
+        for h2 in [false, true] {
+            let mut req = http::Request::builder()
+                .method("POST")
+                .uri(if h2 { "http://h/" } else { "/" })
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    b"hello",
+                )))?;
+            if h2 {
+                *req.version_mut() = http::Version::HTTP_2;
+            } else {
+                req.headers_mut().insert("host", "h".parse()?);
+            }
+            let r = if h2 {
+                send_h2(addr, req).await?
+            } else {
+                send(addr, req).await?
+            };
+            let h = |n: &str| {
+                r.headers
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-")
+                    .to_string()
+            };
+            seen.push((r.status, h("x-trace"), h("connection")));
+        }
+    }
+    let (envoy, wasmesh) = seen.split_at(2);
+    assert_eq!(
+        wasmesh[0], envoy[0],
+        "HTTP/1.1: wasmesh (left) vs Envoy (right)"
+    );
+    assert_eq!(
+        envoy[0],
+        (503, "qh qb5 qb0e sh".to_string(), "-".to_string())
+    );
+    let h2 = [
+        (503, "qh qb5e sh".to_string(), "-".to_string()),
+        (503, "qh sh".to_string(), "-".to_string()),
+    ];
+    assert!(h2.contains(&envoy[1]), "Envoy, h2: {:?}", envoy[1]);
+    assert!(h2.contains(&wasmesh[1]), "wasmesh, h2: {:?}", wasmesh[1]);
+    drop((ours, envoy_proc));
+    Ok(())
+}
