@@ -26,7 +26,9 @@ pub(crate) struct AgentArgs {
         default_value = "/var/lib/wasmesh/data"
     )]
     cache_dir: PathBuf,
-    /// Registries (`host[:port]`, comma-separated, `*` for all) reachable without TLS verification or over plain HTTP.
+    /// Registries (`host[:port]`, comma-separated, `*` for all) reachable without TLS
+    /// verification. Plain HTTP needs no listing: loopback and private registries, and any
+    /// registry that answers HTTPS in plain HTTP, are reached over it (as istio-agent).
     #[arg(long, env = "WASM_INSECURE_REGISTRIES", default_value = "")]
     insecure_registries: String,
     /// Extra networks (comma-separated CIDRs) module downloads must not reach, beyond

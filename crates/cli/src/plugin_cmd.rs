@@ -55,7 +55,9 @@ pub(crate) struct PullArgs {
     /// sha256 for HTTP.
     #[arg(long)]
     sha256: Option<String>,
-    /// Accept any TLS certificate and, for OCI, fall back to plain HTTP.
+    /// Accept any TLS certificate. (For OCI, registries on loopback or private addresses, and
+    /// any registry that answers HTTPS in plain HTTP, are reached over plain HTTP anyway, as
+    /// istio-agent does.)
     #[arg(long)]
     insecure: bool,
 }
