@@ -258,7 +258,8 @@ pub(super) fn gateway_listener(
     net: &PhasedPlugins,
 ) -> (String, Value) {
     let name = format!("0.0.0.0_{port}");
-    let routes = json!({"config_source": ads_source(None), "route_config_name": route_name(port)});
+    let routes =
+        json!({"config_source": ads_source(Some("0s")), "route_config_name": route_name(port)});
     let l = listener(
         &name,
         "0.0.0.0",
@@ -481,7 +482,8 @@ pub(super) fn outbound_listener(
     net: &PhasedPlugins,
 ) -> (String, Value) {
     let name = format!("0.0.0.0_{port}");
-    let routes = json!({"config_source": ads_source(None), "route_config_name": port.to_string()});
+    let routes =
+        json!({"config_source": ads_source(Some("0s")), "route_config_name": port.to_string()});
     let l = listener(
         &name,
         "0.0.0.0",

@@ -309,6 +309,11 @@ fn gateway_listener_references_plugins_by_ecds_name_in_order() {
             .is_none()
     );
     assert_eq!(hcm["rds"]["route_config_name"], "http.8080");
+    // (istiod's RDS source: ADS, v3, no initial fetch timeout)
+    assert_eq!(
+        hcm["rds"]["config_source"],
+        json!({"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "0s"})
+    );
     // Every referenced name is served over ECDS, and nothing else is.
     let ecds: Vec<&String> = json
         .of(type_url::EXTENSION_CONFIG)
@@ -440,6 +445,7 @@ fn sidecar_outbound_listener_uses_client_mode_and_mesh_virtual_services() {
     assert_eq!(names, ["0.0.0.0_443", "0.0.0.0_80", "inbound_0.0.0.0_9080"]);
     let hcm = &listeners["0.0.0.0_80"]["filter_chains"][0]["filters"][0]["typed_config"];
     assert_eq!(hcm["rds"]["route_config_name"], "80");
+    assert_eq!(hcm["rds"]["config_source"]["initial_fetch_timeout"], "0s");
     assert_eq!(
         hcm["http_filters"][0]["name"],
         "extensions.istio.io/wasmplugin/app.client"
