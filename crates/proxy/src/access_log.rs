@@ -35,7 +35,7 @@ pub enum LogFormat {
     /// A text format.
     Text(Vec<format::Part>),
     /// A JSON format (and `omit_empty_values`).
-    Json(Vec<(String, Vec<format::Part>)>, bool),
+    Json(Vec<(String, format::JsonTemplate)>, bool),
 }
 
 /// Where log lines go.
@@ -99,24 +99,8 @@ fn substitution(
 fn json_format(
     st: &envoy_types::pb::google::protobuf::Struct,
     path: &str,
-) -> Result<Vec<(String, Vec<format::Part>)>, ConfigError> {
-    use envoy_types::pb::google::protobuf::value::Kind;
-    let mut keys: Vec<&String> = st.fields.keys().collect();
-    keys.sort();
-    let mut out = Vec::new();
-    for k in keys {
-        let kpath = format!("{path}.{k}");
-        match st.fields.get(k).and_then(|v| v.kind.as_ref()) {
-            Some(Kind::StringValue(v)) => out.push((k.clone(), format::parse(v, &kpath)?)),
-            _ => {
-                return Err(ConfigError::unsupported(
-                    kpath,
-                    "only string values in json_format",
-                ));
-            }
-        }
-    }
-    Ok(out)
+) -> Result<Vec<(String, format::JsonTemplate)>, ConfigError> {
+    format::json_template(st, path)
 }
 
 impl AccessLog {

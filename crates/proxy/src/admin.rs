@@ -38,24 +38,90 @@ pub(crate) struct AdminState {
 pub(crate) type WorkerCmds =
     Arc<std::sync::Mutex<Vec<tokio::sync::mpsc::UnboundedSender<crate::server::ListenerCmd>>>>;
 
+/// The admin listener's own stats, as Envoy keeps them: `listener.admin.*` and the admin
+/// connection manager's `http.admin.*`.
+#[derive(Clone)]
+struct AdminStats {
+    listener: crate::stats::ListenerStats,
+    http: crate::stats::HcmStats,
+}
+
+impl AdminStats {
+    fn new(store: &Store) -> Self {
+        Self {
+            listener: crate::stats::ListenerStats::new(store, crate::stats::ListenerScope::Admin),
+            http: crate::stats::HcmStats::admin(store),
+        }
+    }
+}
+
+/// One admin request's response code, counted once: Envoy counts it when the response headers
+/// go out, before a streamed body such as `/stats` is rendered (so a stats dump includes the
+/// request asking for it).
+struct Charge<'a> {
+    stats: &'a crate::stats::HcmStats,
+    done: std::cell::Cell<bool>,
+}
+
+impl Charge<'_> {
+    fn status(&self, code: StatusCode) {
+        if !self.done.replace(true) {
+            self.stats.record_status(code.as_u16());
+        }
+    }
+}
+
 /// Serves the admin API on `listener` until the task is dropped.
 pub(crate) async fn serve(listener: TcpListener, state: AdminState) {
+    let stats = AdminStats::new(&state.store);
     loop {
         let Ok((sock, peer)) = listener.accept().await else {
             continue;
         };
         let local = sock.local_addr().unwrap_or(peer);
         let st = state.clone();
+        let stats = stats.clone();
         tokio::spawn(async move {
+            let opened = std::time::Instant::now();
+            let cx = stats.listener.open();
+            stats.http.cx_total.inc();
+            stats.http.cx_active.inc();
+            let svc_stats = stats.clone();
             let svc = hyper::service::service_fn(move |req| {
                 let st = st.clone();
-                async move { Ok::<_, Infallible>(handle_logged(&st, req, (local, peer))) }
+                let stats = svc_stats.clone();
+                async move { Ok::<_, Infallible>(handle_counted(&st, &stats.http, req, (local, peer))) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(sock), svc)
                 .await;
+            stats.http.cx_active.dec();
+            stats.http.cx_length_ms.record_ms(opened.elapsed());
+            drop(cx);
         });
     }
+}
+
+/// Handles one request, counting it in `http.admin.*`.
+fn handle_counted(
+    st: &AdminState,
+    http: &crate::stats::HcmStats,
+    req: Request<Incoming>,
+    addrs: (std::net::SocketAddr, std::net::SocketAddr),
+) -> Response<Full<Bytes>> {
+    let started = std::time::Instant::now();
+    http.rq_total.inc();
+    http.rq_http1_total.inc();
+    http.rq_active.inc();
+    let charge = Charge {
+        stats: http,
+        done: std::cell::Cell::new(false),
+    };
+    let resp = handle_logged(st, req, addrs, &charge);
+    charge.status(resp.status());
+    http.rq_active.dec();
+    http.rq_time.record_ms(started.elapsed());
+    resp
 }
 
 /// Handles one request and writes the admin access log line (`admin.access_log`).
@@ -63,15 +129,16 @@ fn handle_logged(
     st: &AdminState,
     req: Request<Incoming>,
     (local, peer): (std::net::SocketAddr, std::net::SocketAddr),
+    charge: &Charge<'_>,
 ) -> Response<Full<Bytes>> {
     let cfg = st.config.load();
     if cfg.admin_logs.is_empty() {
-        return handle(st, req);
+        return handle(st, req, charge);
     }
     let started = std::time::Instant::now();
     let (parts, body) = req.into_parts();
     let request = Request::from_parts(parts.clone(), ());
-    let resp = handle(st, Request::from_parts(parts, body));
+    let resp = handle(st, Request::from_parts(parts, body), charge);
     let mut info = crate::filter::StreamInfo::new(
         Arc::from("admin"),
         local,
@@ -105,7 +172,7 @@ fn text(status: StatusCode, ct: &str, body: String) -> Response<Full<Bytes>> {
     r
 }
 
-fn handle(st: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn handle(st: &AdminState, req: Request<Incoming>, charge: &Charge<'_>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let query = req.uri().query().unwrap_or("");
     const PLAIN: &str = "text/plain; charset=UTF-8";
@@ -122,40 +189,38 @@ fn handle(st: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             };
             text(code, PLAIN, format!("{}\n", state.name()))
         }
-        "/stats/prometheus" => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            st.store.render_prometheus(),
-        ),
-        "/stats" if query.contains("format=prometheus") => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            st.store.render_prometheus(),
-        ),
+        "/stats/prometheus" => prometheus(st, query, charge),
+        "/stats" if query_param(query, "format").as_deref() == Some("prometheus") => {
+            prometheus(st, query, charge)
+        }
         "/stats" => {
             // `usedonly`: only the stats written since start (istio-agent's readiness probe).
             let used_only = query
                 .split('&')
                 .any(|kv| kv.split('=').next() == Some("usedonly"));
-            let all = st.store.render_text_with(used_only);
-            let lines = match query_param(query, "filter") {
-                // Envoy's `/stats?filter=<regex>` (searched anywhere in the name).
-                Some(f) => match regex::Regex::new(&f) {
-                    Ok(re) => all
-                        .lines()
-                        .filter(|l| l.split(": ").next().is_some_and(|n| re.is_match(n)))
-                        .map(str::to_string)
-                        .collect::<Vec<_>>(),
-                    Err(e) => {
-                        return text(
-                            StatusCode::BAD_REQUEST,
-                            PLAIN,
-                            format!("Invalid re2 regex: {e}\n"),
-                        );
-                    }
-                },
-                None => all.lines().map(str::to_string).collect(),
+            // Envoy's `/stats?filter=<regex>` (searched anywhere in the name).
+            let filter = match query_param(query, "filter").map(|f| regex::Regex::new(&f)) {
+                None => None,
+                Some(Ok(re)) => Some(re),
+                Some(Err(e)) => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        PLAIN,
+                        format!("Invalid re2 regex: {e}\n"),
+                    );
+                }
             };
+            charge.status(StatusCode::OK);
+            let all = st.store.render_text_with(used_only);
+            let lines: Vec<String> = all
+                .lines()
+                .filter(|l| {
+                    filter
+                        .as_ref()
+                        .is_none_or(|re| l.split(": ").next().is_some_and(|n| re.is_match(n)))
+                })
+                .map(str::to_string)
+                .collect();
             if query_param(query, "format").as_deref() == Some("json") {
                 return text(StatusCode::OK, "application/json", stats_json(&lines));
             }
@@ -256,6 +321,29 @@ fn handle(st: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
 }
 
 /// Envoy's `/server_info`: version, state, uptime, the options that apply here and the node.
+/// `/stats/prometheus` and `/stats?format=prometheus`, with `filter=<regex>` matched against
+/// Envoy's stat names; Envoy sends them as plain UTF-8 text.
+fn prometheus(st: &AdminState, query: &str, charge: &Charge<'_>) -> Response<Full<Bytes>> {
+    const PLAIN: &str = "text/plain; charset=UTF-8";
+    let filter = match query_param(query, "filter").map(|f| regex::Regex::new(&f)) {
+        None => None,
+        Some(Ok(re)) => Some(re),
+        Some(Err(e)) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                PLAIN,
+                format!("Invalid re2 regex: {e}\n"),
+            );
+        }
+    };
+    charge.status(StatusCode::OK);
+    text(
+        StatusCode::OK,
+        PLAIN,
+        st.store.render_prometheus_filtered(filter.as_ref()),
+    )
+}
+
 fn server_info(st: &AdminState) -> String {
     let uptime = format!("{}s", st.server.uptime().as_secs());
     let cfg = st.config.load();

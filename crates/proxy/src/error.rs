@@ -195,7 +195,7 @@ impl ProxyError {
             ErrorKind::NoRoute => "route_not_found".to_string(),
             ErrorKind::NoCluster(_) => "cluster_not_found".to_string(),
             ErrorKind::NoHealthyUpstream => "no_healthy_upstream".to_string(),
-            ErrorKind::UpstreamTimeout => "upstream_response_timeout".to_string(),
+            ErrorKind::UpstreamTimeout => "response_timeout".to_string(),
             ErrorKind::RequestTooLarge => "request_payload_too_large".to_string(),
             ErrorKind::ResponseTooLarge => "response_payload_too_large".to_string(),
             ErrorKind::DownstreamProtocol(_) => "http1.codec_error".to_string(),

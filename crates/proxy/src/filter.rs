@@ -174,6 +174,8 @@ pub struct StreamInfo {
     pub attempt_count: u32,
     /// The route's `metadata` (`xds.route_metadata`).
     pub route_metadata: Option<Arc<crate::route::MetadataProp>>,
+    /// The virtual host's `metadata` (`xds.virtual_host_metadata`).
+    pub virtual_host_metadata: Option<Arc<crate::route::MetadataProp>>,
     /// The picked cluster's `metadata` (`xds.cluster_metadata`).
     pub cluster_metadata: Option<Arc<crate::route::MetadataProp>>,
     /// Filter state `envoy.tcp_proxy.cluster`: the cluster a network filter chose for the
@@ -250,6 +252,7 @@ impl StreamInfo {
             attempt_count: 0,
             filter_chain_name: None,
             route_metadata: None,
+            virtual_host_metadata: None,
             cluster_metadata: None,
             tcp_proxy_cluster: None,
             listener_direction: 0,

@@ -327,6 +327,16 @@ fn may_clean(name: &str) -> bool {
     ) || name.starts_with("x-envoy-")
 }
 
+/// Whether the request's `te` lists `trailers`.
+fn te_wants_trailers(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+}
+
 /// What Envoy's codec and HCM remove from a client's request before any filter runs.
 fn clean_client_headers(headers: &mut http::HeaderMap, keep_xfcc: bool) {
     // Envoy answers `Expect: 100-continue` itself (hyper sends the 100 when the body is read)
@@ -361,6 +371,8 @@ fn clean_client_headers(headers: &mut http::HeaderMap, keep_xfcc: bool) {
         .flat_map(|v| v.split(','))
         .map(|t| t.trim().to_ascii_lowercase())
         .filter(|t| !t.is_empty() && t != "close" && t != "upgrade" && !t.starts_with(':'))
+        // (Envoy keeps a nominated `te` that asks for trailers: `te: trailers` goes on)
+        .filter(|t| t != "te" || !te_wants_trailers(headers))
         .collect();
     let mut hop: Vec<&str> = if upgrade {
         vec!["keep-alive", "proxy-connection", "transfer-encoding"]

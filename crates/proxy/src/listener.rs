@@ -35,8 +35,8 @@ pub struct ListenerConfig {
     pub chains: Vec<Arc<FilterChain>>,
     /// `default_filter_chain`: used when no chain matches.
     pub default_chain: Option<Arc<FilterChain>>,
-    /// `listener.<addr>.downstream_cx_total`
-    pub cx_total: Counter,
+    /// `listener.<addr>.*` (`downstream_cx_total`, `_active`, `_destroy`...).
+    pub stats: crate::stats::ListenerStats,
     /// `traffic_direction` (0 unspecified, 1 inbound, 2 outbound): `xds.listener_direction`.
     pub direction: i64,
     /// `listener_filters` has the TLS inspector: only then does a stream know the SNI
@@ -371,6 +371,7 @@ pub(crate) fn build(
             ));
         }
     }
+    let stat_addr = crate::stats::listener_stat_address(address);
     let buffer_limit = l
         .per_connection_buffer_limit_bytes
         .as_ref()
@@ -384,7 +385,7 @@ pub(crate) fn build(
     let mut chains: Vec<Arc<FilterChain>> = Vec::with_capacity(l.filter_chains.len());
     for (i, chain) in l.filter_chains.iter().enumerate() {
         let cpath = format!("{path}.filter_chains[{i}]");
-        let built = build_chain(chain, i, &cpath, &name, buffer_limit, env)?;
+        let built = build_chain(chain, i, &cpath, (&name, &stat_addr), buffer_limit, env)?;
         if let Some(other) = chains.iter().find(|c| c.matcher == built.matcher) {
             // Envoy's message for the same mistake.
             return Err(ConfigError::invalid(
@@ -402,24 +403,22 @@ pub(crate) fn build(
             chain,
             DEFAULT_CHAIN,
             &format!("{path}.default_filter_chain"),
-            &name,
+            (&name, &stat_addr),
             buffer_limit,
             env,
         )?)),
         None => None,
     };
-    let stat_addr = address.to_string().replace(':', "_");
-    let cx_total = env.store.counter(
-        &format!("listener.{stat_addr}.downstream_cx_total"),
-        "envoy_listener_downstream_cx_total",
-        &[("envoy_listener_address", &stat_addr)],
+    let stats = crate::stats::ListenerStats::new(
+        env.store,
+        crate::stats::ListenerScope::Address(&stat_addr),
     );
     Ok(ListenerConfig {
         name,
         address,
         chains,
         default_chain,
-        cx_total,
+        stats,
         direction: i64::from(l.traffic_direction),
         tls_inspector: !l.listener_filters.is_empty(),
     })
@@ -430,7 +429,7 @@ fn build_chain(
     chain: &pbl::FilterChain,
     index: usize,
     cpath: &str,
-    name: &Arc<str>,
+    (name, stat_addr): (&Arc<str>, &str),
     buffer_limit: usize,
     env: &BuildEnv<'_>,
 ) -> Result<FilterChain, ConfigError> {
@@ -471,7 +470,7 @@ fn build_chain(
                 terminal = Some(Terminal::Http(Arc::new(build_hcm(
                     &cfg,
                     &tpath,
-                    &name,
+                    (&name, stat_addr),
                     buffer_limit,
                     client_certs.clone(),
                     env,
@@ -623,7 +622,7 @@ fn downstream_tls(ts: &core::TransportSocket, path: &str) -> Result<DownstreamTl
 fn build_hcm(
     cfg: &hcm::HttpConnectionManager,
     path: &str,
-    listener: &str,
+    (listener, stat_addr): (&str, &str),
     buffer_limit: usize,
     client_certs: Option<Vec<String>>,
     env: &BuildEnv<'_>,
@@ -714,7 +713,11 @@ fn build_hcm(
     };
     let filters_use_bodies = filters.iter().any(|f| f.config.uses_bodies());
     Ok(HcmConfig {
-        stats: HcmStats::new(env.store, &cfg.stat_prefix),
+        stats: HcmStats::for_listener(
+            env.store,
+            &cfg.stat_prefix,
+            crate::stats::ListenerScope::Address(stat_addr),
+        ),
         stat_prefix: cfg.stat_prefix.clone(),
         codec,
         routes: Arc::new(routes),

@@ -2,16 +2,21 @@
 
 use std::fmt;
 
-/// A set of Envoy response flags.
+/// A set of Envoy response flags, in the order they were set (Envoy prints them in that
+/// order: a retried reset is `URX,UC`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ResponseFlags(u32);
+pub struct ResponseFlags {
+    bits: u32,
+    /// The flags' bit numbers in the order they were set, 4 bits each, first in the lowest.
+    order: u64,
+}
 
 macro_rules! flags {
     ($($name:ident = $bit:expr, $short:literal;)*) => {
         impl ResponseFlags {
             $(
                 #[doc = concat!("`", $short, "`")]
-                pub const $name: ResponseFlags = ResponseFlags(1 << $bit);
+                pub const $name: ResponseFlags = ResponseFlags { bits: 1 << $bit, order: $bit };
             )*
             const ALL: &'static [(ResponseFlags, &'static str)] = &[$((Self::$name, $short),)*];
         }
@@ -39,14 +44,25 @@ flags! {
 }
 
 impl ResponseFlags {
-    /// Adds `other`'s flags.
+    /// Adds `other`'s flags (those not set yet, after the ones that are).
     pub fn insert(&mut self, other: ResponseFlags) {
-        self.0 |= other.0;
+        for bit in other.bits_in_order() {
+            if self.bits & (1 << bit) == 0 {
+                let n = self.bits.count_ones();
+                self.order |= u64::from(bit) << (4 * n);
+                self.bits |= 1 << bit;
+            }
+        }
+    }
+
+    /// The bit numbers of the set flags, in the order they were set.
+    fn bits_in_order(self) -> impl Iterator<Item = u32> {
+        (0..self.bits.count_ones()).map(move |i| ((self.order >> (4 * i)) & 0xf) as u32)
     }
 
     /// Whether every flag of `other` is set.
     pub fn contains(self, other: ResponseFlags) -> bool {
-        self.0 & other.0 == other.0
+        self.bits & other.bits == other.bits
     }
 
     /// The flags as Envoy's legacy bit mask (`StreamInfo::legacyResponseFlags`, what the
@@ -78,25 +94,25 @@ impl ResponseFlags {
 
     /// Whether no flag is set.
     pub fn is_empty(self) -> bool {
-        self.0 == 0
+        self.bits == 0
     }
 }
 
 impl fmt::Display for ResponseFlags {
-    /// Envoy's short form: `UH,UF`, or `-` when empty.
+    /// Envoy's short form, in the order the flags were set: `UF,URX`, or `-` when empty.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_empty() {
             return f.write_str("-");
         }
-        let mut first = true;
-        for (flag, short) in Self::ALL {
-            if self.contains(*flag) {
-                if !first {
-                    f.write_str(",")?;
-                }
-                f.write_str(short)?;
-                first = false;
+        for (i, bit) in self.bits_in_order().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
             }
+            let short = Self::ALL
+                .iter()
+                .find(|(flag, _)| flag.bits == 1 << bit)
+                .map_or("", |(_, s)| s);
+            f.write_str(short)?;
         }
         Ok(())
     }
@@ -112,6 +128,12 @@ mod tests {
         assert_eq!(f.to_string(), "-");
         f.insert(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
         f.insert(ResponseFlags::NO_HEALTHY_UPSTREAM);
-        assert_eq!(f.to_string(), "UH,UF");
+        f.insert(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
+        assert_eq!(f.to_string(), "UF,UH");
+        let mut g = ResponseFlags::default();
+        g.insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+        g.insert(f);
+        assert_eq!(g.to_string(), "URX,UF,UH");
+        assert!(g.contains(ResponseFlags::NO_HEALTHY_UPSTREAM));
     }
 }

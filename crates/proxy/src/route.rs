@@ -133,6 +133,8 @@ impl HeaderMutations {
 pub struct VirtualHost {
     /// `name`.
     pub name: Arc<str>,
+    /// `metadata` (`xds.virtual_host_metadata`), if set.
+    pub metadata: Option<Arc<MetadataProp>>,
     /// Its routes, in order.
     pub routes: Vec<Route>,
     request_headers: HeaderMutations,
@@ -567,6 +569,10 @@ impl RouteTable {
             }
             table.virtual_hosts.push(VirtualHost {
                 name: Arc::from(vh.name.as_str()),
+                metadata: vh
+                    .metadata
+                    .as_ref()
+                    .map(|m| Arc::new(MetadataProp::build(m))),
                 routes,
                 request_headers: HeaderMutations::build(
                     &vh.request_headers_to_add,

@@ -660,12 +660,13 @@ async fn accept_loop(
             .cloned()
             .unwrap_or_else(|| Arc::clone(&lcfg));
         let local = sock.local_addr().unwrap_or(lcfg.address);
-        lcfg.cx_total.inc();
+        let cx_guard = lcfg.stats.open();
         let (worker, drain) = (Rc::clone(&worker), drain.clone());
         let (active, idle) = (Rc::clone(&active), Rc::clone(&idle));
         active.opened();
         tokio::task::spawn_local(async move {
             handle_connection(sock, local, remote, lcfg, worker, drain).await;
+            drop(cx_guard);
             if active.closed() {
                 idle.notify_waiters();
             }

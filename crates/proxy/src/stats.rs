@@ -272,14 +272,22 @@ impl Store {
 
     /// Envoy's `/stats/prometheus`: metrics grouped by name with a `# TYPE` line each.
     pub fn render_prometheus(&self) -> String {
+        self.render_prometheus_filtered(None)
+    }
+
+    /// `/stats/prometheus?filter=<regex>`: only the stats whose Envoy name (before the
+    /// Prometheus conversion) the regex finds a match in.
+    pub fn render_prometheus_filtered(&self, filter: Option<&regex::Regex>) -> String {
         // (kind rank, name) → sample lines: Envoy writes every counter, then every gauge, then
         // every histogram, each kind sorted by name, plugin metrics included (so a counter and
         // a histogram that share a name get a block each).
         let mut groups: BTreeMap<(u8, String), Vec<String>> = BTreeMap::new();
         let custom = !self.tags.is_empty();
         let defaults = self.tags.use_default_tags();
+        let keep =
+            |name: &str| self.matcher.accepts(name) && filter.is_none_or(|re| re.is_match(name));
         for (flat, e) in self.snapshot() {
-            if !self.matcher.accepts(&flat) {
+            if !keep(&flat) {
                 continue;
             }
             let (rank, v) = match &e.metric {
@@ -318,7 +326,6 @@ impl Store {
             };
             groups.entry((rank, prom_name)).or_default().push(line);
         }
-        let keep = |name: &str| self.matcher.accepts(name);
         for s in self.hooks.sources() {
             let mut text = String::new();
             s.append_prometheus(&mut text, &keep);
@@ -431,16 +438,236 @@ pub struct HcmStats {
     pub rq_direct_response: Counter,
     /// `rq_redirect` (internal redirects; always 0 here, as in Envoy without them)
     pub rq_redirect: Counter,
+    /// `rs_too_large`: responses too large to buffer (a 500 local reply instead).
+    pub rs_too_large: Counter,
     /// `downstream_rq_time`: ms from a request's first byte to its stream's end.
     pub rq_time: Histogram,
     /// `downstream_cx_length_ms`
     pub cx_length_ms: Histogram,
+    /// The listener's copy of the response classes (`listener.<addr>.http.<prefix>.*`).
+    pub listener: Option<ListenerHttpStats>,
+}
+
+/// Which listener a stat belongs to: Envoy names a listener's stats by its address
+/// (`listener.127.0.0.1_8080.*`, tag `envoy_listener_address`), the admin listener's
+/// `listener.admin.*` (no tag, the name kept in the Prometheus name).
+#[derive(Debug, Clone, Copy)]
+pub enum ListenerScope<'a> {
+    /// An address in stat form: `127.0.0.1_8080` (see [`listener_stat_address`]).
+    Address(&'a str),
+    /// The admin listener.
+    Admin,
+}
+
+/// A listener address in Envoy's stat form: `127.0.0.1_8080`, `[::1]_8080`.
+pub fn listener_stat_address(addr: std::net::SocketAddr) -> String {
+    addr.to_string().replace(':', "_")
+}
+
+impl ListenerScope<'_> {
+    /// (flat name, Prometheus name, tags) of `stat` (`downstream_cx_total`, `http.<prefix>.x`:
+    /// `prom_stat` is its Prometheus part, `http_downstream_rq_xx`), with `tags` first, as
+    /// Envoy's extraction orders them.
+    fn names(
+        &self,
+        stat: &str,
+        prom_stat: &str,
+        tags: &[(&str, &str)],
+    ) -> (String, String, Vec<(String, String)>) {
+        let mut t: Vec<(String, String)> = tags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        match self {
+            ListenerScope::Address(a) => {
+                t.push(("envoy_listener_address".into(), a.to_string()));
+                (
+                    format!("listener.{a}.{stat}"),
+                    format!("envoy_listener_{prom_stat}"),
+                    t,
+                )
+            }
+            ListenerScope::Admin => (
+                format!("listener.admin.{stat}"),
+                format!("envoy_listener_admin_{prom_stat}"),
+                t,
+            ),
+        }
+    }
+
+    fn counter(&self, store: &Store, stat: &str, prom: &str, tags: &[(&str, &str)]) -> Counter {
+        let (flat, prom, t) = self.names(stat, prom, tags);
+        let t: Vec<(&str, &str)> = t.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        store.counter(&flat, &prom, &t)
+    }
+
+    fn gauge(&self, store: &Store, stat: &str, prom: &str) -> Gauge {
+        let (flat, prom, t) = self.names(stat, prom, &[]);
+        let t: Vec<(&str, &str)> = t.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        store.gauge(&flat, &prom, &t)
+    }
+}
+
+/// A listener's copy of its HTTP connection manager's response classes:
+/// `listener.<addr>.http.<prefix>.downstream_rq_<class>xx` and `downstream_rq_completed`.
+#[derive(Debug, Clone)]
+pub struct ListenerHttpStats {
+    /// `downstream_rq_1xx` .. `downstream_rq_5xx`
+    pub rq_class: [Counter; 5],
+    /// `downstream_rq_completed`
+    pub rq_completed: Counter,
+}
+
+impl ListenerHttpStats {
+    /// The counters of connection manager `stat_prefix` on `listener`.
+    pub fn new(store: &Store, listener: ListenerScope<'_>, stat_prefix: &str) -> Self {
+        let prefix = ("envoy_http_conn_manager_prefix", stat_prefix);
+        let class = |d: u8| {
+            let code = d.to_string();
+            listener.counter(
+                store,
+                &format!("http.{stat_prefix}.downstream_rq_{d}xx"),
+                "http_downstream_rq_xx",
+                &[("envoy_response_code_class", &code), prefix],
+            )
+        };
+        Self {
+            rq_class: [class(1), class(2), class(3), class(4), class(5)],
+            rq_completed: listener.counter(
+                store,
+                &format!("http.{stat_prefix}.downstream_rq_completed"),
+                "http_downstream_rq_completed",
+                &[prefix],
+            ),
+        }
+    }
+}
+
+/// Connection counters of one listener (`listener.<addr>.*`, `listener.admin.*`); Envoy's
+/// other listener counters are kept at 0 (no overflow, overload, listener filter errors).
+#[derive(Debug, Clone)]
+pub struct ListenerStats {
+    /// `downstream_cx_total`
+    pub cx_total: Counter,
+    /// `downstream_cx_destroy`
+    pub cx_destroy: Counter,
+    /// `downstream_cx_active`
+    pub cx_active: Gauge,
+    /// The accepting thread's copy: `worker_<n>.` (`main_thread.` for the admin listener)
+    /// `downstream_cx_total` and `downstream_cx_active`; `None` when not kept per thread.
+    pub thread: Option<(Counter, Gauge)>,
+    /// Registered at 0, never counted.
+    _zeros: Arc<[Counter]>,
+    /// `downstream_pre_cx_active`: always 0.
+    _pre_cx_active: Gauge,
+}
+
+impl ListenerStats {
+    /// The stats of `listener`.
+    pub fn new(store: &Store, listener: ListenerScope<'_>) -> Self {
+        let c = |n: &str| listener.counter(store, n, &n.replace('.', "_"), &[]);
+        let mut zeros = vec![
+            "downstream_cx_overflow",
+            "downstream_cx_overload_reject",
+            "downstream_cx_transport_socket_connect_timeout",
+            "downstream_global_cx_overflow",
+            "downstream_listener_filter_error",
+            "downstream_listener_filter_remote_close",
+            "downstream_pre_cx_timeout",
+            "no_filter_chain_match",
+        ];
+        if matches!(listener, ListenerScope::Address(_)) {
+            zeros.extend([
+                "extension_config_missing",
+                "network_extension_config_missing",
+            ]);
+        }
+        let thread = match listener {
+            ListenerScope::Admin => Some((
+                c("main_thread.downstream_cx_total"),
+                listener.gauge(
+                    store,
+                    "main_thread.downstream_cx_active",
+                    "main_thread_downstream_cx_active",
+                ),
+            )),
+            ListenerScope::Address(_) => None,
+        };
+        let pre_cx_active = listener.gauge(
+            store,
+            "downstream_pre_cx_active",
+            "downstream_pre_cx_active",
+        );
+        pre_cx_active.set(0);
+        Self {
+            cx_total: c("downstream_cx_total"),
+            cx_destroy: c("downstream_cx_destroy"),
+            cx_active: listener.gauge(store, "downstream_cx_active", "downstream_cx_active"),
+            thread,
+            _zeros: zeros.into_iter().map(c).collect(),
+            _pre_cx_active: pre_cx_active,
+        }
+    }
+
+    /// A connection was accepted: counts it, and its end when the guard drops.
+    pub fn open(&self) -> ConnectionGuard {
+        self.cx_total.inc();
+        self.cx_active.inc();
+        if let Some((t, a)) = &self.thread {
+            t.inc();
+            a.inc();
+        }
+        ConnectionGuard {
+            stats: self.clone(),
+        }
+    }
+}
+
+/// Counts a listener connection's end (`downstream_cx_destroy`, `downstream_cx_active`) when
+/// dropped.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    stats: ListenerStats,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.stats.cx_active.dec();
+        self.stats.cx_destroy.inc();
+        if let Some((_, a)) = &self.stats.thread {
+            a.dec();
+        }
+    }
 }
 
 impl HcmStats {
     /// The counters for `stat_prefix`.
     pub fn new(store: &Store, stat_prefix: &str) -> Self {
+        Self::build(store, stat_prefix, true)
+    }
+
+    /// The admin listener's connection manager (`http.admin.*`): no router, so no `no_route`,
+    /// `rq_direct_response` or `rq_redirect` (kept detached), as in Envoy.
+    pub fn admin(store: &Store) -> Self {
+        Self {
+            listener: Some(ListenerHttpStats::new(store, ListenerScope::Admin, "admin")),
+            ..Self::build(store, "admin", false)
+        }
+    }
+
+    fn build(store: &Store, stat_prefix: &str, router: bool) -> Self {
         let tag = [("envoy_http_conn_manager_prefix", stat_prefix)];
+        let r = |n: &str| {
+            if router {
+                store.counter(
+                    &format!("http.{stat_prefix}.{n}"),
+                    &format!("envoy_http_{n}"),
+                    &tag,
+                )
+            } else {
+                Counter::default()
+            }
+        };
         let c = |n: &str| {
             store.counter(
                 &format!("http.{stat_prefix}.{n}"),
@@ -482,13 +709,24 @@ impl HcmStats {
             rq_active: g("downstream_rq_active"),
             cx_total: c("downstream_cx_total"),
             cx_active: g("downstream_cx_active"),
-            no_route: c("no_route"),
+            no_route: r("no_route"),
             rq_rx_reset: c("downstream_rq_rx_reset"),
             rq_too_large: c("downstream_rq_too_large"),
-            rq_direct_response: c("rq_direct_response"),
-            rq_redirect: c("rq_redirect"),
+            rq_direct_response: r("rq_direct_response"),
+            rq_redirect: r("rq_redirect"),
+            rs_too_large: c("rs_too_large"),
             rq_time: h("downstream_rq_time"),
             cx_length_ms: h("downstream_cx_length_ms"),
+            listener: None,
+        }
+    }
+
+    /// The counters for `stat_prefix` on `listener`, with the listener's copy of the response
+    /// classes (`listener.<addr>.http.<prefix>.downstream_rq_<class>xx`).
+    pub fn for_listener(store: &Store, stat_prefix: &str, listener: ListenerScope<'_>) -> Self {
+        Self {
+            listener: Some(ListenerHttpStats::new(store, listener, stat_prefix)),
+            ..Self::new(store, stat_prefix)
         }
     }
 
@@ -501,6 +739,15 @@ impl HcmStats {
             c.inc();
         }
         self.rq_completed.inc();
+        if let Some(l) = &self.listener {
+            if let Some(c) = (status / 100)
+                .checked_sub(1)
+                .and_then(|i| l.rq_class.get(usize::from(i)))
+            {
+                c.inc();
+            }
+            l.rq_completed.inc();
+        }
     }
 }
 
@@ -513,6 +760,14 @@ pub struct ClusterStats {
     pub rq_timeout: Counter,
     /// `upstream_rq_retry`
     pub rq_retry: Counter,
+    /// `upstream_rq_retry_backoff_exponential`: retries that waited the exponential back-off.
+    pub rq_retry_backoff_exponential: Counter,
+    /// `upstream_rq_retry_limit_exceeded`: a retriable outcome with no retry left.
+    pub rq_retry_limit_exceeded: Counter,
+    /// `upstream_rq_retry_success`: a retry whose response was not retriable.
+    pub rq_retry_success: Counter,
+    /// Envoy's other retry counters, never counted here (no retry budget, no shadows).
+    pub rq_retry_unused: [Counter; 3],
     /// `upstream_cx_total`
     pub cx_total: Counter,
     /// `upstream_cx_connect_fail`
@@ -544,14 +799,15 @@ pub struct ClusterStats {
 struct CodeStats {
     store: Store,
     name: Arc<str>,
-    completed: [OnceLock<Counter>; 3],
-    rq_time: [OnceLock<Histogram>; 3],
-    class: [[OnceLock<Counter>; 5]; 3],
+    completed: [OnceLock<Counter>; 4],
+    rq_time: [OnceLock<Histogram>; 4],
+    class: [[OnceLock<Counter>; 5]; 4],
     /// `upstream_rq_<code>` by (scope, code).
     by_code: Mutex<Vec<((usize, u16), Counter)>>,
 }
 
-const SCOPES: [&str; 3] = ["", "external.", "internal."];
+/// Plain, `external.`, `internal.`, and `retry.` (responses the router retried).
+const SCOPES: [&str; 4] = ["", "external.", "internal.", "retry."];
 
 impl CodeStats {
     fn new(store: &Store, name: &str) -> Self {
@@ -662,6 +918,14 @@ impl ClusterStats {
             rq_total: c("upstream_rq_total"),
             rq_timeout: c("upstream_rq_timeout"),
             rq_retry: c("upstream_rq_retry"),
+            rq_retry_backoff_exponential: c("upstream_rq_retry_backoff_exponential"),
+            rq_retry_limit_exceeded: c("upstream_rq_retry_limit_exceeded"),
+            rq_retry_success: c("upstream_rq_retry_success"),
+            rq_retry_unused: [
+                c("upstream_rq_retry_backoff_ratelimited"),
+                c("upstream_rq_retry_overflow"),
+                c("retry_or_shadow_abandoned"),
+            ],
             cx_total: c("upstream_cx_total"),
             cx_connect_fail: c("upstream_cx_connect_fail"),
             cx_active: g("upstream_cx_active"),
@@ -688,6 +952,19 @@ impl ClusterStats {
             if let Some(c) = self.codes.completed(scope) {
                 c.inc();
             }
+        }
+    }
+
+    /// Counts an upstream response the router retried, as Envoy charges it: `retry.upstream_rq_<code>`,
+    /// `retry.upstream_rq_<class>xx` and `retry.upstream_rq_completed` (not the plain ones).
+    pub fn record_retried_status(&self, status: u16) {
+        let class = (status / 100).checked_sub(1).map(usize::from);
+        if let Some(c) = class.and_then(|i| self.codes.class(3, i)) {
+            c.inc();
+        }
+        self.codes.count_code(3, status);
+        if let Some(c) = self.codes.completed(3) {
+            c.inc();
         }
     }
 

@@ -7,6 +7,7 @@ use http::HeaderMap;
 
 use crate::config::ConfigError;
 use crate::filter::StreamInfo;
+use crate::response_flags::ResponseFlags;
 
 /// One piece of a format string.
 #[derive(Debug, Clone)]
@@ -30,10 +31,15 @@ pub enum Cmd {
     Protocol,
     /// `%RESPONSE_CODE%`
     ResponseCode,
-    /// `%RESPONSE_CODE_DETAILS%`
-    ResponseCodeDetails,
+    /// `%RESPONSE_CODE_DETAILS%` (whitespace as `_`), or with `(ALLOW_WHITESPACES)` as is.
+    ResponseCodeDetails {
+        /// `ALLOW_WHITESPACES`.
+        allow_whitespace: bool,
+    },
     /// `%RESPONSE_FLAGS%`
     ResponseFlags,
+    /// `%RESPONSE_FLAGS_LONG%`: `NoHealthyUpstream,UpstreamRetryLimitExceeded`.
+    ResponseFlagsLong,
     /// `%BYTES_RECEIVED%`
     BytesReceived,
     /// `%BYTES_SENT%`
@@ -42,8 +48,22 @@ pub enum Cmd {
     Duration,
     /// `%UPSTREAM_HOST%`
     UpstreamHost,
-    /// `%UPSTREAM_CLUSTER%`
+    /// `%UPSTREAM_CLUSTER%` and `%UPSTREAM_CLUSTER_RAW%` (no `alt_stat_name` here).
     UpstreamCluster,
+    /// `%UPSTREAM_LOCAL_ADDRESS%`
+    UpstreamLocal,
+    /// `%UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%`
+    UpstreamLocalNoPort,
+    /// `%UPSTREAM_TRANSPORT_FAILURE_REASON%` (spaces as `_`).
+    UpstreamTransportFailureReason,
+    /// `%UPSTREAM_REQUEST_ATTEMPT_COUNT%`
+    UpstreamRequestAttemptCount,
+    /// `%FILTER_CHAIN_NAME%`
+    FilterChainName,
+    /// `%VIRTUAL_CLUSTER_NAME%`: never set (no virtual clusters here).
+    VirtualClusterName,
+    /// `%HOSTNAME%`: the host's name, read once when the format is built.
+    Hostname(Option<String>),
     /// `%ROUTE_NAME%`
     RouteName,
     /// `%DOWNSTREAM_REMOTE_ADDRESS%`
@@ -124,13 +144,23 @@ fn command(raw: &str, path: &str) -> Result<Part, ConfigError> {
         }
         "PROTOCOL" => Cmd::Protocol,
         "RESPONSE_CODE" => Cmd::ResponseCode,
-        "RESPONSE_CODE_DETAILS" => Cmd::ResponseCodeDetails,
+        "RESPONSE_CODE_DETAILS" => Cmd::ResponseCodeDetails {
+            allow_whitespace: arg.as_deref() == Some("ALLOW_WHITESPACES"),
+        },
         "RESPONSE_FLAGS" => Cmd::ResponseFlags,
+        "RESPONSE_FLAGS_LONG" => Cmd::ResponseFlagsLong,
         "BYTES_RECEIVED" => Cmd::BytesReceived,
         "BYTES_SENT" => Cmd::BytesSent,
         "DURATION" => Cmd::Duration,
         "UPSTREAM_HOST" => Cmd::UpstreamHost,
-        "UPSTREAM_CLUSTER" => Cmd::UpstreamCluster,
+        "UPSTREAM_CLUSTER" | "UPSTREAM_CLUSTER_RAW" => Cmd::UpstreamCluster,
+        "UPSTREAM_LOCAL_ADDRESS" => Cmd::UpstreamLocal,
+        "UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Cmd::UpstreamLocalNoPort,
+        "UPSTREAM_TRANSPORT_FAILURE_REASON" => Cmd::UpstreamTransportFailureReason,
+        "UPSTREAM_REQUEST_ATTEMPT_COUNT" => Cmd::UpstreamRequestAttemptCount,
+        "FILTER_CHAIN_NAME" => Cmd::FilterChainName,
+        "VIRTUAL_CLUSTER_NAME" => Cmd::VirtualClusterName,
+        "HOSTNAME" => Cmd::Hostname(hostname()),
         "ROUTE_NAME" => Cmd::RouteName,
         "DOWNSTREAM_REMOTE_ADDRESS" => Cmd::DownstreamRemote,
         "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => Cmd::DownstreamRemoteNoPort,
@@ -182,7 +212,80 @@ fn req_header(req: &http::request::Parts, name: &str) -> Option<String> {
     }
 }
 
-/// The value of a command; `None` prints as `-` (text) or `null` (JSON).
+/// The host's name (Envoy's `gethostname`), for `%HOSTNAME%`.
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
+/// Envoy's long response flag names (`ResponseFlagUtils`), in the order it prints them.
+const LONG_FLAGS: [(ResponseFlags, &str); 16] = [
+    (
+        ResponseFlags::FAILED_LOCAL_HEALTH_CHECK,
+        "FailedLocalHealthCheck",
+    ),
+    (ResponseFlags::NO_HEALTHY_UPSTREAM, "NoHealthyUpstream"),
+    (
+        ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+        "UpstreamRequestTimeout",
+    ),
+    (ResponseFlags::LOCAL_RESET, "LocalReset"),
+    (ResponseFlags::UPSTREAM_REMOTE_RESET, "UpstreamRemoteReset"),
+    (
+        ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+        "UpstreamConnectionFailure",
+    ),
+    (
+        ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+        "UpstreamConnectionTermination",
+    ),
+    (ResponseFlags::UPSTREAM_OVERFLOW, "UpstreamOverflow"),
+    (ResponseFlags::NO_ROUTE_FOUND, "NoRouteFound"),
+    (ResponseFlags::RATE_LIMITED, "RateLimited"),
+    (
+        ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
+        "DownstreamConnectionTermination",
+    ),
+    (
+        ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED,
+        "UpstreamRetryLimitExceeded",
+    ),
+    (ResponseFlags::STREAM_IDLE_TIMEOUT, "StreamIdleTimeout"),
+    (
+        ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+        "DownstreamProtocolError",
+    ),
+    (
+        ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+        "UpstreamProtocolError",
+    ),
+    (ResponseFlags::NO_CLUSTER_FOUND, "NoClusterFound"),
+];
+
+/// `%RESPONSE_FLAGS_LONG%`: the long names joined with `,`, or `-` without flags.
+pub fn long_flags(flags: ResponseFlags) -> String {
+    let names: Vec<&str> = LONG_FLAGS
+        .iter()
+        .filter(|(f, _)| flags.contains(*f))
+        .map(|(_, n)| *n)
+        .collect();
+    if names.is_empty() {
+        "-".to_string()
+    } else {
+        names.join(",")
+    }
+}
+
+/// A string that Envoy treats as unset when empty.
+fn non_empty(v: Option<&str>) -> Option<String> {
+    v.filter(|s| !s.is_empty()).map(str::to_string)
+}
+
+/// The value of a command. `None` is unset and prints as `-` (text) or `null` (JSON); a set
+/// value prints as it is, even empty, as in Envoy (a header present with an empty value, a
+/// plugin's local reply with empty details).
 pub fn value(cmd: &Cmd, cx: &LogContext<'_>) -> Option<String> {
     let info = cx.info;
     let no_port = |a: std::net::SocketAddr| a.ip().to_string();
@@ -197,19 +300,38 @@ pub fn value(cmd: &Cmd, cx: &LogContext<'_>) -> Option<String> {
         Cmd::Protocol if cx.tcp => None,
         Cmd::Protocol => Some(super::protocol(info.protocol).to_string()),
         Cmd::ResponseCode => Some(info.response_code.unwrap_or(0).to_string()),
-        Cmd::ResponseCodeDetails => info.response_code_details.as_deref().map(str::to_string),
+        Cmd::ResponseCodeDetails { allow_whitespace } => {
+            info.response_code_details.as_deref().map(|d| {
+                if *allow_whitespace {
+                    d.to_string()
+                } else {
+                    d.replace(char::is_whitespace, "_")
+                }
+            })
+        }
         Cmd::ResponseFlags => Some(info.response_flags.to_string()),
+        Cmd::ResponseFlagsLong => Some(long_flags(info.response_flags)),
         Cmd::BytesReceived => Some(info.bytes_received.to_string()),
         Cmd::BytesSent => Some(info.bytes_sent.to_string()),
         Cmd::Duration => info.duration.map(|d| d.as_millis().to_string()),
         Cmd::UpstreamHost => info.upstream_host.map(|a| a.to_string()),
-        Cmd::UpstreamCluster => info.cluster_name.as_deref().map(str::to_string),
-        Cmd::RouteName => info.route_name.as_deref().map(str::to_string),
+        Cmd::UpstreamCluster => non_empty(info.cluster_name.as_deref()),
+        Cmd::UpstreamLocal => info.upstream_local_addr.map(|a| a.to_string()),
+        Cmd::UpstreamLocalNoPort => info.upstream_local_addr.map(no_port),
+        Cmd::UpstreamTransportFailureReason => {
+            non_empty(info.upstream_transport_failure_reason.as_deref())
+                .map(|r| r.replace(' ', "_"))
+        }
+        Cmd::UpstreamRequestAttemptCount => Some(info.attempt_count.to_string()),
+        Cmd::FilterChainName => non_empty(info.filter_chain_name.as_deref()),
+        Cmd::VirtualClusterName => None,
+        Cmd::Hostname(h) => h.clone(),
+        Cmd::RouteName => non_empty(info.route_name.as_deref()),
         Cmd::DownstreamRemote => Some(info.downstream_remote_addr.to_string()),
         Cmd::DownstreamRemoteNoPort => Some(no_port(info.downstream_remote_addr)),
         Cmd::DownstreamLocal => Some(info.downstream_local_addr.to_string()),
         Cmd::DownstreamLocalNoPort => Some(no_port(info.downstream_local_addr)),
-        Cmd::RequestedServerName => info.requested_server_name.clone(),
+        Cmd::RequestedServerName => non_empty(info.requested_server_name.as_deref()),
         Cmd::ConnectionTermination => None,
     }
 }
@@ -234,30 +356,92 @@ pub fn render_text(parts: &[Part], cx: &LogContext<'_>) -> String {
         match p {
             Part::Lit(l) => out.push_str(l),
             Part::Cmd(c, max) => match value(c, cx) {
-                Some(v) if !v.is_empty() => out.push_str(&truncate(v, *max)),
-                _ => out.push('-'),
+                Some(v) => out.push_str(&truncate(v, *max)),
+                None => out.push('-'),
             },
         }
     }
     out
 }
 
-/// Renders a JSON format: one key per entry; a value that is a single numeric command is a JSON
-/// number, a missing single command is `null` (or omitted with `omit_empty_values`).
-pub fn render_json(
-    entries: &[(String, Vec<Part>)],
-    omit_empty: bool,
-    cx: &LogContext<'_>,
-) -> String {
-    let mut map = serde_json::Map::new();
-    for (k, parts) in entries {
-        let v = match parts.as_slice() {
-            [Part::Cmd(c, max)] => match value(c, cx).filter(|v| !v.is_empty()) {
+/// A `json_format` value: a format string, a literal (number, bool, null), or a nested
+/// struct or list of them.
+#[derive(Debug, Clone)]
+pub enum JsonTemplate {
+    /// A string: substitution format.
+    Format(Vec<Part>),
+    /// A number, bool or null: printed as it is.
+    Literal(serde_json::Value),
+    /// A nested struct (keys sorted, as Envoy prints them).
+    Object(Vec<(String, JsonTemplate)>),
+    /// A list.
+    List(Vec<JsonTemplate>),
+}
+
+/// Builds a `json_format` struct, naming `path` in errors.
+pub fn json_template(
+    st: &envoy_types::pb::google::protobuf::Struct,
+    path: &str,
+) -> Result<Vec<(String, JsonTemplate)>, ConfigError> {
+    let mut keys: Vec<&String> = st.fields.keys().collect();
+    keys.sort();
+    keys.into_iter()
+        .map(|k| {
+            let v = json_value(st.fields.get(k), &format!("{path}.{k}"))?;
+            Ok((k.clone(), v))
+        })
+        .collect()
+}
+
+fn json_value(
+    v: Option<&envoy_types::pb::google::protobuf::Value>,
+    path: &str,
+) -> Result<JsonTemplate, ConfigError> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    Ok(match v.and_then(|v| v.kind.as_ref()) {
+        Some(Kind::StringValue(s)) => JsonTemplate::Format(parse(s, path)?),
+        Some(Kind::NumberValue(n)) => JsonTemplate::Literal(number(*n)),
+        Some(Kind::BoolValue(b)) => JsonTemplate::Literal(serde_json::Value::Bool(*b)),
+        Some(Kind::NullValue(_)) | None => JsonTemplate::Literal(serde_json::Value::Null),
+        Some(Kind::StructValue(st)) => JsonTemplate::Object(json_template(st, path)?),
+        Some(Kind::ListValue(l)) => JsonTemplate::List(
+            l.values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| json_value(Some(v), &format!("{path}[{i}]")))
+                .collect::<Result<_, _>>()?,
+        ),
+    })
+}
+
+/// A protobuf number as JSON: integral values without a fraction, as Envoy prints them.
+fn number(n: f64) -> serde_json::Value {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    if n.fract() == 0.0 && n.abs() < EXACT {
+        // In range and integral: the conversion is exact.
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "checked integral and in range"
+        )]
+        serde_json::Value::from(n as i64)
+    } else {
+        serde_json::Number::from_f64(n).map_or(serde_json::Value::Null, serde_json::Value::Number)
+    }
+}
+
+fn render_value(t: &JsonTemplate, omit_empty: bool, cx: &LogContext<'_>) -> serde_json::Value {
+    match t {
+        JsonTemplate::Format(parts) => match parts.as_slice() {
+            [Part::Cmd(c, max)] => match value(c, cx) {
                 None => serde_json::Value::Null,
                 Some(v) => {
                     let numeric = matches!(
                         c,
-                        Cmd::ResponseCode | Cmd::BytesReceived | Cmd::BytesSent | Cmd::Duration
+                        Cmd::ResponseCode
+                            | Cmd::BytesReceived
+                            | Cmd::BytesSent
+                            | Cmd::Duration
+                            | Cmd::UpstreamRequestAttemptCount
                     );
                     match v.parse::<u64>() {
                         Ok(n) if numeric => serde_json::Value::from(n),
@@ -266,13 +450,43 @@ pub fn render_json(
                 }
             },
             _ => serde_json::Value::String(render_text(parts, cx)),
-        };
+        },
+        JsonTemplate::Literal(v) => v.clone(),
+        JsonTemplate::Object(entries) => render_object(entries, omit_empty, cx),
+        JsonTemplate::List(items) => serde_json::Value::Array(
+            items
+                .iter()
+                .map(|t| render_value(t, omit_empty, cx))
+                .collect(),
+        ),
+    }
+}
+
+fn render_object(
+    entries: &[(String, JsonTemplate)],
+    omit_empty: bool,
+    cx: &LogContext<'_>,
+) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    for (k, t) in entries {
+        let v = render_value(t, omit_empty, cx);
         if omit_empty && v.is_null() {
             continue;
         }
         map.insert(k.clone(), v);
     }
-    let mut line = serde_json::Value::Object(map).to_string();
+    serde_json::Value::Object(map)
+}
+
+/// Renders a JSON format: one key per entry; a value that is a single numeric command is a JSON
+/// number, an unset single command is `null` (or omitted with `omit_empty_values`), literals
+/// pass through and nested structs and lists are rendered alike.
+pub fn render_json(
+    entries: &[(String, JsonTemplate)],
+    omit_empty: bool,
+    cx: &LogContext<'_>,
+) -> String {
+    let mut line = render_object(entries, omit_empty, cx).to_string();
     let _ = writeln!(line);
     line
 }

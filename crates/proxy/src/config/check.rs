@@ -153,6 +153,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.config.route.v3.VirtualHost",
         &[
             "name",
+            "metadata",
             "domains",
             "routes",
             "request_headers_to_add",

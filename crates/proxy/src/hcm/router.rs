@@ -181,6 +181,7 @@ pub(super) async fn run(
     let n = hcm.filters.len();
     let counter = Rc::clone(&fin.bytes_received);
     fin.head = parts.method == http::Method::HEAD;
+    let limit = buffer_limit(&hcm, parts.version);
     // Envoy answers these before any filter runs: HTTP/1.0 (and 0.9) with 426
     // (`accept_http_10` is off by default; setting it is rejected as unsupported), headers over
     // `max_request_headers_kb` (60) with 431 (both from its HTTP/1 codec, which closes the
@@ -258,11 +259,12 @@ pub(super) async fn run(
         let cluster = selected.as_ref().and_then(|(_, r)| picked_cluster(r));
         info.set_cluster(cluster, &conn.worker.config.load());
         info.route_metadata = selected.as_ref().and_then(|(_, r)| r.metadata.clone());
+        info.virtual_host_metadata = selected.as_ref().and_then(|(v, _)| v.metadata.clone());
     }
     let mut pending = Vec::new();
     let mut headers_waited = false;
     if n > 0 {
-        let mut pass = Pass::new(Dir::Request, n, hcm.buffer_limit);
+        let mut pass = Pass::new(Dir::Request, n, limit);
         let waited = std::cell::Cell::new(false);
         let phase = WasPending {
             inner: std::pin::pin!(headers_phase(
@@ -280,7 +282,7 @@ pub(super) async fn run(
             Phase::Done(p) => pending = p,
             Phase::Reply(r, pos) => {
                 if waited.get() && !fin.request_done.get() {
-                    read_arrived(&mut src, hcm.buffer_limit).await;
+                    read_arrived(&mut src, limit).await;
                 }
                 fin.capture(&parts);
                 keep_request(&stream, &parts, n).await;
@@ -289,6 +291,9 @@ pub(super) async fn run(
             }
             Phase::TooLarge => {
                 hcm.stats.rq_too_large.inc();
+                // (Envoy's codec is still inside the body when the limit is crossed: the
+                // request never completes, and an HTTP/1.1 connection is closed)
+                fin.close = true;
                 fin.capture(&parts);
                 keep_request(&stream, &parts, n).await;
                 let e = ProxyError::new(ErrorKind::RequestTooLarge);
@@ -309,6 +314,7 @@ pub(super) async fn run(
                 let cluster = again.as_ref().and_then(|(_, r)| picked_cluster(r));
                 info.set_cluster(cluster, &conn.worker.config.load());
                 info.route_metadata = again.as_ref().and_then(|(_, r)| r.metadata.clone());
+                info.virtual_host_metadata = again.as_ref().and_then(|(v, _)| v.metadata.clone());
             }
             selected = again;
         }
@@ -381,7 +387,7 @@ pub(super) async fn run(
         src => {
             let from = if hcm.filters_use_bodies { 0 } else { n };
             let slot = Rc::clone(&stop_slot);
-            let pass = Pass::new(Dir::Request, n, hcm.buffer_limit);
+            let pass = Pass::new(Dir::Request, n, limit);
             let body = FilterBody::new(pending, src, Rc::clone(&stream), pass, from)
                 .buffered_while_held(headers_waited)
                 .counting(Rc::clone(&counter))
@@ -420,7 +426,7 @@ pub(super) async fn run(
         // see it before the local reply.
         let left = slot.borrow_mut().take();
         if left.is_some() {
-            read_arrived(&mut { left }, hcm.buffer_limit).await;
+            read_arrived(&mut { left }, limit).await;
         }
     }
     if n > 0 {
@@ -443,6 +449,7 @@ pub(super) async fn run(
         }
         (_, Some(PumpStop::TooLarge)) => {
             hcm.stats.rq_too_large.inc();
+            fin.close = true;
             let e = ProxyError::new(ErrorKind::RequestTooLarge);
             respond_local(&conn, &stream, fin, error_reply(&e), n, e.response_flags()).await
         }
@@ -703,6 +710,12 @@ async fn forward(
         _ => 0,
     };
     let cname: Arc<str> = cluster_name;
+    let chunk_unsized = !body_empty
+        && cluster.protocol == crate::cluster::UpstreamProtocol::Http1
+        && matches!(
+            parts.method,
+            http::Method::GET | http::Method::HEAD | http::Method::CONNECT
+        );
     let mut body = Some(body);
     let started = Instant::now();
     let mut attempt = 0;
@@ -737,9 +750,22 @@ async fn forward(
                 parts.headers.clone()
             };
         }
-        let req = b
+        let mut req = b
             .body(this_body)
             .map_err(|e| ProxyError::new(ErrorKind::Internal(e.to_string())))?;
+        // A GET (HEAD, CONNECT) with a body but no `content-length` (a plugin removed it):
+        // hyper would assume no body for these methods; Envoy's HTTP/1 encoder sends it
+        // chunked.
+        if chunk_unsized
+            && attempt == 1
+            && !req.headers().contains_key(http::header::CONTENT_LENGTH)
+            && !req.headers().contains_key(http::header::TRANSFER_ENCODING)
+        {
+            req.headers_mut().insert(
+                http::header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
         let internal = req
             .headers()
             .get(super::X_ENVOY_INTERNAL)
@@ -775,24 +801,31 @@ async fn forward(
             Ok((resp, reads)) => {
                 fin.upstream_reads = reads;
                 let status = resp.status().as_u16();
-                cluster.stats.record_status(status, internal);
                 let outcome = if status >= 500 {
                     &host.rq_error
                 } else {
                     &host.rq_success
                 };
                 outcome.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if can_retry
-                    && action
-                        .retry
-                        .as_ref()
-                        .is_some_and(|r| r.retry_status(status))
-                {
+                let retriable = action
+                    .retry
+                    .as_ref()
+                    .is_some_and(|r| r.retry_status(status));
+                if can_retry && retriable {
+                    // (Envoy charges a retried response under `retry.`)
+                    cluster.stats.record_retried_status(status);
                     host.active_rq
                         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                     cluster.stats.rq_retry.inc();
+                    cluster.stats.rq_retry_backoff_exponential.inc();
                     backoff(attempt).await;
                     continue;
+                }
+                cluster.stats.record_status(status, internal);
+                if retriable && retries > 0 {
+                    retry_limit_exceeded(stream, &cluster).await;
+                } else if attempt > 1 {
+                    cluster.stats.rq_retry_success.inc();
                 }
                 fin.upstream = Some((Arc::clone(&cluster), host));
                 fin.upstream_timing = Some((started, internal));
@@ -814,13 +847,27 @@ async fn forward(
                 let global_deadline_passed = deadline.is_some_and(|d| Instant::now() >= d);
                 if can_retry && policy_allows && !global_deadline_passed && !timed_out {
                     cluster.stats.rq_retry.inc();
+                    cluster.stats.rq_retry_backoff_exponential.inc();
                     backoff(attempt).await;
                     continue;
                 }
+                if policy_allows && retries > 0 {
+                    retry_limit_exceeded(stream, &cluster).await;
+                }
+                // The router charges its own reply to an attempt that failed (Envoy's
+                // `chargeUpstreamAbort`): `upstream_rq_503` for a refused or reset
+                // connection, `upstream_rq_504` for a timeout. A connection that could not be
+                // made also fails the pending request.
                 if matches!(
                     e.kind,
-                    ErrorKind::ConnectFailure(_) | ErrorKind::UpstreamReset(_)
+                    ErrorKind::ConnectFailure(_)
+                        | ErrorKind::UpstreamReset(_)
+                        | ErrorKind::UpstreamProtocol(_)
+                        | ErrorKind::UpstreamTimeout
                 ) {
+                    cluster.stats.record_status(e.status().as_u16(), internal);
+                }
+                if matches!(e.kind, ErrorKind::ConnectFailure(_)) {
                     cluster.stats.rq_pending_failure_eject.inc();
                 }
                 e.attempts = attempt;
@@ -828,6 +875,30 @@ async fn forward(
             }
         }
     }
+}
+
+/// Envoy's h2 stream buffer: its `initial_stream_window_size` default (256 MiB).
+const H2_STREAM_BUFFER_LIMIT: usize = 256 * 1024 * 1024;
+
+/// How much a filter may buffer on a stream: Envoy takes the stream's own limit, which for an
+/// HTTP/1.1 connection is `per_connection_buffer_limit_bytes` and for an h2 stream its flow
+/// control window (so an h2 client's 2 MiB body is buffered whole where HTTP/1.1 gets a 413).
+fn buffer_limit(hcm: &super::HcmConfig, version: http::Version) -> usize {
+    if version >= http::Version::HTTP_2 {
+        H2_STREAM_BUFFER_LIMIT.max(hcm.buffer_limit)
+    } else {
+        hcm.buffer_limit
+    }
+}
+
+/// A retriable outcome with no retry left: Envoy's `URX` flag and `upstream_rq_retry_limit_exceeded`.
+async fn retry_limit_exceeded(stream: &Shared, cluster: &crate::cluster::Cluster) {
+    cluster.stats.rq_retry_limit_exceeded.inc();
+    let mut st = stream.lock().await;
+    st.cx
+        .stream_info_mut()
+        .response_flags
+        .insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
 }
 
 /// Envoy's retry back-off: 25 ms base, doubling.
@@ -985,8 +1056,14 @@ where
     let hcm = Arc::clone(&conn.hcm);
     let mut src = src;
     let mut pending = Vec::new();
+    let limit = if seen > 0 {
+        let st = stream.lock().await;
+        buffer_limit(&hcm, st.cx.stream_info().protocol)
+    } else {
+        hcm.buffer_limit
+    };
     if seen > 0 {
-        let mut pass = Pass::new(Dir::Response, seen, hcm.buffer_limit);
+        let mut pass = Pass::new(Dir::Response, seen, limit);
         match headers_phase(
             stream,
             &mut pass,
@@ -1015,6 +1092,7 @@ where
                 st.cx.stream_info_mut().response_code_details = Some(Arc::from(r.details.as_str()));
             }
             Phase::TooLarge => {
+                hcm.stats.rs_too_large.inc();
                 let e = ProxyError::new(ErrorKind::ResponseTooLarge);
                 let r = error_reply(&e);
                 parts = local_reply_parts(&r);
@@ -1052,7 +1130,7 @@ where
         }
         src => {
             let from = if hcm.filters_use_bodies { 0 } else { seen };
-            let pass = Pass::new(Dir::Response, seen, hcm.buffer_limit);
+            let pass = Pass::new(Dir::Response, seen, limit);
             FilterBody::new(pending, src, Rc::clone(stream), pass, from).boxed()
         }
     };

@@ -38,6 +38,7 @@ pub(crate) struct Facts {
     pub(crate) attempt_count: u32,
     pub(crate) filter_chain_name: Option<Arc<str>>,
     pub(crate) route_metadata: Option<Arc<crate::route::MetadataProp>>,
+    pub(crate) virtual_host_metadata: Option<Arc<crate::route::MetadataProp>>,
     pub(crate) cluster_metadata: Option<Arc<crate::route::MetadataProp>>,
     pub(crate) listener_direction: i64,
     /// The final request and response headers, for `on_log` maps built on demand.
@@ -88,6 +89,8 @@ impl Facts {
         self.attempt_count = info.attempt_count;
         self.filter_chain_name.clone_from(&info.filter_chain_name);
         self.route_metadata.clone_from(&info.route_metadata);
+        self.virtual_host_metadata
+            .clone_from(&info.virtual_host_metadata);
         self.cluster_metadata.clone_from(&info.cluster_metadata);
         self.listener_direction = info.listener_direction;
         self.request.clone_from(&info.request_headers);
@@ -169,6 +172,14 @@ impl StreamProperties for StreamProps {
             [b"xds", b"route_metadata", rest @ ..] => {
                 f.route_metadata.as_ref().and_then(|m| m.value.lookup(rest))
             }
+            [b"xds", b"virtual_host_metadata"] => f
+                .virtual_host_metadata
+                .as_ref()
+                .map(|m| PropertyValue::Raw(m.proto.clone())),
+            [b"xds", b"virtual_host_metadata", rest @ ..] => f
+                .virtual_host_metadata
+                .as_ref()
+                .and_then(|m| m.value.lookup(rest)),
             [b"xds", b"cluster_metadata"] => f
                 .cluster_metadata
                 .as_ref()

@@ -235,3 +235,111 @@ async fn a_body_reaches_the_filters_before_a_refused_upstream_like_envoy() -> an
     drop((ours, envoy_proc));
     Ok(())
 }
+
+/// A plugin that buffers the whole request body, with a 16 KiB listener buffer limit and a
+/// 100 KB body: over HTTP/1.1 Envoy answers 413 and closes the connection; an h2 stream's
+/// limit is its flow-control window (256 MiB by default), so over h2 the body is buffered
+/// whole and the request goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_buffer_limit_of_an_h2_stream_is_its_window_like_envoy() -> anyhow::Result<()> {
+    let up = start_upstream("up").await?;
+    let filter = wasm_filter(
+        "rw",
+        test_plugins::BODY_REWRITE,
+        r#"{"request": {"from": "a", "to": "b"}}"#,
+    );
+    let (ours, ours_addr, envoy_proc, envoy_addr) = start_both(|admin, listen| {
+        hcm_bootstrap((admin, listen, up.addr.port()), "", &filter, "").replacen(
+            "  - name: main\n",
+            "  - name: main\n    per_connection_buffer_limit_bytes: 16384\n",
+            1,
+        )
+    })
+    .await?;
+    let mut seen = Vec::new();
+    for addr in [envoy_addr, ours_addr] {
+        for h2 in [false, true] {
+            let body = bytes::Bytes::from(vec![b'a'; 100_000]);
+            let mut req = http::Request::builder()
+                .method("POST")
+                .uri(if h2 { "http://h/" } else { "/" })
+                .body(http_body_util::Full::new(body))?;
+            if h2 {
+                *req.version_mut() = http::Version::HTTP_2;
+            } else {
+                req.headers_mut().insert("host", "h".parse()?);
+            }
+            let r = if h2 {
+                send_h2(addr, req).await?
+            } else {
+                send(addr, req).await?
+            };
+            let connection = r
+                .headers
+                .get("connection")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string();
+            seen.push((r.status, connection));
+        }
+    }
+    let (envoy, wasmesh) = seen.split_at(2);
+    assert_eq!(wasmesh, envoy, "wasmesh (left) vs Envoy (right)");
+    assert_eq!(
+        envoy,
+        [(413, "close".to_string()), (200, "-".to_string())],
+        "Envoy"
+    );
+    drop((ours, envoy_proc));
+    Ok(())
+}
+
+/// A GET with a body whose `content-length` a plugin removed: Envoy's HTTP/1 encoder sends the
+/// body chunked, over HTTP/1.1 and from an h2 client (hyper's client would assume a GET has no
+/// body and drop it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_body_without_its_length_goes_upstream_chunked_like_envoy() -> anyhow::Result<()> {
+    let up = start_upstream("up").await?;
+    let filter = wasm_filter(
+        "h",
+        test_plugins::HEADERS,
+        r#"{"request_remove": ["content-length"]}"#,
+    );
+    let (ours, ours_addr, envoy_proc, envoy_addr) =
+        start_both(|admin, listen| hcm_bootstrap((admin, listen, up.addr.port()), "", &filter, ""))
+            .await?;
+    let mut seen = Vec::new();
+    for addr in [envoy_addr, ours_addr] {
+        for h2 in [false, true] {
+            let mut req = http::Request::builder()
+                .method("GET")
+                .uri(if h2 { "http://h/" } else { "/" })
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    b"hello-a",
+                )))?;
+            if h2 {
+                *req.version_mut() = http::Version::HTTP_2;
+            } else {
+                req.headers_mut().insert("host", "h".parse()?);
+            }
+            let r = if h2 {
+                send_h2(addr, req).await?
+            } else {
+                send(addr, req).await?
+            };
+            let j = r.json();
+            seen.push((
+                r.status,
+                j["body_len"].clone(),
+                j["headers"]["transfer-encoding"].clone(),
+                r.headers.contains_key("connection"),
+            ));
+        }
+    }
+    let (envoy, wasmesh) = seen.split_at(2);
+    assert_eq!(wasmesh, envoy, "wasmesh (left) vs Envoy (right)");
+    assert_eq!(envoy[0].1, 7, "{envoy:?}");
+    assert_eq!(envoy[0].2, "chunked", "{envoy:?}");
+    drop((ours, envoy_proc));
+    Ok(())
+}

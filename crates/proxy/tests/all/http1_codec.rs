@@ -335,6 +335,31 @@ async fn a_clients_internal_headers_are_cleaned_like_envoy() -> anyhow::Result<(
     Ok(())
 }
 
+/// `te: trailers` nominated by `connection` is kept (Envoy keeps a nominated `te` that asks
+/// for trailers); another nominated header goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nominated_te_trailers_goes_upstream_like_envoy() -> anyhow::Result<()> {
+    fn te(addr: SocketAddr, seen: &Mutex<Vec<String>>) -> Vec<String> {
+        let (_, req) = through(
+            addr,
+            seen,
+            b"GET /te HTTP/1.1\r\nhost: x\r\nconnection: te, x-gone, close\r\nte: trailers\r\n\
+              x-gone: 1\r\n\r\n",
+        );
+        req.lines()
+            .filter(|l| {
+                let l = l.to_ascii_lowercase();
+                l.starts_with("te:") || l.starts_with("x-gone:")
+            })
+            .map(str::to_ascii_lowercase)
+            .collect()
+    }
+    let (e, o) = both(te).await?;
+    assert_eq!(e, ["te: trailers"], "envoy");
+    assert_eq!(o, e, "wasmesh vs envoy");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_without_host_gets_envoys_400() -> anyhow::Result<()> {
     fn no_host(addr: SocketAddr, seen: &Mutex<Vec<String>>) -> (String, String, String, bool) {

@@ -1,7 +1,9 @@
 //! Integration tests of the data plane: our proxy in-process on 127.0.0.1 ports, real upstreams,
 //! hyper and curl clients, and differential tests against real Envoy 1.40.
 
+mod access_log_formats;
 mod admin;
+mod admin_stats;
 mod body_chunks;
 mod callout;
 mod config_errors;
@@ -21,6 +23,7 @@ mod listeners;
 mod local_replies;
 mod properties;
 mod remote_code;
+mod retries;
 mod routing;
 mod sdk_configs;
 mod stats_tags;

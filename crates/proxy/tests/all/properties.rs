@@ -75,6 +75,7 @@ const PATHS: &[&str] = &[
     "xds/cluster_metadata/filter_metadata/location/region",
     "xds/cluster_metadata/filter_metadata/location/zone",
     "xds/cluster_metadata/filter_metadata/other",
+    "xds/virtual_host_metadata/filter_metadata/vh/tier",
 ];
 
 fn bootstrap(admin: u16, listen: u16, up: u16) -> String {
@@ -103,6 +104,7 @@ static_resources:
             virtual_hosts:
             - name: vh
               domains: ["*"]
+              metadata: {{filter_metadata: {{vh: {{tier: gold}}}}}}
               routes:
               - name: r-local
                 match: {{prefix: "/local"}}
