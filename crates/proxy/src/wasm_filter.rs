@@ -7,6 +7,7 @@
 //! a new VM (with backoff) for later streams.
 
 mod convert;
+pub(crate) use convert::MissingStatus;
 mod grpc;
 mod network;
 pub(crate) mod plugin_config;

@@ -1006,6 +1006,14 @@ impl http_body::Body for Retained {
     }
 }
 
+/// Whether a plugin removed the response's `:status` (and none set it again).
+fn missing_status(parts: &mut http::response::Parts) -> bool {
+    parts
+        .extensions
+        .remove::<crate::wasm_filter::MissingStatus>()
+        .is_some()
+}
+
 /// A local reply through the response hooks of the first `seen` filters.
 async fn respond_local(
     conn: &Rc<Conn>,
@@ -1073,6 +1081,25 @@ where
         )
         .await
         {
+            Phase::Done(p) if missing_status(&mut parts) => {
+                // Envoy checks the required headers once the filters are done: a `:status` a
+                // plugin removed is a 502 (not filtered again).
+                drop(p);
+                let r = LocalReply::new(
+                    StatusCode::BAD_GATEWAY,
+                    "missing required header: :status",
+                    "filter_removed_required_response_headers{missing_required_header:_:status}",
+                );
+                parts = local_reply_parts(&r);
+                pending = if fin.head {
+                    Vec::new()
+                } else {
+                    vec![Frame::data(r.body.clone())]
+                };
+                src = None;
+                let mut st = stream.lock().await;
+                st.cx.stream_info_mut().response_code_details = Some(Arc::from(r.details.as_str()));
+            }
             Phase::Done(p) => pending = p,
             Phase::Reply(r, _) => {
                 // A reply from a response hook replaces the response; it is not filtered again.

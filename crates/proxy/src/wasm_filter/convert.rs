@@ -27,28 +27,87 @@ fn request_entries(
     let authority = (&b":authority"[..], authority);
     let path = (&b":path"[..], path.as_bytes());
     let method = (&b":method"[..], parts.method.as_str().as_bytes());
+    let edited = parts.extensions.get::<PseudoState>();
     let scheme = (
         &b":scheme"[..],
-        parts
-            .uri
-            .scheme_str()
-            .unwrap_or(if tls { "https" } else { "http" })
-            .as_bytes(),
+        match edited.and_then(|e| e.scheme.as_ref()) {
+            Some(s) => s.as_ref(),
+            None => parts
+                .uri
+                .scheme_str()
+                .unwrap_or(if tls { "https" } else { "http" })
+                .as_bytes(),
+        },
     );
     // Envoy keeps an h2 request's pseudo-headers in the order they came; the h2 codec does not
-    // tell it, so the order curl and nghttp2 send is used. HTTP/1.1: Envoy's codec order.
-    let pseudo = if parts.version == http::Version::HTTP_2 {
-        [method, path, scheme, authority]
-    } else {
-        [authority, path, method, scheme]
+    // tell it, so the order curl and nghttp2 send is used. HTTP/1.1: Envoy's codec order. A
+    // plugin's edits may have moved them (a replaced one goes to the end of the pseudo-headers).
+    let all = [authority, path, method, scheme];
+    let order = match edited {
+        Some(e) => e.order,
+        None => default_pseudo_order(parts.version),
     };
-    pseudo.into_iter().chain(
+    order.map(|i| all[usize::from(i) % 4]).into_iter().chain(
         parts
             .headers
             .iter()
             .filter(|(k, _)| *k != HOST)
             .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes())),
     )
+}
+
+/// Request pseudo-headers as a plugin's edits left them: their order (indices into
+/// `:authority`, `:path`, `:method`, `:scheme`) and the `:scheme` it set (a request extension;
+/// only requests whose pseudo-headers a plugin edited carry it).
+#[derive(Debug, Clone)]
+pub(crate) struct PseudoState {
+    order: [u8; 4],
+    scheme: Option<bytes::Bytes>,
+}
+
+fn default_pseudo_order(version: http::Version) -> [u8; 4] {
+    if version == http::Version::HTTP_2 {
+        [2, 1, 3, 0]
+    } else {
+        [0, 1, 2, 3]
+    }
+}
+
+/// The pseudo-header order and `:scheme` of a plugin's map, kept with the request.
+fn keep_pseudo_state(map: &HeaderMap, parts: &mut http::request::Parts) {
+    const NAMES: [&[u8]; 4] = [b":authority", b":path", b":method", b":scheme"];
+    let mut order = Vec::with_capacity(4);
+    for (k, _) in map.iter() {
+        if let Some(i) = NAMES.iter().position(|n| *n == k)
+            && !order.contains(&(i as u8))
+        {
+            order.push(i as u8);
+        }
+    }
+    for i in default_pseudo_order(parts.version) {
+        if !order.contains(&i) {
+            order.push(i);
+        }
+    }
+    let mut fixed = [0u8; 4];
+    fixed.copy_from_slice(&order[..4]);
+    let scheme = map.get(b":scheme");
+    let default_order = fixed == default_pseudo_order(parts.version)
+        && parts.extensions.get::<PseudoState>().is_none();
+    let scheme_as_parsed = match (scheme, parts.uri.scheme_str()) {
+        (None, _) => true,
+        (Some(s), Some(u)) => u.as_bytes() == s,
+        // (HTTP/1.1: plain `http` needs nothing kept; on TLS `https` is kept, reading the same)
+        (Some(s), None) => s == b"http",
+    };
+    // The common case (a plugin that edited only regular headers): nothing kept.
+    if default_order && scheme_as_parsed {
+        return;
+    }
+    parts.extensions.insert(PseudoState {
+        order: fixed,
+        scheme: scheme.map(bytes::Bytes::copy_from_slice),
+    });
 }
 
 /// The entries a plugin sees for response headers with status `code`, borrowed.
@@ -154,6 +213,7 @@ pub(crate) fn apply_request_map(map: &HeaderMap, parts: &mut http::request::Part
 
 /// The request pseudo-headers of a plugin map → method, URI and `Host`.
 fn apply_request_pseudo(map: &HeaderMap, parts: &mut http::request::Parts) {
+    keep_pseudo_state(map, parts);
     if let Some(m) = map.get(b":method").and_then(|m| Method::from_bytes(m).ok()) {
         parts.method = m;
     }
@@ -181,7 +241,12 @@ fn apply_request_pseudo(map: &HeaderMap, parts: &mut http::request::Parts) {
 
 /// Response head → plugin map.
 pub(crate) fn response_map(parts: &http::response::Parts) -> HeaderMap {
-    response_with_code(Some(parts.status), &parts.headers)
+    let code = if parts.extensions.get::<MissingStatus>().is_some() {
+        None
+    } else {
+        Some(parts.status)
+    };
+    response_with_code(code, &parts.headers)
 }
 
 /// Response headers with status `code` (`:status` only if known) → plugin map.
@@ -196,12 +261,22 @@ pub(crate) fn apply_response_map(map: &HeaderMap, parts: &mut http::response::Pa
     append_regular(map, &mut parts.headers);
 }
 
+/// A response head whose `:status` a plugin removed (a response extension): the next plugins
+/// see no `:status`, and unless one sets it again the proxy answers 502, as Envoy does.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MissingStatus;
+
 fn apply_status(map: &HeaderMap, parts: &mut http::response::Parts) {
-    if let Some(s) = map
-        .get(b":status")
-        .and_then(|s| StatusCode::from_bytes(s).ok())
-    {
-        parts.status = s;
+    match map.get(b":status") {
+        Some(s) => {
+            if let Ok(s) = StatusCode::from_bytes(s) {
+                parts.status = s;
+                parts.extensions.remove::<MissingStatus>();
+            }
+        }
+        None => {
+            parts.extensions.insert(MissingStatus);
+        }
     }
 }
 

@@ -146,3 +146,65 @@ async fn h2_cookies_are_joined_like_envoy() -> anyhow::Result<()> {
     drop((ours, envoy_proc));
     Ok(())
 }
+
+/// A plugin that replaces `:scheme` and `:path`: the next plugin sees them moved to the end of
+/// the pseudo-headers (Envoy's `setCopy`), and `request.scheme` is the new scheme, as in Envoy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaced_pseudo_headers_move_and_count_like_envoy() -> anyhow::Result<()> {
+    let up = test_support::proxy_peers::start_upstream("up").await?;
+    let filters = format!(
+        "{}{}",
+        wasm_filter(
+            "h",
+            test_plugins::HEADERS,
+            r#"{"request_replace": {":scheme": "https", ":path": "/moved"}}"#,
+        ),
+        wasm_filter(
+            "p",
+            test_plugins::PROPS_PROBE,
+            r#"{"paths": ["request.scheme"]}"#
+        ),
+    );
+    let (ours, ours_addr, envoy_proc, envoy_addr) = start_both(|admin, listen| {
+        hcm_bootstrap((admin, listen, up.addr.port()), "", &filters, "")
+    })
+    .await?;
+    let mut seen = Vec::new();
+    for addr in [envoy_addr, ours_addr] {
+        for h2 in [false, true] {
+            let r = if h2 {
+                send_h2(addr, get_h2(addr, "h", "/")).await?
+            } else {
+                send(addr, get("h", "/")).await?
+            };
+            let h = |n: &str| {
+                r.headers
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let pseudo: Vec<String> = h("x-probe-request-names")
+                .split(',')
+                .filter(|n| n.starts_with(':'))
+                .map(str::to_string)
+                .collect();
+            seen.push((r.status, pseudo, h("x-probe-0")));
+        }
+    }
+    let (envoy, wasmesh) = seen.split_at(2);
+    assert_eq!(
+        wasmesh[0], envoy[0],
+        "HTTP/1.1: wasmesh (left) vs Envoy (right)"
+    );
+    // (read at request headers, then at response headers, where Envoy has released them)
+    assert_eq!(envoy[0].2, "https | <missing>", "{envoy:?}");
+    assert_eq!(
+        envoy[0].1,
+        [":authority", ":method", ":path", ":scheme"],
+        "{envoy:?}"
+    );
+    assert_eq!(wasmesh[1], envoy[1], "h2: wasmesh (left) vs Envoy (right)");
+    drop((ours, envoy_proc));
+    Ok(())
+}

@@ -91,3 +91,33 @@ async fn local_replies_are_framed_like_envoy() -> anyhow::Result<()> {
     drop((ours, envoy_proc));
     Ok(())
 }
+
+/// A plugin that removes the response's `:status`: Envoy checks the required headers once the
+/// filters are done and answers 502 `missing required header: :status` instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_status_is_envoys_502() -> anyhow::Result<()> {
+    let up = test_support::proxy_peers::start_upstream("up").await?;
+    let filter = wasm_filter(
+        "h",
+        test_plugins::HEADERS,
+        r#"{"response_remove": [":status"]}"#,
+    );
+    let (ours, ours_addr, envoy_proc, envoy_addr) =
+        start_both(|admin, listen| hcm_bootstrap((admin, listen, up.addr.port()), "", &filter, ""))
+            .await?;
+    let mut seen = Vec::new();
+    for addr in [envoy_addr, ours_addr] {
+        let a = tokio::task::spawn_blocking(move || h1(addr, "GET", "/")).await??;
+        let b = h2(addr, "GET", "/").await?;
+        seen.push((a, b));
+    }
+    assert_eq!(seen[1], seen[0], "wasmesh (left) vs Envoy (right)");
+    assert!(
+        seen[0].0.starts_with("HTTP/1.1 502 Bad Gateway")
+            && seen[0].0.ends_with("missing required header: :status"),
+        "{}",
+        seen[0].0
+    );
+    drop((ours, envoy_proc));
+    Ok(())
+}
