@@ -161,6 +161,14 @@ fn answers(r: &Resp) -> BTreeMap<String, String> {
 
 /// The on_log answers, from the `probe.log.<i>.<hex>` counters: path → answers seen.
 async fn log_answers(admin: SocketAddr) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    log_answers_for(admin, PATHS).await
+}
+
+/// [`log_answers`] for a probe configured with `paths`.
+async fn log_answers_for(
+    admin: SocketAddr,
+    paths: &[&str],
+) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
     let r = send(admin, get("admin", "/stats?filter=probe")).await?;
     let text = String::from_utf8_lossy(&r.body).to_string();
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -172,7 +180,7 @@ async fn log_answers(admin: SocketAddr) -> anyhow::Result<BTreeMap<String, Vec<S
         let Some((i, hex)) = name.split_once('.') else {
             continue;
         };
-        let Some(path) = i.parse::<usize>().ok().and_then(|i| PATHS.get(i)) else {
+        let Some(path) = i.parse::<usize>().ok().and_then(|i| paths.get(i)) else {
             continue;
         };
         let bytes: Vec<u8> = (0..hex.len() / 2)
@@ -466,6 +474,50 @@ async fn request_size_after_a_body_reply_matches_envoy() -> anyhow::Result<()> {
         seen[0].1.ends_with("| hex:0800000000000000"),
         "{:?}",
         seen[0]
+    );
+    Ok(())
+}
+
+/// `response.trailers` (the whole map) and one trailer, read in on_log after an h2 upstream's
+/// trailers, as in Envoy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_trailers_read_like_envoy() -> anyhow::Result<()> {
+    const TRAILER_PATHS: &[&str] = &["response.trailers", "response.trailers.x-up-trailer"];
+    let up = start_upstream("up").await?;
+    let port = up.addr.port();
+    let yaml = |admin: u16, listen: u16| {
+        one_plugin(
+            (admin, listen, port),
+            test_plugins::PROPS_PROBE,
+            "probe",
+            r#"{"paths": ["response.trailers", "response.trailers.x-up-trailer"]}"#,
+            "",
+        )
+        .replacen(
+            &cluster_yaml("up", port, false),
+            &cluster_yaml("up", port, true),
+            1,
+        )
+    };
+    let ours = start_proxy(&yaml(0, 0))?;
+    let ours_addr = ours.listener_addr("main").expect("listener");
+    let ours_admin = ours.admin_addr().expect("admin");
+    let ports = free_ports(2)?;
+    let envoy_yaml = yaml(ports[1], ports[0]);
+    let admin: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+    let _envoy = tokio::task::spawn_blocking(move || start_envoy(&envoy_yaml, admin)).await??;
+    let envoy_addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+    for addr in [envoy_addr, ours_addr] {
+        assert_eq!(send(addr, get("h", "/trailers")).await?.status, 200);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let envoy = log_answers_for(admin, TRAILER_PATHS).await?;
+    let wasmesh = log_answers_for(ours_admin, TRAILER_PATHS).await?;
+    assert_eq!(wasmesh, envoy, "wasmesh (left) vs Envoy (right)");
+    assert_eq!(
+        envoy.get("response.trailers.x-up-trailer"),
+        Some(&vec!["yes".to_string()]),
+        "{envoy:?}"
     );
     Ok(())
 }

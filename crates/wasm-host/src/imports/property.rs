@@ -124,6 +124,7 @@ fn from_response(ctx: &Context, path: &[&[u8]]) -> Option<PropertyValue> {
             .map(PropertyValue::Int),
         [b"headers"] => headers.map(headers_map),
         [b"headers", name] => headers?.get_joined(name).map(PropertyValue::Bytes),
+        [b"trailers"] => readable(ctx, 3).map(headers_map),
         [b"trailers", name] => readable(ctx, 3)?.get_joined(name).map(PropertyValue::Bytes),
         _ => None,
     }
