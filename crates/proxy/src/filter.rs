@@ -185,6 +185,8 @@ pub struct StreamInfo {
     pub filter_chain_name: Option<Arc<str>>,
     /// The listener's `traffic_direction` (`xds.listener_direction`).
     pub listener_direction: i64,
+    /// The listener's `metadata` (`xds.listener_metadata`).
+    pub listener_metadata: Option<Arc<crate::route::MetadataProp>>,
     /// Time to last byte of the response, set at the end of the stream.
     pub duration: Option<Duration>,
     /// Time until the upstream response headers arrived.
@@ -256,6 +258,7 @@ impl StreamInfo {
             cluster_metadata: None,
             tcp_proxy_cluster: None,
             listener_direction: 0,
+            listener_metadata: None,
             duration: None,
             upstream_service_time: None,
             upstream_transport_failure_reason: None,

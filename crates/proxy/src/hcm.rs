@@ -44,6 +44,8 @@ pub(crate) struct Conn {
     /// Its name, and the listener's `traffic_direction` (plugins read both).
     pub(crate) chain_name: Arc<str>,
     pub(crate) direction: i64,
+    /// The listener's `metadata` (`xds.listener_metadata`).
+    pub(crate) listener_metadata: Option<Arc<crate::route::MetadataProp>>,
     pub(crate) local: SocketAddr,
     pub(crate) remote: SocketAddr,
     pub(crate) tls: bool,
@@ -272,6 +274,7 @@ fn current(conn: Rc<Conn>) -> Rc<Conn> {
             chain: conn.chain,
             chain_name: Arc::clone(&conn.chain_name),
             direction: conn.direction,
+            listener_metadata: conn.listener_metadata.clone(),
             local: conn.local,
             remote: conn.remote,
             tls: conn.tls,
@@ -448,6 +451,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Response<Body> {
     info.downstream_tls = conn.tls;
     info.filter_chain_name = Some(Arc::clone(&conn.chain_name));
     info.listener_direction = conn.direction;
+    info.listener_metadata.clone_from(&conn.listener_metadata);
     info.requested_server_name = conn.sni.clone();
     info.tls.clone_from(&conn.tls_facts);
     // The authority of an absolute-form HTTP/1.1 target (or h2's `:authority`) is the host,

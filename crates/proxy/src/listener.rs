@@ -39,6 +39,8 @@ pub struct ListenerConfig {
     pub stats: crate::stats::ListenerStats,
     /// `traffic_direction` (0 unspecified, 1 inbound, 2 outbound): `xds.listener_direction`.
     pub direction: i64,
+    /// `metadata` (`xds.listener_metadata`), if set.
+    pub metadata: Option<Arc<crate::route::MetadataProp>>,
     /// `listener_filters` has the TLS inspector: only then does a stream know the SNI
     /// (`%REQUESTED_SERVER_NAME%`, `connection.requested_server_name`), as in Envoy.
     pub tls_inspector: bool,
@@ -420,6 +422,10 @@ pub(crate) fn build(
         default_chain,
         stats,
         direction: i64::from(l.traffic_direction),
+        metadata: l
+            .metadata
+            .as_ref()
+            .map(|m| Arc::new(crate::route::MetadataProp::build(m))),
         tls_inspector: !l.listener_filters.is_empty(),
     })
 }

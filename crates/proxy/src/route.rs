@@ -367,6 +367,8 @@ pub struct RouteAction {
     pub timeout: Option<Duration>,
     /// `retry_policy`.
     pub retry: Option<RetryPolicy>,
+    /// The virtual host's `include_request_attempt_count`: `x-envoy-attempt-count` upstream.
+    pub attempt_count_upstream: bool,
 }
 
 /// Single or weighted clusters.
@@ -565,7 +567,11 @@ impl RouteTable {
             }
             let mut routes = Vec::new();
             for (ri, r) in vh.routes.iter().enumerate() {
-                routes.push(build_route(r, &format!("{vpath}.routes[{ri}]"), clusters)?);
+                let mut route = build_route(r, &format!("{vpath}.routes[{ri}]"), clusters)?;
+                if let Action::Route(a) = &mut route.action {
+                    a.attempt_count_upstream = vh.include_request_attempt_count;
+                }
+                routes.push(route);
             }
             table.virtual_hosts.push(VirtualHost {
                 name: Arc::from(vh.name.as_str()),
@@ -883,6 +889,7 @@ fn build_action(
         host_rewrite,
         timeout,
         retry,
+        attempt_count_upstream: false,
     })
 }
 

@@ -825,6 +825,7 @@ async fn handle_connection(
                 chain: chain.index,
                 chain_name: Arc::from(chain.name.as_str()),
                 direction: lcfg.direction,
+                listener_metadata: lcfg.metadata.clone(),
                 local,
                 remote,
                 tls: chain.tls.is_some(),

@@ -64,6 +64,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "listener_filters",
             "stat_prefix",
             "default_filter_chain",
+            "metadata",
         ],
     ),
     (
@@ -72,7 +73,13 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.listener.v3.FilterChain",
-        &["filters", "transport_socket", "name", "filter_chain_match"],
+        &[
+            "filters",
+            "transport_socket",
+            "name",
+            "filter_chain_match",
+            "metadata",
+        ],
     ),
     (
         "envoy.config.listener.v3.FilterChainMatch",
@@ -154,6 +161,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &[
             "name",
             "metadata",
+            "include_request_attempt_count",
             "domains",
             "routes",
             "request_headers_to_add",

@@ -753,6 +753,22 @@ async fn forward(
         let mut req = b
             .body(this_body)
             .map_err(|e| ProxyError::new(ErrorKind::Internal(e.to_string())))?;
+        // A retry tells the upstream the time left of the route's timeout (Envoy's router).
+        if attempt > 1
+            && let Some(d) = deadline
+        {
+            let left = d.saturating_duration_since(Instant::now()).as_millis();
+            if let Ok(v) = HeaderValue::from_str(&left.to_string()) {
+                req.headers_mut()
+                    .insert("x-envoy-expected-rq-timeout-ms", v);
+            }
+        }
+        if action.attempt_count_upstream {
+            // (the virtual host's `include_request_attempt_count`; Envoy's router sets it on
+            // each attempt)
+            req.headers_mut()
+                .insert("x-envoy-attempt-count", HeaderValue::from(attempt));
+        }
         // A GET (HEAD, CONNECT) with a body but no `content-length` (a plugin removed it):
         // hyper would assume no body for these methods; Envoy's HTTP/1 encoder sends it
         // chunked.

@@ -41,6 +41,7 @@ pub(crate) struct Facts {
     pub(crate) virtual_host_metadata: Option<Arc<crate::route::MetadataProp>>,
     pub(crate) cluster_metadata: Option<Arc<crate::route::MetadataProp>>,
     pub(crate) listener_direction: i64,
+    pub(crate) listener_metadata: Option<Arc<crate::route::MetadataProp>>,
     /// The final request and response headers, for `on_log` maps built on demand.
     pub(crate) request: Option<Arc<http::request::Parts>>,
     pub(crate) response: Option<Arc<http::HeaderMap>>,
@@ -93,6 +94,7 @@ impl Facts {
             .clone_from(&info.virtual_host_metadata);
         self.cluster_metadata.clone_from(&info.cluster_metadata);
         self.listener_direction = info.listener_direction;
+        self.listener_metadata.clone_from(&info.listener_metadata);
         self.request.clone_from(&info.request_headers);
         self.response.clone_from(&info.response_headers);
     }
@@ -189,6 +191,14 @@ impl StreamProperties for StreamProps {
                 .as_ref()
                 .and_then(|m| m.value.lookup(rest)),
             [b"xds", b"listener_direction"] => Some(PropertyValue::Int(f.listener_direction)),
+            [b"xds", b"listener_metadata"] => f
+                .listener_metadata
+                .as_ref()
+                .map(|m| PropertyValue::Raw(m.proto.clone())),
+            [b"xds", b"listener_metadata", rest @ ..] => f
+                .listener_metadata
+                .as_ref()
+                .and_then(|m| m.value.lookup(rest)),
             // Envoy: SerializationFailure once there is an upstream host (ours carry no
             // metadata), NotFound before.
             [b"xds", b"upstream_host_metadata"] => {

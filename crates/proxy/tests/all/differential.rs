@@ -386,24 +386,13 @@ async fn routing_matches_envoy() -> anyhow::Result<()> {
             ],
         )
     };
-    // include_request_attempt_count is not supported by wasmesh: checked below, then removed.
     let ours_yaml = render(0, 0, 0, &our_log);
-    let err = start_proxy(&ours_yaml)
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
-    assert!(
-        err.contains("virtual_hosts[1].include_request_attempt_count"),
-        "{err}"
-    );
-    let ours_yaml = ours_yaml.replace("              include_request_attempt_count: true\n", "");
     let ours = start_proxy(&ours_yaml)?;
     let ours_addr = ours.listener_addr("main").unwrap();
 
     let ports = free_ports(3)?;
     let (listen, listen2, admin) = (ports[0], ports[1], ports[2]);
-    let envoy_yaml = render(listen, listen2, admin, &envoy_log)
-        .replace("              include_request_attempt_count: true\n", "");
+    let envoy_yaml = render(listen, listen2, admin, &envoy_log);
     let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse()?;
     let _envoy =
         tokio::task::spawn_blocking(move || start_envoy(&envoy_yaml, admin_addr)).await??;

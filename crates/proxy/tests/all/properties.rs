@@ -76,6 +76,7 @@ const PATHS: &[&str] = &[
     "xds/cluster_metadata/filter_metadata/location/zone",
     "xds/cluster_metadata/filter_metadata/other",
     "xds/virtual_host_metadata/filter_metadata/vh/tier",
+    "xds/listener_metadata/filter_metadata/lm/k",
 ];
 
 fn bootstrap(admin: u16, listen: u16, up: u16) -> String {
@@ -92,8 +93,10 @@ static_resources:
   listeners:
   - name: main
     address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    metadata: {{filter_metadata: {{lm: {{k: v}}}}}}
     filter_chains:
     - name: chain-a
+      metadata: {{filter_metadata: {{fc: {{k: v}}}}}}
       filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:

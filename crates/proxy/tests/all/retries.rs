@@ -10,17 +10,25 @@ use test_support::proxy_peers::{free_ports, start_envoy};
 
 use crate::support::*;
 
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
 /// An upstream answering every request with `answer` (`None`: close without answering, or
-/// hold the connection open when `hold`).
-fn upstream(answer: Option<&'static [u8]>, hold: bool) -> anyhow::Result<u16> {
+/// hold the connection open when `hold`); the heads it read are kept in the second value.
+fn upstream(answer: Option<&'static [u8]>, hold: bool) -> anyhow::Result<(u16, Seen)> {
     let l = TcpListener::bind("127.0.0.1:0")?;
     let port = l.local_addr()?.port();
+    let seen: Seen = Seen::default();
+    let record = std::sync::Arc::clone(&seen);
     std::thread::spawn(move || {
         let mut held = Vec::new();
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
             let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf);
+            let n = s.read(&mut buf).unwrap_or(0);
+            record
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
             match answer {
                 Some(a) => {
                     let _ = s.write_all(a);
@@ -30,7 +38,7 @@ fn upstream(answer: Option<&'static [u8]>, hold: bool) -> anyhow::Result<u16> {
             }
         }
     });
-    Ok(port)
+    Ok((port, seen))
 }
 
 fn bootstrap(admin: u16, listen: u16, log: &std::path::Path, st: u16, hole: u16) -> String {
@@ -58,6 +66,7 @@ static_resources:
             virtual_hosts:
             - name: all
               domains: ["*"]
+              include_request_attempt_count: true
               routes:
               - match: {{prefix: "/timeout"}}
                 route: {{cluster: hole, timeout: 0.3s}}
@@ -99,8 +108,8 @@ async fn retries_are_counted_and_logged_like_envoy() -> anyhow::Result<()> {
         ),
         ("reset", None),
     ] {
-        let st = upstream(answer, false)?;
-        let hole = upstream(None, true)?;
+        let (st, st_seen) = upstream(answer, false)?;
+        let (hole, _) = upstream(None, true)?;
         let dir = tempfile::tempdir()?;
         let (ours_log, envoy_log) = (dir.path().join("ours.log"), dir.path().join("envoy.log"));
         let ours = start_proxy(&bootstrap(0, 0, &ours_log, st, hole))?;
@@ -112,11 +121,38 @@ async fn retries_are_counted_and_logged_like_envoy() -> anyhow::Result<()> {
         let envoy_addr = SocketAddr::from(([127, 0, 0, 1], ports[0]));
         let mut seen = Vec::new();
         for addr in [envoy_addr, ours_addr] {
+            st_seen.lock().unwrap_or_else(|e| e.into_inner()).clear();
             let a = send(addr, get("h", "/r")).await?.status;
             let b = send(addr, get("h", "/timeout")).await?.status;
-            seen.push((a, b));
+            // Each attempt's head (the virtual host asks for `x-envoy-attempt-count`), the
+            // header names in order.
+            let heads: Vec<Vec<String>> = st_seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|h| {
+                    h.lines()
+                        .skip(1)
+                        .take_while(|l| !l.is_empty())
+                        .filter(|l| !l.starts_with("x-request-id"))
+                        // (a retry gets the time left, which differs by a few ms)
+                        .map(
+                            |l| match l.strip_prefix("x-envoy-expected-rq-timeout-ms: ") {
+                                Some("15000") | None => l.to_string(),
+                                Some(_) => "x-envoy-expected-rq-timeout-ms: <15000".to_string(),
+                            },
+                        )
+                        .collect()
+                })
+                .collect();
+            seen.push((a, b, heads));
         }
         assert_eq!(seen[1], seen[0], "{name}: wasmesh (left) vs Envoy (right)");
+        assert!(
+            seen[0].2.len() == 3 && seen[0].2[2].contains(&"x-envoy-attempt-count: 3".to_string()),
+            "{name}: {:?}",
+            seen[0].2
+        );
         let envoy_stats = cluster_counters(&send(admin, get("admin", "/stats")).await?.text());
         let ours_stats = cluster_counters(&admin_get(&ours, "/stats").await?.text());
         assert_eq!(
