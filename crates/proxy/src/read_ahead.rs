@@ -33,9 +33,24 @@ pub(crate) struct ReadState {
     waiting: AtomicBool,
     /// Woken when the codec gets starved.
     waiter: Mutex<Option<std::task::Waker>>,
+    /// The connection's local address, when it is an upstream connection.
+    local: Option<std::net::SocketAddr>,
 }
 
 impl ReadState {
+    /// The state of an upstream connection from `local`.
+    pub(crate) fn on(local: Option<std::net::SocketAddr>) -> Self {
+        Self {
+            local,
+            ..Self::default()
+        }
+    }
+
+    /// The connection's local address, if known.
+    pub(crate) fn local(&self) -> Option<std::net::SocketAddr> {
+        self.local
+    }
+
     fn set_starved(&self, yes: bool) {
         self.starved.store(yes, Ordering::Relaxed);
         if yes && self.waiting.swap(false, Ordering::AcqRel) {

@@ -59,6 +59,16 @@ pub enum MaybeTls {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
+impl MaybeTls {
+    /// The connection's local address (`upstream.local_address`).
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            MaybeTls::Plain(t) => t.local_addr().ok(),
+            MaybeTls::Tls(s) => s.get_ref().0.local_addr().ok(),
+        }
+    }
+}
+
 impl AsyncRead for MaybeTls {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -325,7 +335,7 @@ impl Pools {
                 }
                 // Read as Envoy reads an upstream: until the socket would block (its 1 MiB
                 // connection buffer limit by default), for response body chunks like Envoy's.
-                let reads = Arc::<ReadState>::default();
+                let reads = Arc::new(ReadState::on(io.local_addr()));
                 let io = ReadAhead::new(io, 1024 * 1024, Arc::clone(&reads));
                 let (sender, conn) = http1::Builder::new()
                     .handshake(TokioIo::new(io))

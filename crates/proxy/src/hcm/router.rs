@@ -473,6 +473,7 @@ pub(super) async fn run(
                 let mut st = stream.lock().await;
                 let info = st.cx.stream_info_mut();
                 info.upstream_service_time = Some(service_time);
+                info.upstream_local_addr = fin.upstream_reads.as_ref().and_then(|r| r.local());
                 // (what was read of the request so far: `request.size` without a length)
                 info.bytes_received = counter.get();
                 info.response_code_details = Some(Arc::clone(&VIA_UPSTREAM));

@@ -26,6 +26,7 @@ pub(crate) struct Facts {
     pub(crate) virtual_host_name: Option<Arc<str>>,
     pub(crate) cluster_name: Option<Arc<str>>,
     pub(crate) upstream: Option<std::net::SocketAddr>,
+    pub(crate) upstream_local: Option<std::net::SocketAddr>,
     pub(crate) transport_failure: Option<Arc<str>>,
     pub(crate) response_code: Option<u16>,
     pub(crate) details: Option<Arc<str>>,
@@ -78,6 +79,7 @@ impl Facts {
         self.virtual_host_name.clone_from(&info.virtual_host_name);
         self.cluster_name.clone_from(&info.cluster_name);
         self.upstream = info.upstream_host;
+        self.upstream_local = info.upstream_local_addr;
         self.transport_failure
             .clone_from(&info.upstream_transport_failure_reason);
         self.response_code = info.response_code;
@@ -160,6 +162,9 @@ impl StreamProperties for StreamProps {
                 v.map(PropertyValue::string)
             }
             [b"upstream", b"address"] => f.upstream.map(|a| PropertyValue::string(a.to_string())),
+            [b"upstream", b"local_address"] => f
+                .upstream_local
+                .map(|a| PropertyValue::string(a.to_string())),
             [b"upstream", b"port"] => f.upstream.map(|a| PropertyValue::Int(a.port() as i64)),
             [b"upstream", b"transport_failure_reason"] => s(&f.transport_failure),
             // Envoy 1.40 answers only the `xds.` spellings (the legacy top-level `cluster_name`,

@@ -524,3 +524,58 @@ async fn response_trailers_read_like_envoy() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `upstream.local_address`: the proxy's end of the upstream connection, as the upstream saw
+/// the peer (Envoy and wasmesh alike; unknown before the upstream is connected).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_local_address_is_the_connections_like_envoy() -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let peers = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let record = std::sync::Arc::clone(&peers);
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            if let Ok(p) = s.peer_addr() {
+                record
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(p.to_string());
+            }
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    let yaml = |admin: u16, listen: u16| {
+        one_plugin(
+            (admin, listen, port),
+            test_plugins::PROPS_PROBE,
+            "probe",
+            r#"{"paths": ["upstream.local_address"]}"#,
+            "",
+        )
+    };
+    let (ours, ours_addr, envoy_proc, envoy_addr) = start_both(yaml).await?;
+    for (who, addr) in [("envoy", envoy_addr), ("wasmesh", ours_addr)] {
+        peers.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let r = send(addr, get("h", "/")).await?;
+        let answer = r
+            .headers
+            .get("x-probe-0")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let peer = peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .first()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(answer, format!("<missing> | {peer}"), "{who}");
+    }
+    drop((ours, envoy_proc));
+    Ok(())
+}
