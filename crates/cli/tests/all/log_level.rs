@@ -102,3 +102,75 @@ async fn plugin_log_lines_read_as_envoys() {
     );
     assert_eq!(lines(&ours), theirs, "wasmesh (left) vs Envoy (right)");
 }
+
+/// Envoy's Wasm runtime stats for one plugin, each proxy in its own process (the counts are
+/// per process): `wasm.envoy.wasm.runtime.v8.active` / `.created` count the base Wasm that
+/// holds the compiled module as well as each thread's VM, and `wasm.wasm_vm_count` the active
+/// ones, at one and at two workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasm_runtime_vm_counts_match_envoy() {
+    use std::net::SocketAddr;
+    let module = test_plugins::path(test_plugins::LOGGING);
+    let echo = test_support::echo::start("echo").await.expect("echo");
+    let envoy_bin = test_support::proxy_peers::envoy_binary().expect("envoy");
+    let ours_bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_wasmesh"));
+    for workers in ["1", "2"] {
+        let mut seen = Vec::new();
+        for envoy in [true, false] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let ports = test_support::proxy_peers::free_ports(2).expect("ports");
+            let cfg = dir.path().join("bootstrap.yaml");
+            std::fs::write(
+                &cfg,
+                crate::compile::bootstrap(ports[0], ports[1], echo.addr, &module),
+            )
+            .expect("write");
+            let admin = SocketAddr::from(([127, 0, 0, 1], ports[1]));
+            let listen = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+            let log = dir.path().join("proxy.log");
+            let mut args: Vec<String> = vec![];
+            if !envoy {
+                args.push("proxy".into());
+            }
+            args.extend(
+                ["-c", &cfg.display().to_string(), "--concurrency", workers]
+                    .iter()
+                    .map(|s| s.to_string()),
+            );
+            if envoy {
+                args.extend(["--base-id".to_string(), ports[1].to_string()]);
+            }
+            let program = if envoy {
+                envoy_bin.clone()
+            } else {
+                ours_bin.clone()
+            };
+            let stats = tokio::task::spawn_blocking(move || {
+                let child = crate::istio_agent::start(&program, &args, admin, &log);
+                let _ = crate::istio_agent::http(listen, "GET", "/");
+                let text = crate::istio_agent::http(admin, "GET", "/stats?filter=^wasm\\.")
+                    .map(|r| r.1)
+                    .unwrap_or_default();
+                drop(child);
+                let mut lines: Vec<String> = text
+                    .lines()
+                    .filter(|l| {
+                        l.starts_with("wasm.envoy.wasm.runtime.v8.")
+                            || l.starts_with("wasm.wasm_vm_count")
+                    })
+                    .map(str::to_string)
+                    .collect();
+                lines.sort();
+                lines
+            })
+            .await
+            .expect("join");
+            seen.push(stats);
+        }
+        assert!(!seen[0].is_empty(), "envoy: {:?}", seen[0]);
+        assert_eq!(
+            seen[1], seen[0],
+            "{workers} workers: wasmesh (left) vs Envoy (right)"
+        );
+    }
+}

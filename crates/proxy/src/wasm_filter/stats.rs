@@ -206,10 +206,13 @@ fn runtimes() -> &'static Mutex<Runtimes> {
 fn runtime_totals() -> (Vec<(String, u64, i64)>, i64) {
     let mut r = runtimes().lock().unwrap_or_else(|e| e.into_inner());
     let Runtimes { live, retired } = &mut *r;
+    // Envoy also counts its "base" Wasm, the one that holds the compiled module and from
+    // which each thread's VM is cloned: our compiled module is that one (one per plugin).
     live.retain(|(rt, plugin, stats)| {
         let alive = plugin.strong_count() > 0;
         if !alive {
-            *retired.entry(rt.clone()).or_default() += stats.vms_created.load(Ordering::Relaxed);
+            *retired.entry(rt.clone()).or_default() +=
+                stats.vms_created.load(Ordering::Relaxed) + 1;
         }
         alive
     });
@@ -217,8 +220,8 @@ fn runtime_totals() -> (Vec<(String, u64, i64)>, i64) {
         retired.iter().map(|(k, v)| (k.clone(), (*v, 0))).collect();
     for (rt, _, stats) in live.iter() {
         let e = by.entry(rt.clone()).or_default();
-        e.0 += stats.vms_created.load(Ordering::Relaxed);
-        e.1 += stats.vms_active.load(Ordering::Relaxed);
+        e.0 += stats.vms_created.load(Ordering::Relaxed) + 1;
+        e.1 += stats.vms_active.load(Ordering::Relaxed) + 1;
     }
     let total = by.values().map(|v| v.1).sum();
     (by.into_iter().map(|(k, (c, a))| (k, c, a)).collect(), total)
