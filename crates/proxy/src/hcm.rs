@@ -6,6 +6,7 @@
 mod chain;
 mod linger;
 mod local_lock;
+mod prefixed;
 mod router;
 mod trailers;
 

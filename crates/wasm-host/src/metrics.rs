@@ -158,6 +158,15 @@ struct Registry {
     /// By kind and name: a counter and a histogram may share a name (Envoy keeps them apart).
     by_name: HashMap<(MetricType, String), usize>,
     all: Vec<Arc<Metric>>,
+    /// Per kind, the metrics in definition order (their ids' sequence numbers, from 1).
+    by_kind: [Vec<usize>; 3],
+}
+
+/// Envoy's id for the `n`th (from 0) metric of `kind`: a sequence per kind from 1, with the
+/// kind in the low 2 bits (counters 4, 8, 12...; gauges 5, 9...; histograms 6, 10...). No
+/// metric has id 0.
+fn metric_id(kind: MetricType, n: usize) -> u32 {
+    (((n + 1) as u32) << 2) | kind as u32
 }
 
 /// Envoy's `Stats::Utility::sanitizeStatsName`: one leading and one trailing `.` dropped,
@@ -182,7 +191,8 @@ impl Metrics {
         self.clock.interval_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// Defines (or finds) a metric; the id encodes the kind in its low 2 bits like cpp-host.
+    /// Defines (or finds) a metric; the id encodes the kind in its low 2 bits and counts the
+    /// metrics of that kind from 1, as Envoy's ids do.
     /// The name is cleaned as Envoy's `Stats::Utility::sanitizeStatsName` cleans it.
     pub fn define(&self, kind: MetricType, name: &str) -> (u32, Arc<Metric>) {
         let clean = sanitize_stat_name(name);
@@ -190,7 +200,11 @@ impl Metrics {
         let mut g = self.inner.write().unwrap_or_else(|e| e.into_inner());
         if let Some(&idx) = g.by_name.get(&(kind, name.to_string())) {
             let m = g.all[idx].clone();
-            return (((idx as u32) << 2) | m.kind as u32, m);
+            let n = g.by_kind[kind as usize]
+                .iter()
+                .position(|&i| i == idx)
+                .unwrap_or_default();
+            return (metric_id(kind, n), m);
         }
         let hist = (kind == MetricType::Histogram).then(|| Histogram {
             clock: self.clock.clone(),
@@ -209,16 +223,17 @@ impl Metrics {
         let idx = g.all.len();
         g.all.push(m.clone());
         g.by_name.insert((kind, name.to_string()), idx);
-        (((idx as u32) << 2) | kind as u32, m)
+        let seq = &mut g.by_kind[kind as usize];
+        seq.push(idx);
+        (metric_id(kind, seq.len() - 1), m)
     }
 
     /// The metric behind an id.
     pub fn get(&self, id: u32) -> Option<Arc<Metric>> {
         let g = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        g.all
-            .get((id >> 2) as usize)
-            .filter(|m| m.kind as u32 == id & 3)
-            .cloned()
+        let n = (id >> 2) as usize;
+        let idx = g.by_kind.get((id & 3) as usize)?.get(n.checked_sub(1)?)?;
+        g.all.get(*idx).cloned()
     }
 
     /// Every metric's name, kind and value, in definition order.
@@ -368,6 +383,11 @@ mod tests {
         let (cid, c) = m.define(MetricType::Counter, "c");
         let (cid2, _) = m.define(MetricType::Counter, "c");
         assert_eq!(cid, cid2, "redefinition finds the same stat");
+        // Envoy's ids: a sequence per kind from 1, the kind in the low bits, never 0.
+        assert_eq!(cid, 4);
+        assert_eq!(m.define(MetricType::Gauge, "g0").0, 5);
+        assert_eq!(m.define(MetricType::Counter, "c2").0, 8);
+        assert_eq!(m.get(0).map(|m| m.name.clone()), None);
         let (hid, _) = m.define(MetricType::Histogram, "c");
         assert_ne!(
             hid, cid,
@@ -402,8 +422,9 @@ mod tests {
             "nothing flushed yet: Envoy shows no recorded values"
         );
         assert_eq!((flushed.count, flushed.buckets[4]), (0, 0));
-        assert!(m.get(cid + 1).is_none(), "kind bits must match");
-        assert_eq!(m.snapshot().len(), 4);
+        assert!(m.get(cid | 3).is_none(), "kind bits must match");
+        assert!(m.get(metric_id(MetricType::Gauge, 9)).is_none());
+        assert_eq!(m.snapshot().len(), 6);
     }
 }
 

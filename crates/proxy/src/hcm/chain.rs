@@ -68,7 +68,7 @@ pub(crate) struct Pass {
     pub(crate) dir: Dir,
     len: usize,
     bufs: Vec<Option<BytesMut>>,
-    limit: usize,
+    pub(crate) limit: usize,
 }
 
 impl Pass {
@@ -274,7 +274,6 @@ pub(crate) struct FilterBody<B> {
     stream: Rc<super::local_lock::LocalLock<Stream>>,
     pass: Option<Pass>,
     from: usize,
-    counter: Option<Rc<std::cell::Cell<u64>>>,
     on_stop: Option<Box<dyn FnOnce(PumpStop)>>,
     hook: Option<Hook>,
     /// The source gave its last frame.
@@ -322,7 +321,6 @@ where
             stream,
             pass: Some(pass),
             from,
-            counter: None,
             on_stop: None,
             hook: None,
             src_ended: done,
@@ -341,12 +339,6 @@ where
     /// HTTP/1.1 codec's separate empty end).
     pub(crate) fn buffered_while_held(mut self, yes: bool) -> Self {
         self.merge_end = yes;
-        self
-    }
-
-    /// Counts the bytes read from the source into `counter`.
-    pub(crate) fn counting(mut self, counter: Rc<std::cell::Cell<u64>>) -> Self {
-        self.counter = Some(counter);
         self
     }
 
@@ -475,9 +467,6 @@ where
             };
             match next {
                 Some(Ok(f)) => {
-                    if let (Some(c), Some(d)) = (&this.counter, f.data_ref()) {
-                        c.set(c.get() + d.len() as u64);
-                    }
                     let mut end = f.is_trailers() || src.is_end_stream();
                     let merge_end = std::mem::take(&mut this.merge_end);
                     if end {
@@ -516,45 +505,5 @@ where
 
     fn is_end_stream(&self) -> bool {
         self.done && self.pending.is_empty() && self.hook.is_none()
-    }
-}
-
-/// Counts bytes of a body passed through untouched.
-pub(crate) struct Counted<B> {
-    pub(crate) inner: B,
-    pub(crate) counter: Rc<std::cell::Cell<u64>>,
-}
-
-impl<B> http_body::Body for Counted<B>
-where
-    B: http_body::Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(f))) => {
-                if let Some(d) = f.data_ref() {
-                    self.counter.set(self.counter.get() + d.len() as u64);
-                }
-                Poll::Ready(Some(Ok(f)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }

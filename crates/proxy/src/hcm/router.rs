@@ -13,7 +13,8 @@ use http_body::{Body as _, Frame};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::chain::{self, Counted, Dir, FilterBody, Flow, FrameFlow, Hdrs, Pass, PumpStop, Stream};
+use super::chain::{self, Dir, FilterBody, Flow, FrameFlow, Hdrs, Pass, PumpStop, Stream};
+use super::prefixed::Prefixed;
 use super::trailers::NoTrailers;
 use super::{Conn, FinalBody, Finisher, finalize_response_headers, full, local_reply_parts};
 use crate::error::{ErrorKind, ProxyError};
@@ -37,20 +38,37 @@ async fn headers_phase<B>(
     stream: &Shared,
     pass: &mut Pass,
     h: &mut Hdrs<'_>,
-    src: &mut Option<B>,
-    counter: Option<&Rc<std::cell::Cell<u64>>>,
+    src: &mut Option<Prefixed<B>>,
 ) -> Phase
 where
     B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
 {
     let mut from = 0;
     let mut carry: Vec<Frame<Bytes>> = Vec::new();
     let mut carry_from = 0;
     loop {
         let end = carry.is_empty() && src.is_none();
+        let limit = pass.limit;
         let flow = {
             let mut st = stream.lock().await;
-            chain::headers(&mut st, pass, from, h, end).await
+            let hooks = chain::headers(&mut st, pass, from, h, end);
+            tokio::pin!(hooks);
+            // While a filter waits in its header hook (a plugin paused for a callout), the
+            // body goes on being read into the source's front, up to the buffer limit, as
+            // Envoy's codec reads a stopped stream's body into its buffer.
+            loop {
+                let more = src.as_ref().is_some_and(|s| s.can_read_ahead(limit));
+                tokio::select! {
+                    biased;
+                    flow = &mut hooks => break flow,
+                    () = async {
+                        if let Some(s) = src.as_mut() {
+                            s.read_ahead().await;
+                        }
+                    }, if more => {}
+                }
+            }
         };
         let stop_at = match flow {
             Flow::Done => pass.len(),
@@ -82,7 +100,7 @@ where
                     .hold_response_headers(std::mem::replace(*p, empty_response_parts())),
             }
         }
-        let read = read_until_released(stream, pass, src, counter, stop_at, outs).await;
+        let read = read_until_released(stream, pass, src, stop_at, outs).await;
         {
             let mut st = stream.lock().await;
             match h {
@@ -121,7 +139,6 @@ async fn read_until_released<B>(
     stream: &Shared,
     pass: &mut Pass,
     src: &mut Option<B>,
-    counter: Option<&Rc<std::cell::Cell<u64>>>,
     stop_at: usize,
     mut outs: Vec<Frame<Bytes>>,
 ) -> Result<Vec<Frame<Bytes>>, Phase>
@@ -132,9 +149,6 @@ where
         let Some(body) = src.as_mut() else { break };
         let (fr, end) = match body.frame().await {
             Some(Ok(f)) => {
-                if let (Some(c), Some(d)) = (counter, f.data_ref()) {
-                    c.set(c.get() + d.len() as u64);
-                }
                 let end = f.is_trailers() || body.is_end_stream();
                 (f, end)
             }
@@ -232,9 +246,10 @@ pub(super) async fn run(
         let ahead = (filtered && parts.version < http::Version::HTTP_2)
             .then(|| Arc::clone(&conn.read_ahead));
         let body = crate::read_ahead::Coalesce::new(body, ahead);
-        Some(
-            NoTrailers::decoded(body, parts.version, filtered).notify(Rc::clone(&fin.request_done)),
-        )
+        let body =
+            NoTrailers::decoded(body, parts.version, filtered).notify(Rc::clone(&fin.request_done));
+        // (the bytes read are counted as they come off the connection: `request.size`)
+        Some(Prefixed::new(body).counting(Rc::clone(&counter)))
     };
     // Route as the filters first see it (proxy-wasm reads `route_name` in request headers).
     let routes = Arc::clone(&hcm.routes);
@@ -272,7 +287,6 @@ pub(super) async fn run(
                 &mut pass,
                 &mut Hdrs::Req(&mut parts),
                 &mut src,
-                Some(&counter),
             )),
             pending: &waited,
         }
@@ -380,17 +394,13 @@ pub(super) async fn run(
             http_body_util::Empty::<Bytes>::new()
                 .map_err(|e: std::convert::Infallible| -> BoxError { match e {} }),
         ),
-        Some(b) if pending.is_empty() && !hcm.filters_use_bodies => Box::pin(Counted {
-            inner: b,
-            counter: Rc::clone(&counter),
-        }),
+        Some(b) if pending.is_empty() && !hcm.filters_use_bodies => Box::pin(b),
         src => {
             let from = if hcm.filters_use_bodies { 0 } else { n };
             let slot = Rc::clone(&stop_slot);
             let pass = Pass::new(Dir::Request, n, limit);
             let body = FilterBody::new(pending, src, Rc::clone(&stream), pass, from)
                 .buffered_while_held(headers_waited)
-                .counting(Rc::clone(&counter))
                 .on_stop(Box::new(move |s| {
                     *slot.borrow_mut() = Some(s);
                 }))
@@ -1079,7 +1089,7 @@ where
     B::Error: Into<BoxError>,
 {
     let hcm = Arc::clone(&conn.hcm);
-    let mut src = src;
+    let mut src = src.map(Prefixed::new);
     let mut pending = Vec::new();
     let limit = if seen > 0 {
         let st = stream.lock().await;
@@ -1089,15 +1099,7 @@ where
     };
     if seen > 0 {
         let mut pass = Pass::new(Dir::Response, seen, limit);
-        match headers_phase(
-            stream,
-            &mut pass,
-            &mut Hdrs::Resp(&mut parts),
-            &mut src,
-            None,
-        )
-        .await
-        {
+        match headers_phase(stream, &mut pass, &mut Hdrs::Resp(&mut parts), &mut src).await {
             Phase::Done(p) if missing_status(&mut parts) => {
                 // Envoy checks the required headers once the filters are done: a `:status` a
                 // plugin removed is a 502 (not filtered again).

@@ -343,3 +343,115 @@ async fn a_get_body_without_its_length_goes_upstream_chunked_like_envoy() -> any
     drop((ours, envoy_proc));
     Ok(())
 }
+
+/// A side service that answers every request with `status` after `delay_ms`.
+fn slow_side(status: u16, delay_ms: u64) -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = l.local_addr()?.port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                std::thread::sleep(Duration::from_millis(delay_ms));
+                let _ = s.write_all(
+                    format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n").as_bytes(),
+                );
+            });
+        }
+    });
+    Ok(port)
+}
+
+/// A keep-alive POST with a `len`-byte body written at once; the response head and body
+/// (read by its `content-length`).
+fn keep_alive_post(addr: SocketAddr, len: usize) -> anyhow::Result<(String, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut w = s.try_clone()?;
+    let writer = std::thread::spawn(move || {
+        let mut req =
+            format!("POST / HTTP/1.1\r\nhost: h\r\ncontent-length: {len}\r\n\r\n").into_bytes();
+        req.extend(std::iter::repeat_n(b'x', len));
+        let _ = w.write_all(&req);
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    let (head, body_len) = loop {
+        let n = s.read(&mut buf)?;
+        anyhow::ensure!(n > 0, "closed before a response");
+        got.extend_from_slice(&buf[..n]);
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..i]).to_string();
+            let cl = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            got.drain(..i + 4);
+            break (head, cl);
+        }
+    };
+    while got.len() < body_len {
+        let n = s.read(&mut buf)?;
+        anyhow::ensure!(n > 0, "closed in the body");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let _ = writer.join();
+    Ok((head, String::from_utf8_lossy(&got[..body_len]).to_string()))
+}
+
+/// A plugin paused on a 300 ms callout while a 300 KB body streams in: Envoy goes on reading
+/// the body into its buffer meanwhile. Allowed, the next plugin gets the whole body in one
+/// callback with the end of stream; denied, the request is complete when the 403 goes out, so
+/// the connection stays open (no `connection: close`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_is_read_while_a_plugin_waits_like_envoy() -> anyhow::Result<()> {
+    let up = start_upstream("up").await?;
+    for (status, what) in [(200u16, "allowed"), (403, "denied")] {
+        let side = slow_side(status, 300)?;
+        let filters = format!(
+            "{}{}",
+            wasm_filter(
+                "co",
+                test_plugins::CALLOUT,
+                r#"{"cluster": "side", "timeout_ms": 3000}"#
+            ),
+            wasm_filter("tr", test_plugins::TRACE, ""),
+        );
+        let (ours, ours_addr, envoy_proc, envoy_addr) = start_both(|admin, listen| {
+            hcm_bootstrap(
+                (admin, listen, up.addr.port()),
+                "",
+                &filters,
+                &cluster_yaml("side", side, false),
+            )
+        })
+        .await?;
+        let mut seen = Vec::new();
+        for addr in [envoy_addr, ours_addr] {
+            let (head, _) =
+                tokio::task::spawn_blocking(move || keep_alive_post(addr, 300_000)).await??;
+            let pick = |name: &str| {
+                head.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .unwrap_or("-")
+                    .to_string()
+            };
+            seen.push((
+                head.lines().next().unwrap_or_default().to_string(),
+                pick("x-trace: "),
+                pick("connection: "),
+            ));
+        }
+        assert_eq!(seen[1], seen[0], "{what}: wasmesh (left) vs Envoy (right)");
+        if status == 200 {
+            assert_eq!(seen[0].1, "qh qb300000e sh", "{what}: {seen:?}");
+        } else {
+            assert_eq!(seen[0].2, "-", "{what}: {seen:?}");
+        }
+        drop((ours, envoy_proc));
+    }
+    Ok(())
+}
