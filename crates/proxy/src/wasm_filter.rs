@@ -189,6 +189,7 @@ fn new_config(
     let config = Arc::new(WasmFilterConfig {
         slot,
         stop_iteration,
+        continue_on_failure: plugin_config::legacy_fail_open(&pc),
     });
     LIVE.get_or_init(Default::default)
         .lock()
@@ -305,6 +306,10 @@ pub struct WasmFilterConfig {
     /// `StopIteration` (the body still reaches the plugin) instead of the default
     /// `StopAllIterationAndWatermark` (the stream waits until the plugin resumes it).
     stop_iteration: bool,
+    /// The deprecated `fail_open: true`: a stream whose plugin call fails goes on without the
+    /// plugin (Envoy hands the flag to proxy-wasm's `fail_open_`); `failure_policy` FAIL_OPEN
+    /// still fails that stream with 503 and skips the plugin from the next one.
+    continue_on_failure: bool,
 }
 
 impl WasmFilterConfig {
@@ -325,6 +330,7 @@ impl HttpFilterConfig for WasmFilterConfig {
             skip: false,
             unavailable: None,
             stop_iteration: self.stop_iteration,
+            continue_on_failure: self.continue_on_failure,
             facts: Rc::new(RefCell::new(Facts::default())),
         })
     }
@@ -342,6 +348,8 @@ struct WasmFilter {
     unavailable: Option<Unavailable>,
     /// See [`WasmFilterConfig::stop_iteration`].
     stop_iteration: bool,
+    /// See [`WasmFilterConfig::continue_on_failure`].
+    continue_on_failure: bool,
     facts: Rc<RefCell<Facts>>,
 }
 
@@ -434,6 +442,10 @@ impl WasmFilter {
     /// and for later streams (FAIL_OPEN skips the plugin from then on).
     fn on_fail(&mut self) -> Outcome {
         let _ = self.unavailable();
+        if self.continue_on_failure {
+            self.skip = true;
+            return Outcome::Continue;
+        }
         Outcome::Reply(fail_stream())
     }
 

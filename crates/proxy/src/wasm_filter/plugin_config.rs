@@ -340,7 +340,7 @@ pub(crate) fn failure_policy(pb: &PbPlugin) -> FailurePolicy {
 
 /// The deprecated `fail_open` flag, still honoured when `failure_policy` is unset (as Envoy).
 #[allow(deprecated, reason = "Envoy still honours the deprecated field")]
-fn legacy_fail_open(pb: &PbPlugin) -> bool {
+pub(crate) fn legacy_fail_open(pb: &PbPlugin) -> bool {
     pb.fail_open
 }
 

@@ -115,6 +115,27 @@ fn listeners() -> Vec<(&'static str, String)> {
             "trap_open",
             wasm("trap_open", test_plugins::TRAP, "", "FAIL_OPEN"),
         ),
+        // The deprecated `fail_open: true`: the stream whose call failed goes on too.
+        (
+            "trap_legacy",
+            wasm_with(
+                "trap_legacy",
+                test_plugins::TRAP,
+                "",
+                "UNSPECIFIED",
+                "\n                fail_open: true",
+            ),
+        ),
+        (
+            "trap_legacy_body",
+            wasm_with(
+                "trap_legacy_body",
+                test_plugins::TRAP,
+                "",
+                "UNSPECIFIED",
+                "\n                fail_open: true",
+            ),
+        ),
         (
             "abi010",
             wasm("abi010", test_plugins::ABI010, "", "FAIL_CLOSED"),
@@ -358,6 +379,17 @@ fn cases() -> Vec<Case> {
             "trap fail open, plugin skipped afterwards",
             "trap_open",
             || req("GET", "/", &[], ""),
+        ),
+        ("trap, legacy fail_open", "trap_legacy", || {
+            req("GET", "/", &[("x-trap", "1")], "")
+        }),
+        ("trap, legacy fail_open, afterwards", "trap_legacy", || {
+            req("GET", "/", &[], "")
+        }),
+        (
+            "trap in the response body, legacy fail_open",
+            "trap_legacy_body",
+            || req("GET", "/", &[("x-trap", "response-body")], ""),
         ),
         ("abi 0.1.0", "abi010", || req("GET", "/", &[], "")),
         ("callout allows", "callout", || req("GET", "/c", &[], "")),
