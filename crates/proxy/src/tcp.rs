@@ -115,6 +115,19 @@ async fn proxy<D>(
         Ok((io, _)) => io,
         Err(e) => {
             tracing::debug!(cluster = %cluster_name, error = ?e.kind, "tcp_proxy upstream connect failed");
+            // As Envoy's tcp_proxy (one connect attempt by default): `UF,URX`, the transport
+            // failure reason, and the client's connection closed locally, which the network
+            // filters hear of.
+            let info = cx.stream_info_mut();
+            info.response_flags
+                .insert(crate::response_flags::ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
+            info.response_flags
+                .insert(crate::response_flags::ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+            info.upstream_transport_failure_reason =
+                e.transport_failure_reason().map(|r| Arc::from(r.as_str()));
+            for f in filters.iter_mut() {
+                f.on_downstream_close(cx, CloseType::Local);
+            }
             return;
         }
     };

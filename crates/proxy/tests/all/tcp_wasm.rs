@@ -184,3 +184,80 @@ async fn downstream_close_kinds_match_envoy() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A TCP proxy whose upstream refuses the connection: Envoy logs `UF,URX` with the transport
+/// failure reason, closes the client's connection itself, and network plugins hear that
+/// local close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upstream_is_logged_and_closed_like_envoy() -> anyhow::Result<()> {
+    let refused = free_ports(1)?[0];
+    let ports = free_ports(2)?;
+    let dir = tempfile::tempdir()?;
+    let log = |n: &str| dir.path().join(n).display().to_string();
+    let with_flags = |yaml: String| {
+        yaml.replace(
+            "%UPSTREAM_CLUSTER% %BYTES_RECEIVED% %BYTES_SENT% %RESPONSE_CODE% %PROTOCOL%",
+            "%UPSTREAM_CLUSTER% %RESPONSE_FLAGS% %UPSTREAM_TRANSPORT_FAILURE_REASON%",
+        )
+    };
+    let envoy_yaml = with_flags(bootstrap(
+        ports[1],
+        ports[0],
+        refused,
+        refused,
+        "",
+        &log("envoy.log"),
+    ));
+    let admin: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+    let envoy = tokio::task::spawn_blocking(move || start_envoy(&envoy_yaml, admin)).await??;
+    let ours = start_proxy(&with_flags(bootstrap(
+        0,
+        0,
+        refused,
+        refused,
+        "",
+        &log("ours.log"),
+    )))?;
+    let envoy_addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+    let ours_addr = ours.listener_addr("main").expect("listener");
+    let mut seen = Vec::new();
+    for (addr, admin, file) in [
+        (envoy_addr, envoy.admin, "envoy.log"),
+        (ours_addr, ours.admin_addr().expect("admin"), "ours.log"),
+    ] {
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let mut s = std::net::TcpStream::connect(addr)?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let _ = s.write_all(b"hello");
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            Ok(())
+        })
+        .await??;
+        // (Envoy writes its access log on a timer)
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let closes: Vec<String> = send(admin, get("admin", "/stats"))
+            .await?
+            .text()
+            .lines()
+            .filter(|l| l.contains("tcp_counter_closed_"))
+            .map(str::to_string)
+            .collect();
+        let line = std::fs::read_to_string(log(file)).unwrap_or_default();
+        seen.push((line, closes));
+    }
+    assert_eq!(seen[1], seen[0], "wasmesh (left) vs Envoy (right)");
+    assert_eq!(
+        seen[0].0, "a UF,URX delayed_connect_error:_Connection_refused\n",
+        "envoy"
+    );
+    assert!(
+        seen[0]
+            .1
+            .iter()
+            .any(|l| l.ends_with("tcp_counter_closed_local: 1")),
+        "{:?}",
+        seen[0].1
+    );
+    Ok(())
+}
