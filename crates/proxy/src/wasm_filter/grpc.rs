@@ -66,6 +66,9 @@ fn header_status(h: &http::HeaderMap) -> Option<(u32, String)> {
     Some((code, message))
 }
 
+/// The details Envoy appends to a failure's message when the upstream answered.
+const VIA_UPSTREAM: &str = "via_upstream";
+
 /// What the plugin is told: the response message, or (status, message).
 pub(crate) fn outcome(
     answer: Result<http::Response<Bytes>, CalloutError>,
@@ -93,12 +96,15 @@ pub(crate) fn outcome(
         .or_else(|| header_status(&parts.headers));
     match status {
         Some((0, _)) => {}
-        Some(failed) => return Err(failed),
+        // Envoy's message for a failure the upstream sent: its `grpc-message`, then the
+        // stream's details (`via_upstream`).
+        Some((code, message)) if message.is_empty() => return Err((code, VIA_UPSTREAM.into())),
+        Some((code, message)) => return Err((code, format!("{message}{{{VIA_UPSTREAM}}}"))),
         None => return Err((UNKNOWN, "no grpc-status".into())),
     }
     // One length-prefixed, uncompressed message.
     if body.len() < 5 || body[0] != 0 {
-        return Err((INTERNAL, "malformed gRPC response".into()));
+        return Err((INTERNAL, VIA_UPSTREAM.into()));
     }
     let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
     body.get(5..5 + len)
@@ -139,7 +145,12 @@ mod tests {
         let ok = answer(&[], &[("grpc-status", "0")], b"\0\0\0\0\x02hi");
         assert_eq!(outcome(Ok(ok)), Ok(b"hi".to_vec()));
         let failed = answer(&[("grpc-status", "7"), ("grpc-message", "no")], &[], b"");
-        assert_eq!(outcome(Ok(failed)), Err((7, "no".into())));
+        // (Envoy 1.40: the upstream's message, then the details)
+        assert_eq!(outcome(Ok(failed)), Err((7, "no{via_upstream}".into())));
+        let bare = answer(&[("grpc-status", "14")], &[], b"");
+        assert_eq!(outcome(Ok(bare)), Err((14, "via_upstream".into())));
+        let not_grpc = answer(&[], &[("grpc-status", "0")], b"plain");
+        assert_eq!(outcome(Ok(not_grpc)), Err((13, "via_upstream".into())));
         let mut not_found = answer(&[], &[], b"");
         *not_found.status_mut() = http::StatusCode::NOT_FOUND;
         assert_eq!(outcome(Ok(not_found)), Err((12, String::new())));
