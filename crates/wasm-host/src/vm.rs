@@ -195,6 +195,13 @@ impl Plugin {
 
 impl Drop for PluginVm {
     fn drop(&mut self) {
+        // Envoy keeps a failed VM (it is not reloaded) until the plugin is replaced, and its
+        // runtime stats go on counting it as active; ours is freed, and counted the same.
+        if self.failed.is_some()
+            && self.plugin.config.failure_policy != crate::FailurePolicy::FailReload
+        {
+            return;
+        }
         self.plugin
             .stats
             .vms_active

@@ -110,11 +110,16 @@ async fn plugin_log_lines_read_as_envoys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wasm_runtime_vm_counts_match_envoy() {
     use std::net::SocketAddr;
-    let module = test_plugins::path(test_plugins::LOGGING);
     let echo = test_support::echo::start("echo").await.expect("echo");
     let envoy_bin = test_support::proxy_peers::envoy_binary().expect("envoy");
     let ours_bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_wasmesh"));
-    for workers in ["1", "2"] {
+    // (the trap plugin fails its VM on the request: Envoy keeps counting the failed VM)
+    for (workers, plugin) in [
+        ("1", test_plugins::LOGGING),
+        ("2", test_plugins::LOGGING),
+        ("1", test_plugins::TRAP),
+    ] {
+        let module = test_plugins::path(plugin);
         let mut seen = Vec::new();
         for envoy in [true, false] {
             let dir = tempfile::tempdir().expect("tempdir");
@@ -147,7 +152,16 @@ async fn wasm_runtime_vm_counts_match_envoy() {
             };
             let stats = tokio::task::spawn_blocking(move || {
                 let child = crate::istio_agent::start(&program, &args, admin, &log);
-                let _ = crate::istio_agent::http(listen, "GET", "/");
+                {
+                    use std::io::{Read, Write};
+                    if let Ok(mut s) = std::net::TcpStream::connect(listen) {
+                        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+                        let _ = s.write_all(
+                            b"GET / HTTP/1.1\r\nhost: h\r\nx-trap: 1\r\nconnection: close\r\n\r\n",
+                        );
+                        let _ = s.read_to_end(&mut Vec::new());
+                    }
+                }
                 let text = crate::istio_agent::http(admin, "GET", "/stats?filter=^wasm\\.")
                     .map(|r| r.1)
                     .unwrap_or_default();
@@ -170,7 +184,7 @@ async fn wasm_runtime_vm_counts_match_envoy() {
         assert!(!seen[0].is_empty(), "envoy: {:?}", seen[0]);
         assert_eq!(
             seen[1], seen[0],
-            "{workers} workers: wasmesh (left) vs Envoy (right)"
+            "{plugin}, {workers} workers: wasmesh (left) vs Envoy (right)"
         );
     }
 }
