@@ -106,7 +106,7 @@ async fn plugin_log_lines_read_as_envoys() {
 /// Envoy's Wasm runtime stats for one plugin, each proxy in its own process (the counts are
 /// per process): `wasm.envoy.wasm.runtime.v8.active` / `.created` count the base Wasm that
 /// holds the compiled module as well as each thread's VM, and `wasm.wasm_vm_count` the active
-/// ones, at one and at two workers.
+/// ones, at one and at two workers; the remote-load stats are there at 0 with local code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wasm_runtime_vm_counts_match_envoy() {
     use std::net::SocketAddr;
@@ -171,6 +171,7 @@ async fn wasm_runtime_vm_counts_match_envoy() {
                     .filter(|l| {
                         l.starts_with("wasm.envoy.wasm.runtime.v8.")
                             || l.starts_with("wasm.wasm_vm_count")
+                            || l.starts_with("wasm.remote_load_")
                     })
                     .map(str::to_string)
                     .collect();

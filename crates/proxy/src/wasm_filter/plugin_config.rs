@@ -268,15 +268,7 @@ fn remote_cluster(r: &envoy_types::pb::envoy::config::core::v3::RemoteDataSource
 /// Envoy's `remote` code: fetched (or found in the cache) now, counting Envoy's
 /// `wasm.remote_load_*` stats. `Err` is why it could not be loaded; `Ok(false)`: not remote.
 pub(crate) fn prefetch_remote(pb: &PbPlugin, cx: &BuildContext) -> Result<bool, String> {
-    let Some(plugin_config::Vm::VmConfig(vm)) = &pb.vm else {
-        return Ok(false);
-    };
-    let Some(async_data_source::Specifier::Remote(r)) =
-        vm.code.as_ref().and_then(|c| c.specifier.as_ref())
-    else {
-        return Ok(false);
-    };
-    let cluster = remote_cluster(r);
+    // Envoy's remote-load stats exist (at 0) once any Wasm plugin is configured.
     let c = |n: &str| {
         cx.stats
             .counter(&format!("wasm.{n}"), &format!("envoy_wasm_{n}"), &[])
@@ -295,6 +287,15 @@ pub(crate) fn prefetch_remote(pb: &PbPlugin, cx: &BuildContext) -> Result<bool, 
         c("remote_load_fetch_failures"),
         c("remote_load_fetch_successes"),
     );
+    let Some(plugin_config::Vm::VmConfig(vm)) = &pb.vm else {
+        return Ok(false);
+    };
+    let Some(async_data_source::Specifier::Remote(r)) =
+        vm.code.as_ref().and_then(|c| c.specifier.as_ref())
+    else {
+        return Ok(false);
+    };
+    let cluster = remote_cluster(r);
     let endpoint = cx.cluster_endpoints.get(cluster).copied();
     if endpoint.is_none() && !cx.cluster_names.iter().any(|n| n == cluster) {
         return Err(format!("unknown cluster {cluster:?}"));
