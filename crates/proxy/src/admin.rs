@@ -340,7 +340,8 @@ fn prometheus(st: &AdminState, query: &str, charge: &Charge<'_>) -> Response<Ful
     text(
         StatusCode::OK,
         PLAIN,
-        st.store.render_prometheus_filtered(filter.as_ref()),
+        st.store
+            .render_prometheus_filtered(filter.as_ref(), has_param(query, "usedonly")),
     )
 }
 

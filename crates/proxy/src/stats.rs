@@ -272,12 +272,17 @@ impl Store {
 
     /// Envoy's `/stats/prometheus`: metrics grouped by name with a `# TYPE` line each.
     pub fn render_prometheus(&self) -> String {
-        self.render_prometheus_filtered(None)
+        self.render_prometheus_filtered(None, false)
     }
 
     /// `/stats/prometheus?filter=<regex>`: only the stats whose Envoy name (before the
-    /// Prometheus conversion) the regex finds a match in.
-    pub fn render_prometheus_filtered(&self, filter: Option<&regex::Regex>) -> String {
+    /// Prometheus conversion) the regex finds a match in; with `used_only` (`usedonly`, what
+    /// istio-agent scrapes), only the proxy's own stats written since start.
+    pub fn render_prometheus_filtered(
+        &self,
+        filter: Option<&regex::Regex>,
+        used_only: bool,
+    ) -> String {
         // (kind rank, name) → sample lines: Envoy writes every counter, then every gauge, then
         // every histogram, each kind sorted by name, plugin metrics included (so a counter and
         // a histogram that share a name get a block each).
@@ -291,6 +296,9 @@ impl Store {
                 continue;
             }
             let (rank, v) = match &e.metric {
+                Metric::Counter(c) if used_only && c.get() == 0 => continue,
+                Metric::Gauge(g) if used_only && !g.used() => continue,
+                Metric::Histogram(h) if used_only && !h.flushed().used => continue,
                 Metric::Counter(c) => (0, Some(c.get().to_string())),
                 Metric::Gauge(g) => (1, Some(g.get().to_string())),
                 Metric::Histogram(_) => (2, None),

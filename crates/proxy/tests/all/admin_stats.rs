@@ -33,6 +33,8 @@ async fn prometheus_filter_and_content_type_match_envoy() -> anyhow::Result<()> 
         // The regex is matched against Envoy's names, not the Prometheus ones.
         r"/stats/prometheus?filter=envoy_http_downstream_rq_total",
         r"/stats/prometheus?filter=(",
+        // Only the stats written since start (what istio-agent scrapes).
+        r"/stats/prometheus?usedonly&filter=^http\.main\.downstream_rq_(total|[0-9]xx|completed|http[12]_total)$",
     ];
     for path in paths {
         let mut theirs = call(envoy.admin, path).await?;
@@ -52,6 +54,12 @@ async fn prometheus_filter_and_content_type_match_envoy() -> anyhow::Result<()> 
     assert!(!body.contains("upstream"), "{body}");
     let (_, _, body) = call(envoy.admin, paths[2]).await?;
     assert!(!body.contains("envoy_http"), "{body}");
+    let (_, _, body) = call(envoy.admin, paths[4]).await?;
+    assert!(
+        body.contains("envoy_response_code_class=\"2\"")
+            && !body.contains("envoy_response_code_class=\"5\""),
+        "{body}"
+    );
     Ok(())
 }
 
