@@ -17,7 +17,7 @@ use crate::filter::{BuildContext, HttpFilterConfig, ROUTER_TYPE_URL};
 use crate::network_filter::NetworkFilterConfig;
 use crate::pb::{core, hcm, listener as pbl, tcp_proxy, tls as pbtls};
 use crate::route::{ClusterChoice, RouteTable};
-use crate::stats::{Counter, Gauge, HcmStats};
+use crate::stats::{Counter, HcmStats};
 
 const HCM_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const TCP_PROXY_TYPE_URL: &str =
@@ -301,8 +301,6 @@ pub struct TcpProxyConfig {
     pub cluster: ClusterChoice,
     /// `tcp.<stat_prefix>.downstream_cx_total`
     pub cx_total: Counter,
-    /// `tcp.<stat_prefix>.upstream_flush_active`-style active gauge (`downstream_cx_active`... Envoy has none; we expose `tcp.<p>.downstream_cx_active` for parity with HTTP).
-    pub cx_active: Gauge,
     /// `tcp.<stat_prefix>.downstream_cx_rx_bytes_total`
     pub rx_bytes: Counter,
     /// `tcp.<stat_prefix>.downstream_cx_tx_bytes_total`
@@ -849,16 +847,35 @@ fn build_tcp_proxy(
         env.store
             .counter(&format!("tcp.{p}.{n}"), &format!("envoy_tcp_{n}"), &tag)
     };
+    // The rest of Envoy's tcp_proxy stats, which nothing here changes (no idle timeout, no
+    // flushing after close, no on-demand routing): listed at 0 as Envoy lists them.
+    for n in [
+        "downstream_cx_drain_close",
+        "downstream_cx_overload_close",
+        "downstream_flow_control_paused_reading_total",
+        "downstream_flow_control_resumed_reading_total",
+        "early_data_received_count_total",
+        "idle_timeout",
+        "max_downstream_connection_duration",
+        "route_delayed_total",
+        "upstream_flush_total",
+    ] {
+        let _ = c(n);
+    }
+    for n in [
+        "downstream_cx_rx_bytes_buffered",
+        "downstream_cx_tx_bytes_buffered",
+        "upstream_flush_active",
+    ] {
+        let _ = env
+            .store
+            .gauge(&format!("tcp.{p}.{n}"), &format!("envoy_tcp_{n}"), &tag);
+    }
     Ok(TcpProxyConfig {
         access_logs: access_logs(&cfg.access_log, path, env, "", &cfg.stat_prefix)?,
         stat_prefix: p.clone(),
         cluster,
         cx_total: c("downstream_cx_total"),
-        cx_active: env.store.gauge(
-            &format!("tcp.{p}.downstream_cx_active"),
-            "envoy_tcp_downstream_cx_active",
-            &tag,
-        ),
         rx_bytes: c("downstream_cx_rx_bytes_total"),
         tx_bytes: c("downstream_cx_tx_bytes_total"),
         no_route: c("downstream_cx_no_route"),

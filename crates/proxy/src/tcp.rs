@@ -53,10 +53,8 @@ pub(crate) async fn serve<D>(
     D: AsyncRead + AsyncWrite + Unpin,
 {
     cfg.cx_total.inc();
-    cfg.cx_active.inc();
     let start = std::time::Instant::now();
     proxy(downstream, &cfg, &mut filters, &mut cx, &worker).await;
-    cfg.cx_active.dec();
     cx.stream_info_mut().duration = Some(start.elapsed());
     let info = cx.stream_info();
     for f in filters.iter_mut() {

@@ -165,22 +165,34 @@ async fn downstream_close_kinds_match_envoy() -> anyhow::Result<()> {
             tokio::task::spawn_blocking(move || exchange(addr, half_close)).await??;
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        let closes: Vec<String> = send(admin, get("admin", "/stats"))
-            .await?
-            .text()
+        let stats = send(admin, get("admin", "/stats")).await?.text();
+        let closes: Vec<String> = stats
             .lines()
             .filter(|l| l.contains("tcp_counter_closed_"))
             .map(str::to_string)
             .collect();
-        seen.push(closes);
+        // The tcp_proxy's own stats (`tcp.<stat_prefix>.*`), by name.
+        let mut tcp: Vec<String> = stats
+            .lines()
+            .filter(|l| l.starts_with("tcp.tcp."))
+            .filter_map(|l| l.split(": ").next().map(str::to_string))
+            .collect();
+        tcp.sort();
+        seen.push((closes, tcp));
     }
     assert_eq!(seen[1], seen[0], "wasmesh (left) vs Envoy (right)");
     assert!(
         seen[0]
+            .0
             .iter()
             .any(|l| l.ends_with("tcp_counter_closed_local: 1")),
         "{:?}",
         seen[0]
+    );
+    assert!(
+        seen[0].1.contains(&"tcp.tcp.idle_timeout".to_string()),
+        "{:?}",
+        seen[0].1
     );
     Ok(())
 }
