@@ -54,20 +54,24 @@ where
             let mut st = stream.lock().await;
             let hooks = chain::headers(&mut st, pass, from, h, end);
             tokio::pin!(hooks);
-            // While a filter waits in its header hook (a plugin paused for a callout), the
-            // body goes on being read into the source's front, up to the buffer limit, as
-            // Envoy's codec reads a stopped stream's body into its buffer.
-            loop {
-                let more = src.as_ref().is_some_and(|s| s.can_read_ahead(limit));
-                tokio::select! {
-                    biased;
-                    flow = &mut hooks => break flow,
-                    () = async {
-                        if let Some(s) = src.as_mut() {
-                            s.read_ahead().await;
-                        }
-                    }, if more => {}
-                }
+            // Most hooks finish at once: no select for them.
+            match futures::FutureExt::now_or_never(hooks.as_mut()) {
+                Some(flow) => flow,
+                // While a filter waits in its header hook (a plugin paused for a callout),
+                // the body goes on being read into the source's front, up to the buffer
+                // limit, as Envoy's codec reads a stopped stream's body into its buffer.
+                None => loop {
+                    let more = src.as_ref().is_some_and(|s| s.can_read_ahead(limit));
+                    tokio::select! {
+                        biased;
+                        flow = &mut hooks => break flow,
+                        () = async {
+                            if let Some(s) = src.as_mut() {
+                                s.read_ahead().await;
+                            }
+                        }, if more => {}
+                    }
+                },
             }
         };
         let stop_at = match flow {
