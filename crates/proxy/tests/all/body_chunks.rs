@@ -191,22 +191,7 @@ async fn a_body_reaches_the_filters_before_a_refused_upstream_like_envoy() -> an
     let mut seen = Vec::new();
     for addr in [envoy_addr, ours_addr] {
         for h2 in [false, true] {
-            let mut req = http::Request::builder()
-                .method("POST")
-                .uri(if h2 { "http://h/" } else { "/" })
-                .body(http_body_util::Full::new(bytes::Bytes::from_static(
-                    b"hello",
-                )))?;
-            if h2 {
-                *req.version_mut() = http::Version::HTTP_2;
-            } else {
-                req.headers_mut().insert("host", "h".parse()?);
-            }
-            let r = if h2 {
-                send_h2(addr, req).await?
-            } else {
-                send(addr, req).await?
-            };
+            let r = send_either(addr, h2, "POST", bytes::Bytes::from_static(b"hello")).await?;
             let h = |n: &str| {
                 r.headers
                     .get(n)
@@ -260,20 +245,7 @@ async fn the_buffer_limit_of_an_h2_stream_is_its_window_like_envoy() -> anyhow::
     for addr in [envoy_addr, ours_addr] {
         for h2 in [false, true] {
             let body = bytes::Bytes::from(vec![b'a'; 100_000]);
-            let mut req = http::Request::builder()
-                .method("POST")
-                .uri(if h2 { "http://h/" } else { "/" })
-                .body(http_body_util::Full::new(body))?;
-            if h2 {
-                *req.version_mut() = http::Version::HTTP_2;
-            } else {
-                req.headers_mut().insert("host", "h".parse()?);
-            }
-            let r = if h2 {
-                send_h2(addr, req).await?
-            } else {
-                send(addr, req).await?
-            };
+            let r = send_either(addr, h2, "POST", body).await?;
             let connection = r
                 .headers
                 .get("connection")
@@ -311,22 +283,7 @@ async fn a_get_body_without_its_length_goes_upstream_chunked_like_envoy() -> any
     let mut seen = Vec::new();
     for addr in [envoy_addr, ours_addr] {
         for h2 in [false, true] {
-            let mut req = http::Request::builder()
-                .method("GET")
-                .uri(if h2 { "http://h/" } else { "/" })
-                .body(http_body_util::Full::new(bytes::Bytes::from_static(
-                    b"hello-a",
-                )))?;
-            if h2 {
-                *req.version_mut() = http::Version::HTTP_2;
-            } else {
-                req.headers_mut().insert("host", "h".parse()?);
-            }
-            let r = if h2 {
-                send_h2(addr, req).await?
-            } else {
-                send(addr, req).await?
-            };
+            let r = send_either(addr, h2, "GET", bytes::Bytes::from_static(b"hello-a")).await?;
             let j = r.json();
             seen.push((
                 r.status,
@@ -454,4 +411,24 @@ async fn a_body_is_read_while_a_plugin_waits_like_envoy() -> anyhow::Result<()> 
         drop((ours, envoy_proc));
     }
     Ok(())
+}
+
+/// One request to `addr`, over h2 (prior knowledge) or HTTP/1.1, with a body.
+async fn send_either(
+    addr: SocketAddr,
+    h2: bool,
+    method: &str,
+    body: bytes::Bytes,
+) -> anyhow::Result<Resp> {
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(if h2 { "http://h/" } else { "/" })
+        .body(http_body_util::Full::new(body))?;
+    if h2 {
+        *req.version_mut() = http::Version::HTTP_2;
+        send_h2(addr, req).await
+    } else {
+        req.headers_mut().insert("host", "h".parse()?);
+        send(addr, req).await
+    }
 }
