@@ -369,6 +369,9 @@ pub struct RouteAction {
     pub retry: Option<RetryPolicy>,
     /// The virtual host's `include_request_attempt_count`: `x-envoy-attempt-count` upstream.
     pub attempt_count_upstream: bool,
+    /// A weighted cluster's own `request_headers_to_add/_remove`, by cluster (only those that
+    /// set any): applied before the route's, as Envoy's weighted cluster entry does.
+    pub cluster_request_headers: Vec<(Arc<str>, HeaderMutations)>,
 }
 
 /// Single or weighted clusters.
@@ -822,6 +825,7 @@ fn build_action(
             Err(ConfigError::invalid(p, format!("unknown cluster {name:?}")))
         }
     };
+    let mut cluster_request_headers = Vec::new();
     let choice = match &ra.cluster_specifier {
         Some(CS::Cluster(c)) => {
             check(c, format!("{path}.cluster"))?;
@@ -834,6 +838,17 @@ fn build_action(
                     &c.name,
                     format!("{path}.weighted_clusters.clusters[{i}].name"),
                 )?;
+                if !c.request_headers_to_add.is_empty() || !c.request_headers_to_remove.is_empty() {
+                    cluster_request_headers.push((
+                        Arc::from(c.name.as_str()),
+                        HeaderMutations::build(
+                            &c.request_headers_to_add,
+                            &c.request_headers_to_remove,
+                            &format!("{path}.weighted_clusters.clusters[{i}]"),
+                            "request",
+                        )?,
+                    ));
+                }
                 list.push((
                     Arc::from(c.name.as_str()),
                     c.weight.as_ref().map_or(0, |w| w.value),
@@ -890,6 +905,7 @@ fn build_action(
         timeout,
         retry,
         attempt_count_upstream: false,
+        cluster_request_headers,
     })
 }
 

@@ -255,7 +255,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.route.v3.WeightedCluster.ClusterWeight",
-        &["name", "weight"],
+        &[
+            "name",
+            "weight",
+            "request_headers_to_add",
+            "request_headers_to_remove",
+        ],
     ),
     (
         "envoy.config.route.v3.RetryPolicy",

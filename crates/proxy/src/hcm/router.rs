@@ -418,6 +418,24 @@ pub(super) async fn run(
             }
         }
     };
+    if !action.cluster_request_headers.is_empty() {
+        // The weighted cluster's own header mutations come first (Envoy's weighted cluster
+        // entry applies them before the route's): the cluster is chosen now.
+        let mut st = stream.lock().await;
+        let info = st.cx.stream_info_mut();
+        let name = match &info.cluster_name {
+            Some(c) if action.clusters.contains(c) => Arc::clone(c),
+            _ => Arc::clone(action.clusters.pick(crate::worker::rand_u32())),
+        };
+        if let Some((_, m)) = action
+            .cluster_request_headers
+            .iter()
+            .find(|(c, _)| *c == name)
+        {
+            m.apply(&mut parts.headers);
+        }
+        info.cluster_name = Some(name);
+    }
     routes.mutate_request(vhost, route, &mut parts.headers);
     let result = forward(
         &conn,

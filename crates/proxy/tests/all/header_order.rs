@@ -208,3 +208,39 @@ async fn replaced_pseudo_headers_move_and_count_like_envoy() -> anyhow::Result<(
     drop((ours, envoy_proc));
     Ok(())
 }
+
+/// A weighted cluster's own `request_headers_to_add`: applied before the route's (Envoy's
+/// weighted cluster entry evaluates its headers first), so the upstream gets them in that order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_cluster_headers_come_before_the_routes_like_envoy() -> anyhow::Result<()> {
+    let (up, seen) = crate::http1_codec::raw_upstream();
+    let yaml = |admin: u16, listen: u16| {
+        hcm_bootstrap((admin, listen, up.port()), "", "", "").replace(
+            r#"routes: [{match: {prefix: "/"}, route: {cluster: up}}]"#,
+            r#"routes: [{match: {prefix: "/"}, request_headers_to_add: [{header: {key: x-route, value: r}}], route: {weighted_clusters: {clusters: [{name: up, weight: 1, request_headers_to_add: [{header: {key: x-cluster, value: c}}]}]}}}]"#,
+        )
+    };
+    let (ours, ours_addr, envoy_proc, envoy_addr) = start_both(yaml).await?;
+    let mut heads = Vec::new();
+    for addr in [envoy_addr, ours_addr] {
+        let before = seen.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let r = send(addr, get("h", "/w")).await?;
+        assert_eq!(r.status, 200);
+        let raw = seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(before)
+            .cloned()
+            .unwrap_or_default();
+        heads.push(
+            crate::http1_codec::header_names(&raw)
+                .into_iter()
+                .filter(|n| n.starts_with("x-route") || n.starts_with("x-cluster"))
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(heads[1], heads[0], "wasmesh (left) vs Envoy (right)");
+    assert_eq!(heads[0], ["x-cluster", "x-route"], "envoy");
+    drop((ours, envoy_proc));
+    Ok(())
+}
