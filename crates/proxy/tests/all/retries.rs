@@ -42,45 +42,33 @@ fn upstream(answer: Option<&'static [u8]>, hold: bool) -> anyhow::Result<(u16, S
 }
 
 fn bootstrap(admin: u16, listen: u16, log: &std::path::Path, st: u16, hole: u16) -> String {
-    format!(
-        r#"
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: main
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: main
-          access_log:
+    let access_log = format!(
+        r#"          access_log:
           - name: envoy.access_loggers.file
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-              path: {log}
+              path: {}
               log_format: {{text_format_source: {{inline_string: "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n"}}}}
-          route_config:
-            virtual_hosts:
-            - name: all
+"#,
+        log.display()
+    );
+    // (the `up` cluster of the common bootstrap is unused: routes go to `st` and `hole`)
+    hcm_bootstrap(
+        (admin, listen, st),
+        &access_log,
+        "",
+        &(cluster_yaml("st", st, false) + &cluster_yaml("hole", hole, false)),
+    )
+    .replace(
+        r#"- {name: all, domains: ["*"], routes: [{match: {prefix: "/"}, route: {cluster: up}}]}"#,
+        r#"- name: all
               domains: ["*"]
               include_request_attempt_count: true
               routes:
-              - match: {{prefix: "/timeout"}}
-                route: {{cluster: hole, timeout: 0.3s}}
-              - match: {{prefix: "/"}}
-                route: {{cluster: st, retry_policy: {{retry_on: "5xx", num_retries: 2}}}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-{}{}"#,
-        cluster_yaml("st", st, false),
-        cluster_yaml("hole", hole, false),
-        log = log.display(),
+              - match: {prefix: "/timeout"}
+                route: {cluster: hole, timeout: 0.3s}
+              - match: {prefix: "/"}
+                route: {cluster: st, retry_policy: {retry_on: "5xx", num_retries: 2}}"#,
     )
 }
 
