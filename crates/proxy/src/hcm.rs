@@ -4,6 +4,7 @@
 //! filters, then access logs, `on_log` and stats.
 
 mod chain;
+mod codec_error;
 mod linger;
 mod local_lock;
 mod prefixed;
@@ -173,6 +174,9 @@ pub(crate) async fn serve<IO>(
     };
     let io =
         crate::read_ahead::ReadAhead::new(io, conn.hcm.buffer_limit, Arc::clone(&conn.read_ahead));
+    let codec_state = Rc::new(codec_error::CodecState::default());
+    let io =
+        codec_error::CodecReplies::new(io, Rc::clone(&codec_state), conn.hcm.server_name.clone());
     let fut = builder.serve_connection(TokioIo::new(linger::Linger::new(io)), svc);
     tokio::pin!(fut);
     let mut draining = *drain.borrow();
@@ -195,8 +199,42 @@ pub(crate) async fn serve<IO>(
             }
         }
     }
+    if let Some(caught) = codec_state.take() {
+        log_codec_error(&conn, caught);
+    }
     stats.cx_active.dec();
     stats.cx_length_ms.record_ms(opened.elapsed());
+}
+
+/// Counts and logs a request the HTTP/1 codec refused, as Envoy's connection manager does for
+/// the stream its codec opened: no filter ran (no `on_log`), the access logs print `DPE`.
+fn log_codec_error(conn: &Rc<Conn>, caught: codec_error::Caught) {
+    let hcm = &conn.hcm;
+    hcm.stats.rq_total.inc();
+    hcm.stats.rq_http1_total.inc();
+    hcm.stats.rq_active.inc();
+    hcm.stats.cx_protocol_error.inc();
+    let node = Arc::clone(&conn.worker.config.load().node);
+    let mut info = StreamInfo::new(
+        Arc::clone(&conn.listener),
+        conn.local,
+        conn.remote,
+        http::Version::HTTP_11,
+        node,
+    );
+    info.downstream_tls = conn.tls;
+    info.filter_chain_name = Some(Arc::clone(&conn.chain_name));
+    info.listener_direction = conn.direction;
+    info.requested_server_name = conn.sni.clone();
+    info.response_code = Some(caught.status.as_u16());
+    info.response_code_details = Some(Arc::from(caught.details));
+    info.response_flags
+        .insert(crate::response_flags::ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+    let stream = Rc::new(local_lock::LocalLock::new(Stream {
+        cx: FilterCx::new(info, conn.worker.ctx.clone()),
+        filters: Vec::new(),
+    }));
+    Finisher::new(Rc::clone(conn), stream, Instant::now()).finish(caught.body_len, true);
 }
 
 /// A client's claim to be internal, which the proxy removes (a constant: no name parse per

@@ -436,6 +436,8 @@ pub struct HcmStats {
     pub cx_total: Counter,
     /// `downstream_cx_active`
     pub cx_active: Gauge,
+    /// `downstream_cx_protocol_error`: requests the codec refused.
+    pub cx_protocol_error: Counter,
     /// `no_route`
     pub no_route: Counter,
     /// `downstream_rq_rx_reset`
@@ -717,6 +719,7 @@ impl HcmStats {
             rq_active: g("downstream_rq_active"),
             cx_total: c("downstream_cx_total"),
             cx_active: g("downstream_cx_active"),
+            cx_protocol_error: c("downstream_cx_protocol_error"),
             no_route: r("no_route"),
             rq_rx_reset: c("downstream_rq_rx_reset"),
             rq_too_large: c("downstream_rq_too_large"),

@@ -220,7 +220,14 @@ pub(super) async fn run(
         None
     };
     if let Some((status, details, codec)) = codec_error {
-        fin.capture(&parts);
+        if codec {
+            // The codec refused the request before handing its headers on: the access log
+            // has no method or path, and the protocol is the codec's (HTTP/1.1).
+            hcm.stats.cx_protocol_error.inc();
+            stream.lock().await.cx.stream_info_mut().protocol = http::Version::HTTP_11;
+        } else {
+            fin.capture(&parts);
+        }
         let body = if codec {
             status.canonical_reason().unwrap_or_default()
         } else {

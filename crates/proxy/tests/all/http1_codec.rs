@@ -477,3 +477,138 @@ async fn upgrades_are_refused_or_ignored_like_envoy() -> anyhow::Result<()> {
     assert_eq!(o, e, "wasmesh vs envoy");
     Ok(())
 }
+
+/// Requests Envoy's HTTP/1 codec refuses (status, details as Envoy 1.40 logs them).
+const MALFORMED: &[&[u8]] = &[
+    // a header line without a colon (http1.codec_error)
+    b"GET / HTTP/1.1\r\nHost: x\r\nbad header\r\n\r\n",
+    // a method with a separator in it
+    b"G(ET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    // an unknown version: 426 (low_version)
+    b"GET / HTTP/9.1\r\nHost: x\r\n\r\n",
+    // a space in the target
+    b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
+    // a control character in a header value (http1.invalid_characters)
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n",
+    // an invalid and a repeated content-length
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc",
+    // not HTTP at all (a TLS hello on a plain listener)
+    b"\x16\x03\x01\x00\x05hello\r\n\r\n",
+    // a good request, then a bad one on the same connection
+    b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nbad header\r\n\r\n",
+];
+
+/// Sends `raw` and reads until the proxy closes: the whole raw answer with `date` masked.
+fn until_close(addr: SocketAddr, raw: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    s.write_all(raw).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out)
+        .lines()
+        .map(|l| {
+            if l.to_ascii_lowercase().starts_with("date: ") {
+                "date: D"
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// What the client got for each [`MALFORMED`] request, a request with 101 headers (one past
+/// Envoy's and hyper's 100) and an HTTP/1.0 one; whether anything reached the upstream.
+fn malformed(addr: SocketAddr, seen: &Mutex<Vec<String>>) -> (Vec<String>, usize) {
+    let before = seen.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let mut answers: Vec<String> = MALFORMED.iter().map(|r| until_close(addr, r)).collect();
+    let mut many = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..100 {
+        many.extend_from_slice(format!("x-h{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    answers.push(until_close(addr, &many));
+    answers.push(until_close(addr, b"GET / HTTP/1.0\r\n\r\n"));
+    let upstream = seen.lock().unwrap_or_else(|e| e.into_inner()).len() - before;
+    (answers, upstream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_envoys_codec_replies() -> anyhow::Result<()> {
+    let (e, o) = both(malformed).await?;
+    // Envoy: `Bad Request` with a body, `server` and `connection: close`, in HTTP/1.1.
+    assert!(
+        e.0[0].starts_with("HTTP/1.1 400 Bad Request\ncontent-length: 11\n"),
+        "envoy: {:?}",
+        e.0[0]
+    );
+    assert!(e.0[2].starts_with("HTTP/1.1 426 "), "envoy: {:?}", e.0[2]);
+    assert!(e.0[9].starts_with("HTTP/1.1 431 "), "envoy: {:?}", e.0[9]);
+    assert!(e.0[10].starts_with("HTTP/1.1 426 "), "envoy: {:?}", e.0[10]);
+    assert_eq!(e.1, 1, "envoy: only the good request went upstream");
+    for (i, (e, o)) in e.0.iter().zip(&o.0).enumerate() {
+        assert_eq!(o, e, "case {i}: wasmesh vs envoy");
+    }
+    assert_eq!(o.1, e.1, "requests upstream: wasmesh vs envoy");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_counted_and_logged_like_envoys() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("access.log");
+    let yaml = basic(1).replacen(
+        "stat_prefix: ingress_http",
+        &format!(
+            "stat_prefix: ingress_http\n          access_log:\n          - name: f\n            \
+             typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              \
+             path: {}\n              log_format: {{text_format_source: {{inline_string: \"%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %REQ(:METHOD)% %PROTOCOL% %BYTES_SENT%\\n\"}}}}",
+            log.display()
+        ),
+        1,
+    );
+    let ours = start_proxy(&yaml)?;
+    let addr = ours.listener_addr("main").expect("listener");
+    let raw: Vec<&[u8]> = vec![
+        MALFORMED[0],
+        MALFORMED[2],
+        MALFORMED[4],
+        b"GET / HTTP/1.0\r\n\r\n",
+    ];
+    tokio::task::spawn_blocking(move || {
+        for r in raw {
+            until_close(addr, r);
+        }
+    })
+    .await?;
+    let stats = String::from_utf8_lossy(&admin_get(&ours, "/stats").await?.body).to_string();
+    // (Envoy 1.40 printed these for the same four requests)
+    for line in [
+        "http.ingress_http.downstream_cx_protocol_error: 4",
+        "http.ingress_http.downstream_rq_4xx: 4",
+        "http.ingress_http.downstream_rq_total: 4",
+        "http.ingress_http.downstream_rq_active: 0",
+    ] {
+        assert!(stats.lines().any(|l| l == line), "{line} in\n{stats}");
+    }
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().count() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        [
+            "400 DPE http1.codec_error - HTTP/1.1 11",
+            "426 DPE low_version - HTTP/1.1 16",
+            "400 DPE http1.invalid_characters - HTTP/1.1 11",
+            "426 DPE low_version - HTTP/1.1 16",
+        ]
+    );
+    Ok(())
+}
