@@ -246,6 +246,17 @@ impl Cluster {
                         Some(crate::pb::endpoint::lb_endpoint::HostIdentifier::Endpoint(ep)) => ep,
                         _ => return Err(ConfigError::invalid(&epath, "endpoint is required")),
                     };
+                    if let Some(core::address::Address::Pipe(pipe)) =
+                        ep.address.as_ref().and_then(|a| a.address.as_ref())
+                    {
+                        // (istio-agent's `sds-grpc`: a Unix socket this proxy never dials)
+                        tracing::warn!(
+                            cluster = %c.name,
+                            pipe = %pipe.path,
+                            "Unix socket endpoints are not dialled (only ADS runs over one); the endpoint is left out"
+                        );
+                        continue;
+                    }
                     let (host, port) =
                         socket_address(ep.address.as_ref(), &format!("{epath}.address"))?;
                     endpoints.push((host, port, epath));
@@ -336,13 +347,50 @@ impl Cluster {
                         return Err(ConfigError::unsupported(opath, "HTTP/3 upstreams"));
                     }
                 },
-                _ => return Err(ConfigError::unsupported(opath, "only explicit_http_config")),
+                Some(U::UseDownstreamProtocolConfig(_)) => {
+                    // (istiod's sidecar clusters: the upstream speaks what the client spoke)
+                    if crate::passthrough::first_time("use_downstream_protocol_config") {
+                        tracing::warn!(
+                            cluster = %c.name,
+                            "use_downstream_protocol_config: upstream requests use HTTP/1.1 (this cluster and any other)"
+                        );
+                    }
+                    UpstreamProtocol::Http1
+                }
+                _ => {
+                    return Err(ConfigError::unsupported(
+                        opath,
+                        "only explicit_http_config and use_downstream_protocol_config",
+                    ));
+                }
             };
         }
-        let tls = match &c.transport_socket {
-            None => None,
-            Some(ts) => Some(upstream_tls(ts, &format!("{path}.transport_socket"))?),
+        let tls = match (&c.transport_socket, socket_for_any_endpoint(c, path)?) {
+            (_, Some((ts, tpath))) => Some(upstream_tls(ts, &tpath)?),
+            (None, None) => None,
+            (Some(ts), None) => Some(upstream_tls(ts, &format!("{path}.transport_socket"))?),
         };
+        check_circuit_breakers(c, path)?;
+        #[allow(deprecated)]
+        if c.max_requests_per_connection.is_some() && !endpoints.is_empty() {
+            tracing::warn!(cluster = %c.name, "max_requests_per_connection is not enforced");
+        }
+        for (i, f) in c.filters.iter().enumerate() {
+            let fpath = format!("{path}.filters[{i}].typed_config");
+            let any = f
+                .typed_config
+                .as_ref()
+                .ok_or_else(|| ConfigError::invalid(&fpath, "required"))?;
+            let any = wasmesh_xds::descriptors::unwrap_typed_struct(any)
+                .map_err(|e| ConfigError::invalid(&fpath, e))?
+                .unwrap_or_else(|| any.clone());
+            if !crate::passthrough::network(&f.name, &any, &fpath)? {
+                return Err(ConfigError::unsupported(
+                    fpath,
+                    format!("upstream network filter {:?}", any.type_url),
+                ));
+            }
+        }
         let stats = ClusterStats::new(store, &c.name);
         let cluster = Cluster {
             name: c.name.clone(),
@@ -398,6 +446,91 @@ impl Cluster {
             self.set_addresses(&addrs);
         }
     }
+}
+
+/// `transport_socket_matches` (istiod's auto-mTLS: `tlsMode-istio` for endpoints labelled
+/// `tlsMode: istio`, `tlsMode-disabled` with an empty match for the rest): the socket of the
+/// first entry with an empty `match`, which every endpoint without transport-socket metadata
+/// gets; `None` for a raw socket or no matches. Entries that match on endpoint metadata are
+/// not applied (Istio mTLS needs SDS certificates, which wasmesh does not fetch): their
+/// endpoints get the catch-all socket, which a PERMISSIVE Istio peer accepts.
+fn socket_for_any_endpoint<'a>(
+    c: &'a pbc::Cluster,
+    path: &str,
+) -> Result<Option<(&'a core::TransportSocket, String)>, ConfigError> {
+    let mut chosen = None;
+    for (i, m) in c.transport_socket_matches.iter().enumerate() {
+        let mpath = format!("{path}.transport_socket_matches[{i}]");
+        let catch_all = m.r#match.as_ref().is_none_or(|s| s.fields.is_empty());
+        if !catch_all {
+            if crate::passthrough::first_time("transport_socket_matches") {
+                tracing::warn!(
+                    cluster = %c.name,
+                    name = %m.name,
+                    "transport socket matches on endpoint metadata (Istio auto-mTLS) are not applied: their endpoints use the catch-all socket (this cluster and any other)"
+                );
+            }
+            continue;
+        }
+        if chosen.is_some() {
+            continue;
+        }
+        let Some(ts) = &m.transport_socket else {
+            return Err(ConfigError::invalid(
+                format!("{mpath}.transport_socket"),
+                "required",
+            ));
+        };
+        let raw = matches!(
+            &ts.config_type,
+            Some(core::transport_socket::ConfigType::TypedConfig(a)) if a.type_url == RAW_BUFFER_TYPE_URL
+        );
+        chosen = Some(if raw {
+            None
+        } else {
+            Some((ts, format!("{mpath}.transport_socket")))
+        });
+    }
+    Ok(chosen.flatten())
+}
+
+const RAW_BUFFER_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
+
+/// `circuit_breakers`: wasmesh enforces no connection or request limits, as with Envoy's
+/// defaults (1024 connections, pending and active requests, 3 retries), so it takes thresholds
+/// only at or above those (istiod's are 2^32-1) and refuses lower ones it would not enforce.
+fn check_circuit_breakers(c: &pbc::Cluster, path: &str) -> Result<(), ConfigError> {
+    let Some(cb) = &c.circuit_breakers else {
+        return Ok(());
+    };
+    for (i, t) in cb.thresholds.iter().enumerate() {
+        let tpath = format!("{path}.circuit_breakers.thresholds[{i}]");
+        for (name, value, default) in [
+            ("max_connections", &t.max_connections, 1024),
+            ("max_pending_requests", &t.max_pending_requests, 1024),
+            ("max_requests", &t.max_requests, 1024),
+            ("max_retries", &t.max_retries, 3),
+        ] {
+            if let Some(v) = value
+                && v.value < default
+            {
+                return Err(ConfigError::unsupported(
+                    format!("{tpath}.{name}"),
+                    format!(
+                        "a limit below Envoy's default {default} (wasmesh does not enforce circuit breakers)"
+                    ),
+                ));
+            }
+        }
+    }
+    if !cb.per_host_thresholds.is_empty() {
+        return Err(ConfigError::unsupported(
+            format!("{path}.circuit_breakers.per_host_thresholds"),
+            "per-host circuit breakers",
+        ));
+    }
+    Ok(())
 }
 
 fn upstream_tls(ts: &core::TransportSocket, path: &str) -> Result<UpstreamTls, ConfigError> {

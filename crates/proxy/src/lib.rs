@@ -19,6 +19,7 @@ mod header_order;
 mod idle;
 pub mod listener;
 pub mod network_filter;
+mod passthrough;
 pub mod pb;
 pub mod rbac;
 pub(crate) mod read_ahead;

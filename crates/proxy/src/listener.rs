@@ -274,6 +274,8 @@ pub struct HcmConfig {
     pub server_name: HeaderValue,
     /// `use_remote_address`.
     pub use_remote_address: bool,
+    /// `normalize_path`: the path is made canonical before routing and the filters.
+    pub normalize_path: bool,
     /// `forward_client_cert_details` is `ALWAYS_FORWARD_ONLY`: a client's
     /// `x-forwarded-client-cert` is always kept; otherwise (the default `SANITIZE`, and every
     /// mode on a connection without a client certificate) it is removed, but see
@@ -486,6 +488,7 @@ fn build_chain(
                     .map_err(|e| ConfigError::invalid(&tpath, e))?;
                 terminal = Some(Terminal::Tcp(Arc::new(build_tcp_proxy(&cfg, &tpath, env)?)));
             }
+            _ if crate::passthrough::network(&f.name, any, &tpath)? => {}
             tu => {
                 let builder =
                     env.registry
@@ -683,6 +686,9 @@ fn build_hcm(
             }
         };
         let any = any.as_ref();
+        if crate::passthrough::http(&f.name, any, &format!("{fpath}.typed_config"))? {
+            continue;
+        }
         if any.type_url == ROUTER_TYPE_URL {
             check::check_any(any, &format!("{fpath}.typed_config"))?;
             saw_router = true;
@@ -707,6 +713,32 @@ fn build_hcm(
             format!("{path}.http_filters"),
             "the last HTTP filter must be envoy.filters.http.router",
         ));
+    }
+    // (IMPLEMENTATION_SPECIFIC_DEFAULT and KEEP_UNCHANGED: escaped slashes stay as sent)
+    if cfg.path_with_escaped_slashes_action > 1 {
+        return Err(ConfigError::unsupported(
+            format!("{path}.path_with_escaped_slashes_action"),
+            "only KEEP_UNCHANGED",
+        ));
+    }
+    if let Some((i, u)) =
+        cfg.upgrade_configs.iter().enumerate().find(|(_, u)| {
+            !u.upgrade_type.eq_ignore_ascii_case("websocket") || !u.filters.is_empty()
+        })
+    {
+        return Err(ConfigError::unsupported(
+            format!("{path}.upgrade_configs[{i}]"),
+            format!(
+                "upgrade type {:?} (only websocket, without filters, is accepted)",
+                u.upgrade_type
+            ),
+        ));
+    }
+    if !cfg.upgrade_configs.is_empty() && crate::passthrough::first_time("upgrade_configs") {
+        tracing::warn!(
+            stat_prefix = %cfg.stat_prefix,
+            "upgrade_configs: websocket upgrades are still refused with 403 (not proxied yet)"
+        );
     }
     let access_logs = access_logs(&cfg.access_log, path, env, listener, &cfg.stat_prefix)?;
     let server_name = if cfg.server_name.is_empty() {
@@ -734,6 +766,7 @@ fn build_hcm(
         always_set_request_id_in_response: cfg.always_set_request_id_in_response,
         server_name,
         use_remote_address: cfg.use_remote_address.as_ref().is_some_and(|b| b.value),
+        normalize_path: cfg.normalize_path.as_ref().is_some_and(|b| b.value),
         keep_xfcc,
         keep_xfcc_on_mtls,
         xfcc_set,

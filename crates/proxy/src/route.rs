@@ -21,6 +21,8 @@ pub struct RouteTable {
     suffix: Vec<(String, usize)>,
     prefix: Vec<(String, usize)>,
     default: Option<usize>,
+    /// `ignore_port_in_host_matching`: the authority's port is dropped before matching.
+    ignore_port: bool,
     request_headers: HeaderMutations,
     response_headers: HeaderMutations,
 }
@@ -365,6 +367,9 @@ pub struct RouteAction {
     pub host_rewrite: Option<http::HeaderValue>,
     /// `timeout` (Envoy's default is 15 s; `None` means disabled, i.e. `0s`).
     pub timeout: Option<Duration>,
+    /// `max_grpc_timeout` (deprecated, and set by istiod on every route): a gRPC request's
+    /// timeout is its `grpc-timeout` (none without one), capped at this unless it is zero.
+    pub max_grpc_timeout: Option<Duration>,
     /// `retry_policy`.
     pub retry: Option<RetryPolicy>,
     /// The virtual host's `include_request_attempt_count`: `x-envoy-attempt-count` upstream.
@@ -433,10 +438,66 @@ pub struct RetryPolicy {
     pub on_gateway_error: bool,
     /// Retry on the listed status codes (`retriable-status-codes`).
     pub status_codes: Vec<u16>,
+    /// Retry on a response whose `grpc-status` (headers or trailers-only) is one of these
+    /// (`cancelled` 1, `deadline-exceeded` 4, `resource-exhausted` 8, `internal` 13,
+    /// `unavailable` 14).
+    pub grpc_codes: Vec<u32>,
     /// `num_retries` (default 1).
     pub num_retries: u32,
     /// `per_try_timeout`.
     pub per_try_timeout: Option<Duration>,
+}
+
+impl RouteAction {
+    /// The request's timeout: the route's, or for a gRPC request under `max_grpc_timeout` its
+    /// `grpc-timeout` header (Envoy's `FilterUtility::finalTimeout`).
+    pub fn timeout_for(&self, headers: &http::HeaderMap, grpc: bool) -> Option<Duration> {
+        let Some(max) = self.max_grpc_timeout.filter(|_| grpc) else {
+            return self.timeout;
+        };
+        let asked = headers
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(grpc_timeout);
+        match asked {
+            Some(t) if !max.is_zero() => Some(t.min(max)),
+            Some(t) => Some(t),
+            None if !max.is_zero() => Some(max),
+            None => None,
+        }
+        .filter(|t| !t.is_zero())
+    }
+}
+
+/// `host[:port]` (or `[v6]:port`) without its port.
+fn without_port(authority: &str) -> &str {
+    match authority.rfind(':') {
+        Some(i)
+            if authority[i + 1..].bytes().all(|b| b.is_ascii_digit())
+                && (!authority.starts_with('[') || authority[..i].ends_with(']')) =>
+        {
+            &authority[..i]
+        }
+        _ => authority,
+    }
+}
+
+/// A `grpc-timeout` value (`<up to 8 digits><H|M|S|m|u|n>`).
+fn grpc_timeout(v: &str) -> Option<Duration> {
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 impl RetryPolicy {
@@ -445,6 +506,16 @@ impl RetryPolicy {
         (self.on_5xx && status >= 500)
             || (self.on_gateway_error && matches!(status, 502..=504))
             || self.status_codes.contains(&status)
+    }
+
+    /// Whether a response with these headers should be retried for its `grpc-status`.
+    pub fn retry_grpc(&self, headers: &http::HeaderMap) -> bool {
+        !self.grpc_codes.is_empty()
+            && headers
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u32>().ok())
+                .is_some_and(|c| self.grpc_codes.contains(&c))
     }
 }
 
@@ -493,6 +564,11 @@ impl RouteTable {
     }
 
     fn virtual_host(&self, authority: &str) -> Option<&VirtualHost> {
+        let authority = if self.ignore_port {
+            without_port(authority)
+        } else {
+            authority
+        };
         let host = authority.to_ascii_lowercase();
         let idx = self
             .exact
@@ -527,6 +603,7 @@ impl RouteTable {
             suffix: Vec::new(),
             prefix: Vec::new(),
             default: None,
+            ignore_port: cfg.ignore_port_in_host_matching,
             request_headers: HeaderMutations::build(
                 &cfg.request_headers_to_add,
                 &cfg.request_headers_to_remove,
@@ -903,6 +980,9 @@ fn build_action(
         prefix_rewrite,
         host_rewrite,
         timeout,
+        // (deprecated in Envoy's API, still honoured by Envoy and sent by istiod)
+        #[allow(deprecated)]
+        max_grpc_timeout: ra.max_grpc_timeout.as_ref().map(duration),
         retry,
         attempt_count_upstream: false,
         cluster_request_headers,
@@ -920,6 +1000,7 @@ fn retry_policy(rp: &pbr::RetryPolicy, path: &str) -> Result<RetryPolicy, Config
             .iter()
             .filter_map(|c| u16::try_from(*c).ok())
             .collect(),
+        grpc_codes: Vec::new(),
         num_retries: rp.num_retries.as_ref().map_or(1, |n| n.value),
         per_try_timeout: rp
             .per_try_timeout
@@ -948,12 +1029,19 @@ fn retry_policy(rp: &pbr::RetryPolicy, path: &str) -> Result<RetryPolicy, Config
                 p.on_connect_failure = true;
             }
             "connect-failure" => p.on_connect_failure = true,
+            // An h2 upstream's REFUSED_STREAM reset: a reset before the response.
+            "refused-stream" => p.on_reset = true,
             "retriable-status-codes" => {}
+            "cancelled" => p.grpc_codes.push(1),
+            "deadline-exceeded" => p.grpc_codes.push(4),
+            "resource-exhausted" => p.grpc_codes.push(8),
+            "internal" => p.grpc_codes.push(13),
+            "unavailable" => p.grpc_codes.push(14),
             other => {
                 return Err(ConfigError::unsupported(
                     format!("{path}.retry_on"),
                     format!(
-                        "retry condition {other:?} (5xx, gateway-error, reset, connect-failure, retriable-status-codes are)"
+                        "retry condition {other:?} (5xx, gateway-error, reset, connect-failure, refused-stream, retriable-status-codes and the gRPC cancelled, deadline-exceeded, resource-exhausted, internal, unavailable are)"
                     ),
                 ));
             }
@@ -1044,6 +1132,58 @@ mod tests {
                 .unwrap();
         let cfg: pbr::RouteConfiguration = prost::Message::decode(bytes.as_slice()).unwrap();
         RouteTable::build(&cfg, "rc", &["a".into(), "b".into()]).unwrap()
+    }
+
+    /// istiod's gateway routes: `ignore_port_in_host_matching`, `timeout: 0s` and
+    /// `max_grpc_timeout: 0s`, Istio's `retry_on` list.
+    #[test]
+    fn istio_route_settings() {
+        let yaml = r#"
+ignore_port_in_host_matching: IGNORE
+virtual_hosts:
+- name: app
+  domains: ["app1.mplb.com", "[::1]"]
+  routes:
+  - match: {prefix: "/"}
+    route:
+      cluster: a
+      timeout: 0s
+      max_grpc_timeout: 0s
+      retry_policy:
+        retry_on: connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes
+        num_retries: 2
+        retriable_status_codes: [503]
+"#;
+        let t = table(&yaml.replace("IGNORE", "true"));
+        let h = HeaderMap::new();
+        assert!(t.select("app1.mplb.com:8080", "/", &h).is_some());
+        assert!(t.select("[::1]:80", "/", &h).is_some());
+        let strict = table(&yaml.replace("IGNORE", "false"));
+        assert!(strict.select("app1.mplb.com:8080", "/", &h).is_none());
+        let s = t.select("app1.mplb.com", "/", &h).unwrap();
+        let Action::Route(ra) = &s.route.action else {
+            panic!()
+        };
+        // No route timeout; a gRPC request's own deadline applies.
+        assert_eq!(ra.timeout_for(&h, true), None);
+        let mut grpc = HeaderMap::new();
+        grpc.insert("grpc-timeout", "250m".parse().unwrap());
+        assert_eq!(
+            ra.timeout_for(&grpc, true),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(ra.timeout_for(&grpc, false), None);
+        let retry = ra.retry.as_ref().unwrap();
+        assert_eq!(retry.grpc_codes, [14, 1]);
+        let mut unavailable = HeaderMap::new();
+        unavailable.insert("grpc-status", "14".parse().unwrap());
+        assert!(retry.retry_grpc(&unavailable));
+        unavailable.insert("grpc-status", "0".parse().unwrap());
+        assert!(!retry.retry_grpc(&unavailable));
+        assert!(retry.retry_status(503) && !retry.retry_status(502));
+        assert_eq!(grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout("123456789S"), None);
+        assert_eq!(grpc_timeout("5x"), None);
     }
 
     #[test]

@@ -7,6 +7,9 @@ use prost_reflect::{DescriptorPool, DynamicMessage};
 
 /// The `FileDescriptorSet` shipped by envoy-types 0.7.7 (see `PROVENANCE.md`).
 const ENVOY_DESCRIPTORS: &[u8] = include_bytes!("envoy_descriptors.bin");
+/// Istio's own Envoy extensions (`istio.stats`, `istio.metadata_exchange`, `istio.alpn`), from
+/// `proto/istio/*.proto`: istiod's listeners and clusters carry them.
+const ISTIO_DESCRIPTORS: &[u8] = include_bytes!("istio_descriptors.bin");
 
 /// Errors converting between protobuf bytes, `Any` and JSON through the descriptor pool.
 #[derive(Debug, thiserror::Error)]
@@ -48,8 +51,13 @@ pub fn descriptor_pool() -> DescriptorPool {
             // can only fail if the file was corrupted in the repository, which the unit test
             // below catches.
             #[allow(clippy::expect_used)]
-            DescriptorPool::decode(ENVOY_DESCRIPTORS)
-                .expect("embedded Envoy descriptor set is valid")
+            {
+                let mut pool = DescriptorPool::decode(ENVOY_DESCRIPTORS)
+                    .expect("embedded Envoy descriptor set is valid");
+                pool.decode_file_descriptor_set(ISTIO_DESCRIPTORS)
+                    .expect("embedded Istio descriptor set is valid");
+                pool
+            }
         })
         .clone()
 }

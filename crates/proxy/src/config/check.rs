@@ -19,7 +19,21 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "bootstrap_extensions",
             "stats_config",
             "stats_flush_interval",
+            // (istio-agent's bootstrap: the log line format, connection limits it leaves
+            // unlimited, outlier event logs and deferred stats; none changes what is served)
+            "application_log_config",
+            "overload_manager",
+            "cluster_manager",
+            "deferred_stat_options",
         ],
+    ),
+    (
+        "envoy.config.bootstrap.v3.Bootstrap.ApplicationLogConfig",
+        &["log_format"],
+    ),
+    (
+        "envoy.config.bootstrap.v3.ClusterManager",
+        &["outlier_detection", "enable_deferred_cluster_creation"],
     ),
     (
         "envoy.config.metrics.v3.StatsConfig",
@@ -48,7 +62,9 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.config.bootstrap.v3.Bootstrap.StaticResources",
         &["listeners", "clusters"],
     ),
-    ("envoy.config.core.v3.Address", &["socket_address"]),
+    // (`pipe`: istio-agent's ADS and SDS Unix sockets; an HTTP cluster leaves such endpoints
+    // out with a warning)
+    ("envoy.config.core.v3.Address", &["socket_address", "pipe"]),
     (
         "envoy.config.core.v3.SocketAddress",
         &["address", "port_value", "protocol", "ipv4_compat"],
@@ -65,6 +81,9 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "stat_prefix",
             "default_filter_chain",
             "metadata",
+            // (istiod: no timeout for listener filters; tls_inspector is the only one here)
+            "listener_filters_timeout",
+            "continue_on_listener_filters_timeout",
         ],
     ),
     (
@@ -139,7 +158,30 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "use_remote_address",
             "forward_client_cert_details",
             "set_current_client_cert_details",
+            // istiod sets these on every connection manager
+            "normalize_path",
+            "path_with_escaped_slashes_action",
+            "stream_idle_timeout",
+            "request_id_extension",
+            "tracing",
+            "http_protocol_options",
+            "upgrade_configs",
         ],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.Tracing",
+        &[
+            "client_sampling",
+            "random_sampling",
+            "overall_sampling",
+            "custom_tags",
+            "max_path_tag_length",
+            "verbose",
+        ],
+    ),
+    (
+        "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig",
+        &["pack_trace_reason", "use_request_id_for_trace_sampling"],
     ),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
@@ -154,6 +196,9 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "request_headers_to_remove",
             "response_headers_to_add",
             "response_headers_to_remove",
+            "validate_clusters",
+            "ignore_port_in_host_matching",
+            "max_direct_response_body_size_bytes",
         ],
     ),
     (
@@ -183,6 +228,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "response_headers_to_remove",
             "redirect",
             "metadata",
+            // (tracing only: the span's operation name)
+            "decorator",
         ],
     ),
     ("envoy.config.core.v3.Metadata", &["filter_metadata"]),
@@ -247,6 +294,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "host_rewrite_literal",
             "timeout",
             "retry_policy",
+            "max_grpc_timeout",
         ],
     ),
     (
@@ -269,6 +317,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "num_retries",
             "per_try_timeout",
             "retriable_status_codes",
+            "retry_host_predicate",
+            "host_selection_retry_max_attempts",
         ],
     ),
     (
@@ -320,7 +370,18 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "http2_protocol_options",
             "per_connection_buffer_limit_bytes",
             "metadata",
+            "circuit_breakers",
+            "common_lb_config",
+            "filters",
+            "transport_socket_matches",
+            "upstream_connection_options",
+            // (istio-agent's `xds-grpc` cluster; a warning where a cluster with hosts sets it)
+            "max_requests_per_connection",
         ],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.CommonLbConfig",
+        &["locality_weighted_lb_config"],
     ),
     (
         "envoy.config.endpoint.v3.ClusterLoadAssignment",
@@ -337,13 +398,25 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        &["explicit_http_config"],
+        &[
+            "explicit_http_config",
+            "use_downstream_protocol_config",
+            "common_http_protocol_options",
+        ],
+    ),
+    (
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig",
+        &["http_protocol_options", "http2_protocol_options"],
     ),
     (
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig",
         &["http_protocol_options", "http2_protocol_options"],
     ),
     ("envoy.config.core.v3.Http1ProtocolOptions", &[]),
+    (
+        "envoy.config.core.v3.HttpProtocolOptions",
+        &["idle_timeout"],
+    ),
     (
         "envoy.config.core.v3.Http2ProtocolOptions",
         &[

@@ -17,6 +17,7 @@ mod grpc_replies;
 mod header_order;
 mod histograms;
 mod http1_codec;
+mod istio_gateway;
 mod istio_stats;
 mod late_failure;
 mod listeners;
