@@ -155,6 +155,7 @@ fn handle_logged(
         info: &info,
         request: Some(&req_parts),
         response: Some(resp.headers()),
+        trailers: None,
         tcp: false,
     };
     for log in &cfg.admin_logs {

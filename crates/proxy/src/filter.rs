@@ -191,6 +191,12 @@ pub struct StreamInfo {
     pub duration: Option<Duration>,
     /// Time until the upstream response headers arrived.
     pub upstream_service_time: Option<Duration>,
+    /// From the start to the last request byte read from downstream (`%REQUEST_DURATION%`).
+    pub request_duration: Option<Duration>,
+    /// From the start to the end of the request sent upstream (`%REQUEST_TX_DURATION%`).
+    pub request_tx_duration: Option<Duration>,
+    /// From the start to the upstream response's first byte (`%RESPONSE_DURATION%`).
+    pub response_duration: Option<Duration>,
     /// Why the connection to the upstream failed (`upstream.transport_failure_reason`).
     pub upstream_transport_failure_reason: Option<Arc<str>>,
     /// The node the proxy runs as.
@@ -261,6 +267,9 @@ impl StreamInfo {
             listener_metadata: None,
             duration: None,
             upstream_service_time: None,
+            request_duration: None,
+            request_tx_duration: None,
+            response_duration: None,
             upstream_transport_failure_reason: None,
             node,
             request_headers: None,

@@ -7,6 +7,7 @@ mod chain;
 mod codec_error;
 mod linger;
 mod local_lock;
+mod normalize;
 mod prefixed;
 mod router;
 mod trailers;
@@ -467,6 +468,19 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Response<Body> {
         hcm.stats.rq_http1_total.inc();
     }
     let (mut parts, body) = req.into_parts();
+    if hcm.normalize_path
+        && let Some(path) = normalize::canonical(parts.uri.path())
+    {
+        let pq = match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let mut uri = parts.uri.clone().into_parts();
+        uri.path_and_query = pq.parse().ok();
+        if let Ok(u) = http::Uri::from_parts(uri) {
+            parts.uri = u;
+        }
+    }
     if parts.version == http::Version::HTTP_2 {
         join_cookies(&mut parts.headers);
     }
@@ -686,11 +700,11 @@ pub(crate) fn finalize_response_headers(
 pub(crate) struct Finisher {
     conn: Rc<Conn>,
     stream: Rc<local_lock::LocalLock<Stream>>,
-    start: Instant,
+    pub(crate) start: Instant,
     pub(crate) summary: RequestSummary,
     pub(crate) bytes_received: Rc<std::cell::Cell<u64>>,
     /// The whole request has been read from the client (Envoy's "remote decode complete").
-    pub(crate) request_done: Rc<std::cell::Cell<bool>>,
+    pub(crate) request_done: Rc<trailers::ReadAll>,
     /// The response closes an HTTP/1.1 connection (a local 400, as Envoy's HCM decides).
     pub(crate) close: bool,
     /// A HEAD request: the response goes without its body.
@@ -706,6 +720,8 @@ pub(crate) struct Finisher {
     pub(crate) upstream_reads: Option<Arc<crate::read_ahead::ReadState>>,
     /// The request as it went upstream, for access log formats that print any header.
     log_request: Option<http::request::Parts>,
+    /// The response trailers, for access log formats (`%TRAILER(X)%`, `%GRPC_STATUS%`).
+    log_trailers: Option<http::HeaderMap>,
     done: bool,
 }
 
@@ -728,6 +744,7 @@ impl Drop for Finisher {
                 upstream_timing: self.upstream_timing.take(),
                 upstream_reads: self.upstream_reads.take(),
                 log_request: self.log_request.take(),
+                log_trailers: self.log_trailers.take(),
                 done: false,
             };
             self.done = true;
@@ -752,6 +769,7 @@ impl Finisher {
             upstream_timing: None,
             upstream_reads: None,
             log_request: None,
+            log_trailers: None,
             done: false,
         }
     }
@@ -775,6 +793,10 @@ impl Finisher {
             info.bytes_sent = bytes_sent;
             info.bytes_received = this.bytes_received.get();
             info.duration = Some(this.start.elapsed());
+            info.request_duration = this
+                .request_done
+                .at()
+                .map(|t| t.saturating_duration_since(this.start));
             if !complete {
                 info.response_flags.insert(
                     crate::response_flags::ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
@@ -807,6 +829,7 @@ impl Finisher {
                         .as_ref()
                         .or(info.request_headers.as_deref()),
                     response: info.response_headers.as_deref(),
+                    trailers: this.log_trailers.as_ref(),
                     tcp: false,
                 };
                 for log in &hcm.access_logs {
@@ -874,6 +897,13 @@ impl http_body::Body for FinalBody {
             return Poll::Ready(None);
         }
         let mut r = Pin::new(&mut this.inner).poll_frame(cx);
+        // (kept for the access logs even when the HTTP/1.1 client does not get them)
+        if let (Poll::Ready(Some(Ok(f))), Some(fin)) = (&r, this.fin.as_mut())
+            && let Some(t) = f.trailers_ref()
+            && fin.conn.hcm.log_needs_headers
+        {
+            fin.log_trailers = Some(t.clone());
+        }
         if this.drop_trailers && matches!(&r, Poll::Ready(Some(Ok(f))) if f.is_trailers()) {
             this.ended = true;
             r = Poll::Ready(None);
@@ -922,7 +952,13 @@ impl Drop for FinalBody {
                 // the rest of the stream still goes through the filters, and completes.
                 let rest = std::mem::replace(&mut self.inner, full(Bytes::new()));
                 let sent = self.sent;
-                trailers::drain_rest(rest, move |ok| fin.finish(sent, ok));
+                let mut fin = fin;
+                trailers::drain_rest(rest, move |ok, trailers| {
+                    if fin.conn.hcm.log_needs_headers && trailers.is_some() {
+                        fin.log_trailers = trailers;
+                    }
+                    fin.finish(sent, ok);
+                });
                 return;
             }
             fin.finish(self.sent, complete);

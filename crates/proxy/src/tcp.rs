@@ -65,6 +65,7 @@ pub(crate) async fn serve<D>(
             info,
             request: None,
             response: None,
+            trailers: None,
             tcp: true,
         };
         let summary = crate::access_log::RequestSummary::default();

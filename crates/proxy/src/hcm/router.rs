@@ -512,6 +512,15 @@ pub(super) async fn run(
                 let mut st = stream.lock().await;
                 let info = st.cx.stream_info_mut();
                 info.upstream_service_time = Some(service_time);
+                // The request's end went upstream when the answered attempt started or, with a
+                // body, when the body's end was read (still streaming: by now).
+                let now = Instant::now();
+                let sent = match (fin.request_done.at(), fin.upstream_timing) {
+                    (Some(read), Some((attempt, _))) => read.max(attempt),
+                    _ => now,
+                };
+                info.request_tx_duration = Some(sent.saturating_duration_since(fin.start));
+                info.response_duration = Some(now.saturating_duration_since(fin.start));
                 info.upstream_local_addr = fin.upstream_reads.as_ref().and_then(|r| r.local());
                 // (what was read of the request so far: `request.size` without a length)
                 info.bytes_received = counter.get();
@@ -695,7 +704,8 @@ async fn forward(
             crate::header_order::remove(&mut parts.headers, &["te"]);
         }
     }
-    if let Some(t) = action.timeout
+    let timeout = action.timeout_for(&parts.headers, fin.grpc);
+    if let Some(t) = timeout
         && let Ok(v) = HeaderValue::from_str(&t.as_millis().to_string())
     {
         parts.headers.insert("x-envoy-expected-rq-timeout-ms", v);
@@ -744,7 +754,7 @@ async fn forward(
         let mut st = stream.lock().await;
         st.cx.stream_info_mut().request_headers = Some(Arc::new(clone_parts(parts)));
     }
-    let deadline = action.timeout.map(|t| Instant::now() + t);
+    let deadline = timeout.map(|t| Instant::now() + t);
     let retries = match &action.retry {
         Some(r) if body_empty => r.num_retries,
         _ => 0,
@@ -866,7 +876,7 @@ async fn forward(
                 let retriable = action
                     .retry
                     .as_ref()
-                    .is_some_and(|r| r.retry_status(status));
+                    .is_some_and(|r| r.retry_status(status) || r.retry_grpc(resp.headers()));
                 if can_retry && retriable {
                     // (Envoy charges a retried response under `retry.`)
                     cluster.stats.record_retried_status(status);

@@ -17,6 +17,31 @@ use bytes::Bytes;
 use http_body::Frame;
 
 /// A body that ends where its trailers would be, when `drop` is set (as is otherwise).
+/// Whether a whole message has been read, and when (`%REQUEST_DURATION%`).
+#[derive(Debug, Default)]
+pub(crate) struct ReadAll(std::cell::Cell<Option<std::time::Instant>>);
+
+impl ReadAll {
+    /// Marks the message read (now, unless it already was) or, with `false`, not read yet.
+    pub(crate) fn set(&self, done: bool) {
+        match (done, self.0.get()) {
+            (true, Some(_)) => {}
+            (true, None) => self.0.set(Some(std::time::Instant::now())),
+            (false, _) => self.0.set(None),
+        }
+    }
+
+    /// Whether the whole message has been read.
+    pub(crate) fn get(&self) -> bool {
+        self.0.get().is_some()
+    }
+
+    /// When the whole message had been read.
+    pub(crate) fn at(&self) -> Option<std::time::Instant> {
+        self.0.get()
+    }
+}
+
 pub(crate) struct NoTrailers<B> {
     inner: B,
     drop: bool,
@@ -25,7 +50,7 @@ pub(crate) struct NoTrailers<B> {
     defer_end: bool,
     ended: bool,
     /// Set once the whole message has been read.
-    read_all: Option<std::rc::Rc<std::cell::Cell<bool>>>,
+    read_all: Option<std::rc::Rc<ReadAll>>,
 }
 
 impl<B> NoTrailers<B> {
@@ -40,7 +65,7 @@ impl<B> NoTrailers<B> {
     }
 
     /// Sets `flag` once the whole message has been read.
-    pub(crate) fn notify(mut self, flag: std::rc::Rc<std::cell::Cell<bool>>) -> Self {
+    pub(crate) fn notify(mut self, flag: std::rc::Rc<ReadAll>) -> Self {
         self.read_all = Some(flag);
         self
     }
@@ -60,24 +85,29 @@ impl<B> NoTrailers<B> {
 }
 
 /// Reads what is left of a body to its end, off the request path, then calls `then` with
-/// whether it ended cleanly. For a body the codec stopped reading at its `content-length`
+/// whether it ended cleanly and the trailers it ended with. For a body the codec stopped reading at its `content-length`
 /// (hyper drops it at the last declared byte): an h2 peer's trailers and the end of stream
 /// still go through the filters, as in Envoy, whose HTTP/1 codec has written everything it
 /// will write but whose filter chain still sees the rest of the stream.
-pub(crate) fn drain_rest<B>(mut rest: B, then: impl FnOnce(bool) + 'static)
+pub(crate) fn drain_rest<B>(mut rest: B, then: impl FnOnce(bool, Option<http::HeaderMap>) + 'static)
 where
     B: http_body::Body<Data = Bytes> + Unpin + 'static,
 {
     use http_body_util::BodyExt;
     tokio::task::spawn_local(async move {
+        let mut trailers = None;
         let ok = loop {
             match rest.frame().await {
                 None => break true,
                 Some(Err(_)) => break false,
-                Some(Ok(_)) => {}
+                Some(Ok(f)) => {
+                    if let Ok(t) = f.into_trailers() {
+                        trailers = Some(t);
+                    }
+                }
             }
         };
-        then(ok);
+        then(ok, trailers);
     });
 }
 
@@ -152,7 +182,7 @@ impl<B: http_body::Body<Data = Bytes> + Unpin + 'static> Drop for ToLength<B> {
             && !rest.is_end_stream()
             && self.length == Some(self.sent)
         {
-            drain_rest(rest, |_| {});
+            drain_rest(rest, |_, _| {});
         }
     }
 }
