@@ -52,7 +52,7 @@ fn unknown_filter_types_list_the_supported_ones() {
             ("ROUTE_EXTRA", String::new()),
             (
                 "FILTERS",
-                "- name: envoy.filters.http.cors\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors".into(),
+                "- name: envoy.filters.http.buffer\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer\n              max_request_bytes: 1024".into(),
             ),
         ],
     );

@@ -499,7 +499,8 @@ const MALFORMED: &[&[u8]] = &[
     b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nbad header\r\n\r\n",
 ];
 
-/// Sends `raw` and reads until the proxy closes: the whole raw answer with `date` masked.
+/// Sends `raw` and reads until the proxy closes: the whole raw answer with `date` and the
+/// upstream's time masked.
 fn until_close(addr: SocketAddr, raw: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).expect("connect");
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
@@ -509,8 +510,11 @@ fn until_close(addr: SocketAddr, raw: &[u8]) -> String {
     String::from_utf8_lossy(&out)
         .lines()
         .map(|l| {
-            if l.to_ascii_lowercase().starts_with("date: ") {
+            let lower = l.to_ascii_lowercase();
+            if lower.starts_with("date: ") {
                 "date: D"
+            } else if lower.starts_with("x-envoy-upstream-service-time: ") {
+                "x-envoy-upstream-service-time: T"
             } else {
                 l
             }
