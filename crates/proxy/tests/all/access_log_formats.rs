@@ -26,22 +26,10 @@ fn bootstrap(admin: u16, listen: u16, up: u16, log: &Path) -> String {
         r#"{"value": "k"}"#,
         "",
     );
-    let loggers = format!(
-        r#"          stat_prefix: main
-          access_log:
-          - name: envoy.access_loggers.file
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-              path: "{log}"
-              log_format:
-                text_format_source: {{inline_string: "{TEXT}"}}
-          - name: envoy.access_loggers.file
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-              path: "{log}.json"
-              log_format:
-                json_format:
-                  code: "%RESPONSE_CODE%"
+    let loggers = file_loggers(
+        log,
+        TEXT,
+        r#"                  code: "%RESPONSE_CODE%"
                   details: "%RESPONSE_CODE_DETAILS%"
                   long: "%RESPONSE_FLAGS_LONG%"
                   utfr: "%UPSTREAM_TRANSPORT_FAILURE_REASON%"
@@ -53,10 +41,8 @@ fn bootstrap(admin: u16, listen: u16, up: u16, log: &Path) -> String {
                   yes: true
                   nothing: null
                   list: ["%RESPONSE_CODE%", 1, "x", [false]]
-                  nested: {{code: "%RESPONSE_CODE%", line: "a %PROTOCOL% b", deep: {{rx: "%BYTES_RECEIVED%", e: {{}}}}}}
+                  nested: {code: "%RESPONSE_CODE%", line: "a %PROTOCOL% b", deep: {rx: "%BYTES_RECEIVED%", e: {}}}
 "#,
-        log = log.display(),
-        TEXT = TEXT.replace('\n', "\\n"),
     );
     yaml.replacen("          stat_prefix: main\n", &loggers, 1)
 }
@@ -148,6 +134,31 @@ fsn=%FILTER_STATE(wasm.none)% rqhb=%REQUEST_HEADERS_BYTES% rshb=%RESPONSE_HEADER
 rstb=%RESPONSE_TRAILERS_BYTES% ust=%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \
 tls=%DOWNSTREAM_TLS_VERSION% pct=100%%\n";
 
+/// The connection manager's `stat_prefix: main` line followed by two file access logs of the
+/// same stream: `text` to `log`, and the `json_format` fields `json` (YAML lines, indented
+/// 18 spaces) to `log.json`.
+fn file_loggers(log: &Path, text: &str, json: &str) -> String {
+    format!(
+        r#"          stat_prefix: main
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: "{log}"
+              log_format:
+                text_format_source: {{inline_string: "{text}"}}
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: "{log}.json"
+              log_format:
+                json_format:
+{json}"#,
+        log = log.display(),
+        text = text.replace('\n', "\\n"),
+    )
+}
+
 /// `props_probe` (sets filter state `wasm.k` to `v`) in front of the h2 echo cluster `up`,
 /// logging [`MORE`] to `log` and the same commands as JSON to `log.json`.
 fn more_bootstrap(admin: u16, listen: u16, up: u16, log: &Path) -> String {
@@ -170,26 +181,10 @@ fn more_bootstrap(admin: u16, listen: u16, up: u16, log: &Path) -> String {
         .filter(|(k, _)| *k != "pct")
         .map(|(k, v)| format!("                  {k}: \"{v}\"\n"))
         .collect();
-    let loggers = format!(
-        r#"          stat_prefix: main
-          access_log:
-          - name: envoy.access_loggers.file
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-              path: "{log}"
-              log_format:
-                text_format_source: {{inline_string: "{text}"}}
-          - name: envoy.access_loggers.file
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-              path: "{log}.json"
-              log_format:
-                json_format:
-                  float: 2.0
-                  half: 2.5
-{json}"#,
-        log = log.display(),
-        text = MORE.replace('\n', "\\n"),
+    let loggers = file_loggers(
+        log,
+        MORE,
+        &format!("                  float: 2.0\n                  half: 2.5\n{json}"),
     );
     yaml.replacen("          stat_prefix: main\n", &loggers, 1)
 }
